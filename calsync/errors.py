@@ -1,0 +1,84 @@
+"""The one error tree of calsync.
+
+::
+
+    CalsyncError
+    ├── ConfigurationError          settings missing or invalid; raised at start
+    ├── CodecError                  a record could not be encoded or decoded
+    ├── CryptoError                 a ciphertext was forged, truncated or made with another key
+    └── ProviderError               anything a provider adapter raises (retriable = False)
+        ├── TransientProviderError  5xx, timeouts, connection errors (retriable = True)
+        │   └── RateLimited         429/403 rate limits and throttling 503s; carries retry_after
+        ├── CursorExpired           the stored sync cursor is no longer valid: do a full resync
+        ├── AuthorizationRevoked    the grant is gone (invalid_grant): the user must re-consent
+        ├── ProviderRejected        a 4xx that retrying will not fix
+        └── MalformedProviderData   an item the normalizer cannot represent; quarantine it
+
+Foreign exceptions (httpx, google.auth, fastavro, ...) are translated into these at
+the boundary with ``raise ... from exc``; no foreign exception reaches an agent. The
+retry policy reads the ``retriable`` class attribute instead of a list of types.
+"""
+
+from __future__ import annotations
+
+
+class CalsyncError(Exception):
+    """Root of every error calsync raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(CalsyncError):
+    """A setting is missing or invalid."""
+
+
+class CodecError(CalsyncError):
+    """A record could not be encoded or decoded."""
+
+
+class CryptoError(CalsyncError):
+    """A ciphertext or signed token failed authentication."""
+
+
+class ProviderError(CalsyncError):
+    """A provider call failed; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransientProviderError(ProviderError):
+    """The provider failed in a way that may go away on its own (5xx, network)."""
+
+    retriable = True
+
+
+class RateLimited(TransientProviderError):
+    """The provider asked us to slow down; ``retry_after`` is in seconds, if it said."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class CursorExpired(ProviderError):
+    """The sync cursor is no longer valid; the caller must run a full resync."""
+
+
+class AuthorizationRevoked(ProviderError):
+    """The credential was revoked or expired; the resource needs new credentials."""
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request (4xx) and retrying will not help."""
+
+
+class MalformedProviderData(ProviderError):
+    """An item from the provider cannot be normalized; ``item_id`` names it."""
+
+    def __init__(self, message: str, *, item_id: str | None = None) -> None:
+        super().__init__(message)
+        self.item_id = item_id
