@@ -89,7 +89,9 @@ Change = Occurrence | Deletion
 
 def system_event_id(origin: ProviderOrigin, resource_id: str, native_event_id: str) -> str:
     """The deterministic id of an occurrence: the same inputs give the same id forever."""
-    return str(uuid.uuid5(SYSTEM_EVENT_NAMESPACE, f"{origin.value}\x1f{resource_id}\x1f{native_event_id}"))
+    return str(
+        uuid.uuid5(SYSTEM_EVENT_NAMESPACE, f"{origin.value}\x1f{resource_id}\x1f{native_event_id}")
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""Faust agents and the plain logic they call (:mod:`calsync.agents.service`)."""

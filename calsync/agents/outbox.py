@@ -1,0 +1,63 @@
+"""Where the sync logic writes: an :class:`Outbox` whose every method returns after the
+broker acknowledged (so callers can store cursors and ack inputs afterwards)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from calsync.codecs.avro import encode_event
+from calsync.model import UnifiedEvent
+from calsync.settings import Settings
+from calsync.streams.records import Notification, RetryEnvelope, StatusEvent
+
+#: ``send(topic, key, value)`` schedules a record and returns its delivery future.
+Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
+
+
+class Outbox(Protocol):
+    async def events(self, resource_id: str, events: list[UnifiedEvent]) -> None: ...
+    async def notify(self, notification: Notification) -> None: ...
+    async def retry(self, envelope: RetryEnvelope) -> None: ...
+    async def status(self, event: StatusEvent) -> None: ...
+    async def deadletter(self, resource_id: str, payload: dict[str, Any]) -> None: ...
+
+
+class KafkaOutbox:
+    """An :class:`Outbox` on a pipelined producer: batches are sent, then awaited together.
+
+    Events are Avro-encoded with fastavro here, on the hot path, instead of going
+    through a Faust topic's per-message serializer machinery.
+    """
+
+    def __init__(self, settings: Settings, send: Send) -> None:
+        self._send = send
+        self._events = settings.topic("events")
+        self._notifications = settings.topic("notifications")
+        self._retries = settings.topic("retries")
+        self._status = settings.topic("status")
+        self._deadletter = settings.topic("deadletter")
+
+    async def _send_all(self, topic: str, key: str, values: list[bytes]) -> None:
+        raw_key = key.encode()
+        futures = [await self._send(topic, raw_key, value) for value in values]
+        await asyncio.gather(*futures)
+
+    async def events(self, resource_id: str, events: list[UnifiedEvent]) -> None:
+        await self._send_all(self._events, resource_id, [encode_event(e) for e in events])
+
+    async def notify(self, notification: Notification) -> None:
+        await self._send_all(self._notifications, notification.resource_id, [notification.dumps()])
+
+    async def retry(self, envelope: RetryEnvelope) -> None:
+        key = envelope.notification.resource_id
+        await self._send_all(self._retries, key, [envelope.dumps()])
+
+    async def status(self, event: StatusEvent) -> None:
+        await self._send_all(self._status, event.resource_id, [event.dumps()])
+
+    async def deadletter(self, resource_id: str, payload: dict[str, Any]) -> None:
+        value = json.dumps(payload, sort_keys=True).encode()
+        await self._send_all(self._deadletter, resource_id, [value])

@@ -1,0 +1,208 @@
+"""The one Faust application: topics, tables, agents and web pages, built from Settings.
+
+``create_app(settings)`` is the only constructor; ``calsync worker`` calls it with
+``Settings.from_env(os.environ)``. Every topic and table is keyed by resource id and
+has ``settings.topic_partitions`` partitions, so the worker that owns a partition is
+the single writer of every resource in it.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+import httpx
+from aiohttp import web
+from faust.transport.drivers import aiokafka as aiokafka_driver
+
+from calsync.agents.outbox import KafkaOutbox
+from calsync.agents.service import ProviderFactory, SyncService
+from calsync.codecs.avro import register_codecs
+from calsync.gateway.http import Gateway
+from calsync.settings import Settings
+from calsync.streams.records import Command, Notification, RetryEnvelope
+from calsync.tables.records import Channel, Resource, SyncState
+
+
+class IdempotentProducer(aiokafka_driver.Producer):
+    """Faust's aiokafka producer with idempotence on outside transactions too."""
+
+    def _settings_extra(self) -> dict[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class IdempotentTransport(aiokafka_driver.Transport):
+    Producer = IdempotentProducer
+
+
+class CalsyncApp(faust.App):
+    """A Faust app that knows its settings and mounts the gateway on its web server."""
+
+    settings: Settings
+    sync_service: SyncService
+    gateway: Gateway
+
+    def _new_producer_transport(self) -> Any:
+        return IdempotentTransport(self.conf.broker_producer, self)
+
+    def on_webserver_init(self, web_server: Any) -> None:
+        web_server.web_app.add_routes(self.gateway.routes())
+        web_server.web_app.add_routes(
+            [
+                web.get("/status/", self.status_page),
+                web.get("/api/resources/{resource_id}", self.resource_status),
+            ]
+        )
+
+    async def resource_status(self, request: web.Request) -> web.Response:
+        """JSON sync state of one resource owned by this worker (no secrets)."""
+        rid = request.match_info["resource_id"]
+        resource = self.sync_service.resources.get(rid)
+        if resource is None:
+            return web.json_response({"error": f"unknown resource {rid!r}"}, status=404)
+        return web.json_response(_describe(rid, resource, self.sync_service))
+
+    async def status_page(self, request: web.Request) -> web.Response:
+        """An HTML overview of the resources this worker owns and how fresh they are."""
+        rows = []
+        for rid, resource in sorted(self.sync_service.resources.items()):
+            d = _describe(rid, resource, self.sync_service)
+            cells = (
+                rid,
+                d["provider"],
+                d["state"],
+                d["synced_ago"],
+                d["occurrences"],
+                d["fetches"],
+                d["channel_expires_in"],
+            )
+            rows.append(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+            )
+        page = _STATUS_PAGE.format(
+            app_id=html.escape(self.settings.app_id),
+            rows="\n".join(rows) or '<tr><td colspan="7">no resources yet</td></tr>',
+        )
+        return web.Response(text=page, content_type="text/html")
+
+
+def _describe(rid: str, resource: Resource, service: SyncService) -> dict[str, Any]:
+    state = service.sync_state.get(rid) or SyncState()
+    channel = service.channels.get(rid)
+    now = time.time()
+    return {
+        "resource_id": rid,
+        "provider": resource.provider,
+        "calendar_id": resource.calendar_id,
+        "state": resource.state,
+        "synced_at": state.synced_at or None,
+        "synced_ago": f"{now - state.synced_at:.1f}s" if state.synced_at else "never",
+        "occurrences": len(state.index or {}),
+        "fetches": state.fetches,
+        "has_cursor": state.cursor is not None,
+        "channel_expires_in": (
+            f"{channel.expires_at_ms / 1000 - now:.0f}s" if channel is not None else "none"
+        ),
+    }
+
+
+_STATUS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>calsync · {app_id}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}</style></head>
+<body><h1>calsync worker <code>{app_id}</code></h1>
+<p>Resources owned by this worker. Other pages: <a href="/table/">tables</a>,
+<a href="/router/">router</a>, <a href="/healthz">health</a>.</p>
+<table><thead><tr><th>resource</th><th>provider</th><th>state</th><th>last sync</th>
+<th>occurrences</th><th>fetches</th><th>channel expires in</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table></body></html>
+"""
+
+
+class FaustPublisher:
+    """The gateway's :class:`~calsync.gateway.publisher.Publisher` inside a worker."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+
+    async def publish(self, topic: str, key: str, value: bytes) -> None:
+        future = await self._app.producer.send(topic, key.encode(), value, None, None, None)
+        await future
+
+
+def _default_http_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
+
+
+def create_app(
+    settings: Settings,
+    *,
+    http_client_factory: Callable[[], httpx.AsyncClient] = _default_http_client,
+) -> CalsyncApp:
+    """Build the Faust app for ``settings``: RocksDB (rocksdict) tables, every agent."""
+    register_codecs()
+    partitions = settings.topic_partitions
+    bootstrap = f"kafka://{settings.kafka_bootstrap}"
+    app = CalsyncApp(
+        settings.app_id,
+        broker=bootstrap,
+        store="rocksdb://",
+        datadir=str(settings.data_dir / settings.app_id),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.replication_factor,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        web_port=settings.web_port,
+        web_bind=settings.web_bind,
+        web_host="127.0.0.1"
+        if settings.web_bind in ("127.0.0.1", "0.0.0.0")
+        else settings.web_bind,
+        web_application_options={"client_max_size": settings.gateway_max_body},
+        table_standby_replicas=0 if settings.replication_factor == 1 else 1,
+        autodiscover=False,
+    )
+    app.settings = settings
+
+    notifications = app.topic(
+        settings.topic("notifications"), value_type=Notification, partitions=partitions
+    )
+    retries = app.topic(settings.topic("retries"), value_type=RetryEnvelope, partitions=partitions)
+    commands = app.topic(settings.topic("commands"), value_type=Command, partitions=partitions)
+    resources = app.Table("resources", value_type=Resource, partitions=partitions)
+    sync_state = app.Table("sync_state", value_type=SyncState, partitions=partitions)
+    channels = app.Table("channels", value_type=Channel, partitions=partitions)
+
+    async def send(topic: str, key: bytes, value: bytes) -> Any:
+        return await app.producer.send(topic, key, value, None, None, None)
+
+    app.sync_service = SyncService(
+        settings,
+        resources=resources,
+        sync_state=sync_state,
+        channels=channels,
+        outbox=KafkaOutbox(settings, send),
+        providers=ProviderFactory(settings, http_client_factory),
+    )
+    app.gateway = Gateway(settings, FaustPublisher(app))
+
+    @app.agent(notifications, name="calsync.sync")
+    async def sync_agent(stream: faust.StreamT[Notification]) -> None:
+        async for notification in stream:
+            await app.sync_service.on_notification(notification)
+
+    @app.agent(retries, name="calsync.retry")
+    async def retry_agent(stream: faust.StreamT[RetryEnvelope]) -> None:
+        async for envelope in stream:
+            await app.sync_service.on_retry(envelope)
+
+    @app.agent(commands, name="calsync.commands")
+    async def command_agent(stream: faust.StreamT[Command]) -> None:
+        async for command in stream:
+            await app.sync_service.on_command(command)
+
+    return app

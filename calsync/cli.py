@@ -1,0 +1,208 @@
+"""``calsync``: the worker, the standalone gateway, emulators, admin and consumer tools.
+
+Settings come from ``CALSYNC_*`` environment variables (see :class:`Settings`); this
+module and :mod:`calsync.app` are the only places that read the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from calsync.errors import CalsyncError
+from calsync.settings import Settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings.from_env(os.environ, **overrides)
+    except CalsyncError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+def main() -> None:
+    """calsync keeps a company's picture of when its people and rooms are busy."""
+
+
+@main.command()
+def worker() -> None:
+    """Run a worker: sync agents, tables, the gateway and the web pages."""
+    import faust
+
+    from calsync.app import create_app
+    from calsync.streams.topics import ensure_topics
+
+    settings = _settings()
+    try:
+        ensure_topics(settings)
+    except CalsyncError as exc:
+        raise click.ClickException(str(exc)) from exc
+    app = create_app(settings)
+    click.echo(
+        f"calsync worker {settings.app_id}: web pages at http://127.0.0.1:{settings.web_port}/status/"
+    )
+    faust.Worker(app, loglevel=settings.log_level).execute_from_commandline()
+
+
+@main.command()
+def gateway() -> None:
+    """Run the webhook gateway and admin API alone (no sync), on CALSYNC_WEB_PORT."""
+    from aiohttp import web
+
+    from calsync.gateway.http import build_gateway_app
+    from calsync.gateway.publisher import KafkaPublisher
+    from calsync.streams.topics import ensure_topics
+
+    settings = _settings()
+    ensure_topics(settings)
+    publisher = KafkaPublisher(settings.kafka_bootstrap)
+    app = build_gateway_app(settings, publisher)
+
+    async def _start(_: web.Application) -> None:
+        await publisher.start()
+
+    async def _stop(_: web.Application) -> None:
+        await publisher.aclose()
+
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    web.run_app(app, host=settings.web_bind, port=settings.web_port)
+
+
+@main.group()
+def emulator() -> None:
+    """Local provider emulators for tests and the demo."""
+
+
+@emulator.command("google")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8710, show_default=True, type=int)
+def emulator_google(host: str, port: int) -> None:
+    """Serve the Google Calendar v3 + OAuth emulator."""
+    from calsync.emulators.google import serve_forever
+
+    asyncio.run(serve_forever(host, port))
+
+
+@main.command()
+def broker() -> None:
+    """Start a local single-node Kafka broker (jars from Maven Central) until Ctrl-C."""
+    from calsync.testing.broker import KafkaBroker
+
+    with KafkaBroker() as kafka:
+        click.echo(f"CALSYNC_KAFKA_BOOTSTRAP={kafka.bootstrap}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.group()
+def resources() -> None:
+    """Register and manage calendars (writes commands to the commands topic)."""
+
+
+@resources.command("add")
+@click.option("--resource-id", required=True, help="Your id for this calendar (1-128 chars).")
+@click.option("--provider", default="google", show_default=True)
+@click.option("--calendar-id", required=True, help="The provider's calendar id, e.g. primary.")
+@click.option("--refresh-token", required=True, envvar="CALSYNC_REFRESH_TOKEN")
+@click.option("--time-zone", default=None, help="IANA zone for all-day events (optional).")
+def resources_add(
+    resource_id: str, provider: str, calendar_id: str, refresh_token: str, time_zone: str | None
+) -> None:
+    """Register a calendar; the owning worker subscribes to it and runs a full sync."""
+    from calsync.crypto import SecretBox
+    from calsync.gateway.http import RequestRejected, validate_registration
+
+    settings = _settings()
+    body = {
+        "resource_id": resource_id,
+        "provider": provider,
+        "calendar_id": calendar_id,
+        "time_zone": time_zone,
+        "credentials": {"refresh_token": refresh_token},
+    }
+    try:
+        command = validate_registration(body, SecretBox(settings.secret_key), now=time.time())
+    except RequestRejected as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.field) from exc
+    _produce(settings, settings.topic("commands"), resource_id, command.dumps())
+    click.echo(f"registered {resource_id}")
+
+
+def _produce(settings: Settings, topic: str, key: str, value: bytes) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    try:
+        producer.send(topic, value=value, key=key.encode()).get(timeout=30)
+    finally:
+        producer.close()
+
+
+@main.group()
+def events() -> None:
+    """Read the normalized events."""
+
+
+@events.command("tail")
+@click.option("--from-beginning/--from-now", default=True, show_default=True)
+@click.option("--max-events", default=0, type=int, help="Stop after this many (0: never).")
+@click.option("--timeout", default=0.0, type=float, help="Stop after this many idle seconds.")
+def events_tail(from_beginning: bool, max_events: int, timeout: float) -> None:
+    """Print each event on calsync.events as one JSON line (Avro decoded)."""
+    from calsync.codecs.avro import decode_event, to_record
+    from calsync.errors import CodecError
+
+    settings = _settings()
+    consumer = _consumer(settings, from_beginning, timeout)
+    seen = 0
+    try:
+        for message in consumer:
+            try:
+                record = to_record(decode_event(message.value))
+            except CodecError as exc:
+                click.echo(json.dumps({"undecodable": str(exc), "offset": message.offset}))
+                continue
+            click.echo(json.dumps(record, default=str, sort_keys=True))
+            seen += 1
+            if max_events and seen >= max_events:
+                break
+    finally:
+        consumer.close()
+
+
+def _consumer(settings: Settings, from_beginning: bool, timeout: float) -> Any:
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        settings.topic("events"),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout * 1000) if timeout else float("inf"),
+    )
+
+
+@main.command()
+@click.option(
+    "--duration", default=0.0, type=float, help="Stop after this many seconds (0: Ctrl-C)."
+)
+def demo(duration: float) -> None:
+    """Run Kafka, the Google emulator and a worker; register and edit calendars; print events."""
+    from calsync.demo import run_demo
+
+    sys.exit(run_demo(duration=duration))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""The Avro wire format of ``calsync.events``: :class:`~calsync.model.UnifiedEvent`.
+
+A value on the topic is the **plain Avro binary body** of one ``calsync.v1.UnifiedEvent``
+record (``unified_event.avsc``, shipped in this package), written with fastavro's
+schemaless writer. There is no Confluent framing (no magic byte, no schema id): no
+schema registry is in the loop, producer and consumers read the schema from the
+package. The cost is that a reader must know the writer's schema; a schema change is
+therefore a coordinated rollout, and the enum ``default`` symbols and nullable
+``default: null`` fields are there so that a reader given the old writer schema can
+resolve it against a newer one.
+
+Two entry points, one format:
+
+- :func:`encode_event` / :func:`decode_event`: plain functions over one schema parsed
+  at import; the hot path of the sync agent, which produces events in pipelined
+  batches through the producer rather than through Faust's ``topic.send``.
+- :class:`UnifiedEventCodec`: a Faust codec (registered by :func:`register_codecs`
+  under :data:`CODEC_NAME`) that writes and reads the dict form of
+  :func:`to_record` / :func:`from_record`, for topics and Records that name it.
+
+Timestamps: ``start_utc``/``end_utc`` are ``timestamp-micros`` and round-trip exactly;
+``emitted_at`` is ``timestamp-millis``, so :func:`to_record` truncates it (towards the
+past) to the millisecond. Naive datetimes are refused; aware ones in any zone are
+written as the same instant, and read back as aware UTC datetimes.
+
+Every failure is a :class:`~calsync.errors.CodecError`; no fastavro exception escapes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Any, Final, TypedDict, TypeVar
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.types import Schema
+from faust.serializers import codecs
+from faust.types.codecs import CodecT
+
+from calsync.errors import CodecError
+from calsync.model import ChangeKind, ProviderOrigin, StatusIntent, Transparency, UnifiedEvent
+
+__all__ = [
+    "CODEC_NAME",
+    "SCHEMA_PATH",
+    "OperationalStateRecord",
+    "SynchronizationMetadataRecord",
+    "TemporalVectorRecord",
+    "UnifiedEventCodec",
+    "UnifiedEventRecord",
+    "decode_event",
+    "encode_event",
+    "from_record",
+    "load_schema",
+    "register_codecs",
+    "to_record",
+]
+
+#: The name the codec is registered under (``value_serializer=CODEC_NAME``).
+CODEC_NAME: Final = "calsync_unified_event"
+
+#: The shipped schema, as package data.
+SCHEMA_PATH: Final[Traversable] = resources.files("calsync.codecs") / "unified_event.avsc"
+
+
+class SynchronizationMetadataRecord(TypedDict):
+    sync_sequence_token: str | None
+    latency_ms: int | None
+    emitted_at: datetime
+
+
+class TemporalVectorRecord(TypedDict):
+    start_utc: datetime
+    end_utc: datetime
+    is_all_day: bool
+
+
+class OperationalStateRecord(TypedDict):
+    transparency: str
+    status_intent: str
+
+
+class UnifiedEventRecord(TypedDict):
+    """The dict form of a ``calsync.v1.UnifiedEvent``: what fastavro writes and reads."""
+
+    system_event_id: str
+    resource_id: str
+    provider_origin: str
+    native_event_id: str
+    series_id: str | None
+    change: str
+    version: str
+    synchronization_metadata: SynchronizationMetadataRecord
+    temporal_vector: TemporalVectorRecord | None
+    operational_state: OperationalStateRecord | None
+
+
+def load_schema() -> dict[str, Any]:
+    """The schema as JSON, a fresh dict on every call (callers may mutate it)."""
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return schema
+
+
+# What fastavro raises on bytes that are not a record of the schema (EOFError for a
+# short read, UnicodeDecodeError, IndexError for an enum or union index out of range,
+# OverflowError for a timestamp outside datetime's range) or on a dict it cannot write.
+_FASTAVRO_ERRORS: Final = (EOFError, ValueError, IndexError, OverflowError, TypeError, KeyError)
+
+_SCHEMA: Final[Schema] = parse_schema(load_schema())
+
+
+# -- dict form ---------------------------------------------------------------------
+
+
+def _utc(value: object, field: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise CodecError(f"{field} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise CodecError(f"{field} must be timezone-aware, got naive {value.isoformat()}")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _enum(kind: type[_E], value: object, field: str) -> _E:
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, str):
+        raise CodecError(f"{field} must be a {kind.__name__} or str, not {type(value).__name__}")
+    try:
+        return kind(value)
+    except ValueError as exc:
+        raise CodecError(f"{field}: {value!r} is not one of {[m.value for m in kind]}") from exc
+
+
+def to_record(event: UnifiedEvent) -> UnifiedEventRecord:
+    """The dict form of ``event``, ready for an Avro writer.
+
+    Datetimes become aware UTC datetimes; ``emitted_at`` is truncated to the
+    millisecond, so that ``from_record(to_record(e))`` equals what a reader decodes.
+
+    Raises :class:`CodecError` for a naive datetime, a value outside an enum, an
+    upsert without times and state, or a delete with them.
+    """
+    change = _enum(ChangeKind, event.change, "change")
+    temporal: TemporalVectorRecord | None = None
+    operational: OperationalStateRecord | None = None
+    times = (event.start_utc, event.end_utc, event.is_all_day)
+    states = (event.transparency, event.status_intent)
+    if change is ChangeKind.UPSERT:
+        if None in times or None in states:
+            raise CodecError(
+                f"upsert {event.system_event_id} needs start_utc, end_utc, is_all_day, "
+                "transparency and status_intent"
+            )
+        if not isinstance(event.is_all_day, bool):
+            raise CodecError(f"is_all_day must be a bool, not {type(event.is_all_day).__name__}")
+        temporal = {
+            "start_utc": _utc(event.start_utc, "start_utc"),
+            "end_utc": _utc(event.end_utc, "end_utc"),
+            "is_all_day": event.is_all_day,
+        }
+        operational = {
+            "transparency": _enum(Transparency, event.transparency, "transparency").value,
+            "status_intent": _enum(StatusIntent, event.status_intent, "status_intent").value,
+        }
+    elif times != (None, None, None) or states != (None, None):
+        raise CodecError(f"delete {event.system_event_id} must not carry times or state")
+    emitted_at = _utc(event.emitted_at, "emitted_at")
+    return {
+        "system_event_id": event.system_event_id,
+        "resource_id": event.resource_id,
+        "provider_origin": _enum(ProviderOrigin, event.provider_origin, "provider_origin").value,
+        "native_event_id": event.native_event_id,
+        "series_id": event.series_id,
+        "change": change.value,
+        "version": event.version,
+        "synchronization_metadata": {
+            "sync_sequence_token": event.sync_sequence_token,
+            "latency_ms": event.latency_ms,
+            "emitted_at": emitted_at.replace(microsecond=emitted_at.microsecond // 1000 * 1000),
+        },
+        "temporal_vector": temporal,
+        "operational_state": operational,
+    }
+
+
+def from_record(record: Mapping[str, Any]) -> UnifiedEvent:
+    """The :class:`UnifiedEvent` a dict form describes (datetimes come back aware UTC).
+
+    Accepts what any Avro reader of the schema returns (fastavro's, or the Apache
+    ``avro`` library's with its own UTC tzinfo). Raises :class:`CodecError` when a
+    field is missing or of the wrong kind, or when the change kind and the presence
+    of times and state disagree.
+    """
+    try:
+        change = _enum(ChangeKind, record["change"], "change")
+        meta = record["synchronization_metadata"]
+        temporal = record["temporal_vector"]
+        operational = record["operational_state"]
+        if change is ChangeKind.UPSERT and (temporal is None or operational is None):
+            raise CodecError(f"upsert {record['system_event_id']} lacks times or state")
+        if change is ChangeKind.DELETE and (temporal is not None or operational is not None):
+            raise CodecError(f"delete {record['system_event_id']} carries times or state")
+        return UnifiedEvent(
+            system_event_id=record["system_event_id"],
+            resource_id=record["resource_id"],
+            provider_origin=_enum(ProviderOrigin, record["provider_origin"], "provider_origin"),
+            native_event_id=record["native_event_id"],
+            change=change,
+            version=record["version"],
+            emitted_at=_utc(meta["emitted_at"], "emitted_at"),
+            sync_sequence_token=meta["sync_sequence_token"],
+            latency_ms=meta["latency_ms"],
+            series_id=record["series_id"],
+            start_utc=None if temporal is None else _utc(temporal["start_utc"], "start_utc"),
+            end_utc=None if temporal is None else _utc(temporal["end_utc"], "end_utc"),
+            is_all_day=None if temporal is None else temporal["is_all_day"],
+            transparency=None
+            if operational is None
+            else _enum(Transparency, operational["transparency"], "transparency"),
+            status_intent=None
+            if operational is None
+            else _enum(StatusIntent, operational["status_intent"], "status_intent"),
+        )
+    except (KeyError, TypeError) as exc:
+        raise CodecError(f"not a calsync.v1.UnifiedEvent record: {exc!r}") from exc
+
+
+# -- bytes -------------------------------------------------------------------------
+
+
+def _write(schema: Schema, record: UnifiedEventRecord) -> bytes:
+    buf = io.BytesIO()
+    try:
+        schemaless_writer(buf, schema, record)
+    except _FASTAVRO_ERRORS as exc:
+        raise CodecError(f"cannot encode {record.get('system_event_id')!r}: {exc}") from exc
+    return buf.getvalue()
+
+
+def _read(schema: Schema, data: bytes) -> dict[str, Any]:
+    try:
+        buf = io.BytesIO(data)
+        record = schemaless_reader(buf, schema, None)
+    except _FASTAVRO_ERRORS as exc:
+        raise CodecError(f"not a calsync.v1.UnifiedEvent: {exc!r}") from exc
+    if buf.tell() != len(data):
+        raise CodecError(
+            f"not a calsync.v1.UnifiedEvent: {len(data) - buf.tell()} bytes after the record"
+        )
+    assert isinstance(record, dict)  # the schema's top level is a record
+    return record
+
+
+def encode_event(event: UnifiedEvent) -> bytes:
+    """The Avro body of ``event``; the same event always gives the same bytes.
+
+    Raises :class:`CodecError` (see :func:`to_record`, plus values Avro cannot hold,
+    such as a ``latency_ms`` outside a signed 64-bit long).
+    """
+    return _write(_SCHEMA, to_record(event))
+
+
+def decode_event(data: bytes) -> UnifiedEvent:
+    """The event an Avro body holds. Raises :class:`CodecError` for anything else,
+    including a valid record followed by extra bytes."""
+    return from_record(_read(_SCHEMA, data))
+
+
+# -- Faust -------------------------------------------------------------------------
+
+
+class UnifiedEventCodec(codecs.Codec):
+    """Faust codec for ``calsync.events`` values: plain Avro body, no framing.
+
+    Writes with fastavro the dict form of :func:`to_record`; accepts a
+    :class:`UnifiedEvent` or a dict form (e.g. ``Record.to_representation()`` of a
+    Record with ``include_metadata=False``), which it validates and normalizes
+    through :func:`from_record`/:func:`to_record` first. Reads back the dict form,
+    validated; ``from_record`` turns it into a :class:`UnifiedEvent`.
+
+    There is no Confluent header (magic byte + schema id) because no schema
+    registry is in the loop: the schema ships in this package as
+    ``unified_event.avsc`` and every producer and consumer reads it from there.
+
+    The schema is parsed once, here in ``__init__``. Raises :class:`CodecError`.
+    """
+
+    def __init__(self, children: tuple[CodecT, ...] | None = None, **kwargs: Any) -> None:
+        super().__init__(children, **kwargs)
+        self._schema: Schema = parse_schema(load_schema())
+
+    def _dumps(self, obj: Any) -> bytes:
+        if isinstance(obj, UnifiedEvent):
+            record = to_record(obj)
+        elif isinstance(obj, Mapping):
+            record = to_record(from_record(obj))
+        else:
+            raise CodecError(f"cannot encode a {type(obj).__name__} as a UnifiedEvent")
+        return _write(self._schema, record)
+
+    def _loads(self, s: bytes) -> Any:
+        record = _read(self._schema, s)
+        from_record(record)  # validate: a reader of this codec gets a meaningful dict
+        return record
+
+
+def register_codecs() -> None:
+    """Register :class:`UnifiedEventCodec` as :data:`CODEC_NAME` with Faust.
+
+    Idempotent: a second call keeps the registered instance. Call it before any
+    model or topic that names the codec is used, or install the package so the
+    ``faust.codecs`` entry point does it.
+    """
+    if not isinstance(codecs.codecs.get(CODEC_NAME), UnifiedEventCodec):
+        codecs.register(CODEC_NAME, UnifiedEventCodec())

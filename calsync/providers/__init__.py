@@ -1,0 +1,1 @@
+"""Provider adapters: the only code that sees a provider's raw data."""

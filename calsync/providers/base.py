@@ -1,0 +1,92 @@
+"""The provider protocol every adapter (Google, Microsoft, CalDAV) implements.
+
+A provider reads one calendar. :meth:`Provider.fetch_changes` walks the changes
+since a cursor (or, without one, the full listing inside a window) page by page;
+the cursor is one opaque string (Google ``syncToken``, Graph ``deltaLink``, CalDAV
+``sync-token``) and appears only on the last page. An expired cursor raises
+:class:`~calsync.errors.CursorExpired`, to which the caller answers with a full
+resync. Pages hold :class:`~calsync.model.Occurrence` and
+:class:`~calsync.model.Deletion` values only: nothing personal leaves the adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from calsync.model import Change, ProviderOrigin
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The sync horizon: occurrences that end after ``start`` and begin before ``end``."""
+
+    start: datetime
+    end: datetime
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        return end > self.start and start < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """An item the adapter could not normalize: its (hashed) id and why."""
+
+    item_hash: str
+    reason: str
+
+
+@dataclass(slots=True)
+class ChangePage:
+    """One page of a change walk.
+
+    ``full`` is true when the walk is a full listing (no cursor was used, or the
+    cursor expired): the caller diffs it against what it knew. ``cursor`` is set on
+    the last page only. ``time_zone`` is the calendar's zone when the provider said.
+    """
+
+    changes: list[Change]
+    full: bool
+    cursor: str | None = None
+    time_zone: str | None = None
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A push channel or subscription at the provider."""
+
+    channel_id: str
+    provider_resource_id: str
+    expires_at_ms: int
+
+
+class Provider(Protocol):
+    """One calendar at one provider, with its credentials.
+
+    Every method raises only :class:`~calsync.errors.ProviderError` subclasses.
+    Reads are safe to repeat; ``subscribe`` and ``unsubscribe`` are not retried
+    blindly by callers.
+    """
+
+    origin: ProviderOrigin
+
+    def fetch_changes(self, cursor: str | None, window: Window) -> AsyncIterator[ChangePage]:
+        """Yield pages of changes since ``cursor``; ``None`` lists everything in ``window``."""
+        ...
+
+    async def subscribe(
+        self, channel_id: str, address: str, token: str, ttl_seconds: int
+    ) -> Subscription:
+        """Create a push channel delivering to ``address`` with ``token``."""
+        ...
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop a push channel; stopping one that is already gone is not an error."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the provider holds; idempotent."""
+        ...

@@ -1,0 +1,113 @@
+"""One frozen, typed settings object, read from ``CALSYNC_*`` variables once at start.
+
+Nothing below :mod:`calsync.app` and :mod:`calsync.cli` reads ``os.environ``; code
+takes a :class:`Settings` and tests build one explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calsync.errors import ConfigurationError
+
+_SECRET_FIELDS = frozenset({"secret_key", "admin_token", "google_client_secret"})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable about a calsync process.
+
+    The environment variable of a field is ``CALSYNC_`` + its upper-cased name
+    (``kafka_bootstrap`` ← ``CALSYNC_KAFKA_BOOTSTRAP``). Provider URLs are settings so
+    that the emulators, or any other stand-in, can take the real services' place.
+    """
+
+    secret_key: str = field(repr=False)
+    admin_token: str = field(repr=False)
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    data_dir: Path = Path("./calsync-data")
+    web_port: int = 6066
+    web_bind: str = "127.0.0.1"
+    public_url: str = "http://127.0.0.1:6066"
+    app_id: str = "calsync"
+    topic_prefix: str = "calsync."
+    topic_partitions: int = 8
+    replication_factor: int = 1
+    google_api_url: str = "https://www.googleapis.com/calendar/v3"
+    google_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
+    google_client_id: str = ""
+    google_client_secret: str = field(default="", repr=False)
+    #: Events starting more than this many days ago are outside the sync horizon.
+    horizon_past_days: int = 30
+    #: Events starting more than this many days ahead are outside the sync horizon.
+    horizon_future_days: int = 365
+    #: Webhook bodies larger than this many bytes are refused with 413.
+    gateway_max_body: int = 64 * 1024
+    #: Time-to-live requested for Google watch channels, in seconds.
+    google_channel_ttl: int = 7 * 24 * 3600
+    #: Retry attempts before work goes to the dead-letter topic.
+    max_attempts: int = 8
+    #: First retry delay in seconds (doubled per attempt, full jitter).
+    retry_base_delay: float = 0.5
+    #: Longest retry delay in seconds.
+    retry_max_delay: float = 300.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if len(self.secret_key) < 16:
+            raise ConfigurationError(
+                "CALSYNC_SECRET_KEY must be set to at least 16 characters "
+                "(it encrypts credentials and signs webhook tokens)"
+            )
+        if not self.admin_token:
+            raise ConfigurationError("CALSYNC_ADMIN_TOKEN must be set (it guards /api/)")
+        if self.topic_partitions < 1 or self.replication_factor < 1:
+            raise ConfigurationError("topic partitions and replication factor must be >= 1")
+
+    def topic(self, name: str) -> str:
+        """The full name of a topic: ``notifications`` → ``calsync.notifications``."""
+        return f"{self.topic_prefix}{name}"
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked, for logs and the status page."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "****" if f.name in _SECRET_FIELDS and value else value
+        return out
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Read ``CALSYNC_*`` variables; ``overrides`` win over the environment.
+
+        Raises :class:`ConfigurationError` naming the variable when a value does not parse.
+        """
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            env_name = f"CALSYNC_{f.name.upper()}"
+            raw = environ.get(env_name)
+            if raw is None:
+                continue
+            values[f.name] = _parse(env_name, raw, f.type)
+        values.update(overrides)
+        for required in ("secret_key", "admin_token"):
+            values.setdefault(required, "")
+        return cls(**values)
+
+
+def _parse(env_name: str, raw: str, annotation: object) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{env_name}={raw!r} is not a valid {kind}") from exc
+    return raw

@@ -1,0 +1,1 @@
+"""Topic definitions and the records that travel on them."""

@@ -1,0 +1,84 @@
+"""The JSON records of ``calsync.notifications``, ``.retries``, ``.commands``, ``.status``.
+
+They are Faust records without Faust metadata (``include_metadata=False``), so any
+Kafka client (the standalone gateway, the CLI, a consumer in another language) can
+write and read them as plain JSON. ``calsync.events`` carries Avro instead
+(:mod:`calsync.codecs.avro`).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import faust
+
+
+class Reason(enum.StrEnum):
+    """Why a notification asks for a sync."""
+
+    PUSH = "push"
+    POLL = "poll"
+    RECONCILE = "reconcile"
+    RETRY = "retry"
+    COMMAND = "command"
+
+
+class CommandKind(enum.StrEnum):
+    REGISTER = "register"
+    REMOVE = "remove"
+    RESYNC = "resync"
+
+
+class Notification(faust.Record, serializer="json", include_metadata=False):
+    """A ping: "resource ``resource_id`` may have changed". Never carries provider data.
+
+    ``received_at`` is the wall-clock time (epoch seconds) the gateway or scheduler
+    saw the cause; the sync agent uses it to coalesce bursts and to compute
+    ``latency_ms``. ``full`` asks for a full resync instead of a delta; ``attempt``
+    counts how often this work was retried (its reason stays what caused it).
+    """
+
+    provider: str
+    resource_id: str
+    reason: str
+    received_at: float
+    channel_id: str | None = None
+    message_number: int | None = None
+    full: bool = False
+    attempt: int = 0
+
+
+class RetryEnvelope(faust.Record, serializer="json", include_metadata=False):
+    """A notification that could not run now, with when it may run again."""
+
+    notification: Notification
+    attempt: int
+    due_at: float
+    last_error: str
+
+
+class Command(faust.Record, serializer="json", include_metadata=False):
+    """An administrative request, keyed by resource id.
+
+    ``credentials`` values are ciphertexts (:class:`calsync.crypto.SecretBox`): no
+    plaintext secret is ever written to a topic.
+    """
+
+    kind: str
+    resource_id: str
+    issued_at: float
+    provider: str | None = None
+    calendar_id: str | None = None
+    time_zone: str | None = None
+    credentials: dict[str, str] | None = None
+
+
+class StatusEvent(faust.Record, serializer="json", include_metadata=False):
+    """One state change of a resource on ``calsync.status``."""
+
+    resource_id: str
+    status: str
+    at: float
+    detail: str = ""
+    data: dict[str, Any] | None = None

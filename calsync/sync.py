@@ -1,0 +1,166 @@
+"""The sync algorithm: walk a provider's changes, diff them against what was known,
+and hand the resulting unified events to ``emit`` page by page. No Kafka in here.
+
+Contract: ``emit`` returns only after the events it was given are durably produced;
+:func:`sync_resource` returns the new cursor and index only after every page was
+emitted, so a caller that stores them afterwards never stores a cursor ahead of
+its events (a crash replays, it never skips).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from calsync.errors import CursorExpired
+from calsync.model import Deletion, Occurrence, UnifiedEvent
+from calsync.providers.base import Provider, Quarantined, Window
+
+Emit = Callable[[list[UnifiedEvent]], Awaitable[None]]
+Clock = Callable[[], datetime]
+
+
+@dataclass(slots=True)
+class SyncOutcome:
+    """What a sync produced: the cursor and index to store, and counts for status."""
+
+    cursor: str | None
+    index: dict[str, str]
+    time_zone: str | None
+    full: bool
+    upserts: int = 0
+    deletes: int = 0
+    cursor_expired: bool = False
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+
+def diff_page(
+    changes: list[Occurrence | Deletion],
+    index: dict[str, str],
+    window: Window,
+    seen: set[str] | None,
+) -> tuple[list[Occurrence], list[str]]:
+    """Apply one page to ``index`` (in place); return the upserts and deleted ids.
+
+    An occurrence whose version is already known is not re-emitted; one outside the
+    window counts as a deletion (it left the horizon); a deletion of an id never
+    known emits nothing. ``seen`` collects the ids present in a full listing.
+    """
+    upserts: list[Occurrence] = []
+    deletes: list[str] = []
+    for change in changes:
+        key = change.native_event_id
+        if isinstance(change, Occurrence) and window.overlaps(change.start_utc, change.end_utc):
+            if seen is not None:
+                seen.add(key)
+            if index.get(key) != change.version:
+                index[key] = change.version
+                upserts.append(change)
+        elif index.pop(key, None) is not None:
+            deletes.append(key)
+    return upserts, deletes
+
+
+async def sync_resource(
+    provider: Provider,
+    *,
+    resource_id: str,
+    cursor: str | None,
+    index: dict[str, str],
+    window: Window,
+    emit: Emit,
+    now: Clock,
+    caused_at: datetime,
+) -> SyncOutcome:
+    """Bring ``index`` up to date with the provider, emitting every change.
+
+    ``cursor=None`` runs a full listing; an expired cursor falls back to one. After a
+    full listing, every known id that did not appear is emitted as a delete.
+    ``caused_at`` is when the notification behind this sync was received:
+    ``latency_ms`` of each event is measured from it.
+    """
+    index = dict(index)
+    try:
+        return await _walk(provider, resource_id, cursor, index, window, emit, now, caused_at)
+    except CursorExpired:
+        if cursor is None:
+            raise
+    outcome = await _walk(provider, resource_id, None, index, window, emit, now, caused_at)
+    outcome.cursor_expired = True
+    return outcome
+
+
+async def _walk(
+    provider: Provider,
+    resource_id: str,
+    cursor: str | None,
+    index: dict[str, str],
+    window: Window,
+    emit: Emit,
+    now: Clock,
+    caused_at: datetime,
+) -> SyncOutcome:
+    origin = provider.origin
+    full = cursor is None
+    seen: set[str] | None = set() if full else None
+    outcome = SyncOutcome(cursor=cursor, index=index, time_zone=None, full=full)
+
+    def stamp() -> tuple[datetime, int]:
+        emitted_at = now()
+        return emitted_at, max(0, int((emitted_at - caused_at).total_seconds() * 1000))
+
+    async for page in provider.fetch_changes(cursor, window):
+        outcome.time_zone = page.time_zone or outcome.time_zone
+        outcome.quarantined.extend(page.quarantined)
+        upserts, deletes = diff_page(page.changes, index, window, seen)
+        emitted_at, latency = stamp()
+        events = [
+            UnifiedEvent.upsert(
+                origin,
+                resource_id,
+                occ,
+                emitted_at=emitted_at,
+                sync_sequence_token=page.cursor,
+                latency_ms=latency,
+            )
+            for occ in upserts
+        ]
+        events += [
+            UnifiedEvent.delete(
+                origin,
+                resource_id,
+                key,
+                emitted_at=emitted_at,
+                sync_sequence_token=page.cursor,
+                latency_ms=latency,
+            )
+            for key in deletes
+        ]
+        if events:
+            await emit(events)
+        outcome.upserts += len(upserts)
+        outcome.deletes += len(deletes)
+        if page.cursor is not None:
+            outcome.cursor = page.cursor
+    if seen is not None:
+        vanished = sorted(set(index) - seen)
+        if vanished:
+            emitted_at, latency = stamp()
+            await emit(
+                [
+                    UnifiedEvent.delete(
+                        origin,
+                        resource_id,
+                        key,
+                        emitted_at=emitted_at,
+                        sync_sequence_token=outcome.cursor,
+                        latency_ms=latency,
+                    )
+                    for key in vanished
+                ]
+            )
+            for key in vanished:
+                del index[key]
+            outcome.deletes += len(vanished)
+    return outcome

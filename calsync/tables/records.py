@@ -1,0 +1,44 @@
+"""The values kept in calsync's tables (RocksDB in a worker, changelogged to Kafka)."""
+
+from __future__ import annotations
+
+import faust
+
+
+class Resource(faust.Record, serializer="json", include_metadata=False):
+    """A registered calendar. ``credentials`` holds ciphertexts only."""
+
+    provider: str
+    calendar_id: str
+    registered_at: float
+    credentials: dict[str, str]
+    time_zone: str | None = None
+    state: str = "active"  # active | reauth_required | removed
+
+
+class SyncState(faust.Record, serializer="json", include_metadata=False):
+    """Where the last successful sync of a resource left off.
+
+    ``cursor`` is the provider's opaque delta cursor; ``index`` maps each known
+    occurrence's native id to its content version, so a full listing can be diffed
+    (what vanished becomes a delete, what is unchanged is not re-emitted).
+    ``fetch_started_at`` is the wall-clock start of the fetch that produced this state:
+    a push received before it is already covered.
+    """
+
+    cursor: str | None = None
+    index: dict[str, str] | None = None
+    fetch_started_at: float = 0.0
+    synced_at: float = 0.0
+    time_zone: str | None = None
+    fetches: int = 0
+
+
+class Channel(faust.Record, serializer="json", include_metadata=False):
+    """A live provider push channel (Google watch channel)."""
+
+    channel_id: str
+    provider_resource_id: str
+    expires_at_ms: int
+    created_at: float
+    last_message_number: int = 0
