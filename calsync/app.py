@@ -157,6 +157,8 @@ def create_app(
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
         web_port=settings.web_port,
         web_bind=settings.web_bind,
         web_host="127.0.0.1"

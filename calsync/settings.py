@@ -55,6 +55,8 @@ class Settings:
     retry_base_delay: float = 0.5
     #: Longest retry delay in seconds.
     retry_max_delay: float = 300.0
+    #: Consumer-group session timeout in seconds: how long a dead worker keeps its partitions.
+    kafka_session_timeout: float = 30.0
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -79,6 +81,13 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = "****" if f.name in _SECRET_FIELDS and value else value
         return out
+
+    def to_env(self) -> dict[str, str]:
+        """The ``CALSYNC_*`` variables that :meth:`from_env` reads back into these settings."""
+        return {
+            f"CALSYNC_{f.name.upper()}": str(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:

@@ -69,6 +69,7 @@ CLUSTER_ID: Final = "4L6g3nShT-eMCtK--X86sw"
 #: What ``kafka.server.KafkaRaftServer`` logs once the client listeners accept connections.
 _STARTED_MESSAGE: Final = b"Kafka Server started"
 _BIND_FAILURE: Final = b"Address already in use"
+_STACK_FRAME: Final = re.compile(r"\s+(at |\.\.\. \d+ more)")
 
 #: JVM flags for a fast start on a small machine (heap stays well below 512 MiB when idle).
 _JVM_OPTIONS: Final = (
@@ -607,8 +608,8 @@ class KafkaBroker:
                 if _BIND_FAILURE in log and not self._clash_is_requested_port(log):
                     raise _PortClash(self._log_tail())
                 raise KafkaBrokerError(
-                    f"the Kafka broker exited with code {returncode} during startup; "
-                    f"log {log_path}:\n{self._log_tail()}"
+                    f"the Kafka broker exited with code {returncode} during startup\n"
+                    f"{self._log_tail()}"
                 )
             if not started:
                 started = _STARTED_MESSAGE in log_path.read_bytes()
@@ -622,7 +623,7 @@ class KafkaBroker:
             if remaining <= 0:
                 raise KafkaBrokerError(
                     f"the Kafka broker was not ready within {self._startup_timeout:g} s "
-                    f"({last_error}); log {log_path}:\n{self._log_tail()}"
+                    f"({last_error})\n{self._log_tail()}"
                 )
             time.sleep(0.1)
 
@@ -633,10 +634,18 @@ class KafkaBroker:
         return f"127.0.0.1:{self._requested_port}".encode() in log.split(_BIND_FAILURE)[0][-300:]
 
     def _log_tail(self) -> str:
+        """The end of the broker log without Java stack frames, for error messages.
+
+        Called before :meth:`stop` removes the log, so the message outlives the file; a
+        caller-owned work dir keeps the full log, and the message says where.
+        """
         if self._log_path is None:
-            return "(no log)"
+            return "(no broker log)"
         try:
             text = self._log_path.read_text("utf-8", errors="replace")
         except OSError as exc:
-            return f"(log unreadable: {exc})"
-        return _tail(text) or "(the log is empty)"
+            return f"(broker log unreadable: {exc})"
+        lines = [line for line in text.splitlines() if not _STACK_FRAME.match(line)]
+        where = "" if self._owns_work_dir else f" (full log: {self._log_path})"
+        body = _tail("\n".join(lines)) or "(empty)"
+        return f"--- broker log, stack frames left out{where} ---\n{body}"

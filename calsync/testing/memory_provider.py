@@ -1,0 +1,73 @@
+"""An in-memory :class:`~calsync.providers.base.Provider`: the fake for sync logic tests.
+
+It keeps a change log like a real provider: the cursor is the log position, a
+delta walk returns what changed after it (deletions included), a full walk lists
+what exists, and :meth:`invalidate_cursors` makes every older cursor raise
+:class:`~calsync.errors.CursorExpired`, as Google's 410 does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from calsync.errors import CursorExpired, ProviderRejected
+from calsync.model import Change, Deletion, Occurrence, ProviderOrigin
+from calsync.providers.base import ChangePage, Subscription, Window
+
+
+class MemoryProvider:
+    origin = ProviderOrigin.GOOGLE
+
+    def __init__(self, *, page_size: int = 100) -> None:
+        self.page_size = page_size
+        self.items: dict[str, Occurrence] = {}
+        self._log: list[Change] = []
+        self._epoch = 0
+        self.fetches = 0
+        self.subscriptions: dict[str, Subscription] = {}
+
+    def put(self, occurrence: Occurrence) -> None:
+        self.items[occurrence.native_event_id] = occurrence
+        self._log.append(occurrence)
+
+    def remove(self, native_event_id: str) -> None:
+        self.items.pop(native_event_id, None)
+        self._log.append(Deletion(native_event_id))
+
+    def invalidate_cursors(self) -> None:
+        self._epoch += 1
+
+    async def fetch_changes(self, cursor: str | None, window: Window) -> AsyncIterator[ChangePage]:
+        self.fetches += 1
+        position = len(self._log)
+        if cursor is None:
+            changes: list[Change] = [
+                o for o in self.items.values() if window.overlaps(o.start_utc, o.end_utc)
+            ]
+        else:
+            epoch, _, since = cursor.partition(":")
+            if int(epoch) != self._epoch:
+                raise CursorExpired("cursor invalidated", status=410)
+            changes = list(self._log[int(since) : position])
+        pages = [changes[i : i + self.page_size] for i in range(0, len(changes), self.page_size)]
+        pages = pages or [[]]
+        for number, page in enumerate(pages, start=1):
+            last = number == len(pages)
+            yield ChangePage(
+                changes=page, full=cursor is None, cursor=f"{self._epoch}:{position}" if last else None
+            )
+
+    async def subscribe(
+        self, channel_id: str, address: str, token: str, ttl_seconds: int
+    ) -> Subscription:
+        if channel_id in self.subscriptions:
+            raise ProviderRejected("duplicate channel id", status=409)
+        sub = Subscription(channel_id, f"res-{channel_id}", ttl_seconds * 1000)
+        self.subscriptions[channel_id] = sub
+        return sub
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        self.subscriptions.pop(subscription.channel_id, None)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,77 @@
+"""Read calsync's output topics from the beginning (tests, the demo, benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from calsync.codecs.avro import decode_event
+from calsync.model import UnifiedEvent
+
+
+class TopicReader:
+    """Consumes one topic from its beginning, without a group, and keeps every value."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.values: list[bytes] = []
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        self._started = False
+
+    async def start(self) -> TopicReader:
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self.topic)
+        while not partitions:
+            await asyncio.sleep(0.1)
+            await self._consumer._client.force_metadata_update()
+            partitions = self._consumer.partitions_for_topic(self.topic)
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        self._started = True
+        return self
+
+    async def poll(self, timeout: float = 0.2) -> int:
+        """Fetch what is there now; returns how many new values arrived."""
+        batches = await self._consumer.getmany(timeout_ms=int(timeout * 1000))
+        count = 0
+        for messages in batches.values():
+            for message in messages:
+                self.values.append(message.value)
+                count += 1
+        return count
+
+    async def wait_for(
+        self, predicate: Callable[[TopicReader], bool], *, timeout: float = 60.0
+    ) -> None:
+        """Poll until ``predicate(self)`` holds; raises :class:`TimeoutError` otherwise."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.topic}: condition not met after {timeout}s")
+            await self.poll()
+
+    async def settle(self, quiet: float = 2.0) -> None:
+        """Poll until nothing new arrived for ``quiet`` seconds."""
+        last = time.monotonic()
+        while time.monotonic() - last < quiet:
+            if await self.poll():
+                last = time.monotonic()
+
+    def events(self) -> list[UnifiedEvent]:
+        return [decode_event(v) for v in self.values]
+
+    def json(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for v in self.values]
+
+    async def aclose(self) -> None:
+        if self._started:
+            self._started = False
+            await self._consumer.stop()

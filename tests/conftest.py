@@ -1,0 +1,67 @@
+"""Shared fixtures. Fixtures are factories with defaults; the broker is one per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from calsync.settings import Settings
+
+SECRET_KEY = "test-secret-key-0123456789abcdef"
+ADMIN_TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka broker for the whole session (started here unless one is given)."""
+    external = os.environ.get("CALSYNC_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    from calsync.testing.broker import KafkaBroker
+
+    with KafkaBroker() as broker:
+        yield broker.bootstrap
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> SettingsFactory:
+    """Settings with a unique app id and topic prefix, so tests never share state."""
+
+    def factory(**overrides: Any) -> Settings:
+        unique = uuid.uuid4().hex[:10]
+        port = free_port()
+        values: dict[str, Any] = {
+            "secret_key": SECRET_KEY,
+            "admin_token": ADMIN_TOKEN,
+            "app_id": f"calsync-test-{unique}",
+            "topic_prefix": f"t{unique}.",
+            "topic_partitions": 4,
+            "data_dir": tmp_path / f"data-{unique}",
+            "web_port": port,
+            "public_url": f"http://127.0.0.1:{port}",
+            "google_client_id": "test-client",
+            "google_client_secret": "test-client-secret",
+            "kafka_session_timeout": 10.0,
+            "retry_base_delay": 0.2,
+            "retry_max_delay": 2.0,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return factory
