@@ -6,6 +6,7 @@
     ├── ConfigurationError          settings missing or invalid; raised at start
     ├── CodecError                  a record could not be encoded or decoded
     ├── CryptoError                 a ciphertext was forged, truncated or made with another key
+    ├── InternalError               an unexpected failure while syncing (retriable = True)
     └── ProviderError               anything a provider adapter raises (retriable = False)
         ├── TransientProviderError  5xx, timeouts, connection errors (retriable = True)
         │   └── RateLimited         429/403 rate limits and throttling 503s; carries retry_after
@@ -38,6 +39,12 @@ class CodecError(CalsyncError):
 
 class CryptoError(CalsyncError):
     """A ciphertext or signed token failed authentication."""
+
+
+class InternalError(CalsyncError):
+    """An unexpected failure mid-sync (a bug, a producer error): retried, then dead-lettered."""
+
+    retriable = True
 
 
 class ProviderError(CalsyncError):

@@ -15,13 +15,19 @@ import uuid
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from calsync.agents.outbox import Outbox
 from calsync.crypto import SecretBox, WebhookSigner
-from calsync.errors import AuthorizationRevoked, CalsyncError, ProviderError, RateLimited
+from calsync.errors import (
+    AuthorizationRevoked,
+    CalsyncError,
+    InternalError,
+    ProviderError,
+    RateLimited,
+)
 from calsync.model import ProviderOrigin, UnifiedEvent
 from calsync.providers.base import Provider, Subscription, Window
 from calsync.providers.google import GoogleProvider, GoogleTokenSource
@@ -41,6 +47,14 @@ from calsync.tables.records import Channel, Resource, SyncState
 log = logging.getLogger(__name__)
 
 _COALESCED_REASONS = frozenset({Reason.PUSH.value, Reason.POLL.value})
+
+
+class ProviderSource(Protocol):
+    """Hands out the provider of a resource; ``forget`` drops a cached one."""
+
+    def get(self, resource_id: str, resource: Resource) -> Provider: ...
+
+    def forget(self, resource_id: str) -> None: ...
 
 
 class ProviderFactory:
@@ -111,7 +125,7 @@ class SyncService:
         sync_state: MutableMapping[str, SyncState],
         channels: MutableMapping[str, Channel],
         outbox: Outbox,
-        providers: ProviderFactory,
+        providers: ProviderSource,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -194,7 +208,7 @@ class SyncService:
             return
         except Exception as exc:  # a bug must not kill the worker or block the partition
             log.exception("sync of %s failed unexpectedly", rid)
-            await self._failed(notification, resource, CalsyncError(f"internal error: {exc!r}"))
+            await self._failed(notification, resource, InternalError(f"internal error: {exc!r}"))
             return
         self.sync_state[rid] = SyncState(
             cursor=outcome.cursor,

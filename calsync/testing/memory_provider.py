@@ -54,7 +54,9 @@ class MemoryProvider:
         for number, page in enumerate(pages, start=1):
             last = number == len(pages)
             yield ChangePage(
-                changes=page, full=cursor is None, cursor=f"{self._epoch}:{position}" if last else None
+                changes=page,
+                full=cursor is None,
+                cursor=f"{self._epoch}:{position}" if last else None,
             )
 
     async def subscribe(
