@@ -1,0 +1,2406 @@
+"""A local Google Calendar API v3 and Google OAuth token endpoint, on aiohttp.
+
+The emulator follows ``shared/reference/provider-protocols.md`` §1, §4.1 and the
+§6 fidelity checklist "to the header and status code": the production Google
+provider adapter is pointed at it with ``CALSYNC_GOOGLE_API_URL`` (``api_url``)
+and ``CALSYNC_GOOGLE_TOKEN_URL`` (``token_url``) and cannot tell the difference
+for the calls it makes.
+
+Served over HTTP (paths relative to ``base_url``)::
+
+    POST   /token                                        OAuth refresh_token grant
+    GET    /calendar/v3/calendars/{cal}/events           events.list (paging, sync tokens)
+    POST   /calendar/v3/calendars/{cal}/events           events.insert
+    GET    /calendar/v3/calendars/{cal}/events/{id}      events.get (instance ids too)
+    PATCH  /calendar/v3/calendars/{cal}/events/{id}      events.patch
+    DELETE /calendar/v3/calendars/{cal}/events/{id}      events.delete
+    POST   /calendar/v3/calendars/{cal}/events/watch     events.watch (push channels)
+    POST   /calendar/v3/channels/stop                    channels.stop
+    ...    /_emulator/...                                test/demo control, see ``CONTROL_ROUTES``
+
+Contracts worth knowing before writing a test against it:
+
+- Every ``/calendar/v3`` call needs ``Authorization: Bearer <access token>``; an
+  access token is minted by ``POST /token`` for a refresh token from
+  :meth:`GoogleEmulator.issue_refresh_token`, lives 3599 s on the emulator
+  clock and dies with its refresh token. A missing, unknown, expired or revoked
+  token, or one whose grant does not cover the calendar, answers 401
+  ``authError``. An unknown calendar answers 404 ``notFound``.
+- Every error body is the §1.4 envelope
+  ``{"error": {"errors": [{domain, reason, message, ...}], "code", "message"}}``;
+  the token endpoint answers OAuth-style ``{"error", "error_description"}``.
+- Page and sync tokens are opaque, HMAC-sealed and bound to one emulator
+  instance. A sync token encodes the calendar, its change-sequence number when
+  the walk that minted it *started*, the invalidation epoch and the original
+  ``timeMin``/``timeMax``/``singleEvents``; so changes made while a client pages
+  are delivered by its next incremental sync, never lost (maybe twice).
+- A sync token that was invalidated, forged, or minted by another emulator
+  answers 410 ``fullSyncRequired``; a bad ``pageToken`` answers 400 ``invalid``.
+- Pushes are delivered by one background task per channel, never inside the
+  request that caused the change; :meth:`GoogleEmulator.flush_pushes` waits for
+  the ones queued so far.
+- Python control methods raise :class:`GoogleApiError` (the same error the HTTP
+  layer renders) for unknown calendars/events, duplicates and invalid input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import copy
+import dataclasses
+import email.utils
+import hashlib
+import hmac
+import json
+import logging
+import random
+import re
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from types import TracebackType
+from typing import Any, Final, Literal, NotRequired, TypedDict, cast, get_args
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import aiohttp
+from aiohttp import web
+from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
+
+__all__ = [
+    "API_PREFIX",
+    "CONTROL_ROUTES",
+    "Channel",
+    "ChannelResource",
+    "DeliveryRecord",
+    "ErrorDetail",
+    "ErrorEnvelope",
+    "EventResource",
+    "FaultInjector",
+    "FaultKind",
+    "FaultRule",
+    "GoogleApiError",
+    "GoogleEmulator",
+    "RecordedRequest",
+    "main",
+    "serve_forever",
+]
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX: Final = "/calendar/v3"
+TOKEN_PATH: Final = "/token"
+CONTROL_PREFIX: Final = "/_emulator"
+DEFAULT_PORT: Final = 8085
+
+DEFAULT_CHANNEL_TTL: Final = 604_800.0
+MAX_RESULTS_LIMIT: Final = 2500
+ACCESS_TOKEN_LIFETIME: Final = 3599
+DEFAULT_SCOPE: Final = "https://www.googleapis.com/auth/calendar"
+PUSH_SUCCESS: Final = frozenset({102, 200, 201, 202, 204})
+PUSH_RETRY: Final = frozenset({500, 502, 503, 504})
+FORBIDDEN_WITH_SYNC_TOKEN: Final = (
+    "iCalUID",
+    "orderBy",
+    "privateExtendedProperty",
+    "q",
+    "sharedExtendedProperty",
+    "timeMin",
+    "timeMax",
+    "updatedMin",
+)
+
+_BASE32HEX: Final = "0123456789abcdefghijklmnopqrstuv"
+_EVENT_ID_RE: Final = re.compile(r"^[a-v0-9]{5,1024}$")
+_EXPANSION_HORIZON: Final = timedelta(days=730)
+_MAX_RRULE_ITERATIONS: Final = 20_000
+_MAC_BYTES: Final = 12
+_EVENT_STATUSES: Final = ("confirmed", "tentative", "cancelled")
+_TRANSPARENCIES: Final = ("opaque", "transparent")
+_CHANNEL_TYPES: Final = ("web_hook", "webhook")
+_TIMING_KEYS: Final = ("start", "end", "recurrence")
+_READ_ONLY_KEYS: Final = (
+    "kind",
+    "etag",
+    "id",
+    "created",
+    "updated",
+    "htmlLink",
+    "iCalUID",
+    "recurringEventId",
+    "originalStartTime",
+)
+_CANONICAL_ORDER: Final = (
+    "kind",
+    "etag",
+    "id",
+    "status",
+    "htmlLink",
+    "created",
+    "updated",
+    "summary",
+    "description",
+    "location",
+    "creator",
+    "organizer",
+    "start",
+    "end",
+    "recurrence",
+    "recurringEventId",
+    "originalStartTime",
+    "transparency",
+    "iCalUID",
+    "sequence",
+)
+
+EventResource = dict[str, Any]
+"""An event as the API renders it: the caller's fields plus the server-set ones.
+
+Kept as a plain dict on purpose: the emulator stores and returns whatever the
+caller inserted (attendees, extendedProperties, conferenceData, ...)."""
+
+
+# --------------------------------------------------------------------------- wire types
+
+
+class ErrorDetail(TypedDict):
+    """One entry of ``error.errors`` in the §1.4 envelope."""
+
+    domain: str
+    reason: str
+    message: str
+    locationType: NotRequired[str]
+    location: NotRequired[str]
+
+
+class ErrorObject(TypedDict):
+    """The ``error`` member of the §1.4 envelope."""
+
+    errors: list[ErrorDetail]
+    code: int
+    message: str
+
+
+class ErrorEnvelope(TypedDict):
+    """The §1.4 error body: ``{"error": {"errors": [...], "code", "message"}}``."""
+
+    error: ErrorObject
+
+
+class ChannelResource(TypedDict):
+    """The ``api#channel`` answer of events.watch; ``expiration`` is epoch ms as a string."""
+
+    kind: str
+    id: str
+    resourceId: str
+    resourceUri: str
+    token: NotRequired[str]
+    expiration: str
+
+
+class TokenResponse(TypedDict):
+    """A successful refresh_token grant (no ``refresh_token`` member, like Google)."""
+
+    access_token: str
+    expires_in: int
+    scope: str
+    token_type: str
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class GoogleApiError(Exception):
+    """An error the emulator answers with the §1.4 envelope.
+
+    Raised by the Python control methods too, so a test sees the same ``status``
+    and ``reason`` that an HTTP client would.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        *,
+        domain: str = "global",
+        location: str | None = None,
+        location_type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.domain = domain
+        self.location = location
+        self.location_type = location_type
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def envelope(self) -> ErrorEnvelope:
+        """The exact JSON body for this error."""
+        detail: ErrorDetail = {
+            "domain": self.domain,
+            "reason": self.reason,
+            "message": self.message,
+        }
+        if self.location_type is not None:
+            detail["locationType"] = self.location_type
+        if self.location is not None:
+            detail["location"] = self.location
+        return {"error": {"errors": [detail], "code": self.status, "message": self.message}}
+
+
+def _invalid(message: str, location: str | None = None) -> GoogleApiError:
+    return GoogleApiError(
+        400,
+        "invalid",
+        message,
+        location=location,
+        location_type="parameter" if location else None,
+    )
+
+
+def _required(message: str, location: str | None = None) -> GoogleApiError:
+    return GoogleApiError(
+        400,
+        "required",
+        message,
+        location=location,
+        location_type="parameter" if location else None,
+    )
+
+
+def _parse_error() -> GoogleApiError:
+    return GoogleApiError(400, "parseError", "Parse Error")
+
+
+def _auth_error() -> GoogleApiError:
+    return GoogleApiError(
+        401,
+        "authError",
+        "Invalid Credentials",
+        location="Authorization",
+        location_type="header",
+        headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
+    )
+
+
+def _not_found() -> GoogleApiError:
+    return GoogleApiError(404, "notFound", "Not Found")
+
+
+def _duplicate() -> GoogleApiError:
+    return GoogleApiError(409, "duplicate", "The requested identifier already exists.")
+
+
+def _full_sync_required() -> GoogleApiError:
+    return GoogleApiError(
+        410,
+        "fullSyncRequired",
+        "Sync token is no longer valid, a full sync is required.",
+        domain="calendar",
+        location="syncToken",
+        location_type="parameter",
+    )
+
+
+def _deleted() -> GoogleApiError:
+    return GoogleApiError(410, "deleted", "Resource has been deleted")
+
+
+def _time_range_empty() -> GoogleApiError:
+    return GoogleApiError(
+        400,
+        "timeRangeEmpty",
+        "The specified time range is empty.",
+        domain="calendar",
+        location="timeMax",
+        location_type="parameter",
+    )
+
+
+def _error_response(exc: GoogleApiError) -> web.Response:
+    return web.json_response(exc.envelope(), status=exc.status, headers=exc.headers)
+
+
+# --------------------------------------------------------------------------- faults
+
+FaultKind = Literal[
+    "rate_limit_429",
+    "rate_limit_403",
+    "user_rate_limit_403",
+    "quota_exceeded_403",
+    "backend_error_500",
+    "unavailable_503",
+    "full_sync_required_410",
+    "condition_not_met_412",
+    "duplicate_409",
+    "latency",
+]
+"""What a :class:`FaultRule` does to a matching API call."""
+
+_FAULT_KINDS: Final[tuple[str, ...]] = get_args(FaultKind)
+
+
+def _fault_error(kind: FaultKind) -> GoogleApiError:
+    if kind == "rate_limit_429":
+        return GoogleApiError(429, "rateLimitExceeded", "Rate Limit Exceeded", domain="usageLimits")
+    if kind == "rate_limit_403":
+        return GoogleApiError(403, "rateLimitExceeded", "Rate Limit Exceeded", domain="usageLimits")
+    if kind == "user_rate_limit_403":
+        return GoogleApiError(
+            403, "userRateLimitExceeded", "User Rate Limit Exceeded", domain="usageLimits"
+        )
+    if kind == "quota_exceeded_403":
+        return GoogleApiError(
+            403, "quotaExceeded", "Calendar usage limits exceeded.", domain="usageLimits"
+        )
+    if kind == "backend_error_500":
+        return GoogleApiError(500, "backendError", "Backend Error")
+    if kind == "unavailable_503":
+        # The sheet gives no 503 body; Google's front ends answer with this one.
+        return GoogleApiError(503, "backendError", "The service is currently unavailable.")
+    if kind == "full_sync_required_410":
+        return _full_sync_required()
+    if kind == "condition_not_met_412":
+        return GoogleApiError(
+            412,
+            "conditionNotMet",
+            "Precondition Failed",
+            location="If-Match",
+            location_type="header",
+        )
+    if kind == "duplicate_409":
+        return _duplicate()
+    raise ValueError(f"fault kind {kind!r} produces no error")
+
+
+def _format_retry_after(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+@dataclass(slots=True)
+class FaultRule:
+    """One fault: which API calls it hits, how often, and what it answers.
+
+    A rule matches a call when ``method`` (if set) equals the HTTP method and
+    ``path`` (if set; a regular expression) is found in the request path. A
+    matching rule fires with ``probability``; ``count`` (if set) is how many more
+    times it may fire ("the next N calls"). ``retry_after`` (seconds, possibly
+    fractional, or an HTTP-date string) is sent verbatim as ``Retry-After``.
+    ``latency`` rules sleep ``seconds`` and let the call go on; the others
+    answer with the §1.4 body of their kind.
+    """
+
+    kind: FaultKind
+    probability: float = 1.0
+    count: int | None = None
+    path: str | None = None
+    method: str | None = None
+    retry_after: float | str | None = None
+    seconds: float = 0.0
+    fired: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {_FAULT_KINDS}")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError("probability must be within [0, 1]")
+        if self.count is not None and self.count < 0:
+            raise ValueError("count must be >= 0")
+        if self.seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        if self.path is not None:
+            re.compile(self.path)
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether this rule applies to the call (ignoring probability and count)."""
+        if self.count is not None and self.count <= 0:
+            return False
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        return self.path is None or re.search(self.path, path) is not None
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> FaultRule:
+        """Build a rule from the JSON accepted by ``POST /_emulator/faults``."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"fired"}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def to_json(self) -> dict[str, Any]:
+        """The rule as JSON (what ``GET /_emulator/faults`` shows)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class _FaultDecision:
+    latency: float = 0.0
+    rule: FaultRule | None = None
+    fired_latency: bool = False
+
+
+class FaultInjector:
+    """Seedable fault rules for API calls and a drop rate for pushes.
+
+    Faults apply to ``/calendar/v3`` calls only (not to ``/token`` nor the
+    control routes). Rules are checked in order: every firing ``latency`` rule
+    adds its delay, the first firing error rule answers the call.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.rules: list[FaultRule] = []
+        self.drop_push_probability: float = 0.0
+        self.rng = random.Random(seed)
+
+    def seed(self, seed: int | None) -> None:
+        """Reseed the random source, for reproducible runs."""
+        self.rng.seed(seed)
+
+    def add(
+        self,
+        kind: FaultKind,
+        *,
+        probability: float = 1.0,
+        count: int | None = None,
+        path: str | None = None,
+        method: str | None = None,
+        retry_after: float | str | None = None,
+        seconds: float = 0.0,
+    ) -> FaultRule:
+        """Append a rule and return it (mutate or remove it to change the plan)."""
+        rule = FaultRule(
+            kind=kind,
+            probability=probability,
+            count=count,
+            path=path,
+            method=method,
+            retry_after=retry_after,
+            seconds=seconds,
+        )
+        self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        """Remove every rule and stop dropping pushes."""
+        self.rules.clear()
+        self.drop_push_probability = 0.0
+
+    def decide(self, method: str, path: str) -> _FaultDecision:
+        """Roll the dice for one call; consumes ``count`` of the rules that fire."""
+        decision = _FaultDecision()
+        for rule in self.rules:
+            if not rule.matches(method, path):
+                continue
+            if rule.probability < 1.0 and self.rng.random() >= rule.probability:
+                continue
+            if rule.count is not None:
+                rule.count -= 1
+            rule.fired += 1
+            if rule.kind == "latency":
+                decision.latency += rule.seconds
+                decision.fired_latency = True
+                continue
+            decision.rule = rule
+            break
+        return decision
+
+    def should_drop_push(self) -> bool:
+        """Whether the next push is silently lost."""
+        p = self.drop_push_probability
+        return p > 0.0 and self.rng.random() < p
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole plan as JSON."""
+        return {
+            "rules": [r.to_json() for r in self.rules],
+            "drop_push_probability": self.drop_push_probability,
+        }
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One call to ``/calendar/v3`` or ``/token`` as the emulator answered it.
+
+    ``time`` is the emulator clock at arrival; ``fault`` names the injected
+    fault kind, if any.
+    """
+
+    time: float
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    status: int
+    fault: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One push attempt: ``status`` is the receiver's HTTP status, or ``None``
+    when ``error`` says why nothing was answered (exception text, ``"dropped"``,
+    ``"channel expired"``, ``"channel stopped"``)."""
+
+    channel_id: str
+    message_number: int
+    state: str
+    status: int | None
+    error: str | None = None
+    attempt: int = 1
+    time: float = 0.0
+
+
+@dataclass(slots=True)
+class Channel:
+    """A live push channel (events.watch); ``expiration_ms`` is epoch milliseconds."""
+
+    id: str
+    resource_id: str
+    resource_uri: str
+    calendar_id: str
+    address: str
+    token: str | None
+    expiration_ms: int
+    client_id: str
+    params: dict[str, str] = field(default_factory=dict)
+    message_number: int = 1
+    stopped: bool = False
+
+    def resource(self) -> ChannelResource:
+        """The ``api#channel`` JSON answered by events.watch."""
+        out: ChannelResource = {
+            "kind": "api#channel",
+            "id": self.id,
+            "resourceId": self.resource_id,
+            "resourceUri": self.resource_uri,
+            "expiration": str(self.expiration_ms),
+        }
+        if self.token is not None:
+            out["token"] = self.token
+        return out
+
+
+# --------------------------------------------------------------------------- internal state
+
+
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    start: dict[str, Any]
+    end: dict[str, Any]
+    recurrence: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Override:
+    """A changed or cancelled instance of a series; ``delta`` overlays the generated one."""
+
+    delta: dict[str, Any]
+    change_seq: int
+    updated: str
+    etag: str
+
+
+@dataclass(slots=True)
+class _Record:
+    resource: EventResource
+    change_seq: int
+    history: list[tuple[int, _Timing]]
+    overrides: dict[str, _Override] = field(default_factory=dict)
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(self.resource.get("status") == "cancelled")
+
+    @property
+    def recurring(self) -> bool:
+        return bool(self.resource.get("recurrence"))
+
+    def relevant_timings(self, since: int | None) -> list[_Timing]:
+        """The timings a client that synced at ``since`` may know or must learn."""
+        if since is None:
+            return [self.history[-1][1]]
+        out: list[_Timing] = []
+        for i, (_, timing) in enumerate(self.history):
+            nxt = self.history[i + 1][0] if i + 1 < len(self.history) else None
+            if nxt is None or nxt > since:
+                out.append(timing)
+        return out
+
+
+@dataclass(slots=True)
+class _Calendar:
+    id: str
+    time_zone: str
+    tz: ZoneInfo
+    summary: str
+    resource_id: str
+    seq: int = 0
+    epoch: int = 0
+    updated: str = ""
+    default_reminders: list[dict[str, Any]] = field(default_factory=list)
+    events: dict[str, _Record] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _RefreshGrant:
+    token: str
+    client_id: str
+    calendar_ids: list[str] | None
+    scope: str
+    revoked: bool = False
+
+
+@dataclass(slots=True)
+class _AccessGrant:
+    grant: _RefreshGrant
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Point:
+    all_day: bool
+    day: date | None
+    instant: datetime
+    tz: ZoneInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    suffix: str | None
+    original: dict[str, Any]
+    start: dict[str, Any]
+    end: dict[str, Any]
+    start_utc: datetime
+    end_utc: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    calendar_id: str
+    since: int | None
+    walk_seq: int
+    epoch: int
+    time_min: str | None = None
+    time_max: str | None = None
+    single_events: bool = False
+    show_deleted: bool = False
+    order_by: str | None = None
+    q: str | None = None
+    ical_uid: str | None = None
+    updated_min: str | None = None
+    private_props: tuple[str, ...] = ()
+    shared_props: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> _Query:
+        values = dict(raw)
+        for name in ("private_props", "shared_props", "event_types"):
+            values[name] = tuple(values.get(name) or ())
+        return cls(**values)
+
+
+@dataclass(slots=True)
+class _PushJob:
+    channel: Channel
+    state: str
+    number: int
+
+
+# --------------------------------------------------------------------------- time helpers
+
+
+def _rfc3339_ms(ts: float) -> str:
+    dt = datetime.fromtimestamp(ts, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _parse_rfc3339(value: str, name: str) -> datetime:
+    """An RFC 3339 timestamp with a mandatory offset, as query parameters need."""
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError:
+        raise _invalid(f"Invalid value for: {name}", name) from None
+    if dt.tzinfo is None:
+        raise _invalid(f"Invalid value for: {name}", name)
+    return dt
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(name) from None
+
+
+def _parse_point(value: Any, which: str, cal_tz: ZoneInfo) -> _Point:
+    """Parse an ``EventDateTime``; raises the 400s Google answers for bad ones."""
+    if not isinstance(value, Mapping):
+        raise _required(f"Missing {which} time.")
+    has_date = value.get("date") is not None
+    has_dt = value.get("dateTime") is not None
+    if has_date == has_dt:
+        raise _invalid(f"Invalid {which} time.")
+    tz: ZoneInfo | None = None
+    tz_name = value.get("timeZone")
+    if tz_name is not None:
+        if not isinstance(tz_name, str):
+            raise _invalid(f"Invalid time zone definition for {which} time.")
+        try:
+            tz = _zone(tz_name)
+        except ValueError:
+            raise _invalid(f"Invalid time zone definition for {which} time.") from None
+    if has_date:
+        raw = value["date"]
+        try:
+            day = date.fromisoformat(raw) if isinstance(raw, str) and len(raw) == 10 else None
+        except ValueError:
+            day = None
+        if day is None:
+            raise _invalid(f"Invalid {which} time.")
+        return _Point(True, day, datetime.combine(day, dtime(), cal_tz), tz)
+    raw = value["dateTime"]
+    try:
+        dt = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        dt = None
+    if dt is None:
+        raise _invalid(f"Invalid {which} time.")
+    if dt.tzinfo is None:
+        if tz is None:
+            raise _invalid(f"Missing time zone definition for {which} time.")
+        dt = dt.replace(tzinfo=tz)
+    return _Point(False, None, dt, tz)
+
+
+def _timing_of(event: Mapping[str, Any]) -> _Timing:
+    recurrence = event.get("recurrence") or ()
+    return _Timing(
+        start=copy.deepcopy(dict(event.get("start") or {})),
+        end=copy.deepcopy(dict(event.get("end") or {})),
+        recurrence=tuple(str(line) for line in recurrence),
+    )
+
+
+_UNTIL_RE: Final = re.compile(r"UNTIL=(\d{8})(?:T(\d{6}))?(Z?)", re.IGNORECASE)
+
+
+def _normalize_until(rules: str, tz: ZoneInfo | None) -> str:
+    """Make UNTIL comparable with DTSTART, as dateutil insists.
+
+    All-day series (``tz`` None, naive DTSTART) get a floating end-of-day UNTIL;
+    timed series (aware DTSTART) get a UTC UNTIL, reading a floating one in ``tz``.
+    """
+
+    def fix(match: re.Match[str]) -> str:
+        day = datetime.strptime(match.group(1), "%Y%m%d")
+        clock = match.group(2)
+        if tz is None:
+            return f"UNTIL={day:%Y%m%d}T235959"
+        if match.group(3):
+            return match.group(0)
+        local = (
+            datetime.strptime(match.group(1) + clock, "%Y%m%d%H%M%S")
+            if clock
+            else day.replace(hour=23, minute=59, second=59)
+        )
+        return f"UNTIL={local.replace(tzinfo=tz).astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+    return _UNTIL_RE.sub(fix, rules)
+
+
+def _event_dt(dt: datetime, tz_name: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"dateTime": dt.replace(microsecond=0).isoformat()}
+    if tz_name is not None:
+        out["timeZone"] = tz_name
+    return out
+
+
+def _expand(
+    timing: _Timing,
+    cal_tz: ZoneInfo,
+    lower: datetime | None,
+    upper: datetime | None,
+    now: datetime,
+) -> list[_Slot]:
+    """Occurrences of ``timing`` that overlap (lower, upper): end > lower, start < upper.
+
+    A single event yields itself (suffix None). A series is expanded with
+    dateutil in its start ``timeZone``; with no upper bound it stops two years
+    after the later of its start, now and ``lower``, so infinite rules end.
+    """
+    start = _parse_point(timing.start, "start", cal_tz)
+    end = _parse_point(timing.end, "end", cal_tz)
+    if not timing.recurrence:
+        if (lower is None or end.instant > lower) and (upper is None or start.instant < upper):
+            return [
+                _Slot(
+                    None,
+                    dict(timing.start),
+                    dict(timing.start),
+                    dict(timing.end),
+                    start.instant.astimezone(UTC),
+                    end.instant.astimezone(UTC),
+                )
+            ]
+        return []
+    horizon = upper
+    if horizon is None:
+        base = max(start.instant, now, lower) if lower is not None else max(start.instant, now)
+        horizon = base + _EXPANSION_HORIZON
+    rules = "\n".join(timing.recurrence)
+    slots: list[_Slot] = []
+    if start.all_day:
+        assert start.day is not None and end.day is not None
+        days = end.day - start.day
+        rset = rrulestr(
+            _normalize_until(rules, None),
+            dtstart=datetime.combine(start.day, dtime()),
+            forceset=True,
+            unfold=True,
+        )
+    else:
+        tz = start.tz
+        if tz is None:
+            raise _invalid("Missing time zone definition for start time.")
+        first = start.instant.astimezone(tz)
+        duration = end.instant.astimezone(tz).replace(tzinfo=None) - first.replace(tzinfo=None)
+        rset = rrulestr(_normalize_until(rules, tz), dtstart=first, forceset=True, unfold=True)
+    for n, occ in enumerate(rset):
+        if n >= _MAX_RRULE_ITERATIONS:
+            break
+        if start.all_day:
+            day = occ.date()
+            s = datetime.combine(day, dtime(), cal_tz)
+            e = datetime.combine(day + days, dtime(), cal_tz)
+            suffix = f"{day:%Y%m%d}"
+            s_repr: dict[str, Any] = {"date": day.isoformat()}
+            e_repr: dict[str, Any] = {"date": (day + days).isoformat()}
+        else:
+            local = occ.astimezone(tz) if occ.tzinfo is not None else occ.replace(tzinfo=tz)
+            s = local
+            e = (local.replace(tzinfo=None) + duration).replace(tzinfo=tz)
+            suffix = f"{s.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+            tz_name = timing.start.get("timeZone")
+            s_repr = _event_dt(s, tz_name)
+            e_repr = _event_dt(e, timing.end.get("timeZone", tz_name))
+        if s >= horizon:
+            break
+        if lower is not None and e <= lower:
+            continue
+        slots.append(
+            _Slot(suffix, dict(s_repr), s_repr, e_repr, s.astimezone(UTC), e.astimezone(UTC))
+        )
+    return slots
+
+
+def _overlaps(
+    start: datetime, end: datetime, lower: datetime | None, upper: datetime | None
+) -> bool:
+    return (lower is None or end > lower) and (upper is None or start < upper)
+
+
+def _tombstone(resource: Mapping[str, Any]) -> EventResource:
+    out: EventResource = {
+        "kind": "calendar#event",
+        "etag": resource.get("etag", '"0"'),
+        "id": resource["id"],
+        "status": "cancelled",
+    }
+    for key in ("recurringEventId", "originalStartTime"):
+        if key in resource:
+            out[key] = copy.deepcopy(resource[key])
+    return out
+
+
+def _canonical(event: Mapping[str, Any]) -> EventResource:
+    out: EventResource = {k: event[k] for k in _CANONICAL_ORDER if k in event}
+    out.update({k: v for k, v in event.items() if k not in out})
+    return out
+
+
+def _bool_param(request: web.Request, name: str) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if raw.lower() == "true":
+        return True
+    if raw.lower() == "false":
+        return False
+    raise _invalid(f"Invalid value for: {name}", name)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _parse_error() from None
+    if not isinstance(raw, dict):
+        raise _parse_error()
+    return raw
+
+
+# --------------------------------------------------------------------------- the emulator
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
+    ("GET", "/_emulator/health", "liveness: {ok, base_url, api_url, token_url}"),
+    ("POST", "/_emulator/calendars", "{calendar_id, time_zone?, summary?} -> 201"),
+    ("POST", "/_emulator/clients", "{client_id, client_secret} -> 201"),
+    ("POST", "/_emulator/refresh_tokens", "{client_id, calendar_ids?} -> 201 {refresh_token}"),
+    ("POST", "/_emulator/refresh_tokens/revoke", "{refresh_token} -> 204"),
+    ("POST", "/_emulator/access_tokens/expire", "expire every access token -> 204"),
+    ("POST", "/_emulator/calendars/{cal}/events", "insert; ?notify=false -> 201 event"),
+    ("PATCH", "/_emulator/calendars/{cal}/events/{id}", "patch; ?notify=false -> 200 event"),
+    ("DELETE", "/_emulator/calendars/{cal}/events/{id}", "delete; ?notify=false -> 204"),
+    ("POST", "/_emulator/calendars/{cal}/invalidate_sync_tokens", "-> 204"),
+    ("GET", "/_emulator/faults", "-> {rules, drop_push_probability}"),
+    ("POST", "/_emulator/faults", "{rules?, drop_push_probability?, seed?, replace?} -> 200"),
+    ("DELETE", "/_emulator/faults", "clear rules and push drops -> 204"),
+    ("GET", "/_emulator/requests", "-> [RecordedRequest]"),
+    ("DELETE", "/_emulator/requests", "forget recorded requests -> 204"),
+    ("GET", "/_emulator/channels", "-> [channel]"),
+    ("GET", "/_emulator/deliveries", "-> [DeliveryRecord]"),
+    ("POST", "/_emulator/flush_pushes", "wait for queued pushes -> 204"),
+    ("POST", "/_emulator/clock/advance", "{seconds} -> {now}"),
+)
+"""Every control route: (method, path, contract). Not part of Google's API."""
+
+
+class GoogleEmulator:
+    """Google Calendar API v3 + OAuth token endpoint, served on 127.0.0.1.
+
+    Use as ``async with GoogleEmulator() as emu:`` (starts on a free port) or
+    ``await emu.start(host, port)`` / ``await emu.aclose()``. Control methods
+    (``add_calendar``, ``insert_event``, ...) are plain synchronous calls meant
+    for the loop that runs the server; each is also reachable over HTTP under
+    ``/_emulator`` (see ``CONTROL_ROUTES``) for a separate process.
+
+    ``clock`` (seconds since the epoch) drives ``updated`` stamps, token and
+    channel expiry; :meth:`advance_clock` shifts it. ``seed`` makes ids, message
+    number gaps and faults reproducible. ``max_channel_ttl`` clamps channel
+    lifetimes (seconds). ``reject_show_deleted_false_with_sync_token`` picks the
+    unverified behaviour of ``syncToken`` + ``showDeleted=false`` (400 when true,
+    else ignored). ``push_retry_delays`` are the waits before each retry of a
+    push answered 500/502/503/504.
+    """
+
+    def __init__(
+        self,
+        *,
+        page_size_default: int = 250,
+        clock: Callable[[], float] = time.time,
+        seed: int | None = None,
+        max_channel_ttl: float = DEFAULT_CHANNEL_TTL,
+        reject_show_deleted_false_with_sync_token: bool = True,
+        push_retry_delays: Sequence[float] = (0.05, 0.2, 0.5),
+        push_timeout: float = 10.0,
+    ) -> None:
+        if not 1 <= page_size_default <= MAX_RESULTS_LIMIT:
+            raise ValueError("page_size_default must be within [1, 2500]")
+        self.page_size_default = page_size_default
+        self.max_channel_ttl = max_channel_ttl
+        self.reject_show_deleted_false_with_sync_token = reject_show_deleted_false_with_sync_token
+        self.push_retry_delays = tuple(push_retry_delays)
+        self.push_timeout = push_timeout
+        self.faults = FaultInjector(seed)
+        self.requests: list[RecordedRequest] = []
+        self.channels: dict[str, Channel] = {}
+        self.delivery_log: list[DeliveryRecord] = []
+        self._clock = clock
+        self._clock_offset = 0.0
+        self._rng = random.Random(seed)
+        self._secret = secrets.token_bytes(32)
+        self._calendars: dict[str, _Calendar] = {}
+        self._clients: dict[str, str] = {}
+        self._refresh: dict[str, _RefreshGrant] = {}
+        self._access: dict[str, _AccessGrant] = {}
+        self._push_queues: dict[int, asyncio.Queue[_PushJob | None]] = {}
+        self._push_tasks: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._base_url: str | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on ``host:port`` (0 = a free port) and return ``base_url``.
+
+        Raises RuntimeError when already started or closed.
+        """
+        if self._runner is not None or self._closed:
+            raise RuntimeError("GoogleEmulator can be started once")
+        app = web.Application(middlewares=[self._middleware])
+        self._add_routes(app)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        bound = runner.addresses[0]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        self._base_url = f"http://{shown}:{bound[1]}"
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.push_timeout), trust_env=False
+        )
+        return self._base_url
+
+    async def aclose(self) -> None:
+        """Stop pushes and the server. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._push_tasks):
+            task.cancel()
+        for task in list(self._push_tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._push_tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> GoogleEmulator:
+        if self._runner is None:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT``; RuntimeError before :meth:`start`."""
+        if self._base_url is None:
+            raise RuntimeError("GoogleEmulator is not started")
+        return self._base_url
+
+    @property
+    def api_url(self) -> str:
+        """``base_url + "/calendar/v3"`` (what ``CALSYNC_GOOGLE_API_URL`` is set to)."""
+        return self.base_url + API_PREFIX
+
+    @property
+    def token_url(self) -> str:
+        """``base_url + "/token"`` (what ``CALSYNC_GOOGLE_TOKEN_URL`` is set to)."""
+        return self.base_url + TOKEN_PATH
+
+    # ----------------------------------------------------------------- clock
+
+    def now(self) -> float:
+        """The emulator clock: ``clock() + advance_clock offsets``, epoch seconds."""
+        return self._clock() + self._clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the emulator clock forward (expire tokens and channels in tests)."""
+        self._clock_offset += seconds
+
+    def _now_dt(self) -> datetime:
+        return datetime.fromtimestamp(self.now(), UTC)
+
+    # ----------------------------------------------------------------- control: identity
+
+    def add_calendar(
+        self, calendar_id: str, *, time_zone: str = "UTC", summary: str | None = None
+    ) -> None:
+        """Create an empty calendar. 409 duplicate if it exists; 400 on a bad zone."""
+        if calendar_id in self._calendars:
+            raise _duplicate()
+        try:
+            tz = _zone(time_zone)
+        except ValueError:
+            raise _invalid("Invalid time zone definition.", "timeZone") from None
+        resource_id = (
+            base64.urlsafe_b64encode(
+                hmac.new(self._secret, calendar_id.encode(), hashlib.sha256).digest()[:18]
+            )
+            .decode()
+            .rstrip("=")
+        )
+        self._calendars[calendar_id] = _Calendar(
+            id=calendar_id,
+            time_zone=time_zone,
+            tz=tz,
+            summary=summary if summary is not None else calendar_id,
+            resource_id=resource_id,
+            updated=_rfc3339_ms(self.now()),
+        )
+
+    def add_client(self, client_id: str, client_secret: str) -> None:
+        """Register (or re-key) an OAuth client."""
+        self._clients[client_id] = client_secret
+
+    def issue_refresh_token(self, client_id: str, calendar_ids: list[str] | None = None) -> str:
+        """A new refresh token for ``client_id``, covering ``calendar_ids`` (None = all).
+
+        Raises KeyError for an unknown client.
+        """
+        if client_id not in self._clients:
+            raise KeyError(f"unknown OAuth client {client_id!r}")
+        token = "1//emu-" + secrets.token_urlsafe(30)
+        ids = None if calendar_ids is None else list(calendar_ids)
+        self._refresh[token] = _RefreshGrant(token, client_id, ids, DEFAULT_SCOPE)
+        return token
+
+    def revoke_refresh_token(self, refresh_token: str) -> None:
+        """Revoke the grant: refreshes answer invalid_grant, its access tokens 401."""
+        grant = self._refresh.get(refresh_token)
+        if grant is not None:
+            grant.revoked = True
+
+    def expire_access_tokens(self) -> None:
+        """Forget every access token, so the next API call answers 401."""
+        self._access.clear()
+
+    # ----------------------------------------------------------------- control: events
+
+    def _calendar(self, calendar_id: str) -> _Calendar:
+        cal = self._calendars.get(calendar_id)
+        if cal is None:
+            raise _not_found()
+        return cal
+
+    def _new_id(self) -> str:
+        return "".join(self._rng.choice(_BASE32HEX) for _ in range(26))
+
+    def _etag(self, seq: int) -> str:
+        return f'"{int(self.now() * 1000)}{seq:06d}"'
+
+    def _bump(self, cal: _Calendar) -> int:
+        cal.seq += 1
+        cal.updated = _rfc3339_ms(self.now())
+        return cal.seq
+
+    def _validate_event(self, event: Mapping[str, Any], cal: _Calendar) -> None:
+        """Raise the 400 Google answers for ``event``, if any."""
+        if "start" not in event or event.get("start") is None:
+            raise _required("Missing start time.")
+        if "end" not in event or event.get("end") is None:
+            raise _required("Missing end time.")
+        start = _parse_point(event["start"], "start", cal.tz)
+        end = _parse_point(event["end"], "end", cal.tz)
+        if start.all_day != end.all_day:
+            raise _invalid("Start and end times must either both be date or both be dateTime.")
+        if end.instant < start.instant or (start.all_day and end.instant == start.instant):
+            raise _time_range_empty()
+        status = event.get("status", "confirmed")
+        if status not in _EVENT_STATUSES:
+            raise _invalid("Invalid value for: status", "status")
+        transparency = event.get("transparency")
+        if transparency is not None and transparency not in _TRANSPARENCIES:
+            raise _invalid("Invalid value for: transparency", "transparency")
+        recurrence = event.get("recurrence")
+        if recurrence:
+            if not isinstance(recurrence, list) or not all(
+                isinstance(line, str)
+                and line.split(":", 1)[0].split(";", 1)[0].upper()
+                in ("RRULE", "EXRULE", "RDATE", "EXDATE")
+                for line in recurrence
+            ):
+                raise _invalid("Invalid recurrence rule.")
+            if not start.all_day and start.tz is None:
+                raise _invalid("Missing time zone definition for start time.")
+            try:
+                _expand(
+                    _timing_of(event),
+                    cal.tz,
+                    None,
+                    start.instant + timedelta(days=1),
+                    start.instant,
+                )
+            except GoogleApiError:
+                raise
+            except Exception:
+                raise _invalid("Invalid recurrence rule.") from None
+
+    def insert_event(
+        self, calendar_id: str, event: Mapping[str, Any], *, notify: bool = True
+    ) -> EventResource:
+        """Store a new event and return its resource (as events.insert answers).
+
+        Assigns ``id`` (base32hex) unless given, ``etag``, ``created``/``updated``,
+        ``sequence`` 0, ``iCalUID``, ``eventType`` "default", organizer/creator =
+        the calendar. Raises 404 (calendar), 409 (id taken), 400 (bad times, id,
+        status, recurrence). ``notify=False`` skips push messages (the change is
+        still visible to incremental sync).
+        """
+        cal = self._calendar(calendar_id)
+        if not isinstance(event, Mapping):
+            raise _parse_error()
+        ev: EventResource = copy.deepcopy(dict(event))
+        event_id = ev.get("id")
+        if event_id is None:
+            event_id = self._new_id()
+            while event_id in cal.events:
+                event_id = self._new_id()
+        elif not isinstance(event_id, str) or not _EVENT_ID_RE.match(event_id):
+            raise _invalid("Invalid resource id value.", "id")
+        if event_id in cal.events:
+            raise _duplicate()
+        self._validate_event(ev, cal)
+        seq = self._bump(cal)
+        stamp = _rfc3339_ms(self.now())
+        for key in ("recurringEventId", "originalStartTime"):
+            ev.pop(key, None)
+        ev.update(
+            kind="calendar#event",
+            etag=self._etag(seq),
+            id=event_id,
+            status=ev.get("status", "confirmed"),
+            created=stamp,
+            updated=stamp,
+        )
+        eid = base64.b64encode(f"{event_id} {cal.id}".encode()).decode().rstrip("=")
+        ev.setdefault("htmlLink", f"https://www.google.com/calendar/event?eid={eid}")
+        ev.setdefault("creator", {"email": cal.id, "self": True})
+        ev.setdefault("organizer", {"email": cal.id, "self": True})
+        ev.setdefault("iCalUID", f"{event_id}@google.com")
+        ev.setdefault("sequence", 0)
+        ev.setdefault("reminders", {"useDefault": True})
+        ev.setdefault("eventType", "default")
+        if not ev.get("recurrence"):
+            ev.pop("recurrence", None)
+        ev = _canonical(ev)
+        cal.events[event_id] = _Record(ev, seq, [(seq, _timing_of(ev))])
+        if notify:
+            self._notify(cal)
+        return copy.deepcopy(ev)
+
+    def patch_event(
+        self,
+        calendar_id: str,
+        event_id: str,
+        changes: Mapping[str, Any],
+        *,
+        notify: bool = True,
+    ) -> EventResource:
+        """Apply ``changes`` (top-level replace; a ``None`` value removes the field).
+
+        ``event_id`` may name an instance (``<seriesId>_<suffix>``): the change is
+        kept as an exception of that instance. ``status: "confirmed"`` restores a
+        deleted event. Bumps ``sequence`` when start, end or recurrence change.
+        Read-only fields (id, etag, iCalUID, ...) are ignored; changing
+        ``eventType`` answers 400. Raises 404 for unknown calendars/events.
+        """
+        cal = self._calendar(calendar_id)
+        if not isinstance(changes, Mapping):
+            raise _parse_error()
+        rec = cal.events.get(event_id)
+        if rec is None:
+            master, slot = self._find_instance(cal, event_id)
+            return self._change_instance(cal, master, slot, changes, notify=notify)
+        new = copy.deepcopy(rec.resource)
+        if "eventType" in changes and changes["eventType"] != new.get("eventType"):
+            raise _invalid("Event type cannot be changed.", "eventType")
+        for key, value in changes.items():
+            if key in _READ_ONLY_KEYS:
+                continue
+            if value is None:
+                new.pop(key, None)
+            else:
+                new[key] = copy.deepcopy(value)
+        self._validate_event(new, cal)
+        old_timing = rec.history[-1][1]
+        timing = _timing_of(new)
+        if timing != old_timing and "sequence" not in changes:
+            new["sequence"] = int(new.get("sequence", 0)) + 1
+        seq = self._bump(cal)
+        new["updated"] = _rfc3339_ms(self.now())
+        new["etag"] = self._etag(seq)
+        if not new.get("recurrence"):
+            new.pop("recurrence", None)
+        rec.resource = _canonical(new)
+        rec.change_seq = seq
+        if timing != old_timing:
+            rec.history.append((seq, timing))
+        if notify:
+            self._notify(cal)
+        return copy.deepcopy(rec.resource)
+
+    def delete_event(self, calendar_id: str, event_id: str, *, notify: bool = True) -> None:
+        """Cancel the event (or one instance of a series).
+
+        The event becomes a ``{"id", "status": "cancelled"}`` tombstone for
+        incremental sync (an instance tombstone also carries ``recurringEventId``
+        and ``originalStartTime``). Raises 404 unknown, 410 ``deleted`` if already
+        cancelled.
+        """
+        cal = self._calendar(calendar_id)
+        rec = cal.events.get(event_id)
+        if rec is None:
+            master, slot = self._find_instance(cal, event_id)
+            self._change_instance(cal, master, slot, {"status": "cancelled"}, notify=notify)
+            return
+        if rec.cancelled:
+            raise _deleted()
+        seq = self._bump(cal)
+        rec.resource["status"] = "cancelled"
+        rec.resource["updated"] = _rfc3339_ms(self.now())
+        rec.resource["etag"] = self._etag(seq)
+        rec.change_seq = seq
+        if notify:
+            self._notify(cal)
+
+    def get_event(self, calendar_id: str, event_id: str) -> EventResource:
+        """The event or instance as events.get answers it (cancelled ones too)."""
+        cal = self._calendar(calendar_id)
+        rec = cal.events.get(event_id)
+        if rec is not None:
+            return copy.deepcopy(rec.resource)
+        master, slot = self._find_instance(cal, event_id)
+        return self._instance(master, slot)
+
+    def invalidate_sync_tokens(self, calendar_id: str) -> None:
+        """Every sync token of the calendar minted so far now answers 410."""
+        self._calendar(calendar_id).epoch += 1
+
+    def _find_instance(self, cal: _Calendar, instance_id: str) -> tuple[_Record, _Slot]:
+        series_id, sep, suffix = instance_id.rpartition("_")
+        master = cal.events.get(series_id) if sep else None
+        if master is None or not master.recurring:
+            raise _not_found()
+        try:
+            if len(suffix) == 8:
+                target = datetime.combine(
+                    datetime.strptime(suffix, "%Y%m%d").date(), dtime(), cal.tz
+                )
+            else:
+                target = datetime.strptime(suffix, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            raise _not_found() from None
+        timing = master.history[-1][1]
+        lower = target - timedelta(seconds=1)
+        for slot in _expand(timing, cal.tz, lower, target + timedelta(seconds=1), self._now_dt()):
+            if slot.suffix == suffix:
+                return master, slot
+        raise _not_found()
+
+    def _change_instance(
+        self,
+        cal: _Calendar,
+        master: _Record,
+        slot: _Slot,
+        changes: Mapping[str, Any],
+        *,
+        notify: bool,
+    ) -> EventResource:
+        if master.cancelled:
+            raise _deleted()
+        instance_id = f"{master.resource['id']}_{slot.suffix}"
+        override = master.overrides.get(instance_id)
+        delta = copy.deepcopy(override.delta) if override is not None else {}
+        if changes.get("status") == "cancelled" and delta.get("status") == "cancelled":
+            raise _deleted()
+        for key, value in changes.items():
+            if key in _READ_ONLY_KEYS or key == "recurrence":
+                continue
+            if value is None:
+                delta.pop(key, None)
+            else:
+                delta[key] = copy.deepcopy(value)
+        effective = self._instance(master, slot, _Override(delta, 0, "", ""))
+        self._validate_event(effective, cal)
+        seq = self._bump(cal)
+        master.overrides[instance_id] = _Override(
+            delta, seq, _rfc3339_ms(self.now()), self._etag(seq)
+        )
+        if notify:
+            self._notify(cal)
+        return self._instance(master, slot)
+
+    def _instance(
+        self, master: _Record, slot: _Slot, override: _Override | None = None
+    ) -> EventResource:
+        m = master.resource
+        series_id = m["id"]
+        instance_id = f"{series_id}_{slot.suffix}"
+        if override is None:
+            override = master.overrides.get(instance_id)
+        inst: EventResource = {
+            k: copy.deepcopy(v) for k, v in m.items() if k not in ("recurrence", "start", "end")
+        }
+        inst["id"] = instance_id
+        inst["start"] = copy.deepcopy(slot.start)
+        inst["end"] = copy.deepcopy(slot.end)
+        inst["recurringEventId"] = series_id
+        inst["originalStartTime"] = copy.deepcopy(slot.original)
+        if override is not None:
+            inst.update(copy.deepcopy(override.delta))
+            if override.updated and override.updated > inst.get("updated", ""):
+                inst["updated"] = override.updated
+                inst["etag"] = override.etag
+        return _canonical(inst)
+
+    # ----------------------------------------------------------------- pushes
+
+    def _notify(self, cal: _Calendar) -> None:
+        """Queue an ``exists`` message on every live channel of ``cal``."""
+        now_ms = int(self.now() * 1000)
+        for channel in list(self.channels.values()):
+            if channel.calendar_id != cal.id:
+                continue
+            if channel.expiration_ms <= now_ms:
+                self._retire(channel)
+                continue
+            channel.message_number += 1 + self._rng.randint(1, 5)
+            self._enqueue(_PushJob(channel, "exists", channel.message_number))
+
+    def _retire(self, channel: Channel) -> None:
+        channel.stopped = True
+        if self.channels.get(channel.id) is channel:
+            del self.channels[channel.id]
+        queue = self._push_queues.get(id(channel))
+        if queue is not None:
+            queue.put_nowait(None)
+
+    def _enqueue(self, job: _PushJob) -> None:
+        queue = self._push_queues.get(id(job.channel))
+        if queue is None:
+            return
+        queue.put_nowait(job)
+
+    def _open_push_queue(self, channel: Channel) -> None:
+        queue: asyncio.Queue[_PushJob | None] = asyncio.Queue()
+        self._push_queues[id(channel)] = queue
+        task = asyncio.get_running_loop().create_task(self._push_worker(channel, queue))
+        self._push_tasks.add(task)
+        task.add_done_callback(self._push_tasks.discard)
+
+    async def _push_worker(self, channel: Channel, queue: asyncio.Queue[_PushJob | None]) -> None:
+        try:
+            while True:
+                job = await queue.get()
+                try:
+                    if job is None:
+                        return
+                    await self._deliver(job)
+                except Exception:  # the worker must outlive any one bad delivery
+                    logger.exception("push delivery failed")
+                finally:
+                    queue.task_done()
+        finally:
+            # Let flush_pushes() return even for messages left behind.
+            while not queue.empty():
+                queue.get_nowait()
+                queue.task_done()
+            self._push_queues.pop(id(channel), None)
+
+    def _log_delivery(
+        self, job: _PushJob, status: int | None, error: str | None, attempt: int = 1
+    ) -> None:
+        self.delivery_log.append(
+            DeliveryRecord(
+                job.channel.id, job.number, job.state, status, error, attempt, self.now()
+            )
+        )
+
+    async def _deliver(self, job: _PushJob) -> None:
+        channel = job.channel
+        if channel.stopped:
+            self._log_delivery(job, None, "channel stopped")
+            return
+        if channel.expiration_ms <= int(self.now() * 1000):
+            self._log_delivery(job, None, "channel expired")
+            self._retire(channel)
+            return
+        if self.faults.should_drop_push():
+            self._log_delivery(job, None, "dropped")
+            return
+        headers = {
+            "X-Goog-Channel-ID": channel.id,
+            "X-Goog-Message-Number": str(job.number),
+            "X-Goog-Resource-ID": channel.resource_id,
+            "X-Goog-Resource-State": job.state,
+            "X-Goog-Resource-URI": channel.resource_uri,
+            "X-Goog-Channel-Expiration": email.utils.formatdate(
+                channel.expiration_ms / 1000, usegmt=True
+            ),
+            "User-Agent": "APIs-Google",
+            "Content-Type": "application/json; utf-8",
+        }
+        if channel.token is not None:
+            headers["X-Goog-Channel-Token"] = channel.token
+        session = self._session
+        if session is None:
+            self._log_delivery(job, None, "emulator closed")
+            return
+        delays = self.push_retry_delays
+        for attempt in range(1, len(delays) + 2):
+            try:
+                async with session.post(channel.address, data=b"", headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._log_delivery(job, None, f"{type(exc).__name__}: {exc}", attempt)
+                return
+            self._log_delivery(job, status, None, attempt)
+            if status in PUSH_RETRY and attempt <= len(delays):
+                await asyncio.sleep(delays[attempt - 1])
+                continue
+            return
+
+    async def flush_pushes(self) -> None:
+        """Wait until every push queued so far was delivered, dropped or failed."""
+        for queue in list(self._push_queues.values()):
+            await queue.join()
+
+    # ----------------------------------------------------------------- tokens
+
+    def _seal(self, payload: Mapping[str, Any]) -> str:
+        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        mac = hmac.new(self._secret, raw, hashlib.sha256).digest()[:_MAC_BYTES]
+        return base64.urlsafe_b64encode(raw + mac).decode()
+
+    def _unseal(self, token: str, kind: str) -> dict[str, Any] | None:
+        try:
+            blob = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            return None
+        raw, mac = blob[:-_MAC_BYTES], blob[-_MAC_BYTES:]
+        expected = hmac.new(self._secret, raw, hashlib.sha256).digest()[:_MAC_BYTES]
+        if len(blob) <= _MAC_BYTES or not hmac.compare_digest(mac, expected):
+            return None
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(payload, dict) or payload.get("t") != kind:
+            return None
+        return payload
+
+    # ----------------------------------------------------------------- HTTP plumbing
+
+    def _add_routes(self, app: web.Application) -> None:
+        api = API_PREFIX
+        r = app.router
+        r.add_post(TOKEN_PATH, self._h_token)
+        r.add_get(api + "/calendars/{calendar_id}/events", self._h_list)
+        r.add_post(api + "/calendars/{calendar_id}/events", self._h_insert)
+        r.add_post(api + "/calendars/{calendar_id}/events/watch", self._h_watch)
+        r.add_get(api + "/calendars/{calendar_id}/events/{event_id}", self._h_get)
+        r.add_patch(api + "/calendars/{calendar_id}/events/{event_id}", self._h_patch)
+        r.add_delete(api + "/calendars/{calendar_id}/events/{event_id}", self._h_delete)
+        r.add_post(api + "/channels/stop", self._h_stop)
+        c = CONTROL_PREFIX
+        r.add_get(c + "/health", self._c_health)
+        r.add_post(c + "/calendars", self._c_add_calendar)
+        r.add_post(c + "/clients", self._c_add_client)
+        r.add_post(c + "/refresh_tokens", self._c_issue_refresh)
+        r.add_post(c + "/refresh_tokens/revoke", self._c_revoke_refresh)
+        r.add_post(c + "/access_tokens/expire", self._c_expire_access)
+        r.add_post(c + "/calendars/{calendar_id}/events", self._c_insert)
+        r.add_patch(c + "/calendars/{calendar_id}/events/{event_id}", self._c_patch)
+        r.add_delete(c + "/calendars/{calendar_id}/events/{event_id}", self._c_delete)
+        r.add_post(c + "/calendars/{calendar_id}/invalidate_sync_tokens", self._c_invalidate)
+        r.add_get(c + "/faults", self._c_get_faults)
+        r.add_post(c + "/faults", self._c_set_faults)
+        r.add_delete(c + "/faults", self._c_clear_faults)
+        r.add_get(c + "/requests", self._c_requests)
+        r.add_delete(c + "/requests", self._c_clear_requests)
+        r.add_get(c + "/channels", self._c_channels)
+        r.add_get(c + "/deliveries", self._c_deliveries)
+        r.add_post(c + "/flush_pushes", self._c_flush)
+        r.add_post(c + "/clock/advance", self._c_advance_clock)
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        is_api = path.startswith(API_PREFIX + "/")
+        recorded = is_api or path == TOKEN_PATH
+        arrival = self.now()
+        status = 500
+        fault: str | None = None
+        try:
+            if is_api:
+                decision = self.faults.decide(request.method, path)
+                if decision.fired_latency:
+                    fault = "latency"
+                    await asyncio.sleep(decision.latency)
+                if decision.rule is not None:
+                    fault = decision.rule.kind
+                    error = _fault_error(decision.rule.kind)
+                    if decision.rule.retry_after is not None:
+                        error.headers["Retry-After"] = _format_retry_after(
+                            decision.rule.retry_after
+                        )
+                    response = _error_response(error)
+                    status = response.status
+                    return response
+            try:
+                answer = await handler(request)
+            except GoogleApiError as exc:
+                answer = _error_response(exc)
+            except web.HTTPNotFound:
+                if path == TOKEN_PATH:
+                    raise
+                answer = _error_response(_not_found())
+            status = answer.status
+            return answer
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            if recorded:
+                query = {k: request.query.getall(k) for k in request.query}
+                self.requests.append(
+                    RecordedRequest(arrival, request.method, path, query, status, fault)
+                )
+
+    def _authorize(self, request: web.Request, calendar_id: str) -> tuple[_Calendar, _RefreshGrant]:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _auth_error()
+        access = self._access.get(token)
+        if access is None or access.expires_at <= self.now() or access.grant.revoked:
+            raise _auth_error()
+        grant = access.grant
+        if calendar_id == "primary" and "primary" not in self._calendars and grant.calendar_ids:
+            calendar_id = grant.calendar_ids[0]
+        cal = self._calendar(calendar_id)
+        if grant.calendar_ids is not None and cal.id not in grant.calendar_ids:
+            raise _auth_error()
+        return cal, grant
+
+    def _authorize_any(self, request: web.Request) -> _RefreshGrant:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        access = self._access.get(token.strip())
+        if (
+            scheme.lower() != "bearer"
+            or access is None
+            or access.expires_at <= self.now()
+            or access.grant.revoked
+        ):
+            raise _auth_error()
+        return access.grant
+
+    # ----------------------------------------------------------------- /token
+
+    async def _h_token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+
+        def field_(name: str) -> str | None:
+            value = form.get(name)
+            return value if isinstance(value, str) and value else None
+
+        def oauth_error(status: int, error: str, description: str) -> web.Response:
+            return web.json_response(
+                {"error": error, "error_description": description},
+                status=status,
+                headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"},
+            )
+
+        client_id, client_secret = field_("client_id"), field_("client_secret")
+        basic = request.headers.get("Authorization", "")
+        if client_id is None and basic.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(basic[6:].strip()).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = ""
+            client_id, _, secret = decoded.partition(":")
+            client_secret = secret or None
+        grant_type = field_("grant_type") or ""
+        if grant_type != "refresh_token":
+            return oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
+        known_secret = self._clients.get(client_id or "")
+        if known_secret is None or client_secret is None or client_secret != known_secret:
+            return oauth_error(401, "invalid_client", "Unauthorized")
+        refresh_token = field_("refresh_token")
+        if refresh_token is None:
+            return oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
+        grant = self._refresh.get(refresh_token)
+        if grant is None or grant.revoked:
+            return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+        if grant.client_id != client_id:
+            return oauth_error(401, "unauthorized_client", "Unauthorized")
+        access_token = "ya29.emu-" + secrets.token_urlsafe(32)
+        self._access[access_token] = _AccessGrant(grant, self.now() + ACCESS_TOKEN_LIFETIME)
+        body: TokenResponse = {
+            "access_token": access_token,
+            "expires_in": ACCESS_TOKEN_LIFETIME,
+            "scope": field_("scope") or grant.scope,
+            "token_type": "Bearer",
+        }
+        return web.json_response(
+            body, headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"}
+        )
+
+    # ----------------------------------------------------------------- events.list
+
+    async def _h_list(self, request: web.Request) -> web.Response:
+        cal, _ = self._authorize(request, request.match_info["calendar_id"])
+        params = request.query
+        raw_max = params.get("maxResults")
+        if raw_max is None:
+            max_results = self.page_size_default
+        else:
+            try:
+                max_results = int(raw_max)
+            except ValueError:
+                raise _invalid("Invalid value for: maxResults", "maxResults") from None
+            if max_results < 1:
+                raise _invalid("Invalid value for: maxResults", "maxResults")
+            max_results = min(max_results, MAX_RESULTS_LIMIT)
+        sync_token = params.get("syncToken")
+        page_token = params.get("pageToken")
+        show_deleted = _bool_param(request, "showDeleted")
+        single_events = _bool_param(request, "singleEvents")
+        if sync_token is not None:
+            for name in FORBIDDEN_WITH_SYNC_TOKEN:
+                if name in params:
+                    raise _invalid(
+                        f"The parameter {name} cannot be used together with syncToken.", name
+                    )
+            if show_deleted is False and self.reject_show_deleted_false_with_sync_token:
+                raise _invalid(
+                    "The parameter showDeleted=false cannot be used together with syncToken.",
+                    "showDeleted",
+                )
+        cursor: tuple[str, ...] | None = None
+        if page_token is not None:
+            payload = self._unseal(page_token, "page")
+            if payload is None or payload.get("q", {}).get("calendar_id") != cal.id:
+                raise _invalid("Invalid page token value.", "pageToken")
+            query = _Query.from_json(payload["q"])
+            cursor = tuple(payload["k"])
+            if query.since is not None and query.epoch != cal.epoch:
+                raise _full_sync_required()
+        elif sync_token is not None:
+            payload = self._unseal(sync_token, "sync")
+            if payload is None or payload.get("c") != cal.id or payload.get("e") != cal.epoch:
+                raise _full_sync_required()
+            query = _Query(
+                calendar_id=cal.id,
+                since=int(payload["s"]),
+                walk_seq=cal.seq,
+                epoch=cal.epoch,
+                time_min=payload.get("tmin"),
+                time_max=payload.get("tmax"),
+                single_events=bool(payload.get("se")),
+                show_deleted=bool(show_deleted),
+                event_types=tuple(params.getall("eventTypes", [])),
+            )
+        else:
+            query = self._full_query(request, cal, single_events, show_deleted)
+        items = self._collect(cal, query)
+        if cursor is not None:
+            items = [item for item in items if item[0] > cursor]
+        page = items[:max_results]
+        body: dict[str, Any] = {
+            "kind": "calendar#events",
+            "etag": f'"p{cal.seq:x}{cal.epoch:x}"',
+            "summary": cal.summary,
+            "description": "",
+            "updated": cal.updated,
+            "timeZone": cal.time_zone,
+            "accessRole": "owner",
+            "defaultReminders": copy.deepcopy(cal.default_reminders),
+        }
+        tz_param = params.get("timeZone")
+        if tz_param is not None:
+            try:
+                _zone(tz_param)
+            except ValueError:
+                raise _invalid("Invalid value for: timeZone", "timeZone") from None
+            body["timeZone"] = tz_param
+        if len(items) > max_results:
+            body["nextPageToken"] = self._seal(
+                {"t": "page", "q": query.to_json(), "k": list(page[-1][0])}
+            )
+        else:
+            body["nextSyncToken"] = self._seal(
+                {
+                    "t": "sync",
+                    "c": cal.id,
+                    "s": query.walk_seq,
+                    "e": query.epoch,
+                    "tmin": query.time_min,
+                    "tmax": query.time_max,
+                    "se": query.single_events,
+                }
+            )
+        body["items"] = [resource for _, resource in page]
+        return web.json_response(body)
+
+    def _full_query(
+        self,
+        request: web.Request,
+        cal: _Calendar,
+        single_events: bool | None,
+        show_deleted: bool | None,
+    ) -> _Query:
+        params = request.query
+        time_min = params.get("timeMin")
+        time_max = params.get("timeMax")
+        tmin = _parse_rfc3339(time_min, "timeMin") if time_min is not None else None
+        tmax = _parse_rfc3339(time_max, "timeMax") if time_max is not None else None
+        if tmin is not None and tmax is not None and tmin >= tmax:
+            raise _time_range_empty()
+        order_by = params.get("orderBy")
+        if order_by is not None:
+            if order_by not in ("startTime", "updated"):
+                raise _invalid("Invalid value for: orderBy", "orderBy")
+            if order_by == "startTime" and not single_events:
+                raise _invalid(
+                    "The requested ordering is not available for the particular query.",
+                    "orderBy",
+                )
+        updated_min = params.get("updatedMin")
+        if updated_min is not None:
+            _parse_rfc3339(updated_min, "updatedMin")
+        for name in ("privateExtendedProperty", "sharedExtendedProperty"):
+            for constraint in params.getall(name, []):
+                if "=" not in constraint:
+                    raise _invalid(f"Invalid value for: {name}", name)
+        return _Query(
+            calendar_id=cal.id,
+            since=None,
+            walk_seq=cal.seq,
+            epoch=cal.epoch,
+            time_min=time_min,
+            time_max=time_max,
+            single_events=bool(single_events),
+            show_deleted=bool(show_deleted),
+            order_by=order_by,
+            q=params.get("q"),
+            ical_uid=params.get("iCalUID"),
+            updated_min=updated_min,
+            private_props=tuple(params.getall("privateExtendedProperty", [])),
+            shared_props=tuple(params.getall("sharedExtendedProperty", [])),
+            event_types=tuple(params.getall("eventTypes", [])),
+        )
+
+    def _collect(
+        self, cal: _Calendar, query: _Query
+    ) -> list[tuple[tuple[str, ...], EventResource]]:
+        """Every item of the walk, sorted by its page key (stable, keyset-paged)."""
+        lower = _parse_rfc3339(query.time_min, "timeMin") if query.time_min else None
+        upper = _parse_rfc3339(query.time_max, "timeMax") if query.time_max else None
+        now = self._now_dt()
+        since = query.since
+        out: list[tuple[tuple[str, ...], EventResource]] = []
+
+        def emit(full: EventResource, start_utc: datetime, cancelled: bool) -> None:
+            if not self._matches(full, query):
+                return
+            shown = (
+                copy.deepcopy(full) if (query.show_deleted or not cancelled) else _tombstone(full)
+            )
+            if query.order_by == "startTime":
+                key: tuple[str, ...] = (start_utc.isoformat(), full["id"])
+            elif query.order_by == "updated":
+                key = (str(full.get("updated", "")), full["id"])
+            else:
+                key = (full["id"],)
+            out.append((key, shown))
+
+        def wanted(cancelled: bool, changed: bool) -> bool:
+            if since is not None:
+                return changed
+            if cancelled:
+                return query.show_deleted or query.updated_min is not None
+            return True
+
+        for rec in cal.events.values():
+            cancelled = rec.cancelled
+            changed = since is not None and rec.change_seq > since
+            if since is not None and not changed and not rec.overrides:
+                continue
+            if query.single_events and rec.recurring:
+                self._collect_instances(cal, rec, query, lower, upper, now, emit)
+                continue
+            if wanted(cancelled, changed):
+                in_window = (lower is None and upper is None) or any(
+                    _expand(timing, cal.tz, lower, upper, now)
+                    for timing in rec.relevant_timings(since)
+                )
+                if in_window:
+                    start = _parse_point(rec.resource.get("start"), "start", cal.tz)
+                    emit(rec.resource, start.instant.astimezone(UTC), cancelled)
+            if rec.recurring and not cancelled and not query.single_events:
+                for instance_id, override in rec.overrides.items():
+                    if since is not None and override.change_seq <= since:
+                        continue
+                    try:
+                        _, slot = self._find_instance(cal, instance_id)
+                    except GoogleApiError:
+                        continue
+                    inst = self._instance(rec, slot, override)
+                    if not self._instance_overlaps(cal, inst, slot, lower, upper):
+                        continue
+                    # Cancelled instances of a live series are listed even without
+                    # showDeleted when singleEvents is false (sheet §1.1).
+                    emit(inst, slot.start_utc, inst.get("status") == "cancelled")
+        out.sort(key=lambda item: item[0])
+        return out
+
+    def _instance_overlaps(
+        self,
+        cal: _Calendar,
+        inst: Mapping[str, Any],
+        slot: _Slot,
+        lower: datetime | None,
+        upper: datetime | None,
+    ) -> bool:
+        if _overlaps(slot.start_utc, slot.end_utc, lower, upper):
+            return True
+        try:
+            s = _parse_point(inst.get("start"), "start", cal.tz).instant
+            e = _parse_point(inst.get("end"), "end", cal.tz).instant
+        except GoogleApiError:
+            return False
+        return _overlaps(s, e, lower, upper)
+
+    def _collect_instances(
+        self,
+        cal: _Calendar,
+        rec: _Record,
+        query: _Query,
+        lower: datetime | None,
+        upper: datetime | None,
+        now: datetime,
+        emit: Callable[[EventResource, datetime, bool], None],
+    ) -> None:
+        since = query.since
+        series_changed = since is not None and rec.change_seq > since
+        current_ids: set[str] = set()
+        if not rec.cancelled:
+            for slot in _expand(rec.history[-1][1], cal.tz, lower, upper, now):
+                inst = self._instance(rec, slot)
+                current_ids.add(inst["id"])
+                override = rec.overrides.get(inst["id"])
+                inst_cancelled = inst.get("status") == "cancelled"
+                if since is not None:
+                    if not series_changed and (override is None or override.change_seq <= since):
+                        continue
+                elif inst_cancelled and not query.show_deleted and query.updated_min is None:
+                    continue
+                emit(inst, slot.start_utc, inst_cancelled)
+        if not series_changed:
+            return
+        series_id = rec.resource["id"]
+        for timing in rec.relevant_timings(since):
+            for slot in _expand(timing, cal.tz, lower, upper, now):
+                instance_id = series_id if slot.suffix is None else f"{series_id}_{slot.suffix}"
+                if instance_id in current_ids:
+                    continue
+                current_ids.add(instance_id)
+                gone: EventResource = {
+                    "kind": "calendar#event",
+                    "etag": rec.resource.get("etag", '"0"'),
+                    "id": instance_id,
+                    "status": "cancelled",
+                    "updated": rec.resource.get("updated", ""),
+                    "eventType": rec.resource.get("eventType", "default"),
+                }
+                if slot.suffix is not None:
+                    gone["recurringEventId"] = series_id
+                    gone["originalStartTime"] = copy.deepcopy(slot.original)
+                emit(gone, slot.start_utc, True)
+
+    def _matches(self, full: Mapping[str, Any], query: _Query) -> bool:
+        if query.event_types and full.get("eventType", "default") not in query.event_types:
+            return False
+        if query.ical_uid is not None and full.get("iCalUID") != query.ical_uid:
+            return False
+        if query.updated_min is not None:
+            if str(full.get("updated", "")) < _rfc3339_ms(
+                _parse_rfc3339(query.updated_min, "updatedMin").timestamp()
+            ):
+                return False
+        for props, scope in ((query.private_props, "private"), (query.shared_props, "shared")):
+            stored = (full.get("extendedProperties") or {}).get(scope) or {}
+            for constraint in props:
+                name, _, value = constraint.partition("=")
+                if stored.get(name) != value:
+                    return False
+        if query.q:
+            haystack = " ".join(str(part) for part in _search_fields(full)).lower()
+            if not all(term in haystack for term in query.q.lower().split()):
+                return False
+        return True
+
+    # ----------------------------------------------------------------- events.get/insert/patch/delete
+
+    async def _h_get(self, request: web.Request) -> web.Response:
+        cal, _ = self._authorize(request, request.match_info["calendar_id"])
+        return web.json_response(self.get_event(cal.id, request.match_info["event_id"]))
+
+    async def _h_insert(self, request: web.Request) -> web.Response:
+        cal, _ = self._authorize(request, request.match_info["calendar_id"])
+        return web.json_response(self.insert_event(cal.id, await _json_object(request)))
+
+    async def _h_patch(self, request: web.Request) -> web.Response:
+        cal, _ = self._authorize(request, request.match_info["calendar_id"])
+        body = await _json_object(request)
+        return web.json_response(self.patch_event(cal.id, request.match_info["event_id"], body))
+
+    async def _h_delete(self, request: web.Request) -> web.Response:
+        cal, _ = self._authorize(request, request.match_info["calendar_id"])
+        self.delete_event(cal.id, request.match_info["event_id"])
+        return web.Response(status=204)
+
+    # ----------------------------------------------------------------- channels
+
+    async def _h_watch(self, request: web.Request) -> web.Response:
+        cal, grant = self._authorize(request, request.match_info["calendar_id"])
+        body = await _json_object(request)
+        channel_id = body.get("id")
+        if not isinstance(channel_id, str) or not channel_id:
+            raise _required("Required", "id")
+        if len(channel_id) > 64:
+            raise _invalid("Channel id must be at most 64 characters.", "id")
+        kind = body.get("type")
+        if not isinstance(kind, str) or not kind:
+            raise _required("Required", "type")
+        if kind.lower() not in _CHANNEL_TYPES:
+            raise _invalid(f"Invalid value for: type: {kind}", "type")
+        address = body.get("address")
+        if not isinstance(address, str) or not address:
+            raise _required("Required", "address")
+        if not address.startswith(("https://", "http://")):
+            raise _invalid(f"Invalid value for: address: {address}", "address")
+        token = body.get("token")
+        if token is not None and (not isinstance(token, str) or len(token) > 256):
+            raise _invalid("Channel token must be at most 256 characters.", "token")
+        now_ms = int(self.now() * 1000)
+        existing = self.channels.get(channel_id)
+        if existing is not None:
+            if existing.expiration_ms > now_ms:
+                raise _duplicate()
+            self._retire(existing)
+        raw_params = body.get("params") or {}
+        if not isinstance(raw_params, dict):
+            raise _invalid("Invalid value for: params", "params")
+        ttl = DEFAULT_CHANNEL_TTL
+        if "ttl" in raw_params:
+            try:
+                ttl = float(raw_params["ttl"])
+            except (TypeError, ValueError):
+                raise _invalid("Invalid value for: params.ttl", "params.ttl") from None
+            if ttl <= 0:
+                raise _invalid("Invalid value for: params.ttl", "params.ttl")
+        expiration_ms = now_ms + int(min(ttl, self.max_channel_ttl) * 1000)
+        if body.get("expiration") is not None:
+            try:
+                requested = int(body["expiration"])
+            except (TypeError, ValueError):
+                raise _invalid("Invalid value for: expiration", "expiration") from None
+            if requested <= now_ms:
+                raise _invalid("Invalid value for: expiration", "expiration")
+            expiration_ms = min(expiration_ms, requested)
+        channel = Channel(
+            id=channel_id,
+            resource_id=cal.resource_id,
+            resource_uri=f"{self.api_url}/calendars/{quote(cal.id, safe='@')}/events",
+            calendar_id=cal.id,
+            address=address,
+            token=token,
+            expiration_ms=expiration_ms,
+            client_id=grant.client_id,
+            params={str(k): str(v) for k, v in raw_params.items()},
+        )
+        self.channels[channel_id] = channel
+        self._open_push_queue(channel)
+        self._enqueue(_PushJob(channel, "sync", 1))
+        return web.json_response(channel.resource())
+
+    async def _h_stop(self, request: web.Request) -> web.Response:
+        grant = self._authorize_any(request)
+        body = await _json_object(request)
+        channel_id, resource_id = body.get("id"), body.get("resourceId")
+        if not isinstance(channel_id, str) or not channel_id:
+            raise _required("Required", "id")
+        if not isinstance(resource_id, str) or not resource_id:
+            raise _required("Required", "resourceId")
+        channel = self.channels.get(channel_id)
+        if (
+            channel is None
+            or channel.resource_id != resource_id
+            or channel.client_id != grant.client_id
+        ):
+            raise GoogleApiError(404, "notFound", f"Channel '{channel_id}' not found for project")
+        self._retire(channel)
+        return web.Response(status=204)
+
+    # ----------------------------------------------------------------- control routes
+
+    async def _c_health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "ok": True,
+                "base_url": self.base_url,
+                "api_url": self.api_url,
+                "token_url": self.token_url,
+                "now": self.now(),
+            }
+        )
+
+    async def _c_add_calendar(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        calendar_id = _str_field(body, "calendar_id")
+        self.add_calendar(
+            calendar_id,
+            time_zone=str(body.get("time_zone") or "UTC"),
+            summary=body.get("summary"),
+        )
+        return web.json_response({"calendar_id": calendar_id}, status=201)
+
+    async def _c_add_client(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        client_id = _str_field(body, "client_id")
+        self.add_client(client_id, _str_field(body, "client_secret"))
+        return web.json_response({"client_id": client_id}, status=201)
+
+    async def _c_issue_refresh(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        client_id = _str_field(body, "client_id")
+        ids = body.get("calendar_ids")
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            raise _invalid("calendar_ids must be a list of strings", "calendar_ids")
+        if client_id not in self._clients:
+            raise _not_found()
+        token = self.issue_refresh_token(client_id, cast("list[str] | None", ids))
+        return web.json_response({"refresh_token": token}, status=201)
+
+    async def _c_revoke_refresh(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        self.revoke_refresh_token(_str_field(body, "refresh_token"))
+        return web.Response(status=204)
+
+    async def _c_expire_access(self, request: web.Request) -> web.Response:
+        self.expire_access_tokens()
+        return web.Response(status=204)
+
+    @staticmethod
+    def _notify_param(request: web.Request) -> bool:
+        return request.query.get("notify", "true").lower() != "false"
+
+    async def _c_insert(self, request: web.Request) -> web.Response:
+        event = self.insert_event(
+            request.match_info["calendar_id"],
+            await _json_object(request),
+            notify=self._notify_param(request),
+        )
+        return web.json_response(event, status=201)
+
+    async def _c_patch(self, request: web.Request) -> web.Response:
+        event = self.patch_event(
+            request.match_info["calendar_id"],
+            request.match_info["event_id"],
+            await _json_object(request),
+            notify=self._notify_param(request),
+        )
+        return web.json_response(event)
+
+    async def _c_delete(self, request: web.Request) -> web.Response:
+        self.delete_event(
+            request.match_info["calendar_id"],
+            request.match_info["event_id"],
+            notify=self._notify_param(request),
+        )
+        return web.Response(status=204)
+
+    async def _c_invalidate(self, request: web.Request) -> web.Response:
+        self.invalidate_sync_tokens(request.match_info["calendar_id"])
+        return web.Response(status=204)
+
+    async def _c_get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self.faults.to_json())
+
+    async def _c_set_faults(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        try:
+            rules = [FaultRule.from_json(raw) for raw in body.get("rules") or []]
+            drop = body.get("drop_push_probability")
+            if drop is not None and not 0.0 <= float(drop) <= 1.0:
+                raise ValueError("drop_push_probability must be within [0, 1]")
+        except (TypeError, ValueError) as exc:
+            raise _invalid(str(exc), "rules") from None
+        if body.get("replace"):
+            self.faults.rules.clear()
+        self.faults.rules.extend(rules)
+        if drop is not None:
+            self.faults.drop_push_probability = float(drop)
+        if "seed" in body:
+            self.faults.seed(body["seed"])
+        return web.json_response(self.faults.to_json())
+
+    async def _c_clear_faults(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        return web.Response(status=204)
+
+    async def _c_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([dataclasses.asdict(r) for r in self.requests])
+
+    async def _c_clear_requests(self, request: web.Request) -> web.Response:
+        self.requests.clear()
+        return web.Response(status=204)
+
+    async def _c_channels(self, request: web.Request) -> web.Response:
+        return web.json_response([dataclasses.asdict(c) for c in self.channels.values()])
+
+    async def _c_deliveries(self, request: web.Request) -> web.Response:
+        return web.json_response([dataclasses.asdict(d) for d in self.delivery_log])
+
+    async def _c_flush(self, request: web.Request) -> web.Response:
+        await self.flush_pushes()
+        return web.Response(status=204)
+
+    async def _c_advance_clock(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        try:
+            seconds = float(body.get("seconds", 0))
+        except (TypeError, ValueError):
+            raise _invalid("seconds must be a number", "seconds") from None
+        self.advance_clock(seconds)
+        return web.json_response({"now": self.now()})
+
+
+def _str_field(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise _required(f"Missing required field: {name}", name)
+    return value
+
+
+def _search_fields(event: Mapping[str, Any]) -> Iterable[Any]:
+    yield event.get("summary", "")
+    yield event.get("description", "")
+    yield event.get("location", "")
+    for person in [event.get("organizer") or {}, *(event.get("attendees") or [])]:
+        if isinstance(person, Mapping):
+            yield person.get("email", "")
+            yield person.get("displayName", "")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+async def serve_forever(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    emulator: GoogleEmulator | None = None,
+    calendars: Sequence[tuple[str, str]] = (),
+    clients: Sequence[tuple[str, str]] = (),
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve an emulator until ``stop`` is set or SIGINT/SIGTERM arrives; then close it.
+
+    ``calendars`` are (id, time zone) pairs and ``clients`` (id, secret) pairs
+    registered before serving. Prints the base URL and the two
+    ``CALSYNC_GOOGLE_*_URL`` settings on stdout once listening.
+    """
+    emu = emulator if emulator is not None else GoogleEmulator()
+    for calendar_id, tz in calendars:
+        emu.add_calendar(calendar_id, time_zone=tz)
+    for client_id, secret in clients:
+        emu.add_client(client_id, secret)
+    stop = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    try:
+        await emu.start(host, port)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+        print(f"Google Calendar emulator listening on {emu.base_url}", flush=True)
+        print(f"CALSYNC_GOOGLE_API_URL={emu.api_url}", flush=True)
+        print(f"CALSYNC_GOOGLE_TOKEN_URL={emu.token_url}", flush=True)
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await emu.aclose()
+
+
+def _pair(value: str, default_second: str | None = None) -> tuple[str, str]:
+    first, sep, second = value.rpartition(":") if default_second is None else value.partition(":")
+    if default_second is not None and not sep:
+        return value, default_second
+    if not sep or not first or not second:
+        raise argparse.ArgumentTypeError(f"expected A:B, got {value!r}")
+    return first, second
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``calsync emulator google`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="calsync emulator google",
+        description="Serve a local Google Calendar API v3 + OAuth emulator.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--calendar",
+        action="append",
+        default=[],
+        type=lambda v: _pair(v, "UTC"),
+        metavar="ID[:TZ]",
+        help="register a calendar (repeatable)",
+    )
+    parser.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        type=_pair,
+        metavar="ID:SECRET",
+        help="register an OAuth client (repeatable)",
+    )
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-channel-ttl", type=float, default=DEFAULT_CHANNEL_TTL)
+    parser.add_argument("--page-size-default", type=int, default=250)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``calsync emulator google [options]``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    emu = GoogleEmulator(
+        page_size_default=args.page_size_default,
+        seed=args.seed,
+        max_channel_ttl=args.max_channel_ttl,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            serve_forever(
+                args.host, args.port, emulator=emu, calendars=args.calendar, clients=args.client
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

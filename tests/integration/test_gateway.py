@@ -1,0 +1,119 @@
+"""The gateway against a real broker: what it accepts is on the topic, what it refuses is not."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from calsync.crypto import SecretBox, WebhookSigner
+from calsync.streams.records import Command, Notification
+from calsync.testing.topics import TopicReader
+from tests.conftest import ADMIN_TOKEN
+from tests.integration.conftest import serve_gateway
+
+
+def push_headers(channel: str, token: str | None, state: str = "exists", number: str = "7"):
+    headers = {
+        "X-Goog-Channel-ID": channel,
+        "X-Goog-Resource-ID": "gres-1",
+        "X-Goog-Resource-State": state,
+        "X-Goog-Resource-URI": "https://www.googleapis.com/calendar/v3/calendars/x/events",
+        "X-Goog-Message-Number": number,
+        "Content-Type": "application/json; utf-8",
+    }
+    if token is not None:
+        headers["X-Goog-Channel-Token"] = token
+    return headers
+
+
+async def test_google_pushes(kafka_settings) -> None:
+    settings = kafka_settings()
+    signer = WebhookSigner(settings.secret_key)
+    token = signer.channel_token("chan-1", "res-1")
+    async with serve_gateway(settings) as url, httpx.AsyncClient(base_url=url) as client:
+        post = client.post
+        ok = await post("/webhooks/google", headers=push_headers("chan-1", token))
+        assert ok.status_code == 202
+        sync = await post("/webhooks/google", headers=push_headers("chan-1", token, "sync", "1"))
+        assert sync.status_code == 200
+        forged = signer.channel_token("chan-1", "res-1")[:-3] + "abc"
+        refused = {
+            "forged": await post("/webhooks/google", headers=push_headers("chan-1", forged)),
+            "other key": await post(
+                "/webhooks/google",
+                headers=push_headers(
+                    "chan-1", WebhookSigner("x" * 32).channel_token("chan-1", "res-1")
+                ),
+            ),
+            "other channel": await post("/webhooks/google", headers=push_headers("chan-2", token)),
+            "no token": await post("/webhooks/google", headers=push_headers("chan-1", None)),
+            "bad state": await post(
+                "/webhooks/google", headers=push_headers("chan-1", token, "weird")
+            ),
+            "bad number": await post(
+                "/webhooks/google", headers=push_headers("chan-1", token, number="x")
+            ),
+            "no channel": await post("/webhooks/google", headers=push_headers("", token)),
+            "oversized": await post(
+                "/webhooks/google",
+                headers=push_headers("chan-1", token),
+                content=b"x" * (settings.gateway_max_body + 1),
+            ),
+        }
+        statuses = {name: r.status_code for name, r in refused.items()}
+        assert statuses == {
+            "forged": 403,
+            "other key": 403,
+            "other channel": 403,
+            "no token": 401,
+            "bad state": 400,
+            "bad number": 400,
+            "no channel": 400,
+            "oversized": 413,
+        }
+        assert all("error" in r.json() for r in refused.values())
+
+    reader = await TopicReader(settings.kafka_bootstrap, settings.topic("notifications")).start()
+    try:
+        await reader.settle(quiet=1.5)
+        assert len(reader.values) == 1  # only the authentic `exists` push
+        (notification,) = [Notification.loads(v) for v in reader.values]
+        assert notification.resource_id == "res-1"
+        assert notification.reason == "push"
+        assert notification.channel_id == "chan-1" and notification.message_number == 7
+    finally:
+        await reader.aclose()
+
+
+async def test_admin_api(kafka_settings) -> None:
+    settings = kafka_settings()
+    body = {
+        "resource_id": "room-1",
+        "provider": "google",
+        "calendar_id": "primary",
+        "credentials": {"refresh_token": "1//plaintext-refresh"},
+    }
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with serve_gateway(settings) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.post("/api/resources", json=body)).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await client.post("/api/resources", json=body, headers=wrong)).status_code == 401
+        bad = await client.post("/api/resources", json={**body, "provider": "aol"}, headers=auth)
+        assert bad.status_code == 400 and bad.json()["field"] == "provider"
+        garbage = await client.post("/api/resources", content=b"{not json", headers=auth)
+        assert garbage.status_code == 400
+        ok = await client.post("/api/resources", json=body, headers=auth)
+        assert ok.status_code == 202 and ok.json()["resource_id"] == "room-1"
+
+    reader = await TopicReader(settings.kafka_bootstrap, settings.topic("commands")).start()
+    try:
+        await reader.settle(quiet=1.5)
+        assert len(reader.values) == 1
+        assert b"plaintext-refresh" not in reader.values[0]
+        command = Command.loads(reader.values[0])
+        assert command.kind == "register" and command.resource_id == "room-1"
+        stored = json.loads(reader.values[0])["credentials"]["refresh_token"]
+        assert SecretBox(settings.secret_key).decrypt(stored) == "1//plaintext-refresh"
+    finally:
+        await reader.aclose()
