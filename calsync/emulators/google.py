@@ -97,9 +97,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/calendar/v3"
-TOKEN_PATH: Final = "/token"
+TOKEN_PATH: Final = "/token"  # noqa: S105  (a URL path, not a secret)
 CONTROL_PREFIX: Final = "/_emulator"
-DEFAULT_PORT: Final = 8085
+DEFAULT_PORT: Final = 8710  # the port `calsync emulator google` defaults to
 
 DEFAULT_CHANNEL_TTL: Final = 604_800.0
 MAX_RESULTS_LIMIT: Final = 2500
@@ -2034,9 +2034,8 @@ class GoogleEmulator:
         if query.ical_uid is not None and full.get("iCalUID") != query.ical_uid:
             return False
         if query.updated_min is not None:
-            if str(full.get("updated", "")) < _rfc3339_ms(
-                _parse_rfc3339(query.updated_min, "updatedMin").timestamp()
-            ):
+            floor = _rfc3339_ms(_parse_rfc3339(query.updated_min, "updatedMin").timestamp())
+            if str(full.get("updated", "")) < floor:
                 return False
         for props, scope in ((query.private_props, "private"), (query.shared_props, "shared")):
             stored = (full.get("extendedProperties") or {}).get(scope) or {}
@@ -2050,7 +2049,7 @@ class GoogleEmulator:
                 return False
         return True
 
-    # ----------------------------------------------------------------- events.get/insert/patch/delete
+    # ----------------------------------------------------------------- events.get/insert/...
 
     async def _h_get(self, request: web.Request) -> web.Response:
         cal, _ = self._authorize(request, request.match_info["calendar_id"])

@@ -21,7 +21,11 @@ Contracts:
   :class:`KafkaBrokerError` with the tail of the broker log and leaves no process behind.
 * **Cleanup**: :meth:`KafkaBroker.stop` sends SIGTERM to the one pid it started, waits up to
   15 s, then SIGKILLs it, and removes the work dir it created. An ``atexit`` hook does the
-  same for brokers still running when the interpreter exits (not on SIGKILL of the tests).
+  same for brokers still running when the interpreter exits. The JVM runs in its own session
+  (a terminal's ^C or a kill of the test's process group does not reach it), so a small
+  watchdog process does the same when the test process dies without running ``atexit``
+  (SIGKILL, SIGTERM, a cancelled CI job): it holds the read end of a pipe from the test
+  process and acts on EOF.
 
 Example::
 
@@ -40,6 +44,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -352,6 +357,70 @@ def _probe_metadata(bootstrap: str, timeout: float) -> str | None:
     return None
 
 
+#: Run with ``sys.executable -c``; argv: JVM pid, a string only the JVM's command line has, the
+#: work dir to remove ("" for none). Reads stdin: a byte means "disarmed", EOF means the test
+#: process died, so stop the JVM (checking /proc that the pid is still the JVM) and clean up.
+_WATCHDOG_SCRIPT: Final = """
+import os, shutil, signal, sys, time
+pid, marker, work = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3]
+if sys.stdin.buffer.read(1):
+    sys.exit(0)
+def ours():
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return marker in f.read()
+    except FileNotFoundError:
+        return not os.path.isdir("/proc")
+    except OSError:
+        return False
+def alive():
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return ours()
+def send(sig):
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+if alive():
+    send(signal.SIGTERM)
+    deadline = time.monotonic() + GRACE
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive():
+        send(signal.SIGKILL)
+        time.sleep(0.5)
+if work:
+    shutil.rmtree(work, ignore_errors=True)
+"""
+
+
+def _start_watchdog(pid: int, marker: str, work_dir: Path | None) -> subprocess.Popen[bytes]:
+    """Start the watchdog of JVM ``pid``; write a byte to its stdin to disarm it."""
+    script = _WATCHDOG_SCRIPT.replace("GRACE", repr(_STOP_GRACE_SECONDS))
+    return subprocess.Popen(  # noqa: S603 - our interpreter and our own script
+        [sys.executable, "-c", script, str(pid), marker, str(work_dir or "")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _disarm_watchdog(watchdog: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if watchdog.stdin is not None:
+            watchdog.stdin.write(b"\n")
+            watchdog.stdin.close()
+    try:
+        watchdog.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        watchdog.kill()
+        watchdog.wait()
+
+
 class _PortClash(Exception):
     """The JVM could not bind a port that was free when we picked it; pick again."""
 
@@ -400,6 +469,7 @@ class KafkaBroker:
         self._startup_timeout = startup_timeout
         self._lock = threading.RLock()
         self._process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._work_dir: Path | None = None
         self._owns_work_dir = False
@@ -499,6 +569,9 @@ class KafkaBroker:
         """
         with self._lock:
             process, self._process = self._process, None
+            watchdog, self._watchdog = self._watchdog, None
+            if watchdog is not None:
+                _disarm_watchdog(watchdog)
             if process is not None:
                 if process.poll() is None:
                     process.terminate()
@@ -580,6 +653,9 @@ class KafkaBroker:
             )
         with _running_lock:
             _running.add(self)
+        self._watchdog = _start_watchdog(
+            self._process.pid, str(config), work if self._owns_work_dir else None
+        )
         self._port = port
         bootstrap = self._bootstrap_of(port)
         self._wait_ready(self._process, bootstrap, log_path, deadline)

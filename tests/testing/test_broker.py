@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,11 +20,18 @@ from calsync.testing.broker import KafkaBroker, KafkaBrokerError, ensure_kafka_l
 
 
 def _process_exists(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie no one reaps, e.g. under a minimal PID 1, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return "\nState:\tZ" not in status
 
 
 def _free_port() -> int:
@@ -113,7 +122,7 @@ async def test_fixed_port_and_reused_work_dir_keep_data(tmp_path: Path) -> None:
         assert await _consume_one(again.bootstrap, topic) == b"kept"
 
 
-def test_failed_start_raises_with_log_and_leaves_nothing(tmp_path: Path) -> None:
+def test_failed_start_raises_with_log_and_leaves_nothing() -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
@@ -151,3 +160,35 @@ def test_a_port_taken_after_it_was_picked_is_picked_again(monkeypatch: pytest.Mo
         with KafkaBroker() as broker:
             assert broker.bootstrap != f"127.0.0.1:{taken}"
             assert "Kafka Server started" in broker.log_path.read_text()
+
+
+_CRASHING_TEST_RUN = """
+import os, signal, sys
+from calsync.testing.broker import KafkaBroker
+broker = KafkaBroker()
+broker.start()
+print(broker.pid, broker.log_path.parent, flush=True)
+if sys.argv[1] == "sigkill":
+    os.kill(os.getpid(), signal.SIGKILL)
+raise RuntimeError("the test run crashed")
+"""
+
+
+@pytest.mark.parametrize("death", ["exception", "sigkill"])
+def test_no_jvm_outlives_a_crashed_test_run(death: str) -> None:
+    """atexit covers an exception; the watchdog covers a kill that skips atexit."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CRASHING_TEST_RUN, death],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode != 0
+    pid_text, work_text = result.stdout.split()
+    pid, work_dir = int(pid_text), Path(work_text)
+    deadline = time.monotonic() + 30
+    while (_process_exists(pid) or work_dir.exists()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _process_exists(pid), result.stderr
+    assert not work_dir.exists()
