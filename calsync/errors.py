@@ -7,6 +7,7 @@
     ├── CodecError                  a record could not be encoded or decoded
     ├── CryptoError                 a ciphertext was forged, truncated or made with another key
     ├── InternalError               an unexpected failure while syncing (retriable = True)
+    ├── KafkaBrokerError            the local test/demo broker could not be built or started
     └── ProviderError               anything a provider adapter raises (retriable = False)
         ├── TransientProviderError  5xx, timeouts, connection errors (retriable = True)
         │   └── RateLimited         429/403 rate limits and throttling 503s; carries retry_after
@@ -45,6 +46,10 @@ class InternalError(CalsyncError):
     """An unexpected failure mid-sync (a bug, a producer error): retried, then dead-lettered."""
 
     retriable = True
+
+
+class KafkaBrokerError(CalsyncError):
+    """The local broker (:mod:`calsync.testing.broker`) could not be built or started."""
 
 
 class ProviderError(CalsyncError):

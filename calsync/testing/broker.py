@@ -52,7 +52,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from calsync.errors import CalsyncError, ConfigurationError
+from calsync.errors import ConfigurationError, KafkaBrokerError
 
 __all__ = [
     "CLUSTER_ID",
@@ -94,10 +94,6 @@ _SHM_MIN_FREE_BYTES: Final = 512 * 1024 * 1024
 _STALE_TEMP_SECONDS: Final = 3600.0
 _MVN_TIMEOUT_SECONDS: Final = 900.0
 _LOG_TAIL_LINES: Final = 60
-
-
-class KafkaBrokerError(CalsyncError):
-    """The test broker could not be built, started or reached; the message says why."""
 
 
 # --------------------------------------------------------------------------- locating files
