@@ -1,0 +1,214 @@
+"""Google Calendar synced end to end: emulator → gateway → worker (subprocess, RocksDB) → topic."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from calsync.crypto import WebhookSigner
+from calsync.emulators.google import GoogleEmulator
+from calsync.model import ChangeKind, UnifiedEvent
+from calsync.settings import Settings
+from calsync.streams.records import StatusEvent
+from calsync.testing.topics import TopicReader
+from calsync.testing.worker import WorkerProcess
+from tests.conftest import ADMIN_TOKEN
+
+CALENDAR = "team@example.com"
+BASE = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+
+@dataclass
+class World:
+    emulator: GoogleEmulator
+    settings: Settings
+    worker: WorkerProcess
+    events: TopicReader
+    refresh_token: str
+
+    async def register(self, resource_id: str = "team") -> None:
+        body = {
+            "resource_id": resource_id,
+            "provider": "google",
+            "calendar_id": CALENDAR,
+            "credentials": {"refresh_token": self.refresh_token},
+        }
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{self.worker.url}/api/resources",
+                json=body,
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+        assert response.status_code == 202, response.text
+
+    def decoded(self) -> list[UnifiedEvent]:
+        return self.events.events()
+
+    async def wait_for_count(self, count: int, timeout: float = 90.0) -> None:
+        try:
+            await self.events.wait_for(lambda r: len(r.values) >= count, timeout=timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"saw {len(self.events.values)} of {count} events\n{self.worker.tail()}"
+            ) from None
+
+
+def insert(emulator: GoogleEmulator, n: int, *, notify: bool = False) -> str:
+    start = BASE + timedelta(hours=n)
+    event = emulator.insert_event(
+        CALENDAR,
+        {
+            "summary": f"private meeting {n}",
+            "start": {"dateTime": start.isoformat()},
+            "end": {"dateTime": (start + timedelta(minutes=30)).isoformat()},
+        },
+        notify=notify,
+    )
+    return str(event["id"])
+
+
+@asynccontextmanager
+async def google_world(kafka_settings) -> AsyncIterator[World]:  # type: ignore[no-untyped-def]
+    async with GoogleEmulator() as emulator:
+        emulator.add_calendar(CALENDAR, time_zone="Europe/Zurich")
+        emulator.add_client("test-client", "test-client-secret")
+        refresh_token = emulator.issue_refresh_token("test-client")
+        settings = kafka_settings(
+            google_api_url=emulator.api_url, google_token_url=emulator.token_url
+        )
+        worker = WorkerProcess(settings)
+        await asyncio.to_thread(worker.start)
+        events = await TopicReader(settings.kafka_bootstrap, settings.topic("events")).start()
+        try:
+            yield World(emulator, settings, worker, events, refresh_token)
+        finally:
+            await events.aclose()
+            await asyncio.to_thread(worker.stop)
+
+
+def list_calls(emulator: GoogleEmulator) -> list[dict[str, list[str]]]:
+    return [
+        r.query
+        for r in emulator.requests
+        if r.method == "GET" and r.path.endswith("/events") and r.status == 200
+    ]
+
+
+async def test_full_sync_over_pages_then_pushed_changes(kafka_settings) -> None:
+    async with google_world(kafka_settings) as world:
+        ids = [insert(world.emulator, n) for n in range(600)]
+        await world.register()
+        await world.wait_for_count(600)
+        await world.events.settle(quiet=1.0)
+        initial = world.decoded()
+        assert len(initial) == 600
+        assert all(e.change is ChangeKind.UPSERT for e in initial)
+        assert {e.native_event_id for e in initial} == set(ids)
+        assert len({e.system_event_id for e in initial}) == 600
+        full_pages = [q for q in list_calls(world.emulator) if "syncToken" not in q]
+        assert len(full_pages) == 3  # 250 + 250 + 100
+
+        edited, deleted = ids[10], ids[20]
+        new_start = BASE + timedelta(days=3, hours=5)
+        world.emulator.patch_event(
+            CALENDAR,
+            edited,
+            {
+                "start": {"dateTime": new_start.isoformat()},
+                "end": {"dateTime": (new_start + timedelta(hours=1)).isoformat()},
+            },
+        )
+        world.emulator.delete_event(CALENDAR, deleted)
+        added = insert(world.emulator, 1000, notify=True)
+        await world.wait_for_count(603)
+        await world.events.settle(quiet=3.0)
+        changes = world.decoded()[600:]
+        assert {(e.native_event_id, e.change) for e in changes} == {
+            (edited, ChangeKind.UPSERT),
+            (deleted, ChangeKind.DELETE),
+            (added, ChangeKind.UPSERT),
+        }
+        assert len(changes) == 3
+        assert all(e.latency_ms is not None and e.latency_ms >= 0 for e in changes)
+        (moved,) = [e for e in changes if e.native_event_id == edited]
+        assert moved.start_utc == new_start and moved.end_utc == new_start + timedelta(hours=1)
+        delta_fetches = [q for q in list_calls(world.emulator) if "syncToken" in q]
+        assert 1 <= len(delta_fetches) <= 3
+
+        # A forged push to the worker's own gateway is refused and changes nothing.
+        notifications = TopicReader(
+            world.settings.kafka_bootstrap, world.settings.topic("notifications")
+        )
+        await notifications.start()
+        await notifications.settle(quiet=1.0)
+        before = len(notifications.values)
+        forged = WebhookSigner("not-the-secret-key-000").channel_token("cs-x", "team")
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{world.worker.url}/webhooks/google",
+                headers={
+                    "X-Goog-Channel-ID": "cs-x",
+                    "X-Goog-Channel-Token": forged,
+                    "X-Goog-Resource-State": "exists",
+                    "X-Goog-Message-Number": "99",
+                    "X-Goog-Resource-ID": "r",
+                },
+            )
+        assert response.status_code == 403
+        await notifications.settle(quiet=1.5)
+        await world.events.settle(quiet=0.5)
+        assert len(notifications.values) == before
+        assert len(world.events.values) == 603
+        await notifications.aclose()
+
+
+async def test_expired_sync_token_resyncs_and_emits_only_the_deletes(kafka_settings) -> None:
+    async with google_world(kafka_settings) as world:
+        ids = [insert(world.emulator, n) for n in range(40)]
+        await world.register()
+        await world.wait_for_count(40)
+        await world.events.settle(quiet=1.0)
+        world.emulator.invalidate_sync_tokens(CALENDAR)
+        gone = ids[5:10]
+        for event_id in gone:
+            world.emulator.delete_event(CALENDAR, event_id)
+        await world.wait_for_count(45)
+        await world.events.settle(quiet=3.0)
+        after = world.decoded()[40:]
+        assert sorted((e.native_event_id, e.change) for e in after) == sorted(
+            (event_id, ChangeKind.DELETE) for event_id in gone
+        )
+        status = TopicReader(world.settings.kafka_bootstrap, world.settings.topic("status"))
+        await status.start()
+        await status.settle(quiet=1.0)
+        finished = [
+            s for s in map(StatusEvent.loads, status.values) if s.status == "resync_finished"
+        ]
+        assert any(s.data and s.data.get("cursor_expired") for s in finished)
+        await status.aclose()
+
+
+async def test_sigkill_mid_full_sync_loses_nothing(kafka_settings) -> None:
+    async with google_world(kafka_settings) as world:
+        ids = [insert(world.emulator, n) for n in range(600)]
+        # Slow pages so the kill lands between the first and the last page.
+        world.emulator.faults.add("latency", seconds=3.0, method="GET", path=r"/events$")
+        await world.register()
+        await world.wait_for_count(250, timeout=60)
+        world.worker.kill()
+        await world.events.settle(quiet=1.0)
+        at_kill = {e.native_event_id for e in world.decoded()}
+        assert 250 <= len(at_kill) < 600, "the kill must land mid-sync"
+        world.emulator.faults.clear()
+        await asyncio.to_thread(world.worker.start)
+        await world.events.wait_for(
+            lambda r: {e.native_event_id for e in r.events()} >= set(ids), timeout=120
+        )
+        final = world.decoded()
+        assert {e.native_event_id for e in final} == set(ids)
+        assert all(e.change is ChangeKind.UPSERT for e in final)
