@@ -19,12 +19,15 @@ from aiohttp import web
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from calsync.agents.outbox import KafkaOutbox
-from calsync.agents.service import ProviderFactory, SyncService
+from calsync.agents.service import Lane, SyncService
+from calsync.agents.timers import TimerDispatcher
 from calsync.codecs.avro import register_codecs
 from calsync.gateway.http import Gateway
+from calsync.providers.factory import ProviderFactory
+from calsync.ratelimit import BucketSpec, RateLimiter
 from calsync.settings import Settings
 from calsync.streams.records import Command, Notification, RetryEnvelope
-from calsync.tables.records import Channel, Resource, SyncState
+from calsync.tables.records import Channel, Resource, SyncState, Timer
 
 
 class IdempotentProducer(aiokafka_driver.Producer):
@@ -44,6 +47,8 @@ class CalsyncApp(faust.App):
     settings: Settings
     sync_service: SyncService
     gateway: Gateway
+    limiter: RateLimiter
+    dispatcher: TimerDispatcher
 
     def _new_producer_transport(self) -> Any:
         return IdempotentTransport(self.conf.broker_producer, self)
@@ -135,6 +140,23 @@ class FaustPublisher:
         await future
 
 
+def _share_updater(
+    app: faust.App, limiter: RateLimiter, topic: str, partitions: int
+) -> Callable[[], None]:
+    """Every few seconds, give this worker the share of the app quota its partitions own."""
+    last = [0.0]
+
+    def update() -> None:
+        now = time.monotonic()
+        if now - last[0] < 2.0:
+            return
+        last[0] = now
+        owned = sum(1 for tp in app.assignor.assigned_actives() if tp.topic == topic)
+        limiter.set_share("google", max(owned, 1) / partitions)
+
+    return update
+
+
 def _default_http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
 
@@ -178,24 +200,52 @@ def create_app(
     resources = app.Table("resources", value_type=Resource, partitions=partitions)
     sync_state = app.Table("sync_state", value_type=SyncState, partitions=partitions)
     channels = app.Table("channels", value_type=Channel, partitions=partitions)
+    timers = app.Table("timers", value_type=Timer, partitions=partitions)
 
     async def send(topic: str, key: bytes, value: bytes) -> Any:
         return await app.producer.send(topic, key, value, None, None, None)
 
+    outbox = KafkaOutbox(settings, send)
+    limiter = RateLimiter(
+        {
+            "google": (
+                BucketSpec(rate=settings.google_user_rate, burst=settings.google_user_burst),
+                BucketSpec(rate=settings.google_app_rate, burst=settings.google_app_burst),
+            )
+        }
+    )
+    app.limiter = limiter
+    dispatcher = TimerDispatcher(
+        timers=timers,
+        channels=channels,
+        outbox=outbox,
+        on_tick=_share_updater(app, limiter, settings.topic("notifications"), partitions),
+    )
+    app.dispatcher = dispatcher
     app.sync_service = SyncService(
         settings,
         resources=resources,
         sync_state=sync_state,
         channels=channels,
-        outbox=KafkaOutbox(settings, send),
-        providers=ProviderFactory(settings, http_client_factory),
+        timers=timers,
+        outbox=outbox,
+        providers=ProviderFactory(settings, http_client_factory, limiter),
+        on_timer=dispatcher.schedule,
     )
     app.gateway = Gateway(settings, FaustPublisher(app))
 
-    @app.agent(notifications, name="calsync.sync")
-    async def sync_agent(stream: faust.StreamT[Notification]) -> None:
+    # Two agents read every notification; each handles its own lane (see Lane), so a
+    # backfill in the bulk lane never holds up a live push. A record is committed
+    # only once both have acked it, so a crash replays, never skips.
+    @app.agent(notifications, name="calsync.sync.live")
+    async def live_agent(stream: faust.StreamT[Notification]) -> None:
         async for notification in stream:
-            await app.sync_service.on_notification(notification)
+            await app.sync_service.on_notification(notification, Lane.LIVE)
+
+    @app.agent(notifications, name="calsync.sync.bulk")
+    async def bulk_agent(stream: faust.StreamT[Notification]) -> None:
+        async for notification in stream:
+            await app.sync_service.on_notification(notification, Lane.BULK)
 
     @app.agent(retries, name="calsync.retry")
     async def retry_agent(stream: faust.StreamT[RetryEnvelope]) -> None:
@@ -206,5 +256,9 @@ def create_app(
     async def command_agent(stream: faust.StreamT[Command]) -> None:
         async for command in stream:
             await app.sync_service.on_command(command)
+
+    @app.task  # type: ignore[untyped-decorator]  # faust types task() loosely
+    async def release_timers() -> None:
+        await dispatcher.run()
 
     return app

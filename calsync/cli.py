@@ -150,6 +150,54 @@ def _produce(settings: Settings, topic: str, key: str, value: bytes) -> None:
 
 
 @main.group()
+def deadletter() -> None:
+    """Work that failed its last attempt."""
+
+
+@deadletter.command("replay")
+@click.option("--resource-id", default=None, help="Only this resource's dead letters.")
+@click.option("--timeout", default=5.0, type=float, show_default=True, help="Stop when idle (s).")
+def deadletter_replay(resource_id: str | None, timeout: float) -> None:
+    """Put dead-lettered work back on the notifications topic, attempts reset.
+
+    A consumer group remembers what was replayed, so each dead letter is replayed once.
+    """
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from calsync.streams.records import Notification
+
+    settings = _settings()
+    consumer = KafkaConsumer(
+        settings.topic("deadletter"),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.app_id}-deadletter-replay",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout * 1000),
+    )
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    replayed = 0
+    try:
+        for message in consumer:
+            entry = json.loads(message.value)
+            notification = Notification.from_data(entry["notification"]).derive(
+                attempt=0, timer_key=None
+            )
+            if resource_id is None or notification.resource_id == resource_id:
+                producer.send(
+                    settings.topic("notifications"),
+                    value=notification.dumps(),
+                    key=notification.resource_id.encode(),
+                ).get(timeout=30)
+                replayed += 1
+            consumer.commit()
+    finally:
+        producer.close()
+        consumer.close()
+    click.echo(f"replayed {replayed} dead letter(s)")
+
+
+@main.group()
 def events() -> None:
     """Read the normalized events."""
 

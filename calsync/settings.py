@@ -55,6 +55,20 @@ class Settings:
     retry_base_delay: float = 0.5
     #: Longest retry delay in seconds.
     retry_max_delay: float = 300.0
+    #: How often every resource gets a low-priority full reconciliation, in seconds.
+    reconcile_period: float = 24 * 3600.0
+    #: Reconciliations are spread by up to this fraction of the period either way.
+    reconcile_jitter: float = 0.1
+    #: A Google push whose message number jumps by more than this triggers a reconciliation.
+    google_message_gap: int = 1000
+    #: Google requests per second per user (600/min) and the burst allowed.
+    google_user_rate: float = 10.0
+    google_user_burst: float = 10.0
+    #: Google requests per second per project (10,000/min), split across partitions.
+    google_app_rate: float = 10_000 / 60
+    google_app_burst: float = 100.0
+    #: A rate-limit wait longer than this goes through the retry topic instead of sleeping.
+    max_inline_wait: float = 0.25
     #: Consumer-group session timeout in seconds: how long a dead worker keeps its partitions.
     kafka_session_timeout: float = 30.0
     log_level: str = "info"

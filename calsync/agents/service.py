@@ -1,26 +1,32 @@
 """What the agents do, as plain async methods over tables and an :class:`Outbox`.
 
-The agents in :mod:`calsync.agents.wiring` only feed records into a
-:class:`SyncService`; everything here runs without Faust when handed dicts and an
-outbox, which is how it is unit-tested.
+The agents in :mod:`calsync.app` only feed records into a :class:`SyncService`;
+everything here runs without Faust when handed dicts and an outbox, which is how it
+is unit-tested.
+
+Two lanes consume ``calsync.notifications``: the *live* lane takes pushes that need
+only a delta; the *bulk* lane takes everything else (first syncs, full resyncs,
+reconciliations, polls) and keeps channels subscribed. They run concurrently, so a
+backfill of thousands of events never delays a live change; a per-resource lock
+keeps each resource's syncs one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
-import httpx
-
 from calsync.agents.outbox import Outbox
-from calsync.crypto import SecretBox, WebhookSigner
+from calsync.crypto import WebhookSigner
 from calsync.errors import (
     AuthorizationRevoked,
     CalsyncError,
@@ -30,7 +36,6 @@ from calsync.errors import (
 )
 from calsync.model import ProviderOrigin, UnifiedEvent
 from calsync.providers.base import Provider, Subscription, Window
-from calsync.providers.google import GoogleProvider, GoogleTokenSource
 from calsync.retry import retry_delay
 from calsync.settings import Settings
 from calsync.streams.records import (
@@ -42,11 +47,32 @@ from calsync.streams.records import (
     StatusEvent,
 )
 from calsync.sync import sync_resource
-from calsync.tables.records import Channel, Resource, SyncState
+from calsync.tables.records import Channel, Resource, SyncState, Timer
 
 log = logging.getLogger(__name__)
 
-_COALESCED_REASONS = frozenset({Reason.PUSH.value, Reason.POLL.value})
+#: A channel this close to expiry (seconds) is replaced by the bulk lane.
+CHANNEL_RENEW_MARGIN = 3600.0
+
+
+class Lane(enum.StrEnum):
+    LIVE = "live"
+    BULK = "bulk"
+
+
+def lane_of(notification: Notification) -> Lane:
+    """Pushes that need only a delta are live; everything else is bulk."""
+    if notification.reason == Reason.PUSH.value and not notification.full:
+        return Lane.LIVE
+    return Lane.BULK
+
+
+def retry_timer_key(envelope_key: str) -> str:
+    return f"retry:{envelope_key}"
+
+
+def reconcile_timer_key(resource_id: str) -> str:
+    return f"reconcile:{resource_id}"
 
 
 class ProviderSource(Protocol):
@@ -57,64 +83,12 @@ class ProviderSource(Protocol):
     def forget(self, resource_id: str) -> None: ...
 
 
-class ProviderFactory:
-    """Builds (and caches, per resource and credential) the provider for a resource."""
-
-    def __init__(self, settings: Settings, client_factory: Callable[[], httpx.AsyncClient]):
-        self._settings = settings
-        self._secrets = SecretBox(settings.secret_key)
-        self._client_factory = client_factory
-        self._client: httpx.AsyncClient | None = None
-        self._cache: dict[str, tuple[tuple[str, ...], Provider]] = {}
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = self._client_factory()
-        return self._client
-
-    def get(self, resource_id: str, resource: Resource) -> Provider:
-        fingerprint = (
-            resource.provider,
-            resource.calendar_id,
-            *sorted(resource.credentials.values()),
-        )
-        cached = self._cache.get(resource_id)
-        if cached is not None and cached[0] == fingerprint:
-            return cached[1]
-        if resource.provider != "google":
-            raise CalsyncError(f"provider {resource.provider!r} is not supported")
-        settings = self._settings
-        tokens = GoogleTokenSource(
-            refresh_token=self._secrets.decrypt(resource.credentials["refresh_token"]),
-            token_url=settings.google_token_url,
-            client_id=settings.google_client_id,
-            client_secret=settings.google_client_secret,
-        )
-        provider = GoogleProvider(
-            client=self._http(),
-            api_url=settings.google_api_url,
-            calendar_id=resource.calendar_id,
-            tokens=tokens,
-            time_zone=resource.time_zone,
-        )
-        self._cache[resource_id] = (fingerprint, provider)
-        return provider
-
-    def forget(self, resource_id: str) -> None:
-        self._cache.pop(resource_id, None)
-
-    async def aclose(self) -> None:
-        self._cache.clear()
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-
 class SyncService:
     """Handles notifications, retries and commands for the resources a worker owns.
 
     Tables are keyed by resource id and co-partitioned with the topics, so only the
-    worker that owns a resource's partition ever calls these for it.
+    worker that owns a resource's partition ever calls these for it. Every table
+    write happens inside the handling of a consumed record (Faust's rule).
     """
 
     def __init__(
@@ -124,20 +98,26 @@ class SyncService:
         resources: MutableMapping[str, Resource],
         sync_state: MutableMapping[str, SyncState],
         channels: MutableMapping[str, Channel],
+        timers: MutableMapping[str, Timer],
         outbox: Outbox,
         providers: ProviderSource,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        on_timer: Callable[[str, Timer], None] | None = None,
     ) -> None:
         self.settings = settings
         self.resources = resources
         self.sync_state = sync_state
         self.channels = channels
+        self.timers = timers
         self.outbox = outbox
         self.providers = providers
         self.clock = clock
         self.rng = rng or random.Random()
+        self._on_timer = on_timer
         self._signer = WebhookSigner(settings.secret_key)
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._deferred_until: dict[str, float] = {}
 
     # -- helpers -----------------------------------------------------------------
 
@@ -161,14 +141,42 @@ class SyncService:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
+    def _set_timer(self, key: str, timer: Timer) -> None:
+        self.timers[key] = timer
+        if self._on_timer is not None:
+            self._on_timer(key, timer)
+
+    def _schedule_reconcile(self, rid: str, provider: str) -> None:
+        period = self.settings.reconcile_period
+        spread = period * self.settings.reconcile_jitter
+        due = self.clock() + period + self.rng.uniform(-spread, spread)
+        notification = Notification(
+            provider=provider,
+            resource_id=rid,
+            reason=Reason.RECONCILE.value,
+            received_at=due,
+            full=True,
+            timer_key=reconcile_timer_key(rid),
+        )
+        self._set_timer(reconcile_timer_key(rid), Timer(due_at=due, notification=notification))
+
     # -- notifications -----------------------------------------------------------
 
-    async def on_notification(self, notification: Notification) -> None:
-        """Sync the resource if this notification is not already covered.
+    async def on_notification(self, notification: Notification, lane: Lane) -> None:
+        """Handle a notification if it belongs to ``lane``; every agent sees every record.
 
-        Never raises for provider trouble: failures become retries, dead letters
-        and status events, so one resource never blocks its partition.
+        Never raises for provider trouble: failures become retries, dead letters and
+        status events, so one resource never blocks its partition.
         """
+        if lane_of(notification) is not lane:
+            return
+        rid = notification.resource_id
+        if notification.timer_key and notification.timer_key.startswith("retry:"):
+            self.timers.pop(notification.timer_key, None)  # released: the timer is done
+        async with self._locks[rid]:
+            await self._handle(notification, lane)
+
+    async def _handle(self, notification: Notification, lane: Lane) -> None:
         rid = notification.resource_id
         resource = self.resources.get(rid)
         if resource is None:
@@ -181,17 +189,27 @@ class SyncService:
         if resource.state != "active":
             log.info("resource %s is %s; not calling the provider", rid, resource.state)
             return
-        if (
-            notification.reason in _COALESCED_REASONS
-            and not notification.full
-            and notification.received_at < state.fetch_started_at
-        ):
-            return  # the last fetch started after this push arrived: already covered
-        started = self.clock()
+        if notification.reason == Reason.RECONCILE.value:
+            self._schedule_reconcile(rid, resource.provider)  # the next one, whatever happens now
+        now = self.clock()
+        if lane is Lane.LIVE:
+            if await self._message_gap(rid, notification):
+                return
+            if notification.received_at < state.fetch_started_at:
+                return  # the last fetch started after this push arrived: already covered
+            if state.cursor is None:  # never synced: that is bulk work
+                await self.outbox.notify(notification.derive(full=True, timer_key=None))
+                return
+        if now < state.not_before:
+            await self._defer(notification, state.not_before, lane)
+            return
+        started = now
         cursor = None if notification.full else state.cursor
-        if cursor is None:
-            await self._status(rid, "resync_started", reason=notification.reason)
         try:
+            if lane is Lane.BULK:
+                await self._ensure_channel(rid, resource)
+            if cursor is None:
+                await self._status(rid, "resync_started", reason=notification.reason)
             provider = self.providers.get(rid, resource)
             outcome = await sync_resource(
                 provider,
@@ -204,11 +222,12 @@ class SyncService:
                 caused_at=datetime.fromtimestamp(notification.received_at, UTC),
             )
         except CalsyncError as exc:
-            await self._failed(notification, resource, exc)
+            await self._failed(notification, resource, state, exc)
             return
         except Exception as exc:  # a bug must not kill the worker or block the partition
             log.exception("sync of %s failed unexpectedly", rid)
-            await self._failed(notification, resource, InternalError(f"internal error: {exc!r}"))
+            internal = InternalError(f"internal error: {exc!r}")
+            await self._failed(notification, resource, state, internal)
             return
         self.sync_state[rid] = SyncState(
             cursor=outcome.cursor,
@@ -218,26 +237,60 @@ class SyncService:
             time_zone=outcome.time_zone,
             fetches=state.fetches + 1,
         )
+        self._deferred_until.pop(rid, None)
         for item in outcome.quarantined:
             await self._status(rid, "quarantined", item.reason, item=item.item_hash)
         counts = {"upserts": outcome.upserts, "deletes": outcome.deletes}
         if outcome.full:
+            if notification.reason != Reason.RECONCILE.value:
+                self._schedule_reconcile(rid, resource.provider)
             await self._status(
                 rid, "resync_finished", cursor_expired=outcome.cursor_expired, counts=counts
             )
-        await self._status(rid, "synced", counts=counts)
+        await self._status(rid, "synced", counts=counts, lane=lane.value)
 
-    async def _failed(self, notification: Notification, resource: Resource, exc: Exception) -> None:
+    async def _message_gap(self, rid: str, notification: Notification) -> bool:
+        """Track push message numbers; a jump beyond the setting asks for a reconciliation."""
+        channel = self.channels.get(rid)
+        number = notification.message_number
+        if channel is None or number is None or notification.channel_id != channel.channel_id:
+            return False
+        last = channel.last_message_number
+        if number > last:
+            self.channels[rid] = channel.derive(last_message_number=number)
+        if last and number - last > self.settings.google_message_gap:
+            await self._status(
+                rid, "resync_started", "push message numbers jumped", gap=number - last
+            )
+            await self.outbox.notify(
+                notification.derive(reason=Reason.RECONCILE.value, full=True, timer_key=None)
+            )
+            return True
+        return False
+
+    async def _defer(self, notification: Notification, until: float, lane: Lane) -> None:
+        """The provider asked us to wait: come back at ``until`` through the retry topic."""
+        rid = notification.resource_id
+        if lane is Lane.LIVE and self._deferred_until.get(rid, 0.0) >= until:
+            return  # a deferred sync of this resource is already waiting; it covers this push
+        if lane is Lane.LIVE:
+            self._deferred_until[rid] = until
+        await self.outbox.retry(
+            RetryEnvelope(
+                notification=notification.derive(timer_key=None),
+                attempt=notification.attempt,
+                due_at=until,
+                last_error="held: the provider asked us to wait",
+                key=uuid.uuid4().hex,
+            )
+        )
+
+    async def _failed(
+        self, notification: Notification, resource: Resource, state: SyncState, exc: Exception
+    ) -> None:
         rid = notification.resource_id
         if isinstance(exc, AuthorizationRevoked):
-            self.resources[rid] = Resource(
-                provider=resource.provider,
-                calendar_id=resource.calendar_id,
-                registered_at=resource.registered_at,
-                credentials=resource.credentials,
-                time_zone=resource.time_zone,
-                state="reauth_required",
-            )
+            self.resources[rid] = resource.derive(state="reauth_required")
             self.providers.forget(rid)
             await self._status(rid, "reauth_required", str(exc))
             return
@@ -251,11 +304,16 @@ class SyncService:
                 cap=self.settings.retry_max_delay,
                 rng=self.rng,
             )
+            due = self.clock() + delay
+            if requested is not None:
+                # No request before the time the provider asked for, whatever arrives meanwhile.
+                self.sync_state[rid] = state.derive(not_before=max(state.not_before, due))
             envelope = RetryEnvelope(
-                notification=notification.derive(attempt=attempt),
+                notification=notification.derive(attempt=attempt, timer_key=None),
                 attempt=attempt,
-                due_at=self.clock() + delay,
+                due_at=due,
                 last_error=str(exc),
+                key=uuid.uuid4().hex,
             )
             await self.outbox.retry(envelope)
             if isinstance(exc, RateLimited):
@@ -278,21 +336,28 @@ class SyncService:
                     for key in sorted(state.index)
                 ],
             )
-        if rid in self.sync_state:
-            del self.sync_state[rid]
+        self.sync_state.pop(rid, None)
+        self.timers.pop(reconcile_timer_key(rid), None)
 
     # -- retries -----------------------------------------------------------------
 
     async def on_retry(self, envelope: RetryEnvelope) -> None:
-        """Wait until the envelope is due, then put its notification back in line."""
-        delay = envelope.due_at - self.clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await self.outbox.notify(envelope.notification)
+        """Keep the envelope as a timer; the dispatcher releases it when it is due.
+
+        Acking the envelope right after this is safe: the timer is in a changelogged
+        table, so a worker that dies while the retry waits loses nothing.
+        """
+        key = retry_timer_key(envelope.key or uuid.uuid4().hex)
+        notification = envelope.notification.derive(timer_key=key)
+        self._set_timer(key, Timer(due_at=envelope.due_at, notification=notification))
 
     # -- commands ----------------------------------------------------------------
 
     async def on_command(self, command: Command) -> None:
+        async with self._locks[command.resource_id]:
+            await self._command(command)
+
+    async def _command(self, command: Command) -> None:
         rid = command.resource_id
         kind = command.kind
         if kind == CommandKind.REGISTER.value:
@@ -326,11 +391,14 @@ class SyncService:
         )
 
     async def _register(self, command: Command) -> None:
+        """Store the resource; the bulk lane subscribes it and runs the first full sync."""
         rid = command.resource_id
         if not (command.provider and command.calendar_id and command.credentials):
             await self._status(rid, "failed", "register command without provider or credentials")
             return
         previous = self.resources.get(rid)
+        if previous is not None:
+            await self._unsubscribe(rid, previous)
         resource = Resource(
             provider=command.provider,
             calendar_id=command.calendar_id,
@@ -340,25 +408,37 @@ class SyncService:
         )
         self.resources[rid] = resource
         self.providers.forget(rid)
+        state = self.sync_state.get(rid)
+        if state is not None and state.not_before:
+            self.sync_state[rid] = state.derive(not_before=0.0)
         if previous is not None and previous.state == "reauth_required":
             await self._status(rid, "recovered", "new credentials")
-        await self._subscribe(rid, resource)
         await self.outbox.notify(self._command_notification(command, resource.provider, full=True))
         await self._status(rid, "registered", provider=resource.provider)
 
-    async def _subscribe(self, rid: str, resource: Resource) -> None:
+    async def _ensure_channel(self, rid: str, resource: Resource) -> None:
+        """Create a push channel if the resource has none or it is about to expire.
+
+        Retriable failures propagate (the sync is retried as a whole); others leave
+        the resource on reconciliation alone, with a ``subscription_lost`` status.
+        """
+        channel = self.channels.get(rid)
+        margin_ms = CHANNEL_RENEW_MARGIN * 1000
+        if channel is not None and channel.expires_at_ms > self.clock() * 1000 + margin_ms:
+            return
         channel_id = f"cs-{uuid.uuid4().hex}"
         address = f"{self.settings.public_url.rstrip('/')}/webhooks/{resource.provider}"
         token = self._signer.channel_token(channel_id, rid)
+        provider = self.providers.get(rid, resource)
         try:
-            provider = self.providers.get(rid, resource)
             sub = await provider.subscribe(
                 channel_id, address, token, self.settings.google_channel_ttl
             )
-        except CalsyncError as exc:
+        except ProviderError as exc:
+            if exc.retriable or isinstance(exc, AuthorizationRevoked):
+                raise
             await self._status(rid, "subscription_lost", f"could not create channel: {exc}")
             return
-        old = self.channels.get(rid)
         self.channels[rid] = Channel(
             channel_id=sub.channel_id,
             provider_resource_id=sub.provider_resource_id,
@@ -366,14 +446,13 @@ class SyncService:
             created_at=self.clock(),
         )
         await self._status(rid, "subscription_renewed", expires_at_ms=sub.expires_at_ms)
-        if old is not None:
-            await self._stop_channel(rid, provider, old)
+        if channel is not None:
+            await self._stop_channel(rid, provider, channel)
 
     async def _unsubscribe(self, rid: str, resource: Resource) -> None:
-        channel = self.channels.get(rid)
+        channel = self.channels.pop(rid, None)
         if channel is None:
             return
-        del self.channels[rid]
         try:
             provider = self.providers.get(rid, resource)
         except CalsyncError:

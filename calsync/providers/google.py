@@ -39,6 +39,7 @@ from calsync.model import (
     Transparency,
 )
 from calsync.providers.base import ChangePage, Quarantined, Subscription, Window
+from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_after_from_headers
 
 SCOPES = ("https://www.googleapis.com/auth/calendar.readonly",)
@@ -255,8 +256,14 @@ class GoogleProvider:
         tokens: GoogleTokenSource,
         time_zone: str | None = None,
         page_size: int = 250,
+        limiter: RateLimiter | None = None,
+        account: str = "",
+        max_inline_wait: float = 0.25,
     ) -> None:
         self._client = client
+        self._limiter = limiter
+        self.account = account
+        self._max_inline_wait = max_inline_wait
         self._api_url = api_url.rstrip("/")
         self._calendar_id = calendar_id
         self._tokens = tokens
@@ -277,6 +284,7 @@ class GoogleProvider:
     ) -> httpx.Response:
         for attempt in range(2):
             token = await self._tokens.access_token(force_refresh=attempt > 0)
+            await self._reserve()
             try:
                 response = await self._client.request(
                     method,
@@ -287,10 +295,34 @@ class GoogleProvider:
                 )
             except httpx.TransportError as exc:
                 raise TransientProviderError(f"google unreachable: {exc!r}") from exc
+            finally:
+                if self._limiter is not None:
+                    self._limiter.release("google", self.account)
+            self._observe(response)
             if response.status_code == 401 and attempt == 0:
                 continue  # the access token may have expired early: refresh once
             return response
         return response
+
+    async def _reserve(self) -> None:
+        """Wait for a rate-limit token; a long wait becomes :class:`RateLimited` instead."""
+        if self._limiter is None:
+            return
+        while (delay := self._limiter.reserve("google", self.account)) > 0:
+            if delay > self._max_inline_wait:
+                raise RateLimited("local rate limit for this account", retry_after=delay)
+            await asyncio.sleep(delay)
+
+    def _observe(self, response: httpx.Response) -> None:
+        """Tell the limiter how the provider answered: throttles slow us, successes restore."""
+        if self._limiter is None:
+            return
+        error = _translate(response) if response.status_code >= 400 else None
+        if isinstance(error, RateLimited) or response.status_code == 503:
+            retry_after = error.retry_after if isinstance(error, RateLimited) else None
+            self._limiter.throttled("google", self.account, retry_after)
+        elif response.status_code < 400:
+            self._limiter.succeeded("google", self.account)
 
     async def fetch_changes(self, cursor: str | None, window: Window) -> AsyncIterator[ChangePage]:
         """Yield pages since ``cursor`` (or a full listing in ``window``).

@@ -36,7 +36,8 @@ class Notification(faust.Record, serializer="json", include_metadata=False):
     ``received_at`` is the wall-clock time (epoch seconds) the gateway or scheduler
     saw the cause; the sync agent uses it to coalesce bursts and to compute
     ``latency_ms``. ``full`` asks for a full resync instead of a delta; ``attempt``
-    counts how often this work was retried (its reason stays what caused it).
+    counts how often this work was retried (its reason stays what caused it);
+    ``timer_key`` names the timer that released it, which the consuming agent clears.
     """
 
     provider: str
@@ -47,15 +48,21 @@ class Notification(faust.Record, serializer="json", include_metadata=False):
     message_number: int | None = None
     full: bool = False
     attempt: int = 0
+    timer_key: str | None = None
 
 
 class RetryEnvelope(faust.Record, serializer="json", include_metadata=False):
-    """A notification that could not run now, with when it may run again."""
+    """A notification that could not run now, with when it may run again.
+
+    ``key`` is unique per envelope; the worker keeps the envelope as timer
+    ``retry:<key>`` until the released notification has been consumed.
+    """
 
     notification: Notification
     attempt: int
     due_at: float
     last_error: str
+    key: str = ""
 
 
 class Command(faust.Record, serializer="json", include_metadata=False):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import faust
 
+from calsync.streams.records import Notification
+
 
 class Resource(faust.Record, serializer="json", include_metadata=False):
     """A registered calendar. ``credentials`` holds ciphertexts only."""
@@ -23,7 +25,8 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
     occurrence's native id to its content version, so a full listing can be diffed
     (what vanished becomes a delete, what is unchanged is not re-emitted).
     ``fetch_started_at`` is the wall-clock start of the fetch that produced this state:
-    a push received before it is already covered.
+    a push received before it is already covered. ``not_before`` is the earliest time
+    the provider allowed the next request (its ``Retry-After``).
     """
 
     cursor: str | None = None
@@ -32,6 +35,7 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
     synced_at: float = 0.0
     time_zone: str | None = None
     fetches: int = 0
+    not_before: float = 0.0
 
 
 class Channel(faust.Record, serializer="json", include_metadata=False):
@@ -42,3 +46,14 @@ class Channel(faust.Record, serializer="json", include_metadata=False):
     expires_at_ms: int
     created_at: float
     last_message_number: int = 0
+
+
+class Timer(faust.Record, serializer="json", include_metadata=False):
+    """Work due at ``due_at``: the notification is released to the notifications topic then.
+
+    Keys: ``retry:<envelope key>`` (a retry waiting for its time) and
+    ``reconcile:<resource id>`` (the next scheduled reconciliation).
+    """
+
+    due_at: float
+    notification: Notification

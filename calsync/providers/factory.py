@@ -1,0 +1,100 @@
+"""Builds the provider of a resource from its (encrypted) credentials, once per credential."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import httpx
+
+from calsync.crypto import SecretBox
+from calsync.errors import CalsyncError
+from calsync.providers.base import Provider
+from calsync.providers.google import GoogleProvider, GoogleTokenSource
+from calsync.ratelimit import RateLimiter
+from calsync.settings import Settings
+from calsync.tables.records import Resource
+
+
+def account_key(provider: str, secret: str) -> str:
+    """The rate-limit account of a credential: resources sharing a grant share a bucket."""
+    return f"{provider}:{hashlib.sha256(secret.encode()).hexdigest()[:16]}"
+
+
+class ProviderFactory:
+    """Caches one provider per resource (rebuilt when its credentials change) and one
+    token source per credential, so a grant is refreshed by one request at a time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client_factory: Callable[[], httpx.AsyncClient],
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self._settings = settings
+        self._secrets = SecretBox(settings.secret_key)
+        self._client_factory = client_factory
+        self._client: httpx.AsyncClient | None = None
+        self._cache: dict[str, tuple[tuple[str, ...], Provider]] = {}
+        self._token_sources: dict[str, GoogleTokenSource] = {}
+        self.limiter = limiter
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def get(self, resource_id: str, resource: Resource) -> Provider:
+        """The provider for ``resource``; raises :class:`CalsyncError` for unknown providers
+        and :class:`~calsync.errors.CryptoError` for credentials made with another key."""
+        fingerprint = (
+            resource.provider,
+            resource.calendar_id,
+            *sorted(resource.credentials.values()),
+        )
+        cached = self._cache.get(resource_id)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        if resource.provider != "google":
+            raise CalsyncError(f"provider {resource.provider!r} is not supported")
+        settings = self._settings
+        refresh_token = self._secrets.decrypt(resource.credentials["refresh_token"])
+        account = account_key("google", refresh_token)
+        tokens = self._token_sources.get(account)
+        if tokens is None:
+            tokens = self._token_sources[account] = GoogleTokenSource(
+                refresh_token=refresh_token,
+                token_url=settings.google_token_url,
+                client_id=settings.google_client_id,
+                client_secret=settings.google_client_secret,
+            )
+        provider = GoogleProvider(
+            client=self._http(),
+            api_url=settings.google_api_url,
+            calendar_id=resource.calendar_id,
+            tokens=tokens,
+            time_zone=resource.time_zone,
+            limiter=self.limiter,
+            account=account,
+            max_inline_wait=settings.max_inline_wait,
+        )
+        self._cache[resource_id] = (fingerprint, provider)
+        return provider
+
+    def forget(self, resource_id: str) -> None:
+        """Drop the cached provider (and, if unused, its token source)."""
+        entry = self._cache.pop(resource_id, None)
+        if entry is not None and isinstance(entry[1], GoogleProvider):
+            account = entry[1].account
+            if not any(
+                isinstance(p, GoogleProvider) and p.account == account
+                for _, p in self._cache.values()
+            ):
+                self._token_sources.pop(account, None)
+
+    async def aclose(self) -> None:
+        self._cache.clear()
+        self._token_sources.clear()
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()

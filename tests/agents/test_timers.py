@@ -1,0 +1,72 @@
+"""The timer dispatcher: due timers are released once, recovered timers are found."""
+
+from __future__ import annotations
+
+from calsync.agents.timers import TimerDispatcher
+from calsync.streams.records import Notification
+from calsync.tables.records import Channel, Timer
+from calsync.testing.outbox import ListOutbox
+
+
+def timer(due: float, rid: str = "r1") -> Timer:
+    notification = Notification(provider="google", resource_id=rid, reason="push", received_at=0)
+    return Timer(due_at=due, notification=notification)
+
+
+def make(timers: dict[str, Timer], channels: dict[str, Channel] | None = None):
+    clock = [100.0]
+    outbox = ListOutbox()
+    dispatcher = TimerDispatcher(
+        timers=timers,
+        channels=channels or {},
+        outbox=outbox,
+        clock=lambda: clock[0],
+        rebuild_every=5.0,
+        refire_after=30.0,
+    )
+    return dispatcher, outbox, clock
+
+
+async def test_recovered_timers_fire_when_due_and_only_once() -> None:
+    timers = {f"retry:{n}": timer(100.0 + n) for n in range(1000)}
+    dispatcher, outbox, clock = make(timers)
+    assert await dispatcher.tick() == 1  # only the one due at 100.0
+    clock[0] = 110.0
+    assert await dispatcher.tick() == 10
+    del timers["retry:0"]  # the agent consumed the first one
+    clock[0] = 1100.0  # 989 newly due + 10 unconsumed past refire_after; retry:0 is gone
+    assert await dispatcher.tick() == 999
+    assert await dispatcher.tick() == 0  # released already; waiting for the agent
+    clock[0] = 1106.0  # a rebuild still finds them in the table, but does not re-fire yet
+    assert await dispatcher.tick() == 0
+    clock[0] = 1140.0  # unconsumed for longer than refire_after: released again
+    assert await dispatcher.tick() == 999
+    released = {n.resource_id for n in outbox.notifications}
+    assert released == {"r1"} and len(outbox.notifications) == 1 + 10 + 999 + 999
+
+
+async def test_a_new_timer_fires_without_waiting_for_a_rebuild() -> None:
+    timers: dict[str, Timer] = {}
+    dispatcher, outbox, clock = make(timers)
+    await dispatcher.tick()
+    timers["retry:x"] = timer(100.2)
+    dispatcher.schedule("retry:x", timers["retry:x"])
+    assert await dispatcher.tick() == 0
+    clock[0] = 100.21
+    assert await dispatcher.tick() == 1
+
+
+async def test_expired_channel_asks_for_a_reconciliation() -> None:
+    channels = {
+        "dead": Channel(
+            channel_id="a", provider_resource_id="x", expires_at_ms=50_000, created_at=0
+        ),
+        "alive": Channel(
+            channel_id="b", provider_resource_id="y", expires_at_ms=10**13, created_at=0
+        ),
+    }
+    dispatcher, outbox, _ = make({}, channels)
+    await dispatcher.tick()
+    assert [(n.resource_id, n.reason, n.full) for n in outbox.notifications] == [
+        ("dead", "reconcile", True)
+    ]
