@@ -59,6 +59,7 @@ class CalsyncApp(faust.App):
             [
                 web.get("/status/", self.status_page),
                 web.get("/api/resources/{resource_id}", self.resource_status),
+                web.get("/api/status", self.worker_status),
             ]
         )
 
@@ -69,6 +70,23 @@ class CalsyncApp(faust.App):
         if resource is None:
             return web.json_response({"error": f"unknown resource {rid!r}"}, status=404)
         return web.json_response(_describe(rid, resource, self.sync_service))
+
+    async def worker_status(self, request: web.Request) -> web.Response:
+        """JSON: resources owned, timers waiting, rate-limit buckets (no secrets)."""
+        service = self.sync_service
+        timers = [key for key, _ in service.timers.items()]
+        return web.json_response(
+            {
+                "resources": sum(1 for _ in service.resources),
+                "timers": {
+                    "total": len(timers),
+                    "retries": sum(1 for k in timers if k.startswith("retry:")),
+                    "reconciliations": sum(1 for k in timers if k.startswith("reconcile:")),
+                },
+                "dispatcher": self.dispatcher.describe(),
+                "rate_limits": self.limiter.snapshot(),
+            }
+        )
 
     async def status_page(self, request: web.Request) -> web.Response:
         """An HTML overview of the resources this worker owns and how fresh they are."""

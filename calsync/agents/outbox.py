@@ -20,6 +20,7 @@ Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
 class Outbox(Protocol):
     async def events(self, resource_id: str, events: list[UnifiedEvent]) -> None: ...
     async def notify(self, notification: Notification) -> None: ...
+    async def notify_all(self, notifications: list[Notification]) -> None: ...
     async def retry(self, envelope: RetryEnvelope) -> None: ...
     async def status(self, event: StatusEvent) -> None: ...
     async def deadletter(self, resource_id: str, payload: dict[str, Any]) -> None: ...
@@ -41,8 +42,10 @@ class KafkaOutbox:
         self._deadletter = settings.topic("deadletter")
 
     async def _send_all(self, topic: str, key: str, values: list[bytes]) -> None:
-        raw_key = key.encode()
-        futures = [await self._send(topic, raw_key, value) for value in values]
+        await self._send_keyed(topic, [(key, value) for value in values])
+
+    async def _send_keyed(self, topic: str, records: list[tuple[str, bytes]]) -> None:
+        futures = [await self._send(topic, key.encode(), value) for key, value in records]
         await asyncio.gather(*futures)
 
     async def events(self, resource_id: str, events: list[UnifiedEvent]) -> None:
@@ -50,6 +53,11 @@ class KafkaOutbox:
 
     async def notify(self, notification: Notification) -> None:
         await self._send_all(self._notifications, notification.resource_id, [notification.dumps()])
+
+    async def notify_all(self, notifications: list[Notification]) -> None:
+        """Several notifications, pipelined: sent together, then awaited together."""
+        records = [(n.resource_id, n.dumps()) for n in notifications]
+        await self._send_keyed(self._notifications, records)
 
     async def retry(self, envelope: RetryEnvelope) -> None:
         key = envelope.notification.resource_id

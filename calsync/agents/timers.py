@@ -71,17 +71,20 @@ class TimerDispatcher:
         if now - self._last_rebuild >= self._rebuild_every:
             self._rebuild(now)
             await self._check_channels(now)
-        released = 0
+        due: list[tuple[str, Notification]] = []
         while self._heap and self._heap[0][0] <= now:
             _, key, notification = heapq.heappop(self._heap)
             fired_at = self._fired.get(key)
             if fired_at is not None and now - fired_at < self._refire_after:
                 continue  # released already; waiting for the agent to clear it
-            await self._outbox.notify(notification)
-            self._fired[key] = now
-            released += 1
-        self.fired_count += released
-        return released
+            due.append((key, notification))
+        if due:
+            # If this raises, nothing is marked fired: the next rebuild finds them again.
+            await self._outbox.notify_all([n for _, n in due])
+            for key, _ in due:
+                self._fired[key] = now
+        self.fired_count += len(due)
+        return len(due)
 
     async def _check_channels(self, now: float) -> None:
         """A channel past its expiry delivers nothing: reconcile (and resubscribe) now."""

@@ -22,6 +22,9 @@ class ListOutbox:
     async def notify(self, notification: Notification) -> None:
         self.notifications.append(notification)
 
+    async def notify_all(self, notifications: list[Notification]) -> None:
+        self.notifications.extend(notifications)
+
     async def retry(self, envelope: RetryEnvelope) -> None:
         self.retries.append(envelope)
 
