@@ -20,6 +20,8 @@ class TopicReader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
         self.values: list[bytes] = []
+        #: broker timestamps (epoch seconds) of ``values``, index for index
+        self.timestamps: list[float] = []
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
         )
@@ -45,6 +47,7 @@ class TopicReader:
         for messages in batches.values():
             for message in messages:
                 self.values.append(message.value)
+                self.timestamps.append(message.timestamp / 1000)
                 count += 1
         return count
 

@@ -157,7 +157,7 @@ async def test_a_hold_defers_every_request_until_the_provider_allows(world) -> N
     await deliver(service, push(clock[0] - 0.5))
     fetches = provider.fetches
     assert service.sync_state["r1"].not_before == pytest.approx(clock[0] + 30)
-    for i in range(5):  # pushes during the hold reach the provider not at all
+    for _ in range(5):  # pushes during the hold reach the provider not at all
         clock[0] += 1
         await deliver(service, push(clock[0] - 0.1))
     assert provider.fetches == fetches
@@ -173,7 +173,7 @@ async def test_a_hold_defers_every_request_until_the_provider_allows(world) -> N
 
 
 async def test_message_number_jump_triggers_a_reconciliation(world) -> None:
-    service, provider, outbox, clock = world
+    service, _, outbox, clock = world
     await service.on_command(register(service))
     await deliver(service, outbox.notifications[-1])
     channel = service.channels["r1"]

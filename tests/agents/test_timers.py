@@ -47,7 +47,7 @@ async def test_recovered_timers_fire_when_due_and_only_once() -> None:
 
 async def test_a_new_timer_fires_without_waiting_for_a_rebuild() -> None:
     timers: dict[str, Timer] = {}
-    dispatcher, outbox, clock = make(timers)
+    dispatcher, _, clock = make(timers)
     await dispatcher.tick()
     timers["retry:x"] = timer(100.2)
     dispatcher.schedule("retry:x", timers["retry:x"])

@@ -1,0 +1,307 @@
+"""Nothing lost, nobody throttled: rate limits, retries, revoked grants, reconciliation,
+poison items and dead letters, end to end against the emulator and a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+
+from aiokafka import AIOKafkaProducer
+
+from calsync.model import ChangeKind
+from calsync.providers.google import hash_item_id
+from calsync.streams.records import Notification, RetryEnvelope
+from calsync.testing.topics import TopicReader
+from tests.integration.conftest import BASE, event_body, google_world
+
+
+async def test_429_storm_converges_without_early_or_excess_requests(kafka_settings) -> None:
+    rate, burst = 4.0, 4.0
+    async with google_world(
+        kafka_settings,
+        google_user_rate=rate,
+        google_user_burst=burst,
+        max_attempts=50,
+        retry_base_delay=0.2,
+        retry_max_delay=2.0,
+    ) as world:
+        names = [f"storm{n}" for n in range(4)]
+        ids: dict[str, list[str]] = {}
+        for name in names:
+            calendar = world.calendar(name)
+            ids[name] = [
+                str(world.emulator.insert_event(calendar, event_body(n), notify=False)["id"])
+                for n in range(30)
+            ]
+        world.emulator.faults.add(
+            "rate_limit_429", probability=0.3, retry_after=1.0, path="/calendar/v3/"
+        )
+        for name in names:
+            await world.register(name)
+        for round_ in range(3):
+            for name in names:
+                calendar = f"{name}@example.com"
+                world.emulator.patch_event(calendar, ids[name][round_], event_body(100 + round_))
+                world.emulator.delete_event(calendar, ids[name][10 + round_])
+                world.emulator.insert_event(calendar, event_body(200 + round_))
+            await asyncio.sleep(0.5)
+        await world.wait_converged(names, timeout=120)
+
+        throttled = 0
+        for name in names:
+            account = world.emulator.account_of(world.refresh_tokens[name])
+            calls = sorted(world.emulator.requests_for(account=account), key=lambda r: r.time)
+            for i, call in enumerate(calls):
+                if call.status == 429 and call.retry_after is not None:
+                    throttled += 1
+                    early = [
+                        c for c in calls[i + 1 :] if c.time < call.time + call.retry_after - 0.01
+                    ]
+                    assert not early, (
+                        f"{name}: {call.time + call.retry_after - early[0].time:.3f}s early"
+                    )
+            times = [c.time for c in calls]
+            for i, start in enumerate(times):
+                in_window = sum(1 for t in times[i:] if t < start + 1.0)
+                assert in_window <= burst + rate + 1, f"{name}: {in_window} requests within 1 s"
+        assert throttled >= 5  # the storm really happened
+
+
+async def test_sigkill_while_a_thousand_retries_wait_loses_none(kafka_settings) -> None:
+    async with google_world(kafka_settings) as world:
+        world.calendar("patient")
+        world.emulator.insert_event("patient@example.com", event_body(1), notify=False)
+        await world.register("patient")
+        await world.wait_for_count(1)
+        now = time.time()
+        envelopes = [
+            RetryEnvelope(
+                notification=Notification(
+                    provider="google", resource_id="patient", reason="push", received_at=now - 60
+                ),
+                attempt=1,
+                due_at=now + 25 + (n % 100) * 0.05,
+                last_error="test",
+                key=uuid.uuid4().hex,
+            )
+            for n in range(1000)
+        ]
+        producer = AIOKafkaProducer(bootstrap_servers=world.settings.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            batch = [
+                await producer.send(world.settings.topic("retries"), e.dumps(), key=b"patient")
+                for e in envelopes
+            ]
+            await asyncio.gather(*batch)
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + 30
+        while (await world.api_status())["timers"]["retries"] < 1000:
+            assert time.monotonic() < deadline, "the retry agent did not store the envelopes"
+            await asyncio.sleep(0.3)
+        assert time.time() < now + 25, "the envelopes came due before the kill: test is void"
+        world.worker.kill()
+        await asyncio.to_thread(world.worker.start)
+
+        notifications = TopicReader(
+            world.settings.kafka_bootstrap, world.settings.topic("notifications")
+        )
+        await notifications.start()
+        wanted = {f"retry:{e.key}": e.due_at for e in envelopes}
+        try:
+
+            def released(reader: TopicReader) -> bool:
+                keys = {json.loads(v).get("timer_key") for v in reader.values}
+                return set(wanted) <= keys
+
+            await notifications.wait_for(released, timeout=90)
+        finally:
+            await notifications.aclose()
+        first_release: dict[str, float] = {}
+        for value, at in zip(notifications.values, notifications.timestamps, strict=True):
+            key = json.loads(value).get("timer_key")
+            if key in wanted:
+                first_release.setdefault(key, at)
+        lateness = sorted(first_release[k] - due for k, due in wanted.items())
+        assert lateness[0] >= -0.005, "a retry ran before it was due"
+        assert lateness[-1] <= 0.25, f"a retry ran {lateness[-1]:.3f}s after it was due"
+        # every one ran no earlier than it was due, and the agents consumed them all
+        deadline = time.monotonic() + 30
+        while (await world.api_status())["timers"]["retries"] > 0:
+            assert time.monotonic() < deadline, "released retries were not consumed"
+            await asyncio.sleep(0.3)
+
+
+async def test_backfill_does_not_delay_a_live_push(kafka_settings) -> None:
+    async with google_world(kafka_settings) as world:
+        live = world.calendar("live")
+        live_ids = [
+            str(world.emulator.insert_event(live, event_body(n), notify=False)["id"])
+            for n in range(5)
+        ]
+        await world.register("live")
+        await world.wait_for_count(5)
+
+        async def live_change(n: int) -> int:
+            before = len(world.events.values)
+            world.emulator.patch_event(live, live_ids[n % 5], event_body(50 + n))
+            await world.events.wait_for(
+                lambda r: any(e.resource_id == "live" for e in r.events()[before:]),
+                timeout=30,
+            )
+            (event,) = [e for e in world.decoded()[before:] if e.resource_id == "live"]
+            assert event.latency_ms is not None
+            return event.latency_ms
+
+        baseline = sorted([await live_change(n) for n in range(5)])[2]
+
+        bulk = [f"bulk{n}" for n in range(50)]
+        for name in bulk:
+            calendar = world.calendar(name)
+            world.emulator.insert_events(
+                calendar, (event_body(n % 2000, day_offset=n // 24) for n in range(2000))
+            )
+        for name in bulk:
+            await world.register(name)
+        total = 5 + 5 + 50 * 2000
+        await world.wait_for_count(5 + 5 + 2000, timeout=60)
+        during = [await live_change(10 + n) for n in range(3)]
+        seen_at_end = len(world.events.values)
+        assert seen_at_end < total, "the backfill finished before the live pushes: test is void"
+        assert max(during) <= baseline + 250, (
+            f"live push took {during} ms during backfill (baseline {baseline} ms)"
+        )
+
+
+async def test_revoked_grant_stops_calls_and_new_credentials_resume(kafka_settings) -> None:
+    async with google_world(kafka_settings) as world:
+        calendar = world.calendar("revoked")
+        first = str(world.emulator.insert_event(calendar, event_body(1), notify=False)["id"])
+        await world.register("revoked")
+        await world.wait_for_count(1)
+        old_token = world.refresh_tokens["revoked"]
+        account = world.emulator.account_of(old_token)
+        world.emulator.revoke_refresh_token(old_token)
+        world.emulator.patch_event(calendar, first, event_body(5))
+        deadline = time.monotonic() + 30
+        while not any(s.status == "reauth_required" for s in await world.statuses()):
+            assert time.monotonic() < deadline, world.worker.tail()
+            await asyncio.sleep(0.3)
+        calls_before = len(world.emulator.requests_for(account=account))
+        tokens_before = sum(1 for r in world.emulator.requests if r.path.endswith("/token"))
+        for n in range(3):
+            world.emulator.insert_event(calendar, event_body(10 + n))
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(2)
+        assert len(world.emulator.requests_for(account=account)) == calls_before
+        assert sum(1 for r in world.emulator.requests if r.path.endswith("/token")) == tokens_before
+
+        fresh = world.emulator.issue_refresh_token("test-client")
+        await world.register("revoked", refresh_token=fresh)
+        await world.wait_converged(["revoked"], timeout=60)
+        assert "recovered" in [s.status for s in await world.statuses()]
+
+
+async def test_dropped_pushes_are_caught_by_reconciliation(kafka_settings) -> None:
+    period = 6.0
+    async with google_world(kafka_settings, reconcile_period=period, reconcile_jitter=0.1) as world:
+        names = ["drop0", "drop1", "drop2"]
+        ids: dict[str, list[str]] = {}
+        for name in names:
+            calendar = world.calendar(name)
+            ids[name] = [
+                str(world.emulator.insert_event(calendar, event_body(n), notify=False)["id"])
+                for n in range(20)
+            ]
+            await world.register(name)
+        await world.wait_for_count(60)
+        world.emulator.faults.drop_push_probability = 0.2
+        for n in range(8):
+            for name in names:
+                calendar = f"{name}@example.com"
+                if n % 2:
+                    world.emulator.delete_event(calendar, ids[name][n])
+                else:
+                    world.emulator.patch_event(calendar, ids[name][n], event_body(300 + n))
+            await asyncio.sleep(0.2)
+        await world.emulator.flush_pushes()
+        dropped = [d for d in world.emulator.delivery_log if d.error == "dropped"]
+        assert dropped, "no push was dropped: the test proves nothing"
+        started = time.monotonic()
+        await world.wait_converged(names, timeout=period * 1.1 + 15)
+        assert time.monotonic() - started <= period * 1.1 + 15
+
+
+async def test_poison_item_is_quarantined_and_the_resource_goes_on(kafka_settings) -> None:
+    async with google_world(kafka_settings) as world:
+        calendar = world.calendar("poison")
+        ids = [
+            str(world.emulator.insert_event(calendar, event_body(n), notify=False)["id"])
+            for n in range(5)
+        ]
+        await world.register("poison")
+        await world.wait_for_count(5)
+        world.emulator.corrupt_event(
+            calendar,
+            ids[2],
+            {
+                "status": "confirmed",
+                "start": {"dateTime": "garbage"},
+                "end": {"dateTime": "also garbage"},
+            },
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            quarantined = [s for s in await world.statuses() if s.status == "quarantined"]
+            if quarantined:
+                break
+            assert time.monotonic() < deadline, world.worker.tail()
+            await asyncio.sleep(0.3)
+        (status,) = quarantined
+        assert status.data == {"item": hash_item_id(ids[2])}
+        assert ids[2] not in json.dumps(status.asdict())  # hashed, never the raw id
+        before = len(world.events.values)
+        world.emulator.patch_event(calendar, ids[4], event_body(40))
+        await world.wait_for_count(before + 1)
+        (event,) = world.decoded()[before:]
+        assert event.native_event_id == ids[4] and event.change is ChangeKind.UPSERT
+        assert event.start_utc == BASE + timedelta(hours=40)
+
+
+async def test_dead_letters_can_be_replayed(kafka_settings) -> None:
+    async with google_world(kafka_settings) as world:
+        calendar = world.calendar("dead")
+        first = str(world.emulator.insert_event(calendar, event_body(1), notify=False)["id"])
+        await world.register("dead")
+        await world.wait_for_count(1)
+        rule = world.emulator.faults.add("condition_not_met_412", path="/events$", method="GET")
+        world.emulator.patch_event(calendar, first, event_body(7))
+        deadline = time.monotonic() + 30
+        while not any(s.status == "failed" for s in await world.statuses()):
+            assert time.monotonic() < deadline, world.worker.tail()
+            await asyncio.sleep(0.3)
+        world.emulator.faults.rules.remove(rule)
+        env = {**os.environ, **world.settings.to_env()}
+        replay = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "calsync.cli", "deadletter", "replay", "--timeout", "5"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert replay.returncode == 0, replay.stderr
+        assert "replayed 1 dead letter" in replay.stdout
+        await world.wait_converged(["dead"], timeout=30)
+        counts: defaultdict[str, int] = defaultdict(int)
+        for s in await world.statuses():
+            counts[s.status] += 1
+        assert counts["failed"] == 1
