@@ -372,6 +372,7 @@ class RateLimiter:
         app = self._apps.get(provider)
         if app is None:
             return
+        app.refill(self._clock())
         app.share = share
 
     def snapshot(self) -> dict[str, dict[str, float]]:

@@ -1,13 +1,14 @@
 """Rate-limit arithmetic and the retry delay policy: plain functions, no I/O.
 
 One policy for every provider: the delay the provider asked for wins (``Retry-After``
-as seconds, fractional seconds or an HTTP date); without one, exponential backoff
-with full jitter, capped.
+as seconds, fractional seconds or an HTTP date, else the rate-limit headers); without
+one, exponential backoff with full jitter, capped.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -40,25 +41,127 @@ def parse_retry_after(value: str | None, *, now: datetime) -> float | None:
 
 
 def retry_after_from_headers(headers: Mapping[str, str], *, now: datetime) -> float | None:
-    """The delay a response asks for: ``Retry-After`` first, then ``X-RateLimit-Reset``."""
+    """The delay a response asks for, in seconds, or ``None`` if it asks for none.
+
+    ``headers`` is looked up with lower-case names (``httpx.Headers`` is case-insensitive).
+    The first of these that applies decides:
+
+    1. ``Retry-After`` (see :func:`parse_retry_after`).
+    2. ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers -10, a structured-field list
+       like ``"default";r=0;t=30``): the largest ``t`` among members with no quota left
+       (``r=0``). If every member still has quota, ``None``: the server says there is no
+       reason to wait, so no older header is consulted. Members without ``r``, or with
+       ``r=0`` but no ``t``, say nothing and the older headers are read.
+    3. ``RateLimit-Reset`` (drafts up to -06, delta seconds), only when
+       ``RateLimit-Remaining`` is 0 or absent; a positive remaining means ``None``.
+    4. ``X-RateLimit-Reset`` / ``X-Rate-Limit-Reset``: epoch milliseconds (>= 1e12),
+       epoch seconds (>= 1e9) or delta seconds.
+
+    Unparsable or non-finite values are skipped; delays are never negative.
+    """
     delay = parse_retry_after(headers.get("retry-after"), now=now)
     if delay is not None:
         return delay
+    decided, delay = _ratelimit_field(headers.get("ratelimit"))
+    if decided:
+        return delay
+    reset = _reset_seconds(headers.get("ratelimit-reset"), now=now)
+    if reset is not None:
+        remaining = _number(headers.get("ratelimit-remaining"))
+        return reset if remaining is None or remaining <= 0 else None
     for name in ("x-ratelimit-reset", "x-rate-limit-reset"):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            number = float(raw)
-        except ValueError:
-            continue
-        epoch = now.timestamp()
-        if number >= 1e12:  # epoch milliseconds
-            return max(0.0, number / 1000 - epoch)
-        if number >= 1e9:  # epoch seconds
-            return max(0.0, number - epoch)
-        return max(0.0, number)
+        reset = _reset_seconds(headers.get(name), now=now)
+        if reset is not None:
+            return reset
     return None
+
+
+def _number(raw: str | None) -> float | None:
+    """A finite number, or ``None``."""
+    if raw is None:
+        return None
+    try:
+        number = float(raw.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _reset_seconds(raw: str | None, *, now: datetime) -> float | None:
+    """Seconds until a reset given as epoch ms, epoch seconds or delta seconds."""
+    number = _number(raw)
+    if number is None:
+        return None
+    epoch = now.timestamp()
+    if number >= 1e12:  # epoch milliseconds
+        return max(0.0, number / 1000 - epoch)
+    if number >= 1e9:  # epoch seconds
+        return max(0.0, number - epoch)
+    return max(0.0, number)
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    """Split ``text`` on ``separator`` except inside double-quoted strings."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _ratelimit_field(raw: str | None) -> tuple[bool, float | None]:
+    """Whether a ``RateLimit`` field decides the delay, and the delay it asks for
+    (``None``: quota is left, no wait).
+
+    Parsed leniently: list members ``"policy";r=<remaining>;t=<reset>`` (draft -10), and
+    also the dictionary form ``limit=10, remaining=0, reset=5`` of drafts -07 to -09.
+    """
+    if raw is None or not raw.strip():
+        return False, None
+    members: list[dict[str, str]] = []
+    dictionary: dict[str, str] = {}
+    for member in _split_outside_quotes(raw, ","):
+        item, *params = (part.strip() for part in _split_outside_quotes(member, ";"))
+        if not params and "=" in item and not item.startswith('"'):
+            key, _, value = item.partition("=")
+            dictionary[key.strip().lower()] = value.strip()
+            continue
+        parsed: dict[str, str] = {}
+        for param in params:
+            key, _, value = param.partition("=")
+            parsed[key.strip().lower()] = value.strip()
+        members.append(parsed)
+    if dictionary:
+        members.append({"r": dictionary.get("remaining", ""), "t": dictionary.get("reset", "")})
+    waits: list[float] = []
+    exhausted_without_reset = quota_left = False
+    for values in members:
+        remaining = _number(values.get("r"))
+        if remaining is None:
+            continue
+        if remaining > 0:
+            quota_left = True
+            continue
+        reset = _number(values.get("t"))
+        if reset is None:
+            exhausted_without_reset = True
+        else:
+            waits.append(max(0.0, reset))
+    if waits:
+        return True, max(waits)
+    return quota_left and not exhausted_without_reset, None
 
 
 def backoff_delay(
