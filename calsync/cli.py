@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -45,6 +46,8 @@ def worker() -> None:
     except CalsyncError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_app(settings)
+    # one line per provider request drowns the worker log; failures are logged by us
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     click.echo(
         f"calsync worker {settings.app_id}: web pages at http://127.0.0.1:{settings.web_port}/status/"
     )
