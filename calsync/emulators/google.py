@@ -41,6 +41,18 @@ Contracts worth knowing before writing a test against it:
   the ones queued so far.
 - Python control methods raise :class:`GoogleApiError` (the same error the HTTP
   layer renders) for unknown calendars/events, duplicates and invalid input.
+- Every ``/calendar/v3`` and ``/token`` call lands in ``requests`` as a
+  :class:`RecordedRequest`, with the ``Retry-After`` it was answered (in
+  seconds), the OAuth grant (``account``, see :meth:`GoogleEmulator.account_of`)
+  and the calendar it was about; :meth:`GoogleEmulator.requests_for` filters.
+  Pushes lost to ``faults.drop_push_probability`` are in ``delivery_log`` with
+  ``status=None, error="dropped"`` (:attr:`DeliveryRecord.dropped`).
+- :meth:`GoogleEmulator.corrupt_event` stores an unvalidated resource (a
+  provider bug); listings never parse its timing and keep serving everything
+  else.
+- Bulk data: :meth:`GoogleEmulator.insert_events` (tens of microseconds an
+  event). events.list collects a walk once and pages it by bisection until the
+  calendar changes (or, for open-ended series, the clock moves).
 """
 
 from __future__ import annotations
@@ -49,25 +61,39 @@ import argparse
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
 import copy
 import dataclasses
 import email.utils
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import re
 import secrets
 import signal
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from types import TracebackType
-from typing import Any, Final, Literal, NotRequired, TypedDict, cast, get_args
+from typing import (
+    Any,
+    Final,
+    Literal,
+    NamedTuple,
+    NotRequired,
+    TypedDict,
+    TypeVar,
+    cast,
+    get_args,
+)
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -78,6 +104,7 @@ from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 __all__ = [
     "API_PREFIX",
     "CONTROL_ROUTES",
+    "DROPPED",
     "Channel",
     "ChannelResource",
     "DeliveryRecord",
@@ -119,10 +146,16 @@ FORBIDDEN_WITH_SYNC_TOKEN: Final = (
 )
 
 _BASE32HEX: Final = "0123456789abcdefghijklmnopqrstuv"
+_BASE32HEX_PAIRS: Final = tuple(a + b for a in _BASE32HEX for b in _BASE32HEX)
+_PAIR_SHIFTS: Final = tuple(range(0, 130, 10))
 _EVENT_ID_RE: Final = re.compile(r"^[a-v0-9]{5,1024}$")
 _EXPANSION_HORIZON: Final = timedelta(days=730)
 _MAX_RRULE_ITERATIONS: Final = 20_000
 _MAC_BYTES: Final = 12
+_LISTING_CACHE_SIZE: Final = 256
+_UNKNOWN_START_KEY: Final = "~"  # sorts after every ISO timestamp
+DROPPED: Final = "dropped"
+"""``DeliveryRecord.error`` of a push the fault injector dropped."""
 _EVENT_STATUSES: Final = ("confirmed", "tentative", "cancelled")
 _TRANSPARENCIES: Final = ("opaque", "transparent")
 _CHANNEL_TYPES: Final = ("web_hook", "webhook")
@@ -542,6 +575,21 @@ class RecordedRequest:
 
     ``time`` is the emulator clock at arrival; ``fault`` names the injected
     fault kind, if any.
+
+    ``retry_after`` is the delay the response asked for in its ``Retry-After``
+    header, in seconds: a delay-seconds value as sent (fractions kept), an
+    HTTP-date converted against the emulator clock when the response was made
+    (a date in the past counts as 0). None when the response had no
+    ``Retry-After`` or its value is neither a number nor an HTTP-date.
+
+    ``account`` identifies the OAuth grant behind the bearer token (see
+    :meth:`GoogleEmulator.account_of`) whenever the token was minted by this
+    emulator, also when it was answered 401 because it had expired or its grant
+    was revoked (``status`` tells). None without a bearer token, for a token the
+    emulator never minted, and for ``/token`` calls.
+
+    ``calendar_id`` is the calendar named in the path (``primary`` resolved the
+    way the API resolves it for that grant), None for calls without one.
     """
 
     time: float
@@ -550,13 +598,20 @@ class RecordedRequest:
     query: dict[str, list[str]]
     status: int
     fault: str | None = None
+    retry_after: float | None = None
+    account: str | None = None
+    calendar_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRecord:
     """One push attempt: ``status`` is the receiver's HTTP status, or ``None``
     when ``error`` says why nothing was answered (exception text, ``"dropped"``,
-    ``"channel expired"``, ``"channel stopped"``)."""
+    ``"channel expired"``, ``"channel stopped"``).
+
+    A push lost on purpose (``FaultInjector.drop_push_probability``) is logged
+    once, with ``status=None`` and ``error=DROPPED`` (``"dropped"``); see
+    :attr:`dropped`."""
 
     channel_id: str
     message_number: int
@@ -565,6 +620,11 @@ class DeliveryRecord:
     error: str | None = None
     attempt: int = 1
     time: float = 0.0
+
+    @property
+    def dropped(self) -> bool:
+        """Whether the fault injector dropped this push (it never left the emulator)."""
+        return self.status is None and self.error == DROPPED
 
 
 @dataclass(slots=True)
@@ -600,8 +660,9 @@ class Channel:
 # --------------------------------------------------------------------------- internal state
 
 
-@dataclass(frozen=True, slots=True)
-class _Timing:
+class _Timing(NamedTuple):
+    """What decides when an event happens (a tuple: cheap to build and compare)."""
+
     start: dict[str, Any]
     end: dict[str, Any]
     recurrence: tuple[str, ...]
@@ -619,10 +680,14 @@ class _Override:
 
 @dataclass(slots=True)
 class _Record:
+    """A stored event. ``corrupt`` marks a resource set by ``corrupt_event``: it
+    was never validated, so its timing is not trusted (nor kept in ``history``)."""
+
     resource: EventResource
     change_seq: int
     history: list[tuple[int, _Timing]]
     overrides: dict[str, _Override] = field(default_factory=dict)
+    corrupt: bool = False
 
     @property
     def cancelled(self) -> bool:
@@ -664,6 +729,7 @@ class _RefreshGrant:
     client_id: str
     calendar_ids: list[str] | None
     scope: str
+    account: str
     revoked: bool = False
 
 
@@ -720,6 +786,21 @@ class _Query:
         return cls(**values)
 
 
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """One cached events.list walk: every item in page-key order.
+
+    Valid while the calendar's change sequence is ``seq`` and, when ``now`` is
+    set (open-ended recurring expansion depends on the clock), the clock reads
+    ``now``. Items are the stored resources themselves (never mutated in place
+    without bumping ``seq``), serialized straight into a response."""
+
+    seq: int
+    now: float | None
+    keys: list[tuple[str, ...]]
+    items: list[EventResource]
+
+
 @dataclass(slots=True)
 class _PushJob:
     channel: Channel
@@ -727,12 +808,62 @@ class _PushJob:
     number: int
 
 
+# --------------------------------------------------------------------------- copying
+
+_ATOMIC_TYPES: Final = frozenset({str, int, float, bool, type(None)})
+_T = TypeVar("_T")
+
+
+def _jcopy_any(value: Any) -> Any:
+    cls = type(value)
+    if cls is dict:
+        atomic = _ATOMIC_TYPES
+        return {k: v if type(v) in atomic else _jcopy_any(v) for k, v in value.items()}
+    if cls is list:
+        return [_jcopy_any(v) for v in value]
+    if cls in _ATOMIC_TYPES:
+        return value
+    return copy.deepcopy(value)
+
+
+def _jcopy(value: _T) -> _T:
+    """A deep copy of JSON-like data: dicts and lists rebuilt, scalars shared.
+
+    Several times cheaper than ``copy.deepcopy`` (no memo); anything that is not
+    a plain dict, list or JSON scalar falls back to ``copy.deepcopy``.
+    """
+    return cast("_T", _jcopy_any(value))
+
+
+def _retry_after_seconds(value: str, now: float) -> float | None:
+    """What a ``Retry-After`` value asks for, in seconds from ``now`` (RFC 9110 §10.2.3).
+
+    delay-seconds (fractions too) as written; an HTTP-date as ``max(0, date - now)``;
+    None for anything else.
+    """
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, when.timestamp() - now)
+    return seconds if math.isfinite(seconds) else None
+
+
 # --------------------------------------------------------------------------- time helpers
 
 
 def _rfc3339_ms(ts: float) -> str:
     dt = datetime.fromtimestamp(ts, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
+        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond // 1000:03d}Z"
+    )
 
 
 def _parse_rfc3339(value: str, name: str) -> datetime:
@@ -793,12 +924,18 @@ def _parse_point(value: Any, which: str, cal_tz: ZoneInfo) -> _Point:
     return _Point(False, None, dt, tz)
 
 
+def _copy_mapping(value: Any) -> dict[str, Any]:
+    if not value:
+        return {}
+    return cast("dict[str, Any]", _jcopy_any(value if type(value) is dict else dict(value)))
+
+
 def _timing_of(event: Mapping[str, Any]) -> _Timing:
-    recurrence = event.get("recurrence") or ()
+    recurrence = event.get("recurrence")
     return _Timing(
-        start=copy.deepcopy(dict(event.get("start") or {})),
-        end=copy.deepcopy(dict(event.get("end") or {})),
-        recurrence=tuple(str(line) for line in recurrence),
+        _copy_mapping(event.get("start")),
+        _copy_mapping(event.get("end")),
+        tuple([str(line) for line in recurrence]) if recurrence else (),
     )
 
 
@@ -924,12 +1061,12 @@ def _tombstone(resource: Mapping[str, Any]) -> EventResource:
     out: EventResource = {
         "kind": "calendar#event",
         "etag": resource.get("etag", '"0"'),
-        "id": resource["id"],
+        "id": resource.get("id"),
         "status": "cancelled",
     }
     for key in ("recurringEventId", "originalStartTime"):
         if key in resource:
-            out[key] = copy.deepcopy(resource[key])
+            out[key] = _jcopy(resource[key])
     return out
 
 
@@ -968,17 +1105,31 @@ CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
     ("GET", "/_emulator/health", "liveness: {ok, base_url, api_url, token_url}"),
     ("POST", "/_emulator/calendars", "{calendar_id, time_zone?, summary?} -> 201"),
     ("POST", "/_emulator/clients", "{client_id, client_secret} -> 201"),
-    ("POST", "/_emulator/refresh_tokens", "{client_id, calendar_ids?} -> 201 {refresh_token}"),
+    (
+        "POST",
+        "/_emulator/refresh_tokens",
+        "{client_id, calendar_ids?} -> 201 {refresh_token, account}",
+    ),
     ("POST", "/_emulator/refresh_tokens/revoke", "{refresh_token} -> 204"),
     ("POST", "/_emulator/access_tokens/expire", "expire every access token -> 204"),
     ("POST", "/_emulator/calendars/{cal}/events", "insert; ?notify=false -> 201 event"),
+    (
+        "POST",
+        "/_emulator/calendars/{cal}/events/bulk",
+        "{events: [...]}; ?notify=true for one push -> 201 {ids}",
+    ),
+    (
+        "POST",
+        "/_emulator/calendars/{cal}/events/{id}/corrupt",
+        "raw resource, stored unvalidated; ?notify=false -> 200 stored resource",
+    ),
     ("PATCH", "/_emulator/calendars/{cal}/events/{id}", "patch; ?notify=false -> 200 event"),
     ("DELETE", "/_emulator/calendars/{cal}/events/{id}", "delete; ?notify=false -> 204"),
     ("POST", "/_emulator/calendars/{cal}/invalidate_sync_tokens", "-> 204"),
     ("GET", "/_emulator/faults", "-> {rules, drop_push_probability}"),
     ("POST", "/_emulator/faults", "{rules?, drop_push_probability?, seed?, replace?} -> 200"),
     ("DELETE", "/_emulator/faults", "clear rules and push drops -> 204"),
-    ("GET", "/_emulator/requests", "-> [RecordedRequest]"),
+    ("GET", "/_emulator/requests", "?account=&calendar_id= -> [RecordedRequest]"),
     ("DELETE", "/_emulator/requests", "forget recorded requests -> 204"),
     ("GET", "/_emulator/channels", "-> [channel]"),
     ("GET", "/_emulator/deliveries", "-> [DeliveryRecord]"),
@@ -1036,6 +1187,9 @@ class GoogleEmulator:
         self._clients: dict[str, str] = {}
         self._refresh: dict[str, _RefreshGrant] = {}
         self._access: dict[str, _AccessGrant] = {}
+        self._minted: dict[str, _RefreshGrant] = {}  # every access token ever minted
+        self._listings: OrderedDict[_Query, _Listing] = OrderedDict()
+        self._stamp: tuple[float, str] = (math.nan, "")
         self._push_queues: dict[int, asyncio.Queue[_PushJob | None]] = {}
         self._push_tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
@@ -1169,8 +1323,28 @@ class GoogleEmulator:
             raise KeyError(f"unknown OAuth client {client_id!r}")
         token = "1//emu-" + secrets.token_urlsafe(30)
         ids = None if calendar_ids is None else list(calendar_ids)
-        self._refresh[token] = _RefreshGrant(token, client_id, ids, DEFAULT_SCOPE)
+        account = "acct-" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        self._refresh[token] = _RefreshGrant(token, client_id, ids, DEFAULT_SCOPE, account)
         return token
+
+    def account_of(self, refresh_token: str) -> str:
+        """The ``RecordedRequest.account`` of calls made with tokens minted from
+        ``refresh_token`` (stable, also after revocation). KeyError if unknown."""
+        grant = self._refresh.get(refresh_token)
+        if grant is None:
+            raise KeyError("unknown refresh token")
+        return grant.account
+
+    def requests_for(
+        self, *, account: str | None = None, calendar_id: str | None = None
+    ) -> list[RecordedRequest]:
+        """The recorded requests of ``account`` and/or on ``calendar_id`` (None = any)."""
+        return [
+            r
+            for r in self.requests
+            if (account is None or r.account == account)
+            and (calendar_id is None or r.calendar_id == calendar_id)
+        ]
 
     def revoke_refresh_token(self, refresh_token: str) -> None:
         """Revoke the grant: refreshes answer invalid_grant, its access tokens 401."""
@@ -1191,14 +1365,24 @@ class GoogleEmulator:
         return cal
 
     def _new_id(self) -> str:
-        return "".join(self._rng.choice(_BASE32HEX) for _ in range(26))
+        # 26 base32hex characters from 130 seeded random bits, two characters at a time.
+        bits = self._rng.getrandbits(130)
+        return "".join([_BASE32HEX_PAIRS[(bits >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
-    def _etag(self, seq: int) -> str:
-        return f'"{int(self.now() * 1000)}{seq:06d}"'
+    def _etag(self, seq: int, now: float | None = None) -> str:
+        return f'"{int((self.now() if now is None else now) * 1000)}{seq:06d}"'
 
-    def _bump(self, cal: _Calendar) -> int:
+    def _stamp_at(self, now: float) -> str:
+        """``_rfc3339_ms(now)``, memoized for the last instant (bulk inserts share it)."""
+        last, text = self._stamp
+        if last != now:
+            text = _rfc3339_ms(now)
+            self._stamp = (now, text)
+        return text
+
+    def _bump(self, cal: _Calendar, now: float | None = None) -> int:
         cal.seq += 1
-        cal.updated = _rfc3339_ms(self.now())
+        cal.updated = self._stamp_at(self.now() if now is None else now)
         return cal.seq
 
     def _validate_event(self, event: Mapping[str, Any], cal: _Calendar) -> None:
@@ -1255,9 +1439,37 @@ class GoogleEmulator:
         still visible to incremental sync).
         """
         cal = self._calendar(calendar_id)
+        rec = self._insert(cal, event, self.now())
+        if notify:
+            self._notify(cal)
+        return _jcopy(rec.resource)
+
+    def insert_events(
+        self, calendar_id: str, events: Iterable[Mapping[str, Any]], *, notify: bool = False
+    ) -> list[EventResource]:
+        """:meth:`insert_event` for many events at once; returns their resources in order.
+
+        One change-sequence step per event, all stamped with the same instant.
+        ``notify=True`` queues a single push for the whole batch (Google sends one
+        message per change batch). Not atomic: when an event is rejected the
+        error is raised and the events before it stay inserted (and pushed, with
+        ``notify``).
+        """
+        cal = self._calendar(calendar_id)
+        now = self.now()
+        out: list[EventResource] = []
+        try:
+            for event in events:
+                out.append(_jcopy(self._insert(cal, event, now).resource))
+        finally:
+            if notify and out:
+                self._notify(cal)
+        return out
+
+    def _insert(self, cal: _Calendar, event: Mapping[str, Any], now: float) -> _Record:
         if not isinstance(event, Mapping):
             raise _parse_error()
-        ev: EventResource = copy.deepcopy(dict(event))
+        ev = _copy_mapping(event)
         event_id = ev.get("id")
         if event_id is None:
             event_id = self._new_id()
@@ -1268,18 +1480,28 @@ class GoogleEmulator:
         if event_id in cal.events:
             raise _duplicate()
         self._validate_event(ev, cal)
-        seq = self._bump(cal)
-        stamp = _rfc3339_ms(self.now())
+        seq = self._bump(cal, now)
+        stamp = self._stamp_at(now)
         for key in ("recurringEventId", "originalStartTime"):
             ev.pop(key, None)
         ev.update(
             kind="calendar#event",
-            etag=self._etag(seq),
+            etag=self._etag(seq, now),
             id=event_id,
             status=ev.get("status", "confirmed"),
             created=stamp,
             updated=stamp,
         )
+        self._server_defaults(ev, cal, event_id)
+        if not ev.get("recurrence"):
+            ev.pop("recurrence", None)
+        ev = _canonical(ev)
+        rec = _Record(ev, seq, [(seq, _timing_of(ev))])
+        cal.events[event_id] = rec
+        return rec
+
+    @staticmethod
+    def _server_defaults(ev: EventResource, cal: _Calendar, event_id: str) -> None:
         eid = base64.b64encode(f"{event_id} {cal.id}".encode()).decode().rstrip("=")
         ev.setdefault("htmlLink", f"https://www.google.com/calendar/event?eid={eid}")
         ev.setdefault("creator", {"email": cal.id, "self": True})
@@ -1288,13 +1510,52 @@ class GoogleEmulator:
         ev.setdefault("sequence", 0)
         ev.setdefault("reminders", {"useDefault": True})
         ev.setdefault("eventType", "default")
-        if not ev.get("recurrence"):
-            ev.pop("recurrence", None)
-        ev = _canonical(ev)
-        cal.events[event_id] = _Record(ev, seq, [(seq, _timing_of(ev))])
+
+    def corrupt_event(
+        self,
+        calendar_id: str,
+        event_id: str,
+        raw: Mapping[str, Any],
+        *,
+        notify: bool = True,
+    ) -> None:
+        """Store ``{"id": event_id, **raw}`` as the event's resource, unvalidated.
+
+        Simulates a provider bug (``{"start": {"dateTime": "garbage"}}``, an
+        unknown ``timeZone``, a missing ``end``, ...). Nothing is added: no
+        ``kind``, ``etag`` nor ``updated`` unless ``raw`` has them. ``raw`` must
+        be JSON-serializable (TypeError/ValueError otherwise); it is copied.
+        Creates the event when ``event_id`` is unknown. 404 for an unknown
+        calendar.
+
+        The change is a normal change: it bumps the change sequence (so the item
+        comes back from incremental sync, as a tombstone if ``raw`` says
+        ``"status": "cancelled"``) and pushes unless ``notify=False``. Listings
+        never try to read its timing: it is in every ``timeMin``/``timeMax``
+        window, sorts last under ``orderBy=startTime``, is returned as stored
+        even with ``singleEvents=true`` (no instances, its instance exceptions
+        are not listed while it is corrupt; its instance ids answer 404), and a
+        content filter (``q``, extended properties, ...) that cannot be
+        evaluated on it lets it through.
+
+        ``get_event`` returns it as stored. ``delete_event`` works (cancels it;
+        the tombstone keeps ``raw``'s fields). ``patch_event`` merges the changes
+        over ``raw``, re-adds the server-set fields and validates the result as
+        usual: a patch that supplies valid values for the broken fields repairs
+        the event; one that leaves them broken answers 400 and changes nothing.
+        """
+        cal = self._calendar(calendar_id)
+        stored: EventResource = {"id": event_id, **json.loads(json.dumps(dict(raw)))}
+        seq = self._bump(cal)
+        rec = cal.events.get(event_id)
+        if rec is None:
+            cal.events[event_id] = _Record(stored, seq, [], corrupt=True)
+        else:
+            rec.resource = stored
+            rec.change_seq = seq
+            rec.corrupt = True
         if notify:
             self._notify(cal)
-        return copy.deepcopy(ev)
 
     def patch_event(
         self,
@@ -1311,6 +1572,8 @@ class GoogleEmulator:
         deleted event. Bumps ``sequence`` when start, end or recurrence change.
         Read-only fields (id, etag, iCalUID, ...) are ignored; changing
         ``eventType`` answers 400. Raises 404 for unknown calendars/events.
+        On an event broken by :meth:`corrupt_event` the merged result gets the
+        server-set fields back and must validate (that repairs it), else 400.
         """
         cal = self._calendar(calendar_id)
         if not isinstance(changes, Mapping):
@@ -1319,8 +1582,9 @@ class GoogleEmulator:
         if rec is None:
             master, slot = self._find_instance(cal, event_id)
             return self._change_instance(cal, master, slot, changes, notify=notify)
-        new = copy.deepcopy(rec.resource)
-        if "eventType" in changes and changes["eventType"] != new.get("eventType"):
+        now = self.now()
+        new = _jcopy(rec.resource)
+        if "eventType" in changes and changes["eventType"] != new.get("eventType", "default"):
             raise _invalid("Event type cannot be changed.", "eventType")
         for key, value in changes.items():
             if key in _READ_ONLY_KEYS:
@@ -1328,24 +1592,36 @@ class GoogleEmulator:
             if value is None:
                 new.pop(key, None)
             else:
-                new[key] = copy.deepcopy(value)
+                new[key] = _jcopy(value)
+        if rec.corrupt:
+            for key in ("recurringEventId", "originalStartTime"):
+                new.pop(key, None)
+            new["kind"] = "calendar#event"
+            new["id"] = event_id
+            new.setdefault("status", "confirmed")
+            if not isinstance(new.get("created"), str):
+                new["created"] = self._stamp_at(now)
+            if type(new.get("sequence")) is not int:
+                new["sequence"] = 0
+            self._server_defaults(new, cal, event_id)
         self._validate_event(new, cal)
-        old_timing = rec.history[-1][1]
+        old_timing = rec.history[-1][1] if rec.history else None
         timing = _timing_of(new)
         if timing != old_timing and "sequence" not in changes:
             new["sequence"] = int(new.get("sequence", 0)) + 1
-        seq = self._bump(cal)
-        new["updated"] = _rfc3339_ms(self.now())
-        new["etag"] = self._etag(seq)
+        seq = self._bump(cal, now)
+        new["updated"] = self._stamp_at(now)
+        new["etag"] = self._etag(seq, now)
         if not new.get("recurrence"):
             new.pop("recurrence", None)
         rec.resource = _canonical(new)
         rec.change_seq = seq
+        rec.corrupt = False
         if timing != old_timing:
             rec.history.append((seq, timing))
         if notify:
             self._notify(cal)
-        return copy.deepcopy(rec.resource)
+        return _jcopy(rec.resource)
 
     def delete_event(self, calendar_id: str, event_id: str, *, notify: bool = True) -> None:
         """Cancel the event (or one instance of a series).
@@ -1363,10 +1639,11 @@ class GoogleEmulator:
             return
         if rec.cancelled:
             raise _deleted()
-        seq = self._bump(cal)
+        now = self.now()
+        seq = self._bump(cal, now)
         rec.resource["status"] = "cancelled"
-        rec.resource["updated"] = _rfc3339_ms(self.now())
-        rec.resource["etag"] = self._etag(seq)
+        rec.resource["updated"] = self._stamp_at(now)
+        rec.resource["etag"] = self._etag(seq, now)
         rec.change_seq = seq
         if notify:
             self._notify(cal)
@@ -1376,9 +1653,22 @@ class GoogleEmulator:
         cal = self._calendar(calendar_id)
         rec = cal.events.get(event_id)
         if rec is not None:
-            return copy.deepcopy(rec.resource)
+            return _jcopy(rec.resource)
         master, slot = self._find_instance(cal, event_id)
         return self._instance(master, slot)
+
+    def list_live_events(self, calendar_id: str) -> list[EventResource]:
+        """The calendar's live events as a full ``singleEvents=true`` listing shows them.
+
+        Not cancelled; series as instances (open-ended ones up to two years
+        ahead); items stored by :meth:`corrupt_event` as stored; in page order
+        (by id); copies. 404 for an unknown calendar.
+        """
+        cal = self._calendar(calendar_id)
+        query = _Query(
+            calendar_id=cal.id, since=None, walk_seq=cal.seq, epoch=cal.epoch, single_events=True
+        )
+        return [_jcopy(item) for item in self._listing(cal, query).items]
 
     def invalidate_sync_tokens(self, calendar_id: str) -> None:
         """Every sync token of the calendar minted so far now answers 410."""
@@ -1387,7 +1677,7 @@ class GoogleEmulator:
     def _find_instance(self, cal: _Calendar, instance_id: str) -> tuple[_Record, _Slot]:
         series_id, sep, suffix = instance_id.rpartition("_")
         master = cal.events.get(series_id) if sep else None
-        if master is None or not master.recurring:
+        if master is None or master.corrupt or not master.recurring:
             raise _not_found()
         try:
             if len(suffix) == 8:
@@ -1418,7 +1708,7 @@ class GoogleEmulator:
             raise _deleted()
         instance_id = f"{master.resource['id']}_{slot.suffix}"
         override = master.overrides.get(instance_id)
-        delta = copy.deepcopy(override.delta) if override is not None else {}
+        delta = _jcopy(override.delta) if override is not None else {}
         if changes.get("status") == "cancelled" and delta.get("status") == "cancelled":
             raise _deleted()
         for key, value in changes.items():
@@ -1427,7 +1717,7 @@ class GoogleEmulator:
             if value is None:
                 delta.pop(key, None)
             else:
-                delta[key] = copy.deepcopy(value)
+                delta[key] = _jcopy(value)
         effective = self._instance(master, slot, _Override(delta, 0, "", ""))
         self._validate_event(effective, cal)
         seq = self._bump(cal)
@@ -1447,15 +1737,15 @@ class GoogleEmulator:
         if override is None:
             override = master.overrides.get(instance_id)
         inst: EventResource = {
-            k: copy.deepcopy(v) for k, v in m.items() if k not in ("recurrence", "start", "end")
+            k: _jcopy(v) for k, v in m.items() if k not in ("recurrence", "start", "end")
         }
         inst["id"] = instance_id
-        inst["start"] = copy.deepcopy(slot.start)
-        inst["end"] = copy.deepcopy(slot.end)
+        inst["start"] = _jcopy(slot.start)
+        inst["end"] = _jcopy(slot.end)
         inst["recurringEventId"] = series_id
-        inst["originalStartTime"] = copy.deepcopy(slot.original)
+        inst["originalStartTime"] = _jcopy(slot.original)
         if override is not None:
-            inst.update(copy.deepcopy(override.delta))
+            inst.update(_jcopy(override.delta))
             if override.updated and override.updated > inst.get("updated", ""):
                 inst["updated"] = override.updated
                 inst["etag"] = override.etag
@@ -1619,6 +1909,8 @@ class GoogleEmulator:
         r.add_post(c + "/refresh_tokens/revoke", self._c_revoke_refresh)
         r.add_post(c + "/access_tokens/expire", self._c_expire_access)
         r.add_post(c + "/calendars/{calendar_id}/events", self._c_insert)
+        r.add_post(c + "/calendars/{calendar_id}/events/bulk", self._c_insert_bulk)
+        r.add_post(c + "/calendars/{calendar_id}/events/{event_id}/corrupt", self._c_corrupt)
         r.add_patch(c + "/calendars/{calendar_id}/events/{event_id}", self._c_patch)
         r.add_delete(c + "/calendars/{calendar_id}/events/{event_id}", self._c_delete)
         r.add_post(c + "/calendars/{calendar_id}/invalidate_sync_tokens", self._c_invalidate)
@@ -1640,6 +1932,7 @@ class GoogleEmulator:
         arrival = self.now()
         status = 500
         fault: str | None = None
+        headers: Mapping[str, str] = {}
         try:
             if is_api:
                 decision = self.faults.decide(request.method, path)
@@ -1654,7 +1947,7 @@ class GoogleEmulator:
                             decision.rule.retry_after
                         )
                     response = _error_response(error)
-                    status = response.status
+                    status, headers = response.status, response.headers
                     return response
             try:
                 answer = await handler(request)
@@ -1664,17 +1957,51 @@ class GoogleEmulator:
                 if path == TOKEN_PATH:
                     raise
                 answer = _error_response(_not_found())
-            status = answer.status
+            status, headers = answer.status, answer.headers
             return answer
         except web.HTTPException as exc:
-            status = exc.status
+            status, headers = exc.status, exc.headers
             raise
         finally:
             if recorded:
-                query = {k: request.query.getall(k) for k in request.query}
-                self.requests.append(
-                    RecordedRequest(arrival, request.method, path, query, status, fault)
-                )
+                self.requests.append(self._record(request, arrival, status, fault, headers, is_api))
+
+    def _record(
+        self,
+        request: web.Request,
+        arrival: float,
+        status: int,
+        fault: str | None,
+        headers: Mapping[str, str],
+        is_api: bool,
+    ) -> RecordedRequest:
+        query = {k: request.query.getall(k) for k in request.query}
+        raw_retry = headers.get("Retry-After")
+        retry_after = None if raw_retry is None else _retry_after_seconds(raw_retry, self.now())
+        grant: _RefreshGrant | None = None
+        if is_api:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer":
+                grant = self._minted.get(token.strip())
+        calendar_id = request.match_info.get("calendar_id") if is_api else None
+        if (
+            calendar_id == "primary"
+            and "primary" not in self._calendars
+            and grant is not None
+            and grant.calendar_ids
+        ):
+            calendar_id = grant.calendar_ids[0]
+        return RecordedRequest(
+            arrival,
+            request.method,
+            request.path,
+            query,
+            status,
+            fault,
+            retry_after,
+            None if grant is None else grant.account,
+            calendar_id,
+        )
 
     def _authorize(self, request: web.Request, calendar_id: str) -> tuple[_Calendar, _RefreshGrant]:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -1745,6 +2072,7 @@ class GoogleEmulator:
             return oauth_error(401, "unauthorized_client", "Unauthorized")
         access_token = "ya29.emu-" + secrets.token_urlsafe(32)
         self._access[access_token] = _AccessGrant(grant, self.now() + ACCESS_TOKEN_LIFETIME)
+        self._minted[access_token] = grant
         body: TokenResponse = {
             "access_token": access_token,
             "expires_in": ACCESS_TOKEN_LIFETIME,
@@ -1812,10 +2140,10 @@ class GoogleEmulator:
             )
         else:
             query = self._full_query(request, cal, single_events, show_deleted)
-        items = self._collect(cal, query)
-        if cursor is not None:
-            items = [item for item in items if item[0] > cursor]
-        page = items[:max_results]
+        listing = self._listing(cal, query)
+        first = 0 if cursor is None else bisect.bisect_right(listing.keys, cursor)
+        end = first + max_results
+        page = listing.items[first:end]
         body: dict[str, Any] = {
             "kind": "calendar#events",
             "etag": f'"p{cal.seq:x}{cal.epoch:x}"',
@@ -1833,9 +2161,9 @@ class GoogleEmulator:
             except ValueError:
                 raise _invalid("Invalid value for: timeZone", "timeZone") from None
             body["timeZone"] = tz_param
-        if len(items) > max_results:
+        if len(listing.items) > end:
             body["nextPageToken"] = self._seal(
-                {"t": "page", "q": query.to_json(), "k": list(page[-1][0])}
+                {"t": "page", "q": query.to_json(), "k": list(listing.keys[end - 1])}
             )
         else:
             body["nextSyncToken"] = self._seal(
@@ -1849,8 +2177,39 @@ class GoogleEmulator:
                     "se": query.single_events,
                 }
             )
-        body["items"] = [resource for _, resource in page]
+        # The stored resources themselves: json_response serializes right here.
+        body["items"] = page
         return web.json_response(body)
+
+    def _listing(self, cal: _Calendar, query: _Query) -> _Listing:
+        """The sorted items of ``query``, from the cache while the calendar is unchanged.
+
+        A walk collects the calendar once and then serves each page by bisecting
+        the page key; any change (the calendar's change sequence moves) makes the
+        next page collect again, exactly as if nothing were cached.
+        """
+        key = dataclasses.replace(query, walk_seq=0, epoch=0)
+        now = self.now()
+        cached = self._listings.get(key)
+        if cached is not None and cached.seq == cal.seq and cached.now in (None, now):
+            self._listings.move_to_end(key)
+            return cached
+        items = self._collect(cal, query)
+        # Open-ended expansion of a series depends on the clock (horizon = now + 2 years).
+        clock_bound = query.time_max is None and any(
+            rec.recurring and not rec.corrupt for rec in cal.events.values()
+        )
+        listing = _Listing(
+            cal.seq,
+            now if clock_bound else None,
+            [k for k, _ in items],
+            [resource for _, resource in items],
+        )
+        self._listings[key] = listing
+        self._listings.move_to_end(key)
+        while len(self._listings) > _LISTING_CACHE_SIZE:
+            self._listings.popitem(last=False)
+        return listing
 
     def _full_query(
         self,
@@ -1908,20 +2267,31 @@ class GoogleEmulator:
         upper = _parse_rfc3339(query.time_max, "timeMax") if query.time_max else None
         now = self._now_dt()
         since = query.since
+        by_start = query.order_by == "startTime"
         out: list[tuple[tuple[str, ...], EventResource]] = []
 
-        def emit(full: EventResource, start_utc: datetime, cancelled: bool) -> None:
-            if not self._matches(full, query):
+        def emit(
+            full: EventResource,
+            start_utc: datetime | None,
+            cancelled: bool,
+            ident: str | None = None,
+        ) -> None:
+            # Items are the stored resources (or fresh ones): never mutated here.
+            try:
+                matched = self._matches(full, query)
+            except (AttributeError, LookupError, TypeError, ValueError):
+                matched = True  # a corrupt item the filter cannot read is let through
+            if not matched:
                 return
-            shown = (
-                copy.deepcopy(full) if (query.show_deleted or not cancelled) else _tombstone(full)
-            )
-            if query.order_by == "startTime":
-                key: tuple[str, ...] = (start_utc.isoformat(), full["id"])
+            shown = full if (query.show_deleted or not cancelled) else _tombstone(full)
+            item_id = full["id"] if ident is None else ident
+            if by_start:
+                start_key = _UNKNOWN_START_KEY if start_utc is None else start_utc.isoformat()
+                key: tuple[str, ...] = (start_key, item_id)
             elif query.order_by == "updated":
-                key = (str(full.get("updated", "")), full["id"])
+                key = (str(full.get("updated", "")), item_id)
             else:
-                key = (full["id"],)
+                key = (item_id,)
             out.append((key, shown))
 
         def wanted(cancelled: bool, changed: bool) -> bool:
@@ -1931,10 +2301,15 @@ class GoogleEmulator:
                 return query.show_deleted or query.updated_min is not None
             return True
 
-        for rec in cal.events.values():
+        for event_id, rec in cal.events.items():
             cancelled = rec.cancelled
             changed = since is not None and rec.change_seq > since
             if since is not None and not changed and not rec.overrides:
+                continue
+            if rec.corrupt:
+                # Its timing cannot be read: in every window, last by start, no instances.
+                if wanted(cancelled, changed):
+                    emit(rec.resource, None, cancelled, event_id)
                 continue
             if query.single_events and rec.recurring:
                 self._collect_instances(cal, rec, query, lower, upper, now, emit)
@@ -1945,8 +2320,14 @@ class GoogleEmulator:
                     for timing in rec.relevant_timings(since)
                 )
                 if in_window:
-                    start = _parse_point(rec.resource.get("start"), "start", cal.tz)
-                    emit(rec.resource, start.instant.astimezone(UTC), cancelled)
+                    start_utc = (
+                        _parse_point(rec.resource.get("start"), "start", cal.tz).instant.astimezone(
+                            UTC
+                        )
+                        if by_start
+                        else None
+                    )
+                    emit(rec.resource, start_utc, cancelled, event_id)
             if rec.recurring and not cancelled and not query.single_events:
                 for instance_id, override in rec.overrides.items():
                     if since is not None and override.change_seq <= since:
@@ -2025,7 +2406,7 @@ class GoogleEmulator:
                 }
                 if slot.suffix is not None:
                     gone["recurringEventId"] = series_id
-                    gone["originalStartTime"] = copy.deepcopy(slot.original)
+                    gone["originalStartTime"] = _jcopy(slot.original)
                 emit(gone, slot.start_utc, True)
 
     def _matches(self, full: Mapping[str, Any], query: _Query) -> bool:
@@ -2034,8 +2415,8 @@ class GoogleEmulator:
         if query.ical_uid is not None and full.get("iCalUID") != query.ical_uid:
             return False
         if query.updated_min is not None:
-            floor = _rfc3339_ms(_parse_rfc3339(query.updated_min, "updatedMin").timestamp())
-            if str(full.get("updated", "")) < floor:
+            updated = full.get("updated")
+            if isinstance(updated, str) and updated < _updated_floor(query.updated_min):
                 return False
         for props, scope in ((query.private_props, "private"), (query.shared_props, "shared")):
             stored = (full.get("extendedProperties") or {}).get(scope) or {}
@@ -2190,7 +2571,9 @@ class GoogleEmulator:
         if client_id not in self._clients:
             raise _not_found()
         token = self.issue_refresh_token(client_id, cast("list[str] | None", ids))
-        return web.json_response({"refresh_token": token}, status=201)
+        return web.json_response(
+            {"refresh_token": token, "account": self.account_of(token)}, status=201
+        )
 
     async def _c_revoke_refresh(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
@@ -2212,6 +2595,28 @@ class GoogleEmulator:
             notify=self._notify_param(request),
         )
         return web.json_response(event, status=201)
+
+    async def _c_insert_bulk(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        events = body.get("events")
+        if not isinstance(events, list):
+            raise _required("Missing required field: events", "events")
+        inserted = self.insert_events(
+            request.match_info["calendar_id"],
+            events,
+            notify=request.query.get("notify", "false").lower() == "true",
+        )
+        return web.json_response({"ids": [event["id"] for event in inserted]}, status=201)
+
+    async def _c_corrupt(self, request: web.Request) -> web.Response:
+        calendar_id, event_id = request.match_info["calendar_id"], request.match_info["event_id"]
+        self.corrupt_event(
+            calendar_id,
+            event_id,
+            await _json_object(request),
+            notify=self._notify_param(request),
+        )
+        return web.json_response(self.get_event(calendar_id, event_id))
 
     async def _c_patch(self, request: web.Request) -> web.Response:
         event = self.patch_event(
@@ -2260,7 +2665,10 @@ class GoogleEmulator:
         return web.Response(status=204)
 
     async def _c_requests(self, request: web.Request) -> web.Response:
-        return web.json_response([dataclasses.asdict(r) for r in self.requests])
+        chosen = self.requests_for(
+            account=request.query.get("account"), calendar_id=request.query.get("calendar_id")
+        )
+        return web.json_response([dataclasses.asdict(r) for r in chosen])
 
     async def _c_clear_requests(self, request: web.Request) -> web.Response:
         self.requests.clear()
@@ -2284,6 +2692,11 @@ class GoogleEmulator:
             raise _invalid("seconds must be a number", "seconds") from None
         self.advance_clock(seconds)
         return web.json_response({"now": self.now()})
+
+
+@functools.lru_cache(maxsize=64)
+def _updated_floor(updated_min: str) -> str:
+    return _rfc3339_ms(_parse_rfc3339(updated_min, "updatedMin").timestamp())
 
 
 def _str_field(body: Mapping[str, Any], name: str) -> str:

@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calsync.emulators.google import (
+    DROPPED,
     FORBIDDEN_WITH_SYNC_TOKEN,
     GoogleApiError,
     GoogleEmulator,
@@ -1144,6 +1145,277 @@ async def test_dropped_pushes_are_logged_not_delivered(
     ]
 
 
+async def test_dropped_pushes_are_countable(
+    emu: GoogleEmulator, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    emu.faults.seed(11)
+    emu.faults.drop_push_probability = 0.5
+    await watch(api, receiver.url)
+    for i in range(40):
+        emu.insert_event(CAL, timed(f"e{i}", T0))
+    await emu.flush_pushes()
+
+    dropped = [d for d in emu.delivery_log if d.dropped]
+    delivered = [d for d in emu.delivery_log if d.status is not None]
+    assert all(d.status is None and d.error == DROPPED == "dropped" for d in dropped)
+    assert 5 < len(dropped) < 35
+    assert len(dropped) + len(delivered) == 41
+    assert len(receiver.pushes) == len(delivered)
+
+
+# --------------------------------------------------------------------------- rate-limit records
+
+
+async def test_retry_after_is_recorded_in_seconds(
+    emu: GoogleEmulator, api: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    emu.faults.add("rate_limit_429", count=1, retry_after=1.5)
+    emu.faults.add("rate_limit_429", count=1, retry_after="Wed, 25 Nov 2026 12:00:30 GMT")
+    emu.faults.add("unavailable_503", count=1, retry_after="7")
+    emu.faults.add("rate_limit_429", count=1, retry_after="Wed, 25 Nov 2026 11:00:00 GMT")
+    emu.faults.add("rate_limit_429", count=1, retry_after="soon")
+    emu.faults.add("rate_limit_429", count=1)
+
+    clock.advance(10)  # the HTTP-date is read against the emulator clock: T0 + 10 s
+    statuses = [(await api.get(events_path())).status_code for _ in range(7)]
+
+    assert statuses == [429, 429, 503, 429, 429, 429, 200]
+    api_calls = emu.requests_for(calendar_id=CAL)
+    assert [(r.status, r.retry_after) for r in api_calls] == [
+        (429, 1.5),
+        (429, 20.0),
+        (503, 7.0),
+        (429, 0.0),  # a date in the past asks for no wait
+        (429, None),  # sent verbatim, but neither a number nor a date
+        (429, None),  # no Retry-After at all
+        (200, None),
+    ]
+    token_calls = [r for r in emu.requests if r.path == "/token"]
+    assert [(r.retry_after, r.account, r.calendar_id) for r in token_calls] == [(None, None, None)]
+
+
+async def test_requests_are_attributed_to_the_grant_behind_the_token(
+    emu: GoogleEmulator, http: httpx.AsyncClient
+) -> None:
+    first = emu.issue_refresh_token(CLIENT_ID)
+    second = emu.issue_refresh_token(CLIENT_ID, [OTHER_CAL])
+    accounts = emu.account_of(first), emu.account_of(second)
+    assert accounts[0] != accounts[1]
+    assert emu.account_of(first) == accounts[0]  # stable
+    with pytest.raises(KeyError):
+        emu.account_of("1//not-issued")
+
+    async def access(refresh_token: str) -> dict[str, str]:
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+        }
+        token = (await http.post(emu.token_url, data=form)).json()["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
+    one, two, two_again = await access(first), await access(second), await access(second)
+    emu.faults.add("rate_limit_429", count=1, path="room-1")
+    for headers, path in [
+        (one, events_path(CAL)),
+        (two, events_path(OTHER_CAL)),  # 429: faulted calls are attributed too
+        (one, events_path(OTHER_CAL)),
+        (two_again, events_path("primary")),  # the grant's first calendar
+        (two, events_path(CAL)),  # 401: not in that grant, still its call
+        ({}, events_path(CAL)),
+        ({"Authorization": "Bearer ya29.forged"}, events_path(CAL)),
+    ]:
+        await http.get(emu.api_url + path, headers=headers)
+    emu.expire_access_tokens()
+    assert (await http.get(emu.api_url + events_path(CAL), headers=one)).status_code == 401
+
+    def seen(account: str | None = None, calendar_id: str | None = None) -> list[Any]:
+        found = emu.requests_for(account=account, calendar_id=calendar_id)
+        return [(r.calendar_id, r.status) for r in found]
+
+    assert seen(accounts[0]) == [(CAL, 200), (OTHER_CAL, 200), (CAL, 401)]
+    assert seen(accounts[1]) == [(OTHER_CAL, 429), (OTHER_CAL, 200), (CAL, 401)]
+    assert seen(accounts[1], OTHER_CAL) == [(OTHER_CAL, 429), (OTHER_CAL, 200)]
+    assert seen(calendar_id=CAL) == [(CAL, 200), (CAL, 401), (CAL, 401), (CAL, 401), (CAL, 401)]
+    anonymous = [r for r in emu.requests if r.account is None]
+    assert [(r.path, r.calendar_id) for r in anonymous] == [("/token", None)] * 3 + [
+        (f"/calendar/v3/calendars/{CAL}/events", CAL)
+    ] * 2
+    assert len(emu.requests_for()) == len(emu.requests)
+
+
+# --------------------------------------------------------------------------- corrupt events
+
+
+async def test_corrupt_event_is_listed_full_and_incrementally_without_breaking_others(
+    emu: GoogleEmulator, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    early = emu.insert_event(CAL, timed("early", T0, id="first0001"))
+    late = emu.insert_event(CAL, timed("late", T0 + timedelta(days=3), id="late00001"))
+    victim = emu.insert_event(CAL, timed("victim", T0 + timedelta(days=1), id="victim001"))
+    token = await sync_token_of(api)
+    await watch(api, receiver.url)
+    await emu.flush_pushes()
+
+    raw = {"summary": "broken", "start": {"dateTime": "garbage"}, "end": {"date": 5}}
+    emu.corrupt_event(CAL, victim["id"], raw)
+    await emu.flush_pushes()
+
+    stored = {"id": "victim001", **raw}
+    assert [p.headers["X-Goog-Resource-State"] for p in receiver.pushes] == ["sync", "exists"]
+    assert emu.get_event(CAL, "victim001") == stored
+    full, _ = await walk(api, {"maxResults": "2"})
+    assert sorted(full, key=lambda e: e["id"]) == [
+        emu.get_event(CAL, "first0001"),
+        emu.get_event(CAL, "late00001"),
+        stored,
+    ]
+    changes, pages = await walk(api, {"syncToken": token})
+    assert changes == [stored]
+    # No timing to window it by: it is in every window, and sorts last by start time.
+    far = {"timeMin": "2030-01-01T00:00:00Z", "timeMax": "2030-02-01T00:00:00Z"}
+    assert [e["id"] for e in (await walk(api, far))[0]] == ["victim001"]
+    ordered, _ = await walk(api, {"singleEvents": "true", "orderBy": "startTime"})
+    assert [e["id"] for e in ordered] == [early["id"], late["id"], "victim001"]
+    assert [e["id"] for e in (await walk(api, {"q": "broken"}))[0]] == ["victim001"]
+
+    # A patch that leaves the broken fields answers 400; one that fixes them repairs it.
+    with pytest.raises(GoogleApiError) as bad:
+        emu.patch_event(CAL, "victim001", {"summary": "still broken"})
+    assert bad.value.status == 400
+    fixed = emu.patch_event(CAL, "victim001", timed("repaired", T0 + timedelta(days=2)))
+    assert fixed["kind"] == "calendar#event" and fixed["status"] == "confirmed"
+    assert fixed["iCalUID"] == "victim001@google.com" and fixed["sequence"] == 1
+    changes, pages = await walk(api, {"syncToken": pages[-1]["nextSyncToken"]})
+    assert changes == [fixed]
+    ordered, _ = await walk(api, {"singleEvents": "true", "orderBy": "startTime"})
+    assert [e["id"] for e in ordered] == [early["id"], "victim001", late["id"]]
+
+    emu.corrupt_event(CAL, "victim001", {"status": "cancelled", "start": "?"}, notify=False)
+    gone, _ = await walk(api, {"syncToken": pages[-1]["nextSyncToken"]})
+    assert gone == [
+        {"kind": "calendar#event", "etag": '"0"', "id": "victim001", "status": "cancelled"}
+    ]
+    assert "victim001" not in {e["id"] for e in (await walk(api, {}))[0]}
+
+
+async def test_corrupt_time_zone_and_series_and_delete(
+    emu: GoogleEmulator, api: httpx.AsyncClient
+) -> None:
+    series = emu.insert_event(CAL, weekly_series())
+    single = emu.insert_event(CAL, timed("fine", T0, id="fine00001"))
+    bad_zone = {
+        "summary": "on Mars",
+        "start": {"dateTime": "2026-11-25T12:00:00", "timeZone": "Mars/Olympus_Mons"},
+        "end": {"dateTime": "2026-11-25T13:00:00", "timeZone": "Mars/Olympus_Mons"},
+        "recurrence": ["RRULE:FREQ=WEEKLY"],
+    }
+    token = await sync_token_of(api, {"singleEvents": "true", **SERIES_WINDOW})
+    emu.corrupt_event(CAL, series["id"], bad_zone, notify=False)
+    emu.corrupt_event(CAL, "brandnew1", {"summary": "never valid"}, notify=False)
+
+    items, _ = await walk(api, {"singleEvents": "true", **SERIES_WINDOW})
+    assert {e["id"] for e in items} == {series["id"], "brandnew1"}  # no instances
+    items, _ = await walk(api, {"singleEvents": "true"})
+    assert {e["id"] for e in items} == {series["id"], "brandnew1", single["id"]}
+    changes, pages = await walk(api, {"singleEvents": "true", "syncToken": token})
+    assert {e["id"] for e in changes} == {series["id"], "brandnew1"}
+    with pytest.raises(GoogleApiError) as missing:
+        emu.get_event(CAL, f"{series['id']}_20260327T090000Z")
+    assert missing.value.status == 404
+
+    emu.delete_event(CAL, series["id"])
+    emu.delete_event(CAL, "brandnew1")
+    changes, _ = await walk(api, {"singleEvents": "true", "syncToken": pages[-1]["nextSyncToken"]})
+    assert {(e["id"], e["status"]) for e in changes} == {
+        (series["id"], "cancelled"),
+        ("brandnew1", "cancelled"),
+    }
+    assert emu.get_event(CAL, "brandnew1")["summary"] == "never valid"
+    with pytest.raises(GoogleApiError) as unknown:
+        emu.corrupt_event("nobody@example.com", "x", {})
+    assert unknown.value.status == 404
+
+
+# --------------------------------------------------------------------------- bulk and listing
+
+
+async def test_insert_events_in_bulk(
+    emu: GoogleEmulator, api: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    await watch(api, receiver.url)
+    batch = [timed(f"e{i}", T0 + timedelta(minutes=i)) for i in range(300)]
+
+    silent = emu.insert_events(CAL, batch)
+    await emu.flush_pushes()
+    assert len(receiver.pushes) == 1  # just the sync message
+    pushed = emu.insert_events(OTHER_CAL, batch[:3], notify=True)
+    more = emu.insert_events(CAL, iter(batch[:2]), notify=True)
+    await emu.flush_pushes()
+    assert [p.headers["X-Goog-Resource-State"] for p in receiver.pushes] == ["sync", "exists"]
+
+    assert [e["summary"] for e in silent] == [f"e{i}" for i in range(300)]
+    assert len({e["id"] for e in silent + more}) == 302 and len(pushed) == 3
+    assert silent[0] == emu.get_event(CAL, silent[0]["id"])
+    silent[0]["summary"] = "not the stored copy"
+    assert emu.get_event(CAL, silent[0]["id"])["summary"] == "e0"
+    items, pages = await walk(api, {"maxResults": "250"})
+    assert len(items) == 302 and len(pages) == 2
+
+    with pytest.raises(GoogleApiError) as bad:
+        emu.insert_events(CAL, [timed("ok", T0, id="okok00001"), {"summary": "no times"}])
+    assert bad.value.status == 400
+    assert emu.get_event(CAL, "okok00001")["summary"] == "ok"  # not atomic
+
+
+async def test_listing_pages_see_changes_and_the_clock(
+    emu: GoogleEmulator, api: httpx.AsyncClient, http: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    for i in range(10):
+        emu.insert_event(CAL, timed(f"e{i}", T0, id=f"event{i:05d}"), notify=False)
+    first = (await api.get(events_path(), params={"maxResults": "4"})).json()
+    again = (await api.get(events_path(), params={"maxResults": "4"})).json()
+    assert again["items"] == first["items"]
+
+    emu.patch_event(CAL, "event00005", {"summary": "changed"}, notify=False)
+    emu.delete_event(CAL, "event00006", notify=False)
+    rest, _ = await walk(api, {"maxResults": "4", "pageToken": first["nextPageToken"]})
+    assert [e["id"] for e in rest] == [
+        "event00004",
+        "event00005",
+        "event00007",
+        "event00008",
+        "event00009",
+    ]
+    assert rest[1]["summary"] == "changed"
+
+    emu.insert_event(CAL, weekly_series(), notify=False)
+    params = {"singleEvents": "true", "maxResults": "2500"}
+    before, _ = await walk(api, params)
+    clock.advance(7 * 86_400)  # an open-ended series reaches one week further
+    api.headers["Authorization"] = f"Bearer {await mint_access_token(http, emu)}"
+    after, _ = await walk(api, params)
+    assert len(after) == len(before) + 1
+
+
+async def test_list_live_events_is_what_a_full_single_events_sync_sees(
+    emu: GoogleEmulator, api: httpx.AsyncClient
+) -> None:
+    kept = emu.insert_event(CAL, timed("kept", T0, id="kept00001"))
+    emu.insert_event(CAL, timed("gone", T0, id="gone00001"))
+    emu.delete_event(CAL, "gone00001")
+    emu.insert_event(CAL, weekly_series(recurrence=["RRULE:FREQ=WEEKLY;COUNT=3"]))
+
+    live = emu.list_live_events(CAL)
+    listed, _ = await walk(api, {"singleEvents": "true"})
+
+    assert live == listed
+    assert len(live) == 4 and kept in live
+    live[0]["summary"] = "a copy"
+    assert emu.list_live_events(CAL) == listed
+
+
 # --------------------------------------------------------------------------- control routes
 
 
@@ -1221,6 +1493,55 @@ async def test_control_routes_drive_a_separate_process(
             "rules": [],
             "drop_push_probability": 0.0,
         }
+
+
+async def test_control_routes_for_bulk_corrupt_and_attribution(
+    clock: FakeClock, http: httpx.AsyncClient
+) -> None:
+    async with GoogleEmulator(clock=clock) as emu:
+        c = emu.base_url + "/_emulator"
+        await http.post(c + "/calendars", json={"calendar_id": CAL})
+        await http.post(c + "/clients", json={"client_id": CLIENT_ID, "client_secret": "s"})
+        issued = (await http.post(c + "/refresh_tokens", json={"client_id": CLIENT_ID})).json()
+        assert issued["account"] == emu.account_of(issued["refresh_token"])
+
+        bulk = await http.post(
+            c + f"/calendars/{CAL}/events/bulk",
+            json={"events": [timed(f"e{i}", T0 + timedelta(hours=i)) for i in range(5)]},
+        )
+        assert bulk.status_code == 201
+        ids = bulk.json()["ids"]
+        assert len(set(ids)) == 5
+        assert (await http.post(c + f"/calendars/{CAL}/events/bulk", json={})).status_code == 400
+
+        corrupted = await http.post(
+            c + f"/calendars/{CAL}/events/{ids[0]}/corrupt?notify=false",
+            json={"start": {"dateTime": "garbage"}},
+        )
+        assert corrupted.status_code == 200
+        assert corrupted.json() == {"id": ids[0], "start": {"dateTime": "garbage"}}
+
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": issued["refresh_token"],
+            "client_id": CLIENT_ID,
+            "client_secret": "s",
+        }
+        access = (await http.post(emu.token_url, data=form)).json()["access_token"]
+        listed = await http.get(
+            emu.api_url + events_path(), headers={"Authorization": f"Bearer {access}"}
+        )
+        assert sorted(e["id"] for e in listed.json()["items"]) == sorted(ids)
+        await http.get(emu.api_url + events_path())  # anonymous: 401
+
+        mine = await http.get(c + "/requests", params={"account": issued["account"]})
+        assert [(r["status"], r["calendar_id"]) for r in mine.json()] == [(200, CAL)]
+        on_cal = await http.get(c + "/requests", params={"calendar_id": CAL})
+        assert [(r["status"], r["account"]) for r in on_cal.json()] == [
+            (200, issued["account"]),
+            (401, None),
+        ]
+        assert len((await http.get(c + "/requests")).json()) == 3
 
 
 async def test_serve_forever_and_cli_parser(http: httpx.AsyncClient) -> None:
