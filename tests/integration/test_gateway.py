@@ -117,3 +117,42 @@ async def test_admin_api(kafka_settings) -> None:
         assert SecretBox(settings.secret_key).decrypt(stored) == "1//plaintext-refresh"
     finally:
         await reader.aclose()
+
+
+async def test_cli_registration_writes_an_encrypted_command(kafka_settings) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from calsync.streams.topics import ensure_topics
+
+    settings = kafka_settings()
+    await asyncio.to_thread(ensure_topics, settings)
+    env = {**os.environ, **settings.to_env()}
+    args = [sys.executable, "-m", "calsync.cli", "resources", "add", "--resource-id", "room-9"]
+    ok = await asyncio.to_thread(
+        subprocess.run,
+        [*args, "--calendar-id", "room-9@acme", "--refresh-token", "1//cli-secret"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [*args, "--calendar-id", "x", "--refresh-token", "t", "--time-zone", "Mars/Base"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "time_zone" in bad.stderr
+    reader = await TopicReader(settings.kafka_bootstrap, settings.topic("commands")).start()
+    try:
+        await reader.settle(quiet=1.5)
+    finally:
+        await reader.aclose()
+    assert len(reader.values) == 1 and b"cli-secret" not in reader.values[0]
+    assert Command.loads(reader.values[0]).resource_id == "room-9"
