@@ -68,19 +68,43 @@ class Provider(Protocol):
 
     Every method raises only :class:`~calsync.errors.ProviderError` subclasses.
     Reads are safe to repeat; ``subscribe`` and ``unsubscribe`` are not retried
-    blindly by callers.
+    blindly by callers. ``renewable`` says whether :meth:`renew` extends a
+    subscription in place (Graph); otherwise the caller replaces it with a new
+    one and stops the old (Google channels).
     """
 
     origin: ProviderOrigin
+    renewable: bool
 
     def fetch_changes(self, cursor: str | None, window: Window) -> AsyncIterator[ChangePage]:
         """Yield pages of changes since ``cursor``; ``None`` lists everything in ``window``."""
         ...
 
     async def subscribe(
-        self, channel_id: str, address: str, token: str, ttl_seconds: int
+        self,
+        channel_id: str,
+        address: str,
+        token: str,
+        ttl_seconds: int,
+        *,
+        lifecycle_address: str | None = None,
     ) -> Subscription:
-        """Create a push channel delivering to ``address`` with ``token``."""
+        """Create a push channel delivering to ``address`` with ``token``.
+
+        ``channel_id`` is ours where the provider lets the client choose it (Google);
+        providers that assign ids (Graph) ignore it and return theirs. ``token`` is
+        echoed in every push (Google channel token, Graph ``clientState``).
+        """
+        ...
+
+    async def renew(self, subscription: Subscription, ttl_seconds: int) -> Subscription:
+        """Extend ``subscription`` (only when ``renewable``); returns its new expiry."""
+        ...
+
+    def rotated_credentials(self) -> dict[str, str] | None:
+        """Plaintext credentials the provider rotated since last asked (Microsoft
+        refresh tokens replace themselves on use), for the caller to store encrypted;
+        ``None`` when nothing changed."""
         ...
 
     async def unsubscribe(self, subscription: Subscription) -> None:

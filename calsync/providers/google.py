@@ -246,6 +246,7 @@ class GoogleProvider:
     """
 
     origin = ProviderOrigin.GOOGLE
+    renewable = False
 
     def __init__(
         self,
@@ -377,7 +378,13 @@ class GoogleProvider:
             yield page
 
     async def subscribe(
-        self, channel_id: str, address: str, token: str, ttl_seconds: int
+        self,
+        channel_id: str,
+        address: str,
+        token: str,
+        ttl_seconds: int,
+        *,
+        lifecycle_address: str | None = None,
     ) -> Subscription:
         body = {
             "id": channel_id,
@@ -405,6 +412,12 @@ class GoogleProvider:
         if response.status_code in (200, 204, 404):
             return
         raise _translate(response)
+
+    async def renew(self, subscription: Subscription, ttl_seconds: int) -> Subscription:
+        raise ProviderRejected("google channels cannot be renewed; create a new one")
+
+    def rotated_credentials(self) -> dict[str, str] | None:
+        return None  # a Google refresh returns no new refresh token
 
     async def aclose(self) -> None:
         """The HTTP client belongs to the caller; nothing else to release."""

@@ -17,6 +17,7 @@ from calsync.providers.base import ChangePage, Subscription, Window
 
 class MemoryProvider:
     origin = ProviderOrigin.GOOGLE
+    renewable = False
 
     def __init__(self, *, page_size: int = 100) -> None:
         self.page_size = page_size
@@ -60,7 +61,13 @@ class MemoryProvider:
             )
 
     async def subscribe(
-        self, channel_id: str, address: str, token: str, ttl_seconds: int
+        self,
+        channel_id: str,
+        address: str,
+        token: str,
+        ttl_seconds: int,
+        *,
+        lifecycle_address: str | None = None,
     ) -> Subscription:
         if channel_id in self.subscriptions:
             raise ProviderRejected("duplicate channel id", status=409)
@@ -70,6 +77,12 @@ class MemoryProvider:
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         self.subscriptions.pop(subscription.channel_id, None)
+
+    async def renew(self, subscription: Subscription, ttl_seconds: int) -> Subscription:
+        raise ProviderRejected("not renewable")
+
+    def rotated_credentials(self) -> dict[str, str] | None:
+        return None
 
     async def aclose(self) -> None:
         return None
