@@ -21,6 +21,7 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from calsync.agents.outbox import KafkaOutbox
 from calsync.agents.service import Lane, SyncService
 from calsync.agents.timers import TimerDispatcher
+from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
 from calsync.gateway.http import Gateway
 from calsync.providers.factory import ProviderFactory
@@ -224,6 +225,7 @@ def create_app(
         return await app.producer.send(topic, key, value, None, None, None)
 
     outbox = KafkaOutbox(settings, send)
+    clock = make_clock(settings.clock_rate, settings.clock_origin)
     limiter = RateLimiter(
         {
             "google": (
@@ -237,6 +239,7 @@ def create_app(
         timers=timers,
         channels=channels,
         outbox=outbox,
+        clock=clock,
         on_tick=_share_updater(app, limiter, settings.topic("notifications"), partitions),
     )
     app.dispatcher = dispatcher
@@ -247,10 +250,11 @@ def create_app(
         channels=channels,
         timers=timers,
         outbox=outbox,
-        providers=ProviderFactory(settings, http_client_factory, limiter),
+        providers=ProviderFactory(settings, http_client_factory, limiter, clock=clock),
+        clock=clock,
         on_timer=dispatcher.schedule,
     )
-    app.gateway = Gateway(settings, FaustPublisher(app))
+    app.gateway = Gateway(settings, FaustPublisher(app), clock=clock)
 
     # Two agents read every notification; each handles its own lane (see Lane), so a
     # backfill in the bulk lane never holds up a live push. A record is committed

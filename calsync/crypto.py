@@ -66,6 +66,14 @@ class WebhookSigner:
         encoded = base64.urlsafe_b64encode(resource_id.encode()).rstrip(b"=").decode("ascii")
         return f"{encoded}.{self._signature('google-channel', channel_id, resource_id)}"
 
+    def client_state(self, resource_id: str) -> str:
+        """The Graph ``clientState`` of a resource's subscription (43 characters, ≤ 128)."""
+        return self._signature("graph-client-state", resource_id)
+
+    def verify_client_state(self, resource_id: str, client_state: str) -> bool:
+        expected = self.client_state(resource_id)
+        return hmac.compare_digest(expected.encode(), client_state.encode())
+
     def verify_channel_token(self, channel_id: str, token: str) -> str | None:
         """The resource id the token was made for, or ``None`` if it does not verify."""
         encoded, sep, signature = token.rpartition(".")

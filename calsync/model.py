@@ -25,6 +25,14 @@ class ProviderOrigin(enum.StrEnum):
     CALDAV = "caldav"
 
 
+#: The provider names used in registrations and tables, and their event origins.
+PROVIDER_ORIGINS = {
+    "google": ProviderOrigin.GOOGLE,
+    "microsoft": ProviderOrigin.MICROSOFT,
+    "caldav": ProviderOrigin.CALDAV,
+}
+
+
 class ChangeKind(enum.StrEnum):
     UPSERT = "upsert"
     DELETE = "delete"

@@ -14,7 +14,9 @@ from typing import Any
 
 from calsync.errors import ConfigurationError
 
-_SECRET_FIELDS = frozenset({"secret_key", "admin_token", "google_client_secret"})
+_SECRET_FIELDS = frozenset(
+    {"secret_key", "admin_token", "google_client_secret", "microsoft_client_secret"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,18 @@ class Settings:
     google_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     google_client_id: str = ""
     google_client_secret: str = field(default="", repr=False)
+    graph_api_url: str = "https://graph.microsoft.com/v1.0"
+    microsoft_authority: str = "https://login.microsoftonline.com/common"
+    microsoft_client_id: str = ""
+    microsoft_client_secret: str = field(default="", repr=False)
+    #: A PEM file of extra CAs to trust for the Microsoft authority (corporate proxies, tests).
+    microsoft_ca_bundle: str = ""
+    #: Lifetime requested for Graph subscriptions, in minutes (the documented maximum
+    #: for Outlook events without resource data is 10,080).
+    graph_subscription_minutes: int = 10_080
+    #: Subscriptions and channels are renewed this fraction of their lifetime before
+    #: expiry, spread by up to a tenth of that either way.
+    renew_fraction: float = 0.25
     #: Events starting more than this many days ago are outside the sync horizon.
     horizon_past_days: int = 30
     #: Events starting more than this many days ahead are outside the sync horizon.
@@ -72,6 +86,10 @@ class Settings:
     #: Consumer-group session timeout in seconds: how long a dead worker keeps its partitions.
     kafka_session_timeout: float = 30.0
     log_level: str = "info"
+    #: Test only: the worker's clock runs this many times faster than real time from
+    #: ``clock_origin`` on (so days of subscription life pass in seconds).
+    clock_rate: float = 1.0
+    clock_origin: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < 16:

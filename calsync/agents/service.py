@@ -24,17 +24,19 @@ from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from calsync.agents.outbox import Outbox
-from calsync.crypto import WebhookSigner
+from calsync.crypto import SecretBox, WebhookSigner
 from calsync.errors import (
     AuthorizationRevoked,
     CalsyncError,
     InternalError,
     ProviderError,
+    ProviderRejected,
     RateLimited,
 )
-from calsync.model import ProviderOrigin, UnifiedEvent
+from calsync.model import PROVIDER_ORIGINS, UnifiedEvent
 from calsync.providers.base import Provider, Subscription, Window
 from calsync.retry import retry_delay
 from calsync.settings import Settings
@@ -60,9 +62,13 @@ class Lane(enum.StrEnum):
     BULK = "bulk"
 
 
+_LIVE_REASONS = frozenset({Reason.PUSH.value, Reason.RENEW.value, Reason.LIFECYCLE.value})
+
+
 def lane_of(notification: Notification) -> Lane:
-    """Pushes that need only a delta are live; everything else is bulk."""
-    if notification.reason == Reason.PUSH.value and not notification.full:
+    """Pushes needing only a delta, renewals and reauthorizations are live (quick, one
+    request or a few); full syncs, reconciliations, polls and backfills are bulk."""
+    if notification.reason in _LIVE_REASONS and not notification.full:
         return Lane.LIVE
     return Lane.BULK
 
@@ -75,12 +81,20 @@ def reconcile_timer_key(resource_id: str) -> str:
     return f"reconcile:{resource_id}"
 
 
+def renew_timer_key(resource_id: str) -> str:
+    return f"renew:{resource_id}"
+
+
 class ProviderSource(Protocol):
     """Hands out the provider of a resource; ``forget`` drops a cached one."""
 
     def get(self, resource_id: str, resource: Resource) -> Provider: ...
 
     def forget(self, resource_id: str) -> None: ...
+
+    def adopt(self, resource_id: str, resource: Resource) -> None:
+        """``resource`` now holds credentials the cached provider rotated itself: keep it."""
+        ...
 
 
 class SyncService:
@@ -116,6 +130,7 @@ class SyncService:
         self.rng = rng or random.Random()
         self._on_timer = on_timer
         self._signer = WebhookSigner(settings.secret_key)
+        self._secrets = SecretBox(settings.secret_key)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._deferred_until: dict[str, float] = {}
 
@@ -171,8 +186,9 @@ class SyncService:
         if lane_of(notification) is not lane:
             return
         rid = notification.resource_id
-        if notification.timer_key and notification.timer_key.startswith("retry:"):
-            self.timers.pop(notification.timer_key, None)  # released: the timer is done
+        key = notification.timer_key
+        if key and key.startswith(("retry:", "renew:")):
+            self.timers.pop(key, None)  # released: the timer is done
         async with self._locks[rid]:
             await self._handle(notification, lane)
 
@@ -184,14 +200,25 @@ class SyncService:
             return
         state = self.sync_state.get(rid) or SyncState()
         if resource.state == "removed":
-            await self._retire(rid, state)
+            await self._retire(rid, resource, state)
             return
         if resource.state != "active":
             log.info("resource %s is %s; not calling the provider", rid, resource.state)
             return
         if notification.reason == Reason.RECONCILE.value:
             self._schedule_reconcile(rid, resource.provider)  # the next one, whatever happens now
+        if notification.lifecycle == "subscriptionRemoved":
+            self.channels.pop(rid, None)  # gone at the provider: the bulk lane recreates it
         now = self.clock()
+        if lane is Lane.LIVE and (
+            notification.reason == Reason.RENEW.value
+            or notification.lifecycle == "reauthorizationRequired"
+        ):
+            if now < state.not_before:
+                await self._defer(notification, state.not_before, lane)
+            else:
+                await self._renew(notification, resource, state)
+            return
         if lane is Lane.LIVE:
             if await self._message_gap(rid, notification):
                 return
@@ -205,12 +232,13 @@ class SyncService:
             return
         started = now
         cursor = None if notification.full else state.cursor
+        provider: Provider | None = None
         try:
+            provider = self.providers.get(rid, resource)
             if lane is Lane.BULK:
-                await self._ensure_channel(rid, resource)
+                await self._ensure_channel(rid, resource, provider)
             if cursor is None:
                 await self._status(rid, "resync_started", reason=notification.reason)
-            provider = self.providers.get(rid, resource)
             outcome = await sync_resource(
                 provider,
                 resource_id=rid,
@@ -222,13 +250,16 @@ class SyncService:
                 caused_at=datetime.fromtimestamp(notification.received_at, UTC),
             )
         except CalsyncError as exc:
+            resource = self._keep_rotated(rid, resource, provider)
             await self._failed(notification, resource, state, exc)
             return
         except Exception as exc:  # a bug must not kill the worker or block the partition
             log.exception("sync of %s failed unexpectedly", rid)
+            resource = self._keep_rotated(rid, resource, provider)
             internal = InternalError(f"internal error: {exc!r}")
             await self._failed(notification, resource, state, internal)
             return
+        self._keep_rotated(rid, resource, provider)
         self.sync_state[rid] = SyncState(
             cursor=outcome.cursor,
             index=outcome.index,
@@ -248,6 +279,74 @@ class SyncService:
                 rid, "resync_finished", cursor_expired=outcome.cursor_expired, counts=counts
             )
         await self._status(rid, "synced", counts=counts, lane=lane.value)
+
+    def _keep_rotated(self, rid: str, resource: Resource, provider: Provider | None) -> Resource:
+        """Store credentials the provider rotated (Microsoft refresh tokens), encrypted.
+
+        Called whether the sync succeeded or not: a rotated refresh token replaced the
+        old one at the provider, so losing it would lose the grant.
+        """
+        rotated = provider.rotated_credentials() if provider is not None else None
+        if not rotated:
+            return resource
+        credentials = dict(resource.credentials)
+        credentials.update({k: self._secrets.encrypt(v) for k, v in rotated.items()})
+        updated = resource.derive(credentials=credentials)
+        self.resources[rid] = updated
+        self.providers.adopt(rid, updated)
+        return updated
+
+    async def _renew(
+        self, notification: Notification, resource: Resource, state: SyncState
+    ) -> None:
+        """Renew the resource's subscription (Graph) or replace its channel (Google)."""
+        rid = notification.resource_id
+        channel = self.channels.get(rid)
+        provider: Provider | None = None
+        try:
+            provider = self.providers.get(rid, resource)
+            if channel is None or not provider.renewable:
+                await self._ensure_channel(rid, resource, provider, force=True)
+            else:
+                old = Subscription(
+                    channel.channel_id, channel.provider_resource_id, channel.expires_at_ms
+                )
+                try:
+                    sub = await provider.renew(old, self._subscription_ttl(resource))
+                except ProviderRejected as exc:
+                    if exc.status != 404:
+                        raise
+                    self.channels.pop(rid, None)  # gone: create a new one
+                    await self._ensure_channel(rid, resource, provider, force=True)
+                else:
+                    self.channels[rid] = channel.derive(expires_at_ms=sub.expires_at_ms)
+                    self._schedule_renewal(rid, resource, sub.expires_at_ms)
+                    await self._status(rid, "subscription_renewed", expires_at_ms=sub.expires_at_ms)
+        except CalsyncError as exc:
+            resource = self._keep_rotated(rid, resource, provider)
+            await self._failed(notification, resource, state, exc)
+            return
+        self._keep_rotated(rid, resource, provider)
+
+    def _subscription_ttl(self, resource: Resource) -> int:
+        if resource.provider == "microsoft":
+            return self.settings.graph_subscription_minutes * 60
+        return self.settings.google_channel_ttl
+
+    def _schedule_renewal(self, rid: str, resource: Resource, expires_at_ms: int) -> None:
+        """Renew ``renew_fraction`` of the lifetime before expiry, jittered by a tenth of that."""
+        now = self.clock()
+        remaining = expires_at_ms / 1000 - now
+        lead = remaining * self.settings.renew_fraction
+        due = now + remaining - lead + self.rng.uniform(-lead / 10, lead / 10)
+        notification = Notification(
+            provider=resource.provider,
+            resource_id=rid,
+            reason=Reason.RENEW.value,
+            received_at=due,
+            timer_key=renew_timer_key(rid),
+        )
+        self._set_timer(renew_timer_key(rid), Timer(due_at=due, notification=notification))
 
     async def _message_gap(self, rid: str, notification: Notification) -> bool:
         """Track push message numbers; a jump beyond the setting asks for a reconciliation."""
@@ -325,19 +424,21 @@ class SyncService:
         )
         await self._status(rid, "failed", str(exc), attempt=attempt)
 
-    async def _retire(self, rid: str, state: SyncState) -> None:
+    async def _retire(self, rid: str, resource: Resource, state: SyncState) -> None:
         """Emit deletes for everything known of a removed resource and forget it."""
         if state.index:
             now = self._now()
+            origin = PROVIDER_ORIGINS[resource.provider]
             await self.outbox.events(
                 rid,
                 [
-                    UnifiedEvent.delete(ProviderOrigin.GOOGLE, rid, key, emitted_at=now)
+                    UnifiedEvent.delete(origin, rid, key, emitted_at=now)
                     for key in sorted(state.index)
                 ],
             )
         self.sync_state.pop(rid, None)
         self.timers.pop(reconcile_timer_key(rid), None)
+        self.timers.pop(renew_timer_key(rid), None)
 
     # -- retries -----------------------------------------------------------------
 
@@ -416,28 +517,46 @@ class SyncService:
         await self.outbox.notify(self._command_notification(command, resource.provider, full=True))
         await self._status(rid, "registered", provider=resource.provider)
 
-    async def _ensure_channel(self, rid: str, resource: Resource) -> None:
-        """Create a push channel if the resource has none or it is about to expire.
-
-        Retriable failures propagate (the sync is retried as a whole); others leave
-        the resource on reconciliation alone, with a ``subscription_lost`` status.
+    async def _ensure_channel(
+        self, rid: str, resource: Resource, provider: Provider, *, force: bool = False
+    ) -> None:
+        """Create a push channel if the resource has none, it is about to expire, or
+        ``force``; an old channel is stopped once the new one exists (the overlap is
+        harmless: pushes are pings). Retriable failures propagate (the work is retried
+        as a whole); others leave the resource to reconciliation, with a
+        ``subscription_lost`` status.
         """
         channel = self.channels.get(rid)
         margin_ms = CHANNEL_RENEW_MARGIN * 1000
-        if channel is not None and channel.expires_at_ms > self.clock() * 1000 + margin_ms:
+        if (
+            not force
+            and channel is not None
+            and channel.expires_at_ms > self.clock() * 1000 + margin_ms
+        ):
             return
         channel_id = f"cs-{uuid.uuid4().hex}"
-        address = f"{self.settings.public_url.rstrip('/')}/webhooks/{resource.provider}"
-        token = self._signer.channel_token(channel_id, rid)
-        provider = self.providers.get(rid, resource)
+        base = self.settings.public_url.rstrip("/")
+        lifecycle_address: str | None = None
+        if resource.provider == "microsoft":
+            query = f"?resource={quote(rid, safe='')}"
+            address = f"{base}/webhooks/microsoft{query}"
+            lifecycle_address = f"{base}/webhooks/microsoft/lifecycle{query}"
+            token = self._signer.client_state(rid)
+        else:
+            address = f"{base}/webhooks/{resource.provider}"
+            token = self._signer.channel_token(channel_id, rid)
         try:
             sub = await provider.subscribe(
-                channel_id, address, token, self.settings.google_channel_ttl
+                channel_id,
+                address,
+                token,
+                self._subscription_ttl(resource),
+                lifecycle_address=lifecycle_address,
             )
         except ProviderError as exc:
             if exc.retriable or isinstance(exc, AuthorizationRevoked):
                 raise
-            await self._status(rid, "subscription_lost", f"could not create channel: {exc}")
+            await self._status(rid, "subscription_lost", f"could not subscribe: {exc}")
             return
         self.channels[rid] = Channel(
             channel_id=sub.channel_id,
@@ -445,8 +564,9 @@ class SyncService:
             expires_at_ms=sub.expires_at_ms,
             created_at=self.clock(),
         )
+        self._schedule_renewal(rid, resource, sub.expires_at_ms)
         await self._status(rid, "subscription_renewed", expires_at_ms=sub.expires_at_ms)
-        if channel is not None:
+        if channel is not None and channel.channel_id != sub.channel_id:
             await self._stop_channel(rid, provider, channel)
 
     async def _unsubscribe(self, rid: str, resource: Resource) -> None:

@@ -33,6 +33,7 @@ class TimerDispatcher:
         channels: Mapping[str, Channel],
         outbox: Outbox,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         interval: float = 0.05,
         rebuild_every: float = 2.0,
         refire_after: float = 60.0,
@@ -42,6 +43,7 @@ class TimerDispatcher:
         self._channels = channels
         self._outbox = outbox
         self._clock = clock
+        self._monotonic = monotonic
         self._interval = interval
         self._rebuild_every = rebuild_every
         self._refire_after = refire_after
@@ -56,45 +58,50 @@ class TimerDispatcher:
         heapq.heappush(self._heap, (timer.due_at, key, timer.notification))
         self._fired.pop(key, None)
 
-    def _rebuild(self, now: float) -> None:
+    def _rebuild(self, tick: float) -> None:
         entries: Iterable[tuple[str, Timer]] = list(self._timers.items())
         heap = [(t.due_at, key, t.notification) for key, t in entries]
         heapq.heapify(heap)
         self._heap = heap
         live = {key for _, key, _ in heap}
         self._fired = {k: at for k, at in self._fired.items() if k in live}
-        self._last_rebuild = now
+        self._last_rebuild = tick
 
     async def tick(self) -> int:
-        """Release every due timer; returns how many were released."""
+        """Release every due timer; returns how many were released.
+
+        Due times are compared with ``clock`` (which tests may speed up); rebuilds and
+        re-fires are paced by ``monotonic`` real time, whatever the clock does.
+        """
         now = self._clock()
-        if now - self._last_rebuild >= self._rebuild_every:
-            self._rebuild(now)
-            await self._check_channels(now)
+        tick = self._monotonic()
+        if tick - self._last_rebuild >= self._rebuild_every:
+            self._rebuild(tick)
+            await self._check_channels(now, tick)
         due: list[tuple[str, Notification]] = []
         while self._heap and self._heap[0][0] <= now:
             _, key, notification = heapq.heappop(self._heap)
             fired_at = self._fired.get(key)
-            if fired_at is not None and now - fired_at < self._refire_after:
+            if fired_at is not None and tick - fired_at < self._refire_after:
                 continue  # released already; waiting for the agent to clear it
             due.append((key, notification))
         if due:
             # If this raises, nothing is marked fired: the next rebuild finds them again.
             await self._outbox.notify_all([n for _, n in due])
             for key, _ in due:
-                self._fired[key] = now
+                self._fired[key] = tick
         self.fired_count += len(due)
         return len(due)
 
-    async def _check_channels(self, now: float) -> None:
+    async def _check_channels(self, now: float, tick: float) -> None:
         """A channel past its expiry delivers nothing: reconcile (and resubscribe) now."""
         for rid, channel in list(self._channels.items()):
             if channel.expires_at_ms and channel.expires_at_ms / 1000 < now:
                 key = f"silent:{rid}"
                 fired_at = self._fired.get(key)
-                if fired_at is not None and now - fired_at < self._refire_after:
+                if fired_at is not None and tick - fired_at < self._refire_after:
                     continue
-                self._fired[key] = now
+                self._fired[key] = tick
                 await self._outbox.notify(
                     Notification(
                         provider="google",

@@ -6,6 +6,11 @@ Status codes, each producing nothing unless it is 202:
   handshake (acknowledged, nothing written); 400 malformed headers; 401 no channel
   token; 403 a token that does not verify; 413 a body over the limit; 503 the broker
   did not acknowledge (Google retries 5xx).
+* ``POST /webhooks/microsoft?resource=<id>`` and ``.../microsoft/lifecycle?resource=<id>``:
+  ``?validationToken=`` is echoed as ``200 text/plain``; otherwise every item of
+  ``value[]`` must carry the resource's ``clientState`` (forged items are logged and
+  produce nothing); 202 one notification per authentic item; 403 when none is
+  authentic; 400 malformed.
 * ``POST /api/resources`` (bearer ``CALSYNC_ADMIN_TOKEN``): 202 a register command was
   written; 400 the body says what is wrong; 401 missing or wrong bearer token.
 * ``DELETE /api/resources/{id}``, ``POST /api/resources/{id}/resync``: 202.
@@ -24,9 +29,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
+from calsync.clock import Clock
 from calsync.crypto import SecretBox, WebhookSigner
 from calsync.gateway.publisher import Publisher
-from calsync.model import ProviderOrigin
 from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind, Notification, Reason
 
@@ -34,7 +39,8 @@ log = logging.getLogger(__name__)
 
 RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$")
 _GOOGLE_STATES = frozenset({"sync", "exists", "not_exists"})
-SUPPORTED_PROVIDERS = {"google": ProviderOrigin.GOOGLE}
+SUPPORTED_PROVIDERS = frozenset({"google", "microsoft"})
+_LIFECYCLE_EVENTS = frozenset({"missed", "subscriptionRemoved", "reauthorizationRequired"})
 
 
 class RequestRejected(Exception):
@@ -109,9 +115,12 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
 class Gateway:
     """Request handlers bound to settings and a :class:`Publisher`."""
 
-    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+    def __init__(
+        self, settings: Settings, publisher: Publisher, *, clock: Clock = time.time
+    ) -> None:
         self._settings = settings
         self._publisher = publisher
+        self._clock = clock
         self._signer = WebhookSigner(settings.secret_key)
         self._secrets = SecretBox(settings.secret_key)
         self._notifications = settings.topic("notifications")
@@ -120,6 +129,8 @@ class Gateway:
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/webhooks/google", self.google_push),
+            web.post("/webhooks/microsoft", self.graph_push),
+            web.post("/webhooks/microsoft/lifecycle", self.graph_lifecycle),
             web.post("/api/resources", self.register_resource),
             web.delete("/api/resources/{resource_id}", self.remove_resource),
             web.post("/api/resources/{resource_id}/resync", self.resync_resource),
@@ -148,7 +159,7 @@ class Gateway:
     async def google_push(self, request: web.Request) -> web.Response:
         """A Google push: check it, write one notification, answer 202."""
         try:
-            received_at = time.time()
+            received_at = self._clock()
             await self._read_body(request)  # Calendar pushes have no body; bound it anyway
             headers = request.headers
             channel_id = headers.get("X-Goog-Channel-ID", "")
@@ -182,6 +193,63 @@ class Gateway:
         except RequestRejected as exc:
             return exc.response()
 
+    async def graph_push(self, request: web.Request) -> web.Response:
+        """Graph change notifications: validation handshake, clientState per item, 202."""
+        return await self._graph(request, lifecycle=False)
+
+    async def graph_lifecycle(self, request: web.Request) -> web.Response:
+        """Graph lifecycle notifications (missed, subscriptionRemoved, reauthorizationRequired)."""
+        return await self._graph(request, lifecycle=True)
+
+    async def _graph(self, request: web.Request, *, lifecycle: bool) -> web.Response:
+        try:
+            received_at = self._clock()
+            token = request.query.get("validationToken")
+            if token is not None:
+                # aiohttp has URL-decoded the query; Graph wants the decoded token back.
+                return web.Response(text=token, content_type="text/plain")
+            resource_id = request.query.get("resource", "")
+            if not RESOURCE_ID.match(resource_id):
+                raise RequestRejected(400, "the resource query parameter is missing or invalid")
+            body = await self._json_body(request)
+            items = body.get("value") if isinstance(body, Mapping) else None
+            if not isinstance(items, list) or not items:
+                raise RequestRejected(400, "the body must be an object with a non-empty value[]")
+            notifications = []
+            for item in items:
+                if not isinstance(item, Mapping):
+                    raise RequestRejected(400, "value[] items must be objects")
+                state = item.get("clientState")
+                if not isinstance(state, str) or not self._signer.verify_client_state(
+                    resource_id, state
+                ):
+                    log.warning("forged graph notification item refused (%s)", resource_id)
+                    continue
+                subscription_id = item.get("subscriptionId")
+                event = item.get("lifecycleEvent") if lifecycle else None
+                if lifecycle and event not in _LIFECYCLE_EVENTS:
+                    raise RequestRejected(400, f"unknown lifecycleEvent {event!r}")
+                notifications.append(
+                    Notification(
+                        provider="microsoft",
+                        resource_id=resource_id,
+                        reason=(Reason.LIFECYCLE if lifecycle else Reason.PUSH).value,
+                        received_at=received_at,
+                        channel_id=subscription_id if isinstance(subscription_id, str) else None,
+                        lifecycle=event if isinstance(event, str) else None,
+                        full=event in ("missed", "subscriptionRemoved"),
+                    )
+                )
+            if not notifications:
+                raise RequestRejected(403, "no item carried a valid clientState")
+            for notification in notifications:
+                await self._publish(self._notifications, resource_id, notification.dumps())
+            return web.json_response(
+                {"status": "accepted", "items": len(notifications)}, status=202
+            )
+        except RequestRejected as exc:
+            return exc.response()
+
     def _check_admin(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
@@ -200,7 +268,7 @@ class Gateway:
         try:
             self._check_admin(request)
             command = validate_registration(
-                await self._json_body(request), self._secrets, now=time.time()
+                await self._json_body(request), self._secrets, now=self._clock()
             )
             await self._publish(self._commands, command.resource_id, command.dumps())
             return web.json_response(
@@ -215,7 +283,7 @@ class Gateway:
             resource_id = request.match_info["resource_id"]
             if not RESOURCE_ID.match(resource_id):
                 raise RequestRejected(400, "resource_id is not valid", field="resource_id")
-            command = Command(kind=kind.value, resource_id=resource_id, issued_at=time.time())
+            command = Command(kind=kind.value, resource_id=resource_id, issued_at=self._clock())
             await self._publish(self._commands, resource_id, command.dumps())
             return web.json_response(
                 {"status": "accepted", "resource_id": resource_id, "command": kind.value},
@@ -231,8 +299,10 @@ class Gateway:
         return await self._simple_command(request, CommandKind.RESYNC)
 
 
-def build_gateway_app(settings: Settings, publisher: Publisher) -> web.Application:
+def build_gateway_app(
+    settings: Settings, publisher: Publisher, *, clock: Clock = time.time
+) -> web.Application:
     """A standalone aiohttp application serving the gateway routes."""
     app = web.Application(client_max_size=settings.gateway_max_body)
-    app.add_routes(Gateway(settings, publisher).routes())
+    app.add_routes(Gateway(settings, publisher, clock=clock).routes())
     return app

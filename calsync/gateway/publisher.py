@@ -20,24 +20,29 @@ class KafkaPublisher:
     """A :class:`Publisher` on its own idempotent ``acks=all`` aiokafka producer."""
 
     def __init__(self, bootstrap: str, *, client_id: str = "calsync-gateway") -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-        )
-        self._started = False
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        if not self._started:
-            await self._producer.start()
-            self._started = True
+        """Connect; the producer is made here because aiokafka binds it to the running loop."""
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=0,
+            )
+            await producer.start()
+            self._producer = producer
 
     async def publish(self, topic: str, key: str, value: bytes) -> None:
+        if self._producer is None:
+            raise RuntimeError("KafkaPublisher.start() was not awaited")
         await self._producer.send_and_wait(topic, value, key=key.encode())
 
     async def aclose(self) -> None:
-        if self._started:
-            self._started = False
-            await self._producer.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 
 import httpx
 
+from calsync.clock import Clock
 from calsync.crypto import SecretBox
 from calsync.errors import CalsyncError
 from calsync.providers.base import Provider
@@ -30,8 +32,11 @@ class ProviderFactory:
         settings: Settings,
         client_factory: Callable[[], httpx.AsyncClient],
         limiter: RateLimiter | None = None,
+        *,
+        clock: Clock = time.time,
     ) -> None:
         self._settings = settings
+        self._clock = clock
         self._secrets = SecretBox(settings.secret_key)
         self._client_factory = client_factory
         self._client: httpx.AsyncClient | None = None
@@ -80,6 +85,18 @@ class ProviderFactory:
         )
         self._cache[resource_id] = (fingerprint, provider)
         return provider
+
+    def adopt(self, resource_id: str, resource: Resource) -> None:
+        """The cached provider rotated its own credentials into ``resource``: keep it
+        (rebuilding it would throw away the token source holding the newest token)."""
+        cached = self._cache.get(resource_id)
+        if cached is not None:
+            fingerprint = (
+                resource.provider,
+                resource.calendar_id,
+                *sorted(resource.credentials.values()),
+            )
+            self._cache[resource_id] = (fingerprint, cached[1])
 
     def forget(self, resource_id: str) -> None:
         """Drop the cached provider (and, if unused, its token source)."""

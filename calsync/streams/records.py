@@ -22,6 +22,8 @@ class Reason(enum.StrEnum):
     RECONCILE = "reconcile"
     RETRY = "retry"
     COMMAND = "command"
+    RENEW = "renew"
+    LIFECYCLE = "lifecycle"
 
 
 class CommandKind(enum.StrEnum):
@@ -37,7 +39,9 @@ class Notification(faust.Record, serializer="json", include_metadata=False):
     saw the cause; the sync agent uses it to coalesce bursts and to compute
     ``latency_ms``. ``full`` asks for a full resync instead of a delta; ``attempt``
     counts how often this work was retried (its reason stays what caused it);
-    ``timer_key`` names the timer that released it, which the consuming agent clears.
+    ``timer_key`` names the timer that released it, which the consuming agent clears;
+    ``lifecycle`` carries a Graph lifecycle event (``missed``, ``subscriptionRemoved``,
+    ``reauthorizationRequired``).
     """
 
     provider: str
@@ -49,6 +53,7 @@ class Notification(faust.Record, serializer="json", include_metadata=False):
     full: bool = False
     attempt: int = 0
     timer_key: str | None = None
+    lifecycle: str | None = None
 
 
 class RetryEnvelope(faust.Record, serializer="json", include_metadata=False):

@@ -46,6 +46,9 @@ class Source:
     def forget(self, resource_id: str) -> None:
         pass
 
+    def adopt(self, resource_id: str, resource: Resource) -> None:
+        pass
+
 
 def occ(n: int) -> Occurrence:
     start = NOW + timedelta(days=1, hours=n)

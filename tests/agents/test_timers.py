@@ -21,6 +21,7 @@ def make(timers: dict[str, Timer], channels: dict[str, Channel] | None = None):
         channels=channels or {},
         outbox=outbox,
         clock=lambda: clock[0],
+        monotonic=lambda: clock[0],
         rebuild_every=5.0,
         refire_after=30.0,
     )
