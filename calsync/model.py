@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 #: Namespace of the deterministic ``system_event_id`` (uuid5); never change it, or
@@ -68,10 +68,10 @@ class Occurrence:
     transparency: Transparency
     status_intent: StatusIntent
     series_id: str | None = None
+    #: A content hash: equal for two occurrences that mean the same busy time.
+    version: str = field(init=False, repr=False, compare=False, default="")
 
-    @property
-    def version(self) -> str:
-        """A content hash: equal for two occurrences that mean the same busy time."""
+    def __post_init__(self) -> None:
         material = "|".join(
             (
                 self.start_utc.isoformat(),
@@ -82,7 +82,8 @@ class Occurrence:
                 self.series_id or "",
             )
         )
-        return hashlib.sha256(material.encode()).hexdigest()[:32]
+        # computed once: the diff and the event both need it, for every occurrence
+        object.__setattr__(self, "version", hashlib.sha256(material.encode()).hexdigest()[:32])
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ its events (a crash replays, it never skips).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -110,39 +112,54 @@ async def _walk(
         emitted_at = now()
         return emitted_at, max(0, int((emitted_at - caused_at).total_seconds() * 1000))
 
-    async for page in provider.fetch_changes(cursor, window):
-        outcome.time_zone = page.time_zone or outcome.time_zone
-        outcome.quarantined.extend(page.quarantined)
-        upserts, deletes = diff_page(page.changes, index, window, seen)
-        emitted_at, latency = stamp()
-        events = [
-            UnifiedEvent.upsert(
-                origin,
-                resource_id,
-                occ,
-                emitted_at=emitted_at,
-                sync_sequence_token=page.cursor,
-                latency_ms=latency,
-            )
-            for occ in upserts
-        ]
-        events += [
-            UnifiedEvent.delete(
-                origin,
-                resource_id,
-                key,
-                emitted_at=emitted_at,
-                sync_sequence_token=page.cursor,
-                latency_ms=latency,
-            )
-            for key in deletes
-        ]
-        if events:
-            await emit(events)
-        outcome.upserts += len(upserts)
-        outcome.deletes += len(deletes)
-        if page.cursor is not None:
-            outcome.cursor = page.cursor
+    # Page k is emitted while page k+1 is fetched; emissions still happen in order,
+    # and the caller gets the cursor only after the last of them was acknowledged.
+    pending: asyncio.Task[None] | None = None
+    try:
+        async for page in provider.fetch_changes(cursor, window):
+            outcome.time_zone = page.time_zone or outcome.time_zone
+            outcome.quarantined.extend(page.quarantined)
+            upserts, deletes = diff_page(page.changes, index, window, seen)
+            emitted_at, latency = stamp()
+            events = [
+                UnifiedEvent.upsert(
+                    origin,
+                    resource_id,
+                    occ,
+                    emitted_at=emitted_at,
+                    sync_sequence_token=page.cursor,
+                    latency_ms=latency,
+                )
+                for occ in upserts
+            ]
+            events += [
+                UnifiedEvent.delete(
+                    origin,
+                    resource_id,
+                    key,
+                    emitted_at=emitted_at,
+                    sync_sequence_token=page.cursor,
+                    latency_ms=latency,
+                )
+                for key in deletes
+            ]
+            if pending is not None:
+                await pending
+                pending = None
+            if events:
+                pending = asyncio.ensure_future(emit(events))
+            outcome.upserts += len(upserts)
+            outcome.deletes += len(deletes)
+            if page.cursor is not None:
+                outcome.cursor = page.cursor
+        if pending is not None:
+            await pending
+            pending = None
+    finally:
+        if pending is not None:  # the walk failed while a page was being emitted
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
     if seen is not None:
         vanished = sorted(set(index) - seen)
         if vanished:
