@@ -24,6 +24,7 @@ from calsync.agents.timers import TimerDispatcher
 from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
 from calsync.gateway.http import Gateway
+from calsync.gateway.publisher import KafkaPublisher
 from calsync.providers.factory import ProviderFactory
 from calsync.ratelimit import BucketSpec, RateLimiter
 from calsync.settings import Settings
@@ -148,17 +149,6 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}</style></head
 """
 
 
-class FaustPublisher:
-    """The gateway's :class:`~calsync.gateway.publisher.Publisher` inside a worker."""
-
-    def __init__(self, app: faust.App) -> None:
-        self._app = app
-
-    async def publish(self, topic: str, key: str, value: bytes) -> None:
-        future = await self._app.producer.send(topic, key.encode(), value, None, None, None)
-        await future
-
-
 def _share_updater(
     app: faust.App, limiter: RateLimiter, topic: str, partitions: int
 ) -> Callable[[], None]:
@@ -221,10 +211,8 @@ def create_app(
     channels = app.Table("channels", value_type=Channel, partitions=partitions)
     timers = app.Table("timers", value_type=Timer, partitions=partitions)
 
-    async def send(topic: str, key: bytes, value: bytes) -> Any:
-        return await app.producer.send(topic, key, value, None, None, None)
-
-    outbox = KafkaOutbox(settings, send)
+    publisher = KafkaPublisher(settings.kafka_bootstrap, client_id=f"{settings.app_id}-out")
+    outbox = KafkaOutbox(settings, publisher.send)
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     limiter = RateLimiter(
         {
@@ -254,7 +242,7 @@ def create_app(
         clock=clock,
         on_timer=dispatcher.schedule,
     )
-    app.gateway = Gateway(settings, FaustPublisher(app), clock=clock)
+    app.gateway = Gateway(settings, publisher, clock=clock)
 
     # Two agents read every notification; each handles its own lane (see Lane), so a
     # backfill in the bulk lane never holds up a live push. A record is committed

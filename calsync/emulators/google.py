@@ -101,6 +101,14 @@ import aiohttp
 from aiohttp import web
 from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 
+from calsync.emulators.faults import (
+    DROPPED,
+    FaultInjector,
+    FaultRule,
+    RecordedRequest,
+    retry_after_seconds,
+)
+
 __all__ = [
     "API_PREFIX",
     "CONTROL_ROUTES",
@@ -154,8 +162,6 @@ _MAX_RRULE_ITERATIONS: Final = 20_000
 _MAC_BYTES: Final = 12
 _LISTING_CACHE_SIZE: Final = 256
 _UNKNOWN_START_KEY: Final = "~"  # sorts after every ISO timestamp
-DROPPED: Final = "dropped"
-"""``DeliveryRecord.error`` of a push the fault injector dropped."""
 _EVENT_STATUSES: Final = ("confirmed", "tentative", "cancelled")
 _TRANSPARENCIES: Final = ("opaque", "transparent")
 _CHANNEL_TYPES: Final = ("web_hook", "webhook")
@@ -381,7 +387,7 @@ FaultKind = Literal[
 ]
 """What a :class:`FaultRule` does to a matching API call."""
 
-_FAULT_KINDS: Final[tuple[str, ...]] = get_args(FaultKind)
+_FAULT_KINDS: Final = cast("tuple[FaultKind, ...]", get_args(FaultKind))
 
 
 def _fault_error(kind: FaultKind) -> GoogleApiError:
@@ -417,190 +423,11 @@ def _fault_error(kind: FaultKind) -> GoogleApiError:
     raise ValueError(f"fault kind {kind!r} produces no error")
 
 
-def _format_retry_after(value: float | str) -> str:
-    if isinstance(value, str):
-        return value
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
-
-
-@dataclass(slots=True)
-class FaultRule:
-    """One fault: which API calls it hits, how often, and what it answers.
-
-    A rule matches a call when ``method`` (if set) equals the HTTP method and
-    ``path`` (if set; a regular expression) is found in the request path. A
-    matching rule fires with ``probability``; ``count`` (if set) is how many more
-    times it may fire ("the next N calls"). ``retry_after`` (seconds, possibly
-    fractional, or an HTTP-date string) is sent verbatim as ``Retry-After``.
-    ``latency`` rules sleep ``seconds`` and let the call go on; the others
-    answer with the §1.4 body of their kind.
-    """
-
-    kind: FaultKind
-    probability: float = 1.0
-    count: int | None = None
-    path: str | None = None
-    method: str | None = None
-    retry_after: float | str | None = None
-    seconds: float = 0.0
-    fired: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in _FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {_FAULT_KINDS}")
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError("probability must be within [0, 1]")
-        if self.count is not None and self.count < 0:
-            raise ValueError("count must be >= 0")
-        if self.seconds < 0:
-            raise ValueError("seconds must be >= 0")
-        if self.path is not None:
-            re.compile(self.path)
-
-    def matches(self, method: str, path: str) -> bool:
-        """Whether this rule applies to the call (ignoring probability and count)."""
-        if self.count is not None and self.count <= 0:
-            return False
-        if self.method is not None and self.method.upper() != method.upper():
-            return False
-        return self.path is None or re.search(self.path, path) is not None
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> FaultRule:
-        """Build a rule from the JSON accepted by ``POST /_emulator/faults``."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"fired"}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
-    def to_json(self) -> dict[str, Any]:
-        """The rule as JSON (what ``GET /_emulator/faults`` shows)."""
-        return dataclasses.asdict(self)
-
-
-@dataclass(slots=True)
-class _FaultDecision:
-    latency: float = 0.0
-    rule: FaultRule | None = None
-    fired_latency: bool = False
-
-
-class FaultInjector:
-    """Seedable fault rules for API calls and a drop rate for pushes.
-
-    Faults apply to ``/calendar/v3`` calls only (not to ``/token`` nor the
-    control routes). Rules are checked in order: every firing ``latency`` rule
-    adds its delay, the first firing error rule answers the call.
-    """
-
-    def __init__(self, seed: int | None = None) -> None:
-        self.rules: list[FaultRule] = []
-        self.drop_push_probability: float = 0.0
-        self.rng = random.Random(seed)
-
-    def seed(self, seed: int | None) -> None:
-        """Reseed the random source, for reproducible runs."""
-        self.rng.seed(seed)
-
-    def add(
-        self,
-        kind: FaultKind,
-        *,
-        probability: float = 1.0,
-        count: int | None = None,
-        path: str | None = None,
-        method: str | None = None,
-        retry_after: float | str | None = None,
-        seconds: float = 0.0,
-    ) -> FaultRule:
-        """Append a rule and return it (mutate or remove it to change the plan)."""
-        rule = FaultRule(
-            kind=kind,
-            probability=probability,
-            count=count,
-            path=path,
-            method=method,
-            retry_after=retry_after,
-            seconds=seconds,
-        )
-        self.rules.append(rule)
-        return rule
-
-    def clear(self) -> None:
-        """Remove every rule and stop dropping pushes."""
-        self.rules.clear()
-        self.drop_push_probability = 0.0
-
-    def decide(self, method: str, path: str) -> _FaultDecision:
-        """Roll the dice for one call; consumes ``count`` of the rules that fire."""
-        decision = _FaultDecision()
-        for rule in self.rules:
-            if not rule.matches(method, path):
-                continue
-            if rule.probability < 1.0 and self.rng.random() >= rule.probability:
-                continue
-            if rule.count is not None:
-                rule.count -= 1
-            rule.fired += 1
-            if rule.kind == "latency":
-                decision.latency += rule.seconds
-                decision.fired_latency = True
-                continue
-            decision.rule = rule
-            break
-        return decision
-
-    def should_drop_push(self) -> bool:
-        """Whether the next push is silently lost."""
-        p = self.drop_push_probability
-        return p > 0.0 and self.rng.random() < p
-
-    def to_json(self) -> dict[str, Any]:
-        """The whole plan as JSON."""
-        return {
-            "rules": [r.to_json() for r in self.rules],
-            "drop_push_probability": self.drop_push_probability,
-        }
+def _fault_response(rule: FaultRule[FaultKind], request: web.Request) -> web.Response:
+    return _error_response(_fault_error(rule.kind))
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedRequest:
-    """One call to ``/calendar/v3`` or ``/token`` as the emulator answered it.
-
-    ``time`` is the emulator clock at arrival; ``fault`` names the injected
-    fault kind, if any.
-
-    ``retry_after`` is the delay the response asked for in its ``Retry-After``
-    header, in seconds: a delay-seconds value as sent (fractions kept), an
-    HTTP-date converted against the emulator clock when the response was made
-    (a date in the past counts as 0). None when the response had no
-    ``Retry-After`` or its value is neither a number nor an HTTP-date.
-
-    ``account`` identifies the OAuth grant behind the bearer token (see
-    :meth:`GoogleEmulator.account_of`) whenever the token was minted by this
-    emulator, also when it was answered 401 because it had expired or its grant
-    was revoked (``status`` tells). None without a bearer token, for a token the
-    emulator never minted, and for ``/token`` calls.
-
-    ``calendar_id`` is the calendar named in the path (``primary`` resolved the
-    way the API resolves it for that grant), None for calls without one.
-    """
-
-    time: float
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    status: int
-    fault: str | None = None
-    retry_after: float | None = None
-    account: str | None = None
-    calendar_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -833,26 +660,6 @@ def _jcopy(value: _T) -> _T:
     a plain dict, list or JSON scalar falls back to ``copy.deepcopy``.
     """
     return cast("_T", _jcopy_any(value))
-
-
-def _retry_after_seconds(value: str, now: float) -> float | None:
-    """What a ``Retry-After`` value asks for, in seconds from ``now`` (RFC 9110 §10.2.3).
-
-    delay-seconds (fractions too) as written; an HTTP-date as ``max(0, date - now)``;
-    None for anything else.
-    """
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = max(0.0, when.timestamp() - now)
-    return seconds if math.isfinite(seconds) else None
 
 
 # --------------------------------------------------------------------------- time helpers
@@ -1175,7 +982,7 @@ class GoogleEmulator:
         self.reject_show_deleted_false_with_sync_token = reject_show_deleted_false_with_sync_token
         self.push_retry_delays = tuple(push_retry_delays)
         self.push_timeout = push_timeout
-        self.faults = FaultInjector(seed)
+        self.faults: FaultInjector[FaultKind] = FaultInjector(_FAULT_KINDS, _fault_response, seed)
         self.requests: list[RecordedRequest] = []
         self.channels: dict[str, Channel] = {}
         self.delivery_log: list[DeliveryRecord] = []
@@ -1941,12 +1748,7 @@ class GoogleEmulator:
                     await asyncio.sleep(decision.latency)
                 if decision.rule is not None:
                     fault = decision.rule.kind
-                    error = _fault_error(decision.rule.kind)
-                    if decision.rule.retry_after is not None:
-                        error.headers["Retry-After"] = _format_retry_after(
-                            decision.rule.retry_after
-                        )
-                    response = _error_response(error)
+                    response = self.faults.respond(decision.rule, request)
                     status, headers = response.status, response.headers
                     return response
             try:
@@ -1977,7 +1779,7 @@ class GoogleEmulator:
     ) -> RecordedRequest:
         query = {k: request.query.getall(k) for k in request.query}
         raw_retry = headers.get("Retry-After")
-        retry_after = None if raw_retry is None else _retry_after_seconds(raw_retry, self.now())
+        retry_after = None if raw_retry is None else retry_after_seconds(raw_retry, self.now())
         grant: _RefreshGrant | None = None
         if is_api:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -2645,7 +2447,7 @@ class GoogleEmulator:
     async def _c_set_faults(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
         try:
-            rules = [FaultRule.from_json(raw) for raw in body.get("rules") or []]
+            rules = [self.faults.rule_from_json(raw) for raw in body.get("rules") or []]
             drop = body.get("drop_push_probability")
             if drop is not None and not 0.0 <= float(drop) <= 1.0:
                 raise ValueError("drop_push_probability must be within [0, 1]")

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
+import orjson
 from google.auth.exceptions import RefreshError, TransportError
 from google.auth.transport.requests import Request as GoogleAuthRequest
 from google.oauth2.credentials import Credentials
@@ -345,11 +346,11 @@ class GoogleProvider:
             if response.status_code != 200:
                 raise _translate(response)
             try:
-                body = response.json()
+                body = orjson.loads(response.content)  # several times faster than json
                 items = body.get("items", [])
                 if not isinstance(items, list):
                     raise TypeError("items is not a list")
-            except (ValueError, TypeError, AttributeError) as exc:
+            except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
                 raise TransientProviderError("google returned a malformed page") from exc
             zone_name = body.get("timeZone")
             zone = self._default_zone
