@@ -13,6 +13,7 @@ from calsync.crypto import SecretBox
 from calsync.errors import CalsyncError
 from calsync.providers.base import Provider
 from calsync.providers.google import GoogleProvider, GoogleTokenSource
+from calsync.providers.microsoft import MicrosoftProvider, MicrosoftTokenSource
 from calsync.ratelimit import RateLimiter
 from calsync.settings import Settings
 from calsync.tables.records import Resource
@@ -21,6 +22,11 @@ from calsync.tables.records import Resource
 def account_key(provider: str, secret: str) -> str:
     """The rate-limit account of a credential: resources sharing a grant share a bucket."""
     return f"{provider}:{hashlib.sha256(secret.encode()).hexdigest()[:16]}"
+
+
+def _fingerprint(resource: Resource) -> tuple[str, ...]:
+    """What a cached provider was built from; a change means rebuild."""
+    return (resource.provider, resource.calendar_id, *sorted(resource.credentials.values()))
 
 
 class ProviderFactory:
@@ -41,7 +47,7 @@ class ProviderFactory:
         self._client_factory = client_factory
         self._client: httpx.AsyncClient | None = None
         self._cache: dict[str, tuple[tuple[str, ...], Provider]] = {}
-        self._token_sources: dict[str, GoogleTokenSource] = {}
+        self._google_tokens: dict[str, GoogleTokenSource] = {}
         self.limiter = limiter
 
     def _http(self) -> httpx.AsyncClient:
@@ -52,37 +58,56 @@ class ProviderFactory:
     def get(self, resource_id: str, resource: Resource) -> Provider:
         """The provider for ``resource``; raises :class:`CalsyncError` for unknown providers
         and :class:`~calsync.errors.CryptoError` for credentials made with another key."""
-        fingerprint = (
-            resource.provider,
-            resource.calendar_id,
-            *sorted(resource.credentials.values()),
-        )
+        fingerprint = _fingerprint(resource)
         cached = self._cache.get(resource_id)
         if cached is not None and cached[0] == fingerprint:
             return cached[1]
-        if resource.provider != "google":
-            raise CalsyncError(f"provider {resource.provider!r} is not supported")
         settings = self._settings
         refresh_token = self._secrets.decrypt(resource.credentials["refresh_token"])
-        account = account_key("google", refresh_token)
-        tokens = self._token_sources.get(account)
-        if tokens is None:
-            tokens = self._token_sources[account] = GoogleTokenSource(
-                refresh_token=refresh_token,
-                token_url=settings.google_token_url,
-                client_id=settings.google_client_id,
-                client_secret=settings.google_client_secret,
+        provider: Provider
+        if resource.provider == "google":
+            account = account_key("google", refresh_token)
+            tokens = self._google_tokens.get(account)
+            if tokens is None:
+                tokens = self._google_tokens[account] = GoogleTokenSource(
+                    refresh_token=refresh_token,
+                    token_url=settings.google_token_url,
+                    client_id=settings.google_client_id,
+                    client_secret=settings.google_client_secret,
+                )
+            provider = GoogleProvider(
+                client=self._http(),
+                api_url=settings.google_api_url,
+                calendar_id=resource.calendar_id,
+                tokens=tokens,
+                time_zone=resource.time_zone,
+                limiter=self.limiter,
+                account=account,
+                max_inline_wait=settings.max_inline_wait,
             )
-        provider = GoogleProvider(
-            client=self._http(),
-            api_url=settings.google_api_url,
-            calendar_id=resource.calendar_id,
-            tokens=tokens,
-            time_zone=resource.time_zone,
-            limiter=self.limiter,
-            account=account,
-            max_inline_wait=settings.max_inline_wait,
-        )
+        elif resource.provider == "microsoft":
+            # Graph limits per mailbox, and the grant rotates its refresh token on every
+            # use, so the mailbox (not the token) is the account.
+            account = account_key("microsoft", resource.calendar_id.lower())
+            provider = MicrosoftProvider(
+                client=self._http(),
+                api_url=settings.graph_api_url,
+                user_id=resource.calendar_id,
+                tokens=MicrosoftTokenSource(
+                    refresh_token=refresh_token,
+                    authority=settings.microsoft_authority,
+                    client_id=settings.microsoft_client_id,
+                    client_secret=settings.microsoft_client_secret,
+                    ca_bundle=settings.microsoft_ca_bundle or None,
+                ),
+                time_zone=resource.time_zone,
+                limiter=self.limiter,
+                account=account,
+                max_inline_wait=settings.max_inline_wait,
+                clock=self._clock,
+            )
+        else:
+            raise CalsyncError(f"provider {resource.provider!r} is not supported")
         self._cache[resource_id] = (fingerprint, provider)
         return provider
 
@@ -91,12 +116,7 @@ class ProviderFactory:
         (rebuilding it would throw away the token source holding the newest token)."""
         cached = self._cache.get(resource_id)
         if cached is not None:
-            fingerprint = (
-                resource.provider,
-                resource.calendar_id,
-                *sorted(resource.credentials.values()),
-            )
-            self._cache[resource_id] = (fingerprint, cached[1])
+            self._cache[resource_id] = (_fingerprint(resource), cached[1])
 
     def forget(self, resource_id: str) -> None:
         """Drop the cached provider (and, if unused, its token source)."""
@@ -107,11 +127,11 @@ class ProviderFactory:
                 isinstance(p, GoogleProvider) and p.account == account
                 for _, p in self._cache.values()
             ):
-                self._token_sources.pop(account, None)
+                self._google_tokens.pop(account, None)
 
     async def aclose(self) -> None:
         self._cache.clear()
-        self._token_sources.clear()
+        self._google_tokens.clear()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
