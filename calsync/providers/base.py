@@ -11,6 +11,7 @@ resync. Pages hold :class:`~calsync.model.Occurrence` and
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,11 @@ class Window:
 
     def overlaps(self, start: datetime, end: datetime) -> bool:
         return end > self.start and start < self.end
+
+
+def hash_item_id(item_id: object) -> str:
+    """A stable, non-reversible name for an item, for quarantine status events."""
+    return hashlib.sha256(repr(item_id).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ location, attendees or organizer.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, date, datetime, time
 from typing import Any, NotRequired, TypedDict
@@ -39,7 +38,7 @@ from calsync.model import (
     StatusIntent,
     Transparency,
 )
-from calsync.providers.base import ChangePage, Quarantined, Subscription, Window
+from calsync.providers.base import ChangePage, Quarantined, Subscription, Window, hash_item_id
 from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_after_from_headers
 
@@ -160,11 +159,6 @@ def normalize_google_event(raw: Mapping[str, Any], calendar_zone: ZoneInfo) -> C
         status_intent=_status_intent(raw, transparency),
         series_id=series_id if isinstance(series_id, str) else None,
     )
-
-
-def hash_item_id(item_id: object) -> str:
-    """A stable, non-reversible name for an item, for quarantine status events."""
-    return hashlib.sha256(repr(item_id).encode()).hexdigest()[:16]
 
 
 class GoogleTokenSource:

@@ -14,18 +14,21 @@ Decisions, each a reading of the Graph docs (``provider-protocols.md`` §2):
   DST gap it takes the offset in force *before* the transition (02:30 on a
   spring-forward day is 03:30 after it). :class:`MicrosoftProvider` asks Graph for
   UTC (``Prefer: outlook.timezone="UTC"``), so on that path no wall time is ambiguous.
-* **All-day events** are dates, not instants: Outlook stores them floating and
-  returns them as midnight in whatever zone the response is in (UTC here), which says
-  nothing about the user's day. So the start and end *dates* are taken from the wall
-  times as sent and anchored at local midnight of ``mailbox_zone`` (as Google's
-  all-day events are anchored in the calendar's zone). Should Graph ever send an
-  all-day bound that is not midnight, it was converted from another zone; the date is
-  then the day on which that instant falls in ``mailbox_zone``.
+* **All-day events** are dates, not instants. Graph sends them as midnight to
+  midnight in *some* zone: the one the response was asked in (UTC here) or the one
+  the event was created in; neither is the day the mailbox's owner is away. So the
+  start and end *dates* are taken from the wall times as sent and anchored at local
+  midnight of ``mailbox_zone``, whatever ``timeZone`` says (Google all-day events
+  are anchored in the calendar's zone the same way). The result then does not depend
+  on the ``Prefer`` zone. Should an all-day bound not be midnight, Graph converted it
+  from another zone; the date is then the day that instant falls on in
+  ``mailbox_zone``.
 * **showAs**: ``free`` → FREE (transparent); ``tentative`` → TENTATIVE; ``busy`` →
   BUSY; ``oof`` → OUT_OF_OFFICE; ``workingElsewhere`` → FREE (transparent): the
-  person is working and can be booked, only not at the office, and Outlook's
-  scheduling assistant treats that status as available; ``unknown``, missing or new
-  values → BUSY (when unsure, do not offer the slot). A declined response is FREE.
+  person is working and can be booked, only not at the office, so the slot is not
+  busy; ``unknown``, missing or new values → BUSY (when unsure, do not offer the
+  slot). The user's own response refines it: ``declined`` → FREE,
+  ``tentativelyAccepted`` turns BUSY into TENTATIVE; ``oof`` always stays.
 * **Series masters** are not occurrences (calendarView delta expands series into
   occurrences and exceptions); :func:`normalize_graph_event` refuses one and
   :meth:`MicrosoftProvider.fetch_changes` drops any before normalizing.
@@ -34,7 +37,6 @@ Decisions, each a reading of the Graph docs (``provider-protocols.md`` §2):
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import re
@@ -49,6 +51,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import msal
+import orjson
 import requests
 
 from calsync.errors import (
@@ -68,7 +71,7 @@ from calsync.model import (
     StatusIntent,
     Transparency,
 )
-from calsync.providers.base import ChangePage, Quarantined, Subscription, Window
+from calsync.providers.base import ChangePage, Quarantined, Subscription, Window, hash_item_id
 from calsync.providers.windows_zones import zone_for
 from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_after_from_headers
@@ -267,12 +270,6 @@ def normalize_graph_event(raw: Mapping[str, Any], mailbox_zone: ZoneInfo) -> Cha
         status_intent=intent,
         series_id=series_id if isinstance(series_id, str) and series_id else None,
     )
-
-
-def hash_item_id(item_id: object) -> str:
-    """A stable, non-reversible name for an item, for quarantine status events
-    (the same function as Google's, so hashes compare across providers)."""
-    return hashlib.sha256(repr(item_id).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- tokens
@@ -677,11 +674,11 @@ class MicrosoftProvider:
             if response.status_code != 200:
                 raise _translate(response, delta=True)
             try:
-                body = response.json()
+                body = orjson.loads(response.content)  # several times faster than json
                 items = body.get("value", [])
                 if not isinstance(items, list):
                     raise TypeError("value is not a list")
-            except (ValueError, TypeError, AttributeError) as exc:
+            except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
                 raise TransientProviderError("microsoft returned a malformed delta page") from exc
             page = ChangePage(changes=[], full=full, time_zone=self._mailbox_zone.key)
             for raw in _last_appearances(items):

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from calsync.codecs.avro import decode_event
 from calsync.model import ChangeKind, UnifiedEvent
-from calsync.providers.google import hash_item_id
+from calsync.providers.base import hash_item_id
 from calsync.streams.records import Notification, RetryEnvelope
 from calsync.testing.topics import TopicReader
 from tests.integration.conftest import BASE, event_body, google_world
