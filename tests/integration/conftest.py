@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
+from calsync.emulators.google import GoogleEmulator
+from calsync.emulators.microsoft import MicrosoftEmulator
 from calsync.gateway.http import build_gateway_app
 from calsync.gateway.publisher import KafkaPublisher
+from calsync.model import ChangeKind, UnifiedEvent
+from calsync.providers.windows_zones import zone_for
 from calsync.settings import Settings
+from calsync.streams.records import StatusEvent
 from calsync.streams.topics import ensure_topics
-from tests.conftest import free_port
+from calsync.testing.topics import TopicReader
+from calsync.testing.worker import WorkerProcess
+from tests.conftest import ADMIN_TOKEN, free_port
 
 GatewayFactory = Callable[[Settings], Awaitable[str]]
 
@@ -48,19 +61,6 @@ async def kafka_settings(make_settings, kafka_bootstrap):  # type: ignore[no-unt
 
 # -- a Google world: emulator in-process, worker as a subprocess, readers on its topics ----
 
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from datetime import UTC, datetime, timedelta  # noqa: E402
-from typing import Any  # noqa: E402
-
-import httpx  # noqa: E402
-
-from calsync.emulators.google import GoogleEmulator  # noqa: E402
-from calsync.model import ChangeKind, UnifiedEvent  # noqa: E402
-from calsync.streams.records import StatusEvent  # noqa: E402
-from calsync.testing.topics import TopicReader  # noqa: E402
-from calsync.testing.worker import WorkerProcess  # noqa: E402
-from tests.conftest import ADMIN_TOKEN  # noqa: E402
 
 CLIENT_ID, CLIENT_SECRET = "test-client", "test-client-secret"
 BASE = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
@@ -75,28 +75,55 @@ def event_body(n: int, *, hours: float = 0.5, day_offset: int = 0) -> dict[str, 
     }
 
 
+def ms_event_body(n: int, *, hours: float = 0.5, zone: str = "UTC") -> dict[str, Any]:
+    """A Graph event n hours after BASE, written as wall time in ``zone`` (UTC here)."""
+    start = BASE + timedelta(hours=n)
+    fmt = "%Y-%m-%dT%H:%M:%S.0000000"
+    return {
+        "subject": f"private meeting {n}",
+        "start": {"dateTime": start.strftime(fmt), "timeZone": zone},
+        "end": {"dateTime": (start + timedelta(hours=hours)).strftime(fmt), "timeZone": zone},
+        "showAs": "busy",
+    }
+
+
 @dataclass
 class GoogleWorld:
-    """The emulator, one worker and readers of its topics; plus a truth the test keeps."""
+    """The emulators, one worker and readers of its topics; ``emulator`` is Google's,
+    ``ms`` Microsoft's (when started)."""
 
     emulator: GoogleEmulator
     settings: Settings
     worker: WorkerProcess
     events: TopicReader
+    ms: MicrosoftEmulator | None = None
     refresh_tokens: dict[str, str] = field(default_factory=dict)
+    providers: dict[str, str] = field(default_factory=dict)
 
     def calendar(self, name: str, *, time_zone: str = "UTC") -> str:
-        """Add a calendar with its own OAuth grant; returns its calendar id."""
+        """Add a Google calendar with its own OAuth grant; returns its calendar id."""
         calendar_id = f"{name}@example.com"
         self.emulator.add_calendar(calendar_id, time_zone=time_zone)
         self.refresh_tokens[name] = self.emulator.issue_refresh_token(CLIENT_ID)
+        self.providers[name] = "google"
         return calendar_id
 
+    def mailbox(self, name: str, *, time_zone: str = "UTC") -> str:
+        """Add a Microsoft mailbox with its own grant; returns its user id."""
+        assert self.ms is not None
+        user_id = f"{name}@contoso.com"
+        self.ms.add_mailbox(user_id, time_zone=time_zone)
+        self.refresh_tokens[name] = self.ms.issue_refresh_token(CLIENT_ID)
+        self.providers[name] = "microsoft"
+        return user_id
+
     async def register(self, name: str, *, refresh_token: str | None = None) -> None:
+        provider = self.providers.get(name, "google")
+        domain = "contoso.com" if provider == "microsoft" else "example.com"
         body = {
             "resource_id": name,
-            "provider": "google",
-            "calendar_id": f"{name}@example.com",
+            "provider": provider,
+            "calendar_id": f"{name}@{domain}",
             "credentials": {"refresh_token": refresh_token or self.refresh_tokens[name]},
         }
         async with httpx.AsyncClient() as client:
@@ -131,6 +158,13 @@ class GoogleWorld:
         """The emulator's current events of those calendars, as the consumer should see them."""
         truth: dict[tuple[str, str], tuple[datetime | None, str | None]] = {}
         for name in names:
+            if self.providers.get(name) == "microsoft":
+                assert self.ms is not None
+                for item in self.ms.list_live_events(f"{name}@contoso.com"):
+                    wall = datetime.fromisoformat(item["start"]["dateTime"][:26])
+                    zone = zone_for(item["start"].get("timeZone") or "UTC")
+                    truth[(name, item["id"])] = (wall.replace(tzinfo=zone).astimezone(UTC), "busy")
+                continue
             for event in self.emulator.list_live_events(f"{name}@example.com"):
                 start = datetime.fromisoformat(event["start"]["dateTime"]).astimezone(UTC)
                 truth[(name, event["id"])] = (start, "busy")
@@ -168,22 +202,45 @@ class GoogleWorld:
 
 
 @asynccontextmanager
-async def google_world(kafka_settings, **overrides: Any) -> AsyncIterator[GoogleWorld]:  # type: ignore[no-untyped-def]
-    """A started emulator and worker; the worker's settings take ``overrides``."""
-    async with GoogleEmulator(seed=1234) as emulator:
+async def google_world(  # type: ignore[no-untyped-def]
+    kafka_settings,
+    *,
+    microsoft: bool = False,
+    clock: Callable[[], float] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[GoogleWorld]:
+    """Started emulators (Google; Microsoft too if asked) and a worker configured for
+    them; the worker's settings take ``overrides``. ``clock`` runs the emulators."""
+    async with contextlib.AsyncExitStack() as stack:
+        emulator = GoogleEmulator(seed=1234, clock=clock or time.time)
+        await emulator.start()
+        stack.push_async_callback(emulator.aclose)
         emulator.add_client(CLIENT_ID, CLIENT_SECRET)
+        extra: dict[str, Any] = {}
+        ms: MicrosoftEmulator | None = None
+        if microsoft:
+            ms = MicrosoftEmulator(seed=1234, clock=clock or time.time)
+            await ms.start()
+            stack.push_async_callback(ms.aclose)
+            ms.add_client(CLIENT_ID, CLIENT_SECRET)
+            extra = {
+                "graph_api_url": ms.api_url,
+                "microsoft_authority": ms.authority,
+                "microsoft_client_id": CLIENT_ID,
+                "microsoft_client_secret": CLIENT_SECRET,
+                "microsoft_ca_bundle": ms.ca_bundle_path,
+            }
         settings = kafka_settings(
             google_api_url=emulator.api_url,
             google_token_url=emulator.token_url,
             google_client_id=CLIENT_ID,
             google_client_secret=CLIENT_SECRET,
+            **extra,
             **overrides,
         )
         worker = WorkerProcess(settings)
         await asyncio.to_thread(worker.start)
+        stack.push_async_callback(asyncio.to_thread, worker.stop)
         events = await TopicReader(settings.kafka_bootstrap, settings.topic("events")).start()
-        try:
-            yield GoogleWorld(emulator, settings, worker, events)
-        finally:
-            await events.aclose()
-            await asyncio.to_thread(worker.stop)
+        stack.push_async_callback(events.aclose)
+        yield GoogleWorld(emulator, settings, worker, events, ms=ms)
