@@ -419,6 +419,9 @@ class MicrosoftTokenSource:
         session = _TimeoutSession(self._timeout)
         if self._ca_bundle:
             session.verify = self._ca_bundle
+            # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override ``verify`` unless
+            # the environment is ignored; an explicitly configured bundle must win.
+            session.trust_env = False
         self._session = session
         app: MsalApp = msal.ConfidentialClientApplication(
             self._client_id,
