@@ -231,6 +231,13 @@ def create_app(
         on_tick=_share_updater(app, limiter, settings.topic("notifications"), partitions),
     )
     app.dispatcher = dispatcher
+    providers = ProviderFactory(
+        settings,
+        http_client_factory,
+        limiter,
+        clock=clock,
+        on_rotate=lambda rid, credentials: app.sync_service.on_rotated(rid, credentials),
+    )
     app.sync_service = SyncService(
         settings,
         resources=resources,
@@ -238,7 +245,7 @@ def create_app(
         channels=channels,
         timers=timers,
         outbox=outbox,
-        providers=ProviderFactory(settings, http_client_factory, limiter, clock=clock),
+        providers=providers,
         clock=clock,
         on_timer=dispatcher.schedule,
     )

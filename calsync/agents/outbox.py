@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from calsync.codecs.avro import encode_event
 from calsync.model import UnifiedEvent
 from calsync.settings import Settings
-from calsync.streams.records import Notification, RetryEnvelope, StatusEvent
+from calsync.streams.records import Command, Notification, RetryEnvelope, StatusEvent
 
 #: ``send(topic, key, value)`` schedules a record and returns its delivery future.
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
@@ -22,6 +22,7 @@ class Outbox(Protocol):
     async def notify(self, notification: Notification) -> None: ...
     async def notify_all(self, notifications: list[Notification]) -> None: ...
     async def retry(self, envelope: RetryEnvelope) -> None: ...
+    async def command(self, command: Command) -> None: ...
     async def status(self, event: StatusEvent) -> None: ...
     async def deadletter(self, resource_id: str, payload: dict[str, Any]) -> None: ...
 
@@ -38,6 +39,7 @@ class KafkaOutbox:
         self._events = settings.topic("events")
         self._notifications = settings.topic("notifications")
         self._retries = settings.topic("retries")
+        self._commands = settings.topic("commands")
         self._status = settings.topic("status")
         self._deadletter = settings.topic("deadletter")
 
@@ -62,6 +64,9 @@ class KafkaOutbox:
     async def retry(self, envelope: RetryEnvelope) -> None:
         key = envelope.notification.resource_id
         await self._send_all(self._retries, key, [envelope.dumps()])
+
+    async def command(self, command: Command) -> None:
+        await self._send_all(self._commands, command.resource_id, [command.dumps()])
 
     async def status(self, event: StatusEvent) -> None:
         await self._send_all(self._status, event.resource_id, [event.dumps()])

@@ -280,6 +280,28 @@ class SyncService:
             )
         await self._status(rid, "synced", counts=counts, lane=lane.value)
 
+    async def on_rotated(self, rid: str, credentials: dict[str, str]) -> None:
+        """A provider rotated its credentials mid-request: store them now, twice over.
+
+        The table write serves this worker at once; the ``rotate`` command on the
+        commands topic (acknowledged before the request goes on) survives a crash
+        that loses the table write, and is applied again on replay.
+        """
+        encrypted = {k: self._secrets.encrypt(v) for k, v in credentials.items()}
+        await self.outbox.command(
+            Command(
+                kind=CommandKind.ROTATE.value,
+                resource_id=rid,
+                issued_at=self.clock(),
+                credentials=encrypted,
+            )
+        )
+        resource = self.resources.get(rid)
+        if resource is not None:
+            updated = resource.derive(credentials={**resource.credentials, **encrypted})
+            self.resources[rid] = updated
+            self.providers.adopt(rid, updated)
+
     def _keep_rotated(self, rid: str, resource: Resource, provider: Provider | None) -> Resource:
         """Store credentials the provider rotated (Microsoft refresh tokens), encrypted.
 
@@ -472,6 +494,8 @@ class SyncService:
             self.providers.forget(rid)
             await self.outbox.notify(self._command_notification(command, resource.provider))
             await self._status(rid, "removed")
+        elif kind == CommandKind.ROTATE.value:
+            await self._rotate(command)
         elif kind == CommandKind.RESYNC.value:
             resource = self.resources.get(rid)
             if resource is not None:
@@ -490,6 +514,25 @@ class SyncService:
             received_at=command.issued_at,
             full=full,
         )
+
+    async def _rotate(self, command: Command) -> None:
+        """Apply rotated credentials (again, after a crash); a resource marked
+        ``reauth_required`` because it was replayed with the stale token recovers."""
+        rid = command.resource_id
+        resource = self.resources.get(rid)
+        if resource is None or not command.credentials:
+            return
+        credentials = {**resource.credentials, **command.credentials}
+        if credentials != resource.credentials:
+            resource = resource.derive(credentials=credentials)
+            self.resources[rid] = resource
+            self.providers.forget(rid)
+        if resource.state == "reauth_required":
+            self.resources[rid] = resource.derive(state="active")
+            await self._status(rid, "recovered", "rotated credentials applied")
+            await self.outbox.notify(
+                self._command_notification(command, resource.provider, full=True)
+            )
 
     async def _register(self, command: Command) -> None:
         """Store the resource; the bulk lane subscribes it and runs the first full sync."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -40,9 +41,11 @@ class ProviderFactory:
         limiter: RateLimiter | None = None,
         *,
         clock: Clock = time.time,
+        on_rotate: Callable[[str, dict[str, str]], Awaitable[None]] | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
+        self._on_rotate = on_rotate
         self._secrets = SecretBox(settings.secret_key)
         self._client_factory = client_factory
         self._client: httpx.AsyncClient | None = None
@@ -105,6 +108,9 @@ class ProviderFactory:
                 account=account,
                 max_inline_wait=settings.max_inline_wait,
                 clock=self._clock,
+                on_rotate=(
+                    functools.partial(self._on_rotate, resource_id) if self._on_rotate else None
+                ),
             )
         else:
             raise CalsyncError(f"provider {resource.provider!r} is not supported")

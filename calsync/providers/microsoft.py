@@ -42,7 +42,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from datetime import time as wall_clock
 from typing import Any, NotRequired, Protocol, TypedDict, TypeVar
@@ -570,10 +570,15 @@ class MicrosoftProvider:
         account: str = "",
         max_inline_wait: float = 0.25,
         clock: Callable[[], float] = time.time,
+        on_rotate: Callable[[dict[str, str]], Awaitable[None]] | None = None,
     ) -> None:
-        """Raises :class:`MalformedProviderData` when ``time_zone`` (the mailbox's zone,
+        """``on_rotate`` receives rotated credentials as soon as the token source gets
+        them (else :meth:`rotated_credentials` offers them later).
+
+        Raises :class:`MalformedProviderData` when ``time_zone`` (the mailbox's zone,
         Windows or IANA name; UTC if ``None``) is unknown."""
         self._client = client
+        self._on_rotate = on_rotate
         self._limiter = limiter
         self.account = account
         self._max_inline_wait = max_inline_wait
@@ -606,6 +611,12 @@ class MicrosoftProvider:
     ) -> httpx.Response:
         for attempt in range(2):
             token = await self._tokens.access_token(force_refresh=attempt > 0)
+            if self._on_rotate is not None:
+                # The old refresh token may already be dead: store the new one before
+                # anything else can fail or the process can die.
+                rotated = self.rotated_credentials()
+                if rotated is not None:
+                    await self._on_rotate(rotated)
             await self._reserve()
             try:
                 response = await self._client.request(

@@ -30,6 +30,7 @@ class CommandKind(enum.StrEnum):
     REGISTER = "register"
     REMOVE = "remove"
     RESYNC = "resync"
+    ROTATE = "rotate"
 
 
 class Notification(faust.Record, serializer="json", include_metadata=False):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from calsync.model import UnifiedEvent
-from calsync.streams.records import Notification, RetryEnvelope, StatusEvent
+from calsync.streams.records import Command, Notification, RetryEnvelope, StatusEvent
 
 
 class ListOutbox:
@@ -15,6 +15,7 @@ class ListOutbox:
         self.retries: list[RetryEnvelope] = []
         self.statuses: list[StatusEvent] = []
         self.dead: list[tuple[str, dict[str, Any]]] = []
+        self.commands: list[Command] = []
 
     async def events(self, resource_id: str, events: list[UnifiedEvent]) -> None:
         self.emitted.extend(events)
@@ -27,6 +28,9 @@ class ListOutbox:
 
     async def retry(self, envelope: RetryEnvelope) -> None:
         self.retries.append(envelope)
+
+    async def command(self, command: Command) -> None:
+        self.commands.append(command)
 
     async def status(self, event: StatusEvent) -> None:
         self.statuses.append(event)
