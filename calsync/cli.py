@@ -101,6 +101,19 @@ def emulator_google(host: str, port: int) -> None:
     asyncio.run(serve_forever(host, port))
 
 
+@emulator.command(
+    "microsoft",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,  # --help goes to the emulator's own parser
+)
+@click.pass_context
+def emulator_microsoft(ctx: click.Context) -> None:
+    """Serve the Microsoft Graph + identity platform (TLS) emulator; --help for options."""
+    from calsync.emulators.microsoft import main as emulator_main
+
+    sys.exit(emulator_main(ctx.args))
+
+
 @main.command()
 def broker() -> None:
     """Start a local single-node Kafka broker (jars from Maven Central) until Ctrl-C."""

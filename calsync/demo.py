@@ -1,7 +1,8 @@
-"""``calsync demo``: a local Kafka broker, the Google emulator and a worker, end to end.
+"""``calsync demo``: a local Kafka broker, the Google and Microsoft emulators and a
+worker, end to end.
 
-It registers three calendars, edits them while it runs, and prints the normalized
-events as a consumer of ``calsync.events`` sees them. Everything runs on loopback
+It registers three Google calendars and a Microsoft 365 mailbox, edits them while it
+runs, and prints the normalized events as a consumer of ``calsync.events`` sees them. Everything runs on loopback
 and is thrown away at exit.
 """
 
@@ -22,6 +23,7 @@ import httpx
 
 from calsync.codecs.avro import decode_event
 from calsync.emulators.google import GoogleEmulator
+from calsync.emulators.microsoft import MicrosoftEmulator
 from calsync.model import ChangeKind, UnifiedEvent
 from calsync.settings import Settings
 from calsync.testing.broker import KafkaBroker
@@ -33,6 +35,8 @@ CALENDARS = {
     "bob": ("bob@example.com", "America/New_York"),
     "room-1": ("room-1@example.com", "UTC"),
 }
+#: Microsoft 365 mailboxes (Graph): resource id -> (user id, mailbox time zone)
+MAILBOXES = {"carol": ("carol@contoso.com", "America/Los_Angeles")}
 CLIENT_ID, CLIENT_SECRET = "demo-client", "demo-client-secret"
 
 
@@ -108,6 +112,49 @@ def _seed(emulator: GoogleEmulator, rng: random.Random) -> dict[str, list[str]]:
     return ids
 
 
+def _seed_graph(graph: MicrosoftEmulator) -> list[str]:
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    ids = []
+    for name, (user, zone) in MAILBOXES.items():
+        graph.add_mailbox(user, time_zone=zone)
+        for n in range(3):
+            start = day + timedelta(days=n, hours=17 + n)  # mornings in California
+            wall = "%Y-%m-%dT%H:%M:%S.0000000"
+            event = graph.create_event(
+                user,
+                {
+                    "subject": f"{name} 1:1 {n} (never leaves the adapter)",
+                    "start": {"dateTime": start.strftime(wall), "timeZone": "UTC"},
+                    "end": {
+                        "dateTime": (start + timedelta(minutes=30)).strftime(wall),
+                        "timeZone": "UTC",
+                    },
+                    "showAs": ["busy", "tentative", "oof"][n],
+                },
+                notify=False,
+            )
+            ids.append(str(event["id"]))
+    return ids
+
+
+def _edit_graph(graph: MicrosoftEmulator, ids: list[str], rng: random.Random) -> str:
+    user = MAILBOXES["carol"][0]
+    start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=rng.randrange(1, 9))
+    wall = "%Y-%m-%dT%H:%M:%S.0000000"
+    graph.update_event(
+        user,
+        rng.choice(ids),
+        {
+            "start": {"dateTime": start.strftime(wall), "timeZone": "Pacific Standard Time"},
+            "end": {
+                "dateTime": (start + timedelta(hours=1)).strftime(wall),
+                "timeZone": "Pacific Standard Time",
+            },
+        },
+    )
+    return "move on carol's Microsoft 365 calendar (Windows zone: Pacific Standard Time)"
+
+
 def _edit(emulator: GoogleEmulator, ids: dict[str, list[str]], rng: random.Random) -> str:
     name = rng.choice(sorted(CALENDARS))
     calendar = CALENDARS[name][0]
@@ -155,9 +202,13 @@ async def _demo(duration: float, workdir: Path) -> None:
     try:
         emulator = GoogleEmulator(seed=7)
         await emulator.start("127.0.0.1", _port(8710))
+        graph = MicrosoftEmulator(seed=7)
+        await graph.start("127.0.0.1")
         try:
             emulator.add_client(CLIENT_ID, CLIENT_SECRET)
             ids = _seed(emulator, rng)
+            graph.add_client(CLIENT_ID, CLIENT_SECRET)
+            graph_ids = _seed_graph(graph)
             web_port = _port(6066)
             admin_token = secrets.token_urlsafe(16)
             settings = Settings(
@@ -173,10 +224,16 @@ async def _demo(duration: float, workdir: Path) -> None:
                 google_token_url=emulator.token_url,
                 google_client_id=CLIENT_ID,
                 google_client_secret=CLIENT_SECRET,
+                graph_api_url=graph.api_url,
+                microsoft_authority=graph.authority,
+                microsoft_client_id=CLIENT_ID,
+                microsoft_client_secret=CLIENT_SECRET,
+                microsoft_ca_bundle=graph.ca_bundle_path,
                 log_level="warn",
             )
             worker = WorkerProcess(settings, log_path=workdir / "worker.log")
             _say(f"Kafka at {broker.bootstrap}; Google emulator at {emulator.base_url}")
+            _say(f"Microsoft Graph emulator at {graph.api_url}, identity at {graph.authority}")
             _say("starting the worker…")
             await asyncio.to_thread(worker.start)
             try:
@@ -196,19 +253,35 @@ async def _demo(duration: float, workdir: Path) -> None:
                             },
                         )
                         response.raise_for_status()
-                _say(f"registered {', '.join(CALENDARS)}")
+                    for name, (user, zone) in MAILBOXES.items():
+                        response = await client.post(
+                            "/api/resources",
+                            headers={"Authorization": f"Bearer {admin_token}"},
+                            json={
+                                "resource_id": name,
+                                "provider": "microsoft",
+                                "calendar_id": user,
+                                "time_zone": zone,
+                                "credentials": {
+                                    "refresh_token": graph.issue_refresh_token(CLIENT_ID)
+                                },
+                            },
+                        )
+                        response.raise_for_status()
+                _say(f"registered {', '.join([*CALENDARS, *MAILBOXES])}")
                 _say(f"web pages: {worker.url}/status/ (resources), {worker.url}/table/ (tables)")
                 _say(f"worker log: {worker.log_path}")
                 _say("events on calsync.events (Avro, no titles or attendees):")
                 reader = await TopicReader(broker.bootstrap, settings.topic("events")).start()
                 try:
-                    await _loop(reader, emulator, ids, rng, duration)
+                    await _loop(reader, emulator, ids, graph, graph_ids, rng, duration)
                 finally:
                     await reader.aclose()
             finally:
                 _say("stopping the worker…")
                 await asyncio.to_thread(worker.stop)
         finally:
+            await graph.aclose()
             await emulator.aclose()
     finally:
         await asyncio.to_thread(broker.stop)
@@ -218,19 +291,26 @@ async def _loop(
     reader: TopicReader,
     emulator: GoogleEmulator,
     ids: dict[str, list[str]],
+    graph: MicrosoftEmulator,
+    graph_ids: list[str],
     rng: random.Random,
     duration: float,
 ) -> None:
     started = time.monotonic()
     next_edit = started + 8.0
     printed = 0
+    edits = 0
     while not duration or time.monotonic() - started < duration:
         await reader.poll(0.3)
         for value in reader.values[printed:]:
             print(_describe(decode_event(value)), flush=True)
         printed = len(reader.values)
         if time.monotonic() >= next_edit:
-            _say(f"editing: {_edit(emulator, ids, rng)}")
+            edits += 1
+            change = (
+                _edit_graph(graph, graph_ids, rng) if edits % 4 == 0 else _edit(emulator, ids, rng)
+            )
+            _say(f"editing: {change}")
             next_edit = time.monotonic() + 4.0
 
 

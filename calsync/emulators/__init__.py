@@ -4,11 +4,16 @@ Each emulator is a real HTTP server (aiohttp) that follows the wire contract in
 ``shared/reference/provider-protocols.md`` closely enough that the production
 provider adapters can run against it unchanged: same paths, query parameters,
 status codes, headers and error bodies. Tests start one inside their own event
-loop; the demo runs one as a separate process (``calsync emulator google``).
+loop, and so does the demo; ``calsync emulator google`` / ``calsync emulator microsoft``
+serve one as a process of its own.
 
 Emulators are test doubles, not part of the sync engine: nothing under
 ``calsync/`` outside the CLI and ``calsync.testing`` may import them.
 
 - :mod:`calsync.emulators.google` -- Google Calendar API v3 and the Google
   OAuth 2.0 token endpoint, with push channels and fault injection.
+- :mod:`calsync.emulators.microsoft` -- Microsoft Graph calendar delta, subscriptions
+  with validation and lifecycle notifications, and an identity platform over TLS
+  that msal accepts (refresh tokens rotate on use).
+- :mod:`calsync.emulators.faults` -- the fault injection both share.
 """
