@@ -2,8 +2,8 @@
 worker, end to end.
 
 It registers three Google calendars and a Microsoft 365 mailbox, edits them while it
-runs, and prints the normalized events as a consumer of ``calsync.events`` sees them. Everything runs on loopback
-and is thrown away at exit.
+runs, and prints the normalized events as a consumer of ``calsync.events`` sees
+them. Everything runs on loopback and is thrown away at exit.
 """
 
 from __future__ import annotations
