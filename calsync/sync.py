@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from calsync.errors import CursorExpired
-from calsync.model import Deletion, Occurrence, UnifiedEvent
+from calsync.model import Change, Deletion, Occurrence, UnifiedEvent
 from calsync.providers.base import Provider, Quarantined, Window
 
 Emit = Callable[[list[UnifiedEvent]], Awaitable[None]]
@@ -42,15 +43,15 @@ def diff_page(
     index: dict[str, str],
     window: Window,
     seen: set[str] | None,
-) -> tuple[list[Occurrence], list[str]]:
-    """Apply one page to ``index`` (in place); return the upserts and deleted ids.
+) -> list[Change]:
+    """Apply one page to ``index`` (in place); return what to emit, in page order.
 
     An occurrence whose version is already known is not re-emitted; one outside the
     window counts as a deletion (it left the horizon); a deletion of an id never
-    known emits nothing. ``seen`` collects the ids present in a full listing.
+    known emits nothing. ``seen`` collects the ids present in a full listing. Order
+    matters: a page may delete an id and then bring it back.
     """
-    upserts: list[Occurrence] = []
-    deletes: list[str] = []
+    out: list[Change] = []
     for change in changes:
         key = change.native_event_id
         if isinstance(change, Occurrence) and window.overlaps(change.start_utc, change.end_utc):
@@ -58,10 +59,10 @@ def diff_page(
                 seen.add(key)
             if index.get(key) != change.version:
                 index[key] = change.version
-                upserts.append(change)
+                out.append(change)
         elif index.pop(key, None) is not None:
-            deletes.append(key)
-    return upserts, deletes
+            out.append(change if isinstance(change, Deletion) else Deletion(key))
+    return out
 
 
 async def sync_resource(
@@ -108,9 +109,27 @@ async def _walk(
     seen: set[str] | None = set() if full else None
     outcome = SyncOutcome(cursor=cursor, index=index, time_zone=None, full=full)
 
-    def stamp() -> tuple[datetime, int]:
+    def events_for(changes: list[Change], token: str | None) -> list[UnifiedEvent]:
         emitted_at = now()
-        return emitted_at, max(0, int((emitted_at - caused_at).total_seconds() * 1000))
+        latency = max(0, int((emitted_at - caused_at).total_seconds() * 1000))
+        upsert = functools.partial(
+            UnifiedEvent.upsert,
+            emitted_at=emitted_at,
+            sync_sequence_token=token,
+            latency_ms=latency,
+        )
+        delete = functools.partial(
+            UnifiedEvent.delete,
+            emitted_at=emitted_at,
+            sync_sequence_token=token,
+            latency_ms=latency,
+        )
+        return [
+            upsert(origin, resource_id, c)
+            if isinstance(c, Occurrence)
+            else delete(origin, resource_id, c.native_event_id)
+            for c in changes
+        ]
 
     # Page k is emitted while page k+1 is fetched; emissions still happen in order,
     # and the caller gets the cursor only after the last of them was acknowledged.
@@ -119,37 +138,16 @@ async def _walk(
         async for page in provider.fetch_changes(cursor, window):
             outcome.time_zone = page.time_zone or outcome.time_zone
             outcome.quarantined.extend(page.quarantined)
-            upserts, deletes = diff_page(page.changes, index, window, seen)
-            emitted_at, latency = stamp()
-            events = [
-                UnifiedEvent.upsert(
-                    origin,
-                    resource_id,
-                    occ,
-                    emitted_at=emitted_at,
-                    sync_sequence_token=page.cursor,
-                    latency_ms=latency,
-                )
-                for occ in upserts
-            ]
-            events += [
-                UnifiedEvent.delete(
-                    origin,
-                    resource_id,
-                    key,
-                    emitted_at=emitted_at,
-                    sync_sequence_token=page.cursor,
-                    latency_ms=latency,
-                )
-                for key in deletes
-            ]
+            changes = diff_page(page.changes, index, window, seen)
+            events = events_for(changes, page.cursor)
             if pending is not None:
                 await pending
                 pending = None
             if events:
                 pending = asyncio.ensure_future(emit(events))
-            outcome.upserts += len(upserts)
-            outcome.deletes += len(deletes)
+            upserts = sum(1 for c in changes if isinstance(c, Occurrence))
+            outcome.upserts += upserts
+            outcome.deletes += len(changes) - upserts
             if page.cursor is not None:
                 outcome.cursor = page.cursor
         if pending is not None:
@@ -163,20 +161,7 @@ async def _walk(
     if seen is not None:
         vanished = sorted(set(index) - seen)
         if vanished:
-            emitted_at, latency = stamp()
-            await emit(
-                [
-                    UnifiedEvent.delete(
-                        origin,
-                        resource_id,
-                        key,
-                        emitted_at=emitted_at,
-                        sync_sequence_token=outcome.cursor,
-                        latency_ms=latency,
-                    )
-                    for key in vanished
-                ]
-            )
+            await emit(events_for([Deletion(key) for key in vanished], outcome.cursor))
             for key in vanished:
                 del index[key]
             outcome.deletes += len(vanished)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency, UnifiedEvent
@@ -139,6 +139,18 @@ async def test_a_failing_emit_leaves_no_cursor_behind() -> None:
         )
 
 
+async def test_a_page_that_deletes_and_restores_an_id_keeps_the_order() -> None:
+    provider = MemoryProvider()
+    provider.put(occurrence(0))
+    first = await run(provider, None, {}, Sink())
+    provider.remove("ev0")
+    provider.put(occurrence(0))
+    sink = Sink()
+    await run(provider, first.cursor, first.index, sink)
+    assert [e.change for e in sink.events] == [ChangeKind.DELETE, ChangeKind.UPSERT]
+
+
+@example(ops=[("put", 0), ("sync", 0), ("remove", 0), ("put", 0)])
 @settings(max_examples=60, deadline=None)
 @given(
     ops=st.lists(

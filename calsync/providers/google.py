@@ -38,7 +38,14 @@ from calsync.model import (
     StatusIntent,
     Transparency,
 )
-from calsync.providers.base import ChangePage, Quarantined, Subscription, Window, hash_item_id
+from calsync.providers.base import (
+    AccountGate,
+    ChangePage,
+    Quarantined,
+    Subscription,
+    Window,
+    hash_item_id,
+)
 from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_after_from_headers
 
@@ -257,9 +264,8 @@ class GoogleProvider:
         max_inline_wait: float = 0.25,
     ) -> None:
         self._client = client
-        self._limiter = limiter
+        self._gate = AccountGate(limiter, "google", account, max_inline_wait)
         self.account = account
-        self._max_inline_wait = max_inline_wait
         self._api_url = api_url.rstrip("/")
         self._calendar_id = calendar_id
         self._tokens = tokens
@@ -280,45 +286,23 @@ class GoogleProvider:
     ) -> httpx.Response:
         for attempt in range(2):
             token = await self._tokens.access_token(force_refresh=attempt > 0)
-            await self._reserve()
-            try:
-                response = await self._client.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json,
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-            except httpx.TransportError as exc:
-                raise TransientProviderError(f"google unreachable: {exc!r}") from exc
-            finally:
-                if self._limiter is not None:
-                    self._limiter.release("google", self.account)
-            self._observe(response)
+            async with self._gate.slot():
+                try:
+                    response = await self._client.request(
+                        method,
+                        url,
+                        params=params,
+                        json=json,
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                except httpx.TransportError as exc:
+                    raise TransientProviderError(f"google unreachable: {exc!r}") from exc
+            error = _translate(response) if response.status_code >= 400 else None
+            self._gate.observe(response.status_code, error)
             if response.status_code == 401 and attempt == 0:
                 continue  # the access token may have expired early: refresh once
             return response
         return response
-
-    async def _reserve(self) -> None:
-        """Wait for a rate-limit token; a long wait becomes :class:`RateLimited` instead."""
-        if self._limiter is None:
-            return
-        while (delay := self._limiter.reserve("google", self.account)) > 0:
-            if delay > self._max_inline_wait:
-                raise RateLimited("local rate limit for this account", retry_after=delay)
-            await asyncio.sleep(delay)
-
-    def _observe(self, response: httpx.Response) -> None:
-        """Tell the limiter how the provider answered: throttles slow us, successes restore."""
-        if self._limiter is None:
-            return
-        error = _translate(response) if response.status_code >= 400 else None
-        if isinstance(error, RateLimited) or response.status_code == 503:
-            retry_after = error.retry_after if isinstance(error, RateLimited) else None
-            self._limiter.throttled("google", self.account, retry_after)
-        elif response.status_code < 400:
-            self._limiter.succeeded("google", self.account)
 
     async def fetch_changes(self, cursor: str | None, window: Window) -> AsyncIterator[ChangePage]:
         """Yield pages since ``cursor`` (or a full listing in ``window``).

@@ -71,7 +71,14 @@ from calsync.model import (
     StatusIntent,
     Transparency,
 )
-from calsync.providers.base import ChangePage, Quarantined, Subscription, Window, hash_item_id
+from calsync.providers.base import (
+    AccountGate,
+    ChangePage,
+    Quarantined,
+    Subscription,
+    Window,
+    hash_item_id,
+)
 from calsync.providers.windows_zones import zone_for
 from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_after_from_headers
@@ -579,9 +586,8 @@ class MicrosoftProvider:
         Windows or IANA name; UTC if ``None``) is unknown."""
         self._client = client
         self._on_rotate = on_rotate
-        self._limiter = limiter
+        self._gate = AccountGate(limiter, PROVIDER, account, max_inline_wait)
         self.account = account
-        self._max_inline_wait = max_inline_wait
         self._api_url = api_url.rstrip("/")
         self._user_id = user_id
         self._tokens = tokens
@@ -617,45 +623,23 @@ class MicrosoftProvider:
                 rotated = self.rotated_credentials()
                 if rotated is not None:
                     await self._on_rotate(rotated)
-            await self._reserve()
-            try:
-                response = await self._client.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json,
-                    headers=[*headers, ("Authorization", f"Bearer {token}")],
-                )
-            except httpx.TransportError as exc:
-                raise TransientProviderError(f"microsoft graph unreachable: {exc!r}") from exc
-            finally:
-                if self._limiter is not None:
-                    self._limiter.release(PROVIDER, self.account)
-            self._observe(response)
+            async with self._gate.slot():
+                try:
+                    response = await self._client.request(
+                        method,
+                        url,
+                        params=params,
+                        json=json,
+                        headers=[*headers, ("Authorization", f"Bearer {token}")],
+                    )
+                except httpx.TransportError as exc:
+                    raise TransientProviderError(f"microsoft graph unreachable: {exc!r}") from exc
+            error = _translate(response) if response.status_code >= 400 else None
+            self._gate.observe(response.status_code, error)
             if response.status_code == 401 and attempt == 0:
                 continue  # the access token may have expired early: refresh once
             return response
         return response
-
-    async def _reserve(self) -> None:
-        """Wait for a rate-limit token; a long wait becomes :class:`RateLimited` instead."""
-        if self._limiter is None:
-            return
-        while (delay := self._limiter.reserve(PROVIDER, self.account)) > 0:
-            if delay > self._max_inline_wait:
-                raise RateLimited("local rate limit for this mailbox", retry_after=delay)
-            await asyncio.sleep(delay)
-
-    def _observe(self, response: httpx.Response) -> None:
-        """Tell the limiter how Graph answered: throttles slow us, successes restore."""
-        if self._limiter is None:
-            return
-        error = _translate(response) if response.status_code >= 400 else None
-        if isinstance(error, RateLimited) or response.status_code == 503:
-            retry_after = error.retry_after if isinstance(error, RateLimited) else None
-            self._limiter.throttled(PROVIDER, self.account, retry_after)
-        elif response.status_code < 400:
-            self._limiter.succeeded(PROVIDER, self.account)
 
     def _same_origin(self, url: str) -> bool:
         return _origin(url) == _origin(self._api_url)
