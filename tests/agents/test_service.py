@@ -256,3 +256,24 @@ async def test_state_survives_as_table_values(world) -> None:
     state = service.sync_state["r1"]
     assert isinstance(state, SyncState)
     assert SyncState.loads(state.dumps()) == state
+
+
+async def test_rotated_credentials_are_stored_at_once_and_heal_a_stale_replay(world) -> None:
+    service, provider, outbox, _ = world
+    await service.on_command(register(service))
+    box = SecretBox(service.settings.secret_key)
+    await service.on_rotated("r1", {"refresh_token": "rt-2"})
+    stored = service.resources["r1"].credentials["refresh_token"]
+    assert box.decrypt(stored) == "rt-2" and "rt-2" not in stored
+    (rotate,) = outbox.commands
+    assert rotate.kind == "rotate" and box.decrypt(rotate.credentials["refresh_token"]) == "rt-2"
+
+    # a crash lost the table write; the replay used the stale token and was refused
+    service.resources["r1"] = service.resources["r1"].derive(
+        state="reauth_required", credentials={"refresh_token": box.encrypt("rt-1")}
+    )
+    await service.on_command(rotate)
+    assert service.resources["r1"].state == "active"
+    assert box.decrypt(service.resources["r1"].credentials["refresh_token"]) == "rt-2"
+    assert "recovered" in outbox.status_names()
+    assert outbox.notifications[-1].full
