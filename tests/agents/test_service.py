@@ -259,7 +259,7 @@ async def test_state_survives_as_table_values(world) -> None:
 
 
 async def test_rotated_credentials_are_stored_at_once_and_heal_a_stale_replay(world) -> None:
-    service, provider, outbox, _ = world
+    service, _, outbox, _ = world
     await service.on_command(register(service))
     box = SecretBox(service.settings.secret_key)
     await service.on_rotated("r1", {"refresh_token": "rt-2"})
