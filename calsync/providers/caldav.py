@@ -1,0 +1,707 @@
+"""CalDAV (RFC 4791, RFC 6578) and iCloud: discovery, sync-collection, ctag/etag fallback.
+
+One :class:`CalDAVProvider` reads one calendar collection through an injected
+:class:`httpx.AsyncClient`, logging in with HTTP Basic (username and an
+app-specific password; iCloud accepts nothing else for third parties).
+
+Decisions (``provider-protocols.md`` §3):
+
+* **Discovery.** ``url`` may be a calendar collection (used as is) or any other
+  DAV URL: then ``/.well-known/caldav`` is followed (redirects by hand, so the
+  Basic credentials go along), ``DAV:current-user-principal`` and
+  ``CALDAV:calendar-home-set`` are read (the home may be an absolute URL on another
+  host, as iCloud's partition hosts are), and the calendar whose last path segment
+  or display name is ``calendar`` is chosen (the first VEVENT calendar when
+  ``calendar`` is ``None``).
+* **Changes.** ``sync-collection`` (Depth 0, no ``DAV:limit``; 507 truncation is
+  followed) then ``calendar-multiget`` in batches of ``batch_size``; one
+  :class:`ChangePage` per batch. A member listed as 404 on a full listing is ignored
+  (Radicale lists deleted members on an empty-token sync); the collection itself
+  listed among members (iCloud) is ignored. Servers whose ``supported-report-set``
+  lacks ``sync-collection`` are read by ``getctag`` + a Depth 1 ``getetag`` listing
+  diffed against the etags kept in the cursor.
+* **Occurrence ids.** A resource (href) yields occurrences from
+  ``calsync.recurrence.expand_calendar`` when that module exists, else from
+  :func:`expand_simple` (no recurrence expansion: a recurring master yields its
+  first instance only). The cursor remembers which ids each href produced, so a
+  removed href becomes a :class:`Deletion` per id and an edited href deletes the
+  ids it no longer produces.
+* **Cursor** (opaque to callers): ``caldav:1:`` + JSON
+  ``{"u": collection URL, "t": sync-token or null, "c": ctag or null,
+  "e": {href: etag} (fallback mode only), "h": {href: [native ids]}}``. It grows
+  with the number of resources and occurrences in the window. A cursor for another
+  collection, or one that does not decode, raises :class:`CursorExpired`.
+* **Invalid tokens** in every server form raise :class:`CursorExpired`: 403/409/400
+  with ``DAV:valid-sync-token`` (Radicale 403), 412 (Xandikos), 500 (older
+  Xandikos, CCS), or a 207 carrying the precondition or an error status for the
+  collection. Servers that silently answer a stale token with a full listing
+  (DAViCal) are read as if every member changed: upserts are right, deletions made
+  meanwhile are missed until the next full resync.
+* **Errors**: 401 → :class:`AuthorizationRevoked`; 429 and 503 (iCloud throttles with
+  503, ``Retry-After`` optional) → :class:`RateLimited`; other 5xx and network
+  errors → :class:`TransientProviderError`; other 4xx → :class:`ProviderRejected`.
+* **No push.** CalDAV has no third-party push (iCloud's is APNs for Apple clients
+  only): :meth:`CalDAVProvider.subscribe` raises :class:`ProviderRejected` and the
+  caller polls.
+
+Normalization is the privacy boundary: only UID, RECURRENCE-ID, times, STATUS and
+TRANSP are read; SUMMARY, DESCRIPTION, LOCATION, ATTENDEE, ORGANIZER never leave.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any, cast
+from urllib.parse import unquote, urljoin, urlsplit
+from zoneinfo import ZoneInfo
+
+import httpx
+import icalendar
+import orjson
+
+from calsync.errors import (
+    AuthorizationRevoked,
+    CursorExpired,
+    MalformedProviderData,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    TransientProviderError,
+)
+from calsync.model import (
+    Change,
+    Deletion,
+    Occurrence,
+    ProviderOrigin,
+    StatusIntent,
+    Transparency,
+)
+from calsync.providers.base import (
+    AccountGate,
+    ChangePage,
+    Quarantined,
+    Subscription,
+    Window,
+    hash_item_id,
+)
+from calsync.ratelimit import RateLimiter
+from calsync.retry import retry_after_from_headers
+
+DAV = "DAV:"
+CALDAV = "urn:ietf:params:xml:ns:caldav"
+CS = "http://calendarserver.org/ns/"
+_CURSOR_PREFIX = "caldav:1:"
+_XML = "application/xml; charset=utf-8"
+_MAX_REDIRECTS = 5
+_MAX_TRUNCATED_ROUNDS = 1000
+
+Expand = Callable[..., list[Occurrence]]
+
+
+def _q(ns: str, name: str) -> str:
+    return f"{{{ns}}}{name}"
+
+
+# -- normalization --------------------------------------------------------------
+
+
+def _as_utc(value: date | datetime, zone: tzinfo) -> tuple[datetime, bool]:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=zone)
+        return value.astimezone(UTC), False
+    return datetime.combine(value, time(0), tzinfo=zone).astimezone(UTC), True
+
+
+def expand_simple(
+    ics: bytes | str,
+    *,
+    window: Window,
+    default_zone: ZoneInfo,
+    policy: object = None,
+    own_address: str | None = None,
+) -> list[Occurrence]:
+    """A minimal, non-recurring reading of one CalDAV resource into occurrences.
+
+    Stand-in for ``calsync.recurrence.expand_calendar`` (same signature). Each
+    VEVENT is one occurrence: ``<UID>`` or, for an override, ``<UID>/<RECURRENCE-ID
+    as YYYYMMDDTHHMMSSZ>`` (recurrence.py's ids); a master with RRULE yields its
+    first instance only, with ``series_id = UID``. Cancelled events yield nothing.
+    Floating times and dates are read in ``default_zone``. ``window``, ``policy``
+    and ``own_address`` are accepted and unused. Raises
+    :class:`MalformedProviderData`.
+    """
+    try:
+        calendar = icalendar.Calendar.from_ical(ics)
+        events = list(calendar.walk("VEVENT"))
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise MalformedProviderData(f"unparsable iCalendar: {type(exc).__name__}") from exc
+    if not events:
+        raise MalformedProviderData("resource has no VEVENT")
+    out: list[Occurrence] = []
+    for event in events:
+        uid = str(event.get("UID") or "")
+        if not uid:
+            raise MalformedProviderData("VEVENT without UID")
+        try:
+            if "DTSTART" not in event:
+                raise MalformedProviderData("VEVENT without DTSTART", item_id=uid)
+            raw_start = event.decoded("DTSTART")
+            start, all_day = _as_utc(raw_start, default_zone)
+            if "DTEND" in event:
+                end, end_all_day = _as_utc(event.decoded("DTEND"), default_zone)
+                if end_all_day != all_day:
+                    raise MalformedProviderData("DTSTART and DTEND mix date and time", item_id=uid)
+            elif "DURATION" in event:
+                duration = event.decoded("DURATION")
+                if not isinstance(duration, timedelta):
+                    raise MalformedProviderData("DURATION is not a duration", item_id=uid)
+                end = start + duration
+            else:
+                end = start + timedelta(days=1) if all_day else start
+            rid_raw = event.decoded("RECURRENCE-ID") if "RECURRENCE-ID" in event else None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise MalformedProviderData(f"bad VEVENT times: {type(exc).__name__}") from exc
+        if end < start:
+            raise MalformedProviderData("event ends before it starts", item_id=uid)
+        status = str(event.get("STATUS") or "").upper()
+        if status == "CANCELLED":
+            continue
+        transparent = str(event.get("TRANSP") or "").upper() == "TRANSPARENT"
+        if transparent:
+            intent = StatusIntent.FREE
+        elif status == "TENTATIVE":
+            intent = StatusIntent.TENTATIVE
+        else:
+            intent = StatusIntent.BUSY
+        series_id: str | None = None
+        native_id = uid
+        if rid_raw is not None:
+            rid, _ = _as_utc(rid_raw, default_zone)
+            native_id, series_id = f"{uid}/{rid:%Y%m%dT%H%M%SZ}", uid
+        elif "RRULE" in event:
+            native_id, series_id = f"{uid}/{start:%Y%m%dT%H%M%SZ}", uid
+        out.append(
+            Occurrence(
+                native_event_id=native_id,
+                start_utc=start,
+                end_utc=end,
+                is_all_day=all_day,
+                transparency=Transparency.TRANSPARENT if transparent else Transparency.OPAQUE,
+                status_intent=intent,
+                series_id=series_id,
+            )
+        )
+    return out
+
+
+@functools.cache
+def _expander() -> Expand:
+    """``calsync.recurrence.expand_calendar`` once it exists, else :func:`expand_simple`."""
+    try:
+        module = importlib.import_module("calsync.recurrence")
+    except ModuleNotFoundError:
+        return expand_simple
+    return cast(Expand, module.expand_calendar)
+
+
+# -- XML --------------------------------------------------------------------------
+
+
+def _parse_xml(content: bytes) -> ET.Element:
+    try:
+        # expat resolves no external entities and (>= 2.4.1) bounds entity expansion
+        return ET.fromstring(content)  # noqa: S314
+    except ET.ParseError as exc:
+        raise TransientProviderError("caldav server returned malformed XML") from exc
+
+
+def _status_code(text: str | None) -> int:
+    parts = (text or "").split()
+    try:
+        return int(parts[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+@dataclass(slots=True)
+class _Member:
+    href: str
+    status: int
+    props: dict[str, ET.Element] = field(default_factory=dict)
+
+
+def _members(root: ET.Element) -> list[_Member]:
+    """The ``DAV:response`` elements of a multistatus, with their 200 props."""
+    out: list[_Member] = []
+    for response in root.iter(_q(DAV, "response")):
+        href = (response.findtext(_q(DAV, "href")) or "").strip()
+        member = _Member(href, _status_code(response.findtext(_q(DAV, "status"))))
+        for propstat in response.findall(_q(DAV, "propstat")):
+            code = _status_code(propstat.findtext(_q(DAV, "status")))
+            prop = propstat.find(_q(DAV, "prop"))
+            if prop is None:
+                continue
+            if code == 200:
+                for child in prop:
+                    member.props[child.tag] = child
+            if not member.status:
+                member.status = code
+        if not member.status:
+            member.status = 200
+        out.append(member)
+    return out
+
+
+def _href_text(element: ET.Element | None) -> str | None:
+    if element is None:
+        return None
+    text = element.findtext(_q(DAV, "href"))
+    return text.strip() if text else None
+
+
+def _propfind(*props: tuple[str, str]) -> bytes:
+    names = "".join(f'<x:{name} xmlns:x="{ns}"/>' for ns, name in props)
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        f'<d:propfind xmlns:d="DAV:"><d:prop>{names}</d:prop></d:propfind>'
+    ).encode()
+
+
+def _sync_body(token: str) -> bytes:
+    token_xml = f"<d:sync-token>{_escape(token)}</d:sync-token>" if token else "<d:sync-token/>"
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><d:sync-collection xmlns:d="DAV:">'
+        f"{token_xml}<d:sync-level>1</d:sync-level><d:prop><d:getetag/></d:prop>"
+        "</d:sync-collection>"
+    ).encode()
+
+
+def _multiget_body(hrefs: Iterable[str]) -> bytes:
+    refs = "".join(f"<d:href>{_escape(h)}</d:href>" for h in hrefs)
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>'
+        '<c:calendar-multiget xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">'
+        f"<d:prop><d:getetag/><c:calendar-data/></d:prop>{refs}</c:calendar-multiget>"
+    ).encode()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _has_valid_sync_token_error(content: bytes) -> bool:
+    return b"valid-sync-token" in content
+
+
+# -- errors -----------------------------------------------------------------------
+
+
+def _translate(response: httpx.Response, *, with_token: bool = False) -> ProviderError:
+    """The calsync error for a non-success response; ``with_token`` for a stored-token sync."""
+    status = response.status_code
+    if with_token and (
+        status in (412, 500)
+        or (status in (400, 403, 409) and _has_valid_sync_token_error(response.content))
+    ):
+        return CursorExpired(f"caldav sync token refused ({status})", status=status)
+    if status == 401:
+        return AuthorizationRevoked("caldav server refused the credentials", status=status)
+    if status in (429, 503):
+        retry_after = retry_after_from_headers(response.headers, now=datetime.now(UTC))
+        return RateLimited(f"caldav throttled ({status})", retry_after=retry_after, status=status)
+    if status >= 500:
+        return TransientProviderError(f"caldav {status}", status=status)
+    return ProviderRejected(f"caldav {status}", status=status)
+
+
+# -- cursor -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _State:
+    url: str
+    token: str | None = None
+    ctag: str | None = None
+    etags: dict[str, str] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        body: dict[str, Any] = {"u": self.url, "t": self.token, "c": self.ctag, "h": self.ids}
+        if self.etags:
+            body["e"] = self.etags
+        return _CURSOR_PREFIX + orjson.dumps(body).decode()
+
+    @classmethod
+    def decode(cls, cursor: str) -> _State:
+        if not cursor.startswith(_CURSOR_PREFIX):
+            raise CursorExpired("not a calsync caldav cursor")
+        try:
+            body = orjson.loads(cursor[len(_CURSOR_PREFIX) :])
+            return cls(
+                url=str(body["u"]),
+                token=None if body.get("t") is None else str(body["t"]),
+                ctag=None if body.get("c") is None else str(body["c"]),
+                etags={str(k): str(v) for k, v in (body.get("e") or {}).items()},
+                ids={str(k): [str(i) for i in v] for k, v in (body.get("h") or {}).items()},
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CursorExpired("caldav cursor does not decode") from exc
+
+
+# -- provider ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarInfo:
+    """A calendar collection found by discovery."""
+
+    url: str
+    display_name: str | None
+    supports_sync: bool
+    supports_events: bool
+
+
+class CalDAVProvider:
+    """One CalDAV calendar, read through an injected :class:`httpx.AsyncClient`.
+
+    ``url`` is a calendar collection or a server/principal URL to discover from
+    (see the module docstring). ``use_sync_collection`` forces (``True``) or avoids
+    (``False``) ``sync-collection``; ``None`` follows the server's
+    ``supported-report-set``. ``time_zone`` reads floating times and all-day dates;
+    ``own_address`` (the owner's calendar address, e.g. the Apple ID) lets the
+    expander read the owner's PARTSTAT. Every method raises only
+    :class:`~calsync.errors.ProviderError` subclasses.
+    """
+
+    origin = ProviderOrigin.CALDAV
+    renewable = False
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        url: str,
+        username: str,
+        password: str,
+        calendar: str | None = None,
+        time_zone: str | None = None,
+        own_address: str | None = None,
+        batch_size: int = 50,
+        use_sync_collection: bool | None = None,
+        limiter: RateLimiter | None = None,
+        account: str = "",
+        max_inline_wait: float = 0.25,
+    ) -> None:
+        self._client = client
+        self._auth = httpx.BasicAuth(username, password)
+        self._url = url
+        self._calendar_name = calendar
+        self._default_zone = ZoneInfo(time_zone or "UTC")
+        self._own_address = own_address
+        self._batch_size = max(1, batch_size)
+        self._use_sync = use_sync_collection
+        self._gate = AccountGate(limiter, "caldav", account, max_inline_wait)
+        self.account = account
+        self._resolved: CalendarInfo | None = None
+
+    # -- HTTP -----------------------------------------------------------------
+    async def _request(
+        self, method: str, url: str, *, body: bytes | None = None, depth: str | None = None
+    ) -> httpx.Response:
+        headers = {"Content-Type": _XML} if body is not None else {}
+        if depth is not None:
+            headers["Depth"] = depth
+        async with self._gate.slot():
+            try:
+                response = await self._client.request(
+                    method, url, content=body, headers=headers, auth=self._auth
+                )
+            except httpx.TransportError as exc:
+                raise TransientProviderError(f"caldav server unreachable: {exc!r}") from exc
+        error = _translate(response) if response.status_code >= 400 else None
+        self._gate.observe(response.status_code, error)
+        return response
+
+    async def _propfind(
+        self, url: str, depth: str, *props: tuple[str, str]
+    ) -> tuple[str, list[_Member]]:
+        """PROPFIND following redirects by hand; returns the final URL and the members."""
+        for _ in range(_MAX_REDIRECTS):
+            response = await self._request("PROPFIND", url, body=_propfind(*props), depth=depth)
+            location = response.headers.get("Location")
+            if response.status_code in (301, 302, 303, 307, 308) and location:
+                url = urljoin(url, location)
+                continue
+            if response.status_code != 207:
+                raise _translate(response)
+            return url, _members(_parse_xml(response.content))
+        raise ProviderRejected("caldav discovery redirected too often")
+
+    # -- discovery ------------------------------------------------------------
+    async def discover_calendars(self) -> list[CalendarInfo]:
+        """Every calendar collection under the account's calendar home.
+
+        Raises :class:`ProviderRejected` when the server names no principal or home.
+        """
+        parts = urlsplit(self._url)
+        start = self._url
+        if parts.path in ("", "/"):
+            start = urljoin(self._url, "/.well-known/caldav")
+        context, members = await self._propfind(start, "0", (DAV, "current-user-principal"))
+        principal = next(
+            (_href_text(m.props.get(_q(DAV, "current-user-principal"))) for m in members), None
+        )
+        if not principal:
+            raise ProviderRejected("caldav server named no current-user-principal")
+        principal_url = urljoin(context, principal)
+        principal_url, members = await self._propfind(
+            principal_url, "0", (CALDAV, "calendar-home-set")
+        )
+        home = next(
+            (_href_text(m.props.get(_q(CALDAV, "calendar-home-set"))) for m in members), None
+        )
+        if not home:
+            raise ProviderRejected("caldav principal has no calendar-home-set")
+        # an absolute href may move us to another host (iCloud partitions)
+        home_url = urljoin(principal_url, home)
+        return await self._list_calendars(home_url)
+
+    async def _list_calendars(self, home_url: str) -> list[CalendarInfo]:
+        home_url, members = await self._propfind(
+            home_url,
+            "1",
+            (DAV, "resourcetype"),
+            (DAV, "displayname"),
+            (DAV, "supported-report-set"),
+            (CALDAV, "supported-calendar-component-set"),
+        )
+        return [info for m in members if (info := _calendar_info(home_url, m)) is not None]
+
+    async def _calendar(self) -> CalendarInfo:
+        if self._resolved is not None:
+            return self._resolved
+        url, members = await self._propfind(
+            self._url,
+            "0",
+            (DAV, "resourcetype"),
+            (DAV, "displayname"),
+            (DAV, "supported-report-set"),
+            (CALDAV, "supported-calendar-component-set"),
+        )
+        direct = next((_calendar_info(url, m) for m in members), None)
+        if direct is not None:
+            self._resolved = direct
+            return direct
+        calendars = await self.discover_calendars()
+        wanted = self._calendar_name
+        for info in calendars:
+            segment = unquote(urlsplit(info.url).path.rstrip("/").rsplit("/", 1)[-1])
+            if wanted is None and info.supports_events:
+                self._resolved = info
+                return info
+            if wanted is not None and wanted in (segment, info.display_name):
+                self._resolved = info
+                return info
+        raise ProviderRejected(f"no calendar {wanted!r} found by discovery")
+
+    # -- changes --------------------------------------------------------------
+    async def fetch_changes(self, cursor: str | None, window: Window) -> AsyncIterator[ChangePage]:
+        """Yield pages since ``cursor`` (or a full listing); the cursor is on the last page.
+
+        Raises :class:`CursorExpired` for a token the server refuses (any of its
+        forms) and for a cursor made for another collection.
+        """
+        calendar = await self._calendar()
+        previous = _State.decode(cursor) if cursor is not None else None
+        if previous is not None and previous.url != calendar.url:
+            raise CursorExpired("the cursor belongs to another calendar collection")
+        use_sync = calendar.supports_sync if self._use_sync is None else self._use_sync
+        if previous is not None and use_sync != (previous.token is not None):
+            raise CursorExpired("the cursor was made with another change-detection method")
+        state = _State(url=calendar.url, ids=dict(previous.ids) if previous else {})
+        if use_sync:
+            changed, removed = await self._sync(calendar.url, previous, state)
+        else:
+            changed, removed = await self._etag_diff(calendar.url, previous, state)
+        full = previous is None
+        async for page in self._pages(calendar.url, changed, removed, state, full, window):
+            yield page
+
+    async def _sync(
+        self, url: str, previous: _State | None, state: _State
+    ) -> tuple[list[str], list[str]]:
+        token = previous.token if previous is not None else ""
+        full = previous is None
+        collection = unquote(urlsplit(url).path).rstrip("/")
+        changed: dict[str, None] = {}
+        removed: dict[str, None] = {}
+        for _ in range(_MAX_TRUNCATED_ROUNDS):
+            response = await self._request("REPORT", url, body=_sync_body(token or ""), depth="0")
+            with_token = bool(token)
+            if response.status_code != 207:
+                raise _translate(response, with_token=with_token)
+            if with_token and _has_valid_sync_token_error(response.content):
+                raise CursorExpired("caldav sync token refused (207)", status=207)
+            root = _parse_xml(response.content)
+            truncated = False
+            for member in _members(root):
+                path = urlsplit(urljoin(url, member.href)).path
+                if unquote(path).rstrip("/") == collection:
+                    if member.status == 507:
+                        truncated = True
+                    elif member.status >= 400 and with_token:
+                        raise CursorExpired(f"caldav sync refused ({member.status})", status=207)
+                    continue  # iCloud lists the collection itself among the changes
+                if path.endswith("/"):
+                    continue
+                if member.status == 404:
+                    changed.pop(path, None)
+                    if not full:
+                        removed[path] = None
+                elif member.status < 400:
+                    removed.pop(path, None)
+                    changed[path] = None
+            new_token = (root.findtext(_q(DAV, "sync-token")) or "").strip()
+            if not new_token:
+                raise TransientProviderError("caldav sync-collection answered without a sync-token")
+            token = new_token
+            if not truncated:
+                state.token = token
+                return list(changed), list(removed)
+        raise TransientProviderError("caldav sync-collection kept truncating")
+
+    async def _etag_diff(
+        self, url: str, previous: _State | None, state: _State
+    ) -> tuple[list[str], list[str]]:
+        _, members = await self._propfind(url, "0", (CS, "getctag"))
+        ctag = next(
+            (m.props[_q(CS, "getctag")].text for m in members if _q(CS, "getctag") in m.props), None
+        )
+        if previous is not None and ctag is not None and ctag == previous.ctag:
+            state.ctag, state.etags = previous.ctag, dict(previous.etags)
+            return [], []
+        _, members = await self._propfind(url, "1", (DAV, "getetag"), (DAV, "resourcetype"))
+        etags: dict[str, str] = {}
+        for member in members:
+            path = urlsplit(urljoin(url, member.href)).path
+            etag = member.props.get(_q(DAV, "getetag"))
+            if path.endswith("/") or etag is None or member.status >= 400:
+                continue
+            etags[path] = (etag.text or "").strip()
+        old = previous.etags if previous is not None else {}
+        state.ctag, state.etags = ctag, etags
+        changed = [href for href, etag in etags.items() if old.get(href) != etag]
+        removed = [href for href in old if href not in etags]
+        return changed, removed
+
+    async def _pages(
+        self,
+        url: str,
+        changed: list[str],
+        removed: list[str],
+        state: _State,
+        full: bool,
+        window: Window,
+    ) -> AsyncIterator[ChangePage]:
+        zone = self._default_zone.key
+        first: list[Change] = []
+        for href in removed:
+            first.extend(Deletion(native_id) for native_id in state.ids.pop(href, ()))
+        batches = [
+            changed[i : i + self._batch_size] for i in range(0, len(changed), self._batch_size)
+        ]
+        if not batches:
+            yield ChangePage(changes=first, full=full, cursor=state.encode(), time_zone=zone)
+            return
+        for number, batch in enumerate(batches):
+            page = ChangePage(changes=first if number == 0 else [], full=full, time_zone=zone)
+            await self._fill(url, batch, state, window, page)
+            if number == len(batches) - 1:
+                page.cursor = state.encode()
+            yield page
+
+    async def _fill(
+        self, url: str, batch: list[str], state: _State, window: Window, page: ChangePage
+    ) -> None:
+        response = await self._request("REPORT", url, body=_multiget_body(batch), depth="1")
+        if response.status_code != 207:
+            raise _translate(response)
+        found: dict[str, _Member] = {}
+        for listed in _members(_parse_xml(response.content)):
+            found[urlsplit(urljoin(url, listed.href)).path] = listed
+        expand = _expander()
+        for href in batch:
+            member = found.get(href)
+            data = member.props.get(_q(CALDAV, "calendar-data")) if member else None
+            if member is None or member.status == 404 or data is None:
+                # gone between the listing and the fetch: a removal
+                page.changes.extend(Deletion(i) for i in state.ids.pop(href, ()))
+                state.etags.pop(href, None)
+                continue
+            try:
+                occurrences = expand(
+                    data.text or "",
+                    window=window,
+                    default_zone=self._default_zone,
+                    own_address=self._own_address,
+                )
+            except MalformedProviderData as exc:
+                page.quarantined.append(Quarantined(hash_item_id(href), str(exc)))
+                continue  # the ids it produced before stay, so a later removal still finds them
+            new_ids = [o.native_event_id for o in occurrences]
+            kept = set(new_ids)
+            page.changes.extend(Deletion(old) for old in state.ids.get(href, ()) if old not in kept)
+            page.changes.extend(occurrences)
+            state.ids[href] = new_ids
+
+    # -- push (none) ------------------------------------------------------------
+    async def subscribe(
+        self,
+        channel_id: str,
+        address: str,
+        token: str,
+        ttl_seconds: int,
+        *,
+        lifecycle_address: str | None = None,
+    ) -> Subscription:
+        """CalDAV offers third parties no push: always :class:`ProviderRejected`; poll instead."""
+        raise ProviderRejected("caldav has no push")
+
+    async def renew(self, subscription: Subscription, ttl_seconds: int) -> Subscription:
+        raise ProviderRejected("caldav has no push")
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """Nothing to stop: there are never CalDAV subscriptions."""
+
+    def rotated_credentials(self) -> dict[str, str] | None:
+        return None  # app-specific passwords never rotate themselves
+
+    async def aclose(self) -> None:
+        """The HTTP client belongs to the caller; nothing else to release."""
+
+
+def _calendar_info(base: str, member: _Member) -> CalendarInfo | None:
+    resourcetype = member.props.get(_q(DAV, "resourcetype"))
+    if resourcetype is None or resourcetype.find(_q(CALDAV, "calendar")) is None:
+        return None
+    reports = member.props.get(_q(DAV, "supported-report-set"))
+    supports_sync = (
+        reports is not None and reports.find(f".//{_q(DAV, 'sync-collection')}") is not None
+    )
+    components = member.props.get(_q(CALDAV, "supported-calendar-component-set"))
+    supports_events = components is None or any(
+        comp.get("name", "").upper() == "VEVENT" for comp in components
+    )
+    name = member.props.get(_q(DAV, "displayname"))
+    return CalendarInfo(
+        url=urljoin(base, member.href),
+        display_name=(name.text or None) if name is not None else None,
+        supports_sync=supports_sync,
+        supports_events=supports_events,
+    )
