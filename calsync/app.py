@@ -114,22 +114,36 @@ class CalsyncApp(faust.App):
         return web.Response(text=page, content_type="text/html")
 
 
+def _span(seconds: float) -> str:
+    """A duration as people read it: 12.6s, 4m 03s, 6d 23h."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s"
+
+
 def _describe(rid: str, resource: Resource, service: SyncService) -> dict[str, Any]:
     state = service.sync_state.get(rid) or SyncState()
     channel = service.channels.get(rid)
-    now = time.time()
+    now = service.clock()
     return {
         "resource_id": rid,
         "provider": resource.provider,
         "calendar_id": resource.calendar_id,
         "state": resource.state,
         "synced_at": state.synced_at or None,
-        "synced_ago": f"{now - state.synced_at:.1f}s" if state.synced_at else "never",
+        "synced_ago": f"{_span(now - state.synced_at)} ago" if state.synced_at else "never",
         "occurrences": len(state.index or {}),
         "fetches": state.fetches,
         "has_cursor": state.cursor is not None,
         "channel_expires_in": (
-            f"{channel.expires_at_ms / 1000 - now:.0f}s" if channel is not None else "none"
+            _span(channel.expires_at_ms / 1000 - now) if channel is not None else "none"
         ),
     }
 
@@ -140,7 +154,8 @@ _STATUS_PAGE = """<!doctype html>
 td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}</style></head>
 <body><h1>calsync worker <code>{app_id}</code></h1>
 <p>Resources owned by this worker. Other pages: <a href="/table/">tables</a>,
-<a href="/router/">router</a>, <a href="/healthz">health</a>.</p>
+<a href="/router/">router</a>, <a href="/api/status">timers and rate limits</a>,
+<a href="/healthz">health</a>.</p>
 <table><thead><tr><th>resource</th><th>provider</th><th>state</th><th>last sync</th>
 <th>occurrences</th><th>fetches</th><th>channel expires in</th></tr></thead>
 <tbody>
