@@ -55,6 +55,12 @@ class Settings:
     #: Subscriptions and channels are renewed this fraction of their lifetime before
     #: expiry, spread by up to a tenth of that either way.
     renew_fraction: float = 0.25
+    #: A PEM file of extra CAs to trust for CalDAV servers (self-hosted, tests).
+    caldav_ca_bundle: str = ""
+    #: CalDAV has no push: calendars are polled every this many seconds when they
+    #: just changed, backing off (doubling) to the maximum while they stay quiet.
+    poll_min_interval: float = 5.0
+    poll_max_interval: float = 300.0
     #: Events starting more than this many days ago are outside the sync horizon.
     horizon_past_days: int = 30
     #: Events starting more than this many days ahead are outside the sync horizon.

@@ -85,6 +85,14 @@ def renew_timer_key(resource_id: str) -> str:
     return f"renew:{resource_id}"
 
 
+def poll_timer_key(resource_id: str) -> str:
+    return f"poll:{resource_id}"
+
+
+#: Providers with no push at all: calsync polls them (adaptively) instead.
+POLLED_PROVIDERS = frozenset({"caldav"})
+
+
 class ProviderSource(Protocol):
     """Hands out the provider of a resource; ``forget`` drops a cached one."""
 
@@ -187,7 +195,7 @@ class SyncService:
             return
         rid = notification.resource_id
         key = notification.timer_key
-        if key and key.startswith(("retry:", "renew:")):
+        if key and key.startswith(("retry:", "renew:", "poll:")):
             self.timers.pop(key, None)  # released: the timer is done
         async with self._locks[rid]:
             await self._handle(notification, lane)
@@ -235,7 +243,7 @@ class SyncService:
         provider: Provider | None = None
         try:
             provider = self.providers.get(rid, resource)
-            if lane is Lane.BULK:
+            if lane is Lane.BULK and resource.provider not in POLLED_PROVIDERS:
                 await self._ensure_channel(rid, resource, provider)
             if cursor is None:
                 await self._status(rid, "resync_started", reason=notification.reason)
@@ -260,6 +268,11 @@ class SyncService:
             await self._failed(notification, resource, state, internal)
             return
         self._keep_rotated(rid, resource, provider)
+        poll_interval = 0.0
+        if resource.provider in POLLED_PROVIDERS:
+            poll_interval = self._schedule_poll(
+                rid, resource, state.poll_interval, changed=bool(outcome.upserts or outcome.deletes)
+            )
         self.sync_state[rid] = SyncState(
             cursor=outcome.cursor,
             index=outcome.index,
@@ -267,6 +280,7 @@ class SyncService:
             synced_at=self.clock(),
             time_zone=outcome.time_zone,
             fetches=state.fetches + 1,
+            poll_interval=poll_interval,
         )
         self._deferred_until.pop(rid, None)
         for item in outcome.quarantined:
@@ -370,6 +384,24 @@ class SyncService:
         )
         self._set_timer(renew_timer_key(rid), Timer(due_at=due, notification=notification))
 
+    def _schedule_poll(
+        self, rid: str, resource: Resource, previous: float, *, changed: bool
+    ) -> float:
+        """Poll again soon after a change, backing off (doubling) while nothing changes;
+        jittered by a tenth either way. Returns the interval used."""
+        low, high = self.settings.poll_min_interval, self.settings.poll_max_interval
+        interval = low if changed or not previous else min(high, max(low, previous * 2))
+        due = self.clock() + interval * self.rng.uniform(0.9, 1.1)
+        notification = Notification(
+            provider=resource.provider,
+            resource_id=rid,
+            reason=Reason.POLL.value,
+            received_at=due,
+            timer_key=poll_timer_key(rid),
+        )
+        self._set_timer(poll_timer_key(rid), Timer(due_at=due, notification=notification))
+        return interval
+
     async def _message_gap(self, rid: str, notification: Notification) -> bool:
         """Track push message numbers; a jump beyond the setting asks for a reconciliation."""
         channel = self.channels.get(rid)
@@ -461,6 +493,7 @@ class SyncService:
         self.sync_state.pop(rid, None)
         self.timers.pop(reconcile_timer_key(rid), None)
         self.timers.pop(renew_timer_key(rid), None)
+        self.timers.pop(poll_timer_key(rid), None)
 
     # -- retries -----------------------------------------------------------------
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$")
 _GOOGLE_STATES = frozenset({"sync", "exists", "not_exists"})
-SUPPORTED_PROVIDERS = frozenset({"google", "microsoft"})
+SUPPORTED_PROVIDERS = frozenset({"google", "microsoft", "caldav"})
 _LIFECYCLE_EVENTS = frozenset({"missed", "subscriptionRemoved", "reauthorizationRequired"})
 
 
@@ -96,11 +96,26 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
                 400, f"time_zone {time_zone!r} is not an IANA time zone", field="time_zone"
             ) from None
     credentials = body.get("credentials")
-    refresh_token = credentials.get("refresh_token") if isinstance(credentials, Mapping) else None
-    if not isinstance(refresh_token, str) or not refresh_token:
-        raise RequestRejected(
-            400, "credentials.refresh_token must be a non-empty string", field="credentials"
-        )
+    if not isinstance(credentials, Mapping):
+        raise RequestRejected(400, "credentials must be an object", field="credentials")
+    needed: tuple[str, ...]
+    if provider == "caldav":
+        # calendar_id is the calendar collection URL, or the server's base URL
+        if not calendar_id.startswith(("https://", "http://")):
+            raise RequestRejected(
+                400, "calendar_id must be the CalDAV server or calendar URL", field="calendar_id"
+            )
+        needed = ("username", "password")
+    else:
+        needed = ("refresh_token",)
+    secrets_in: dict[str, str] = {}
+    for name in needed:
+        value = credentials.get(name)
+        if not isinstance(value, str) or not value:
+            raise RequestRejected(
+                400, f"credentials.{name} must be a non-empty string", field="credentials"
+            )
+        secrets_in[name] = value
     return Command(
         kind=CommandKind.REGISTER.value,
         resource_id=resource_id,
@@ -108,7 +123,7 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
         provider=str(provider),
         calendar_id=calendar_id,
         time_zone=time_zone,
-        credentials={"refresh_token": secrets.encrypt(refresh_token)},
+        credentials={name: secrets.encrypt(value) for name, value in secrets_in.items()},
     )
 
 

@@ -13,6 +13,7 @@ from calsync.clock import Clock
 from calsync.crypto import SecretBox
 from calsync.errors import CalsyncError
 from calsync.providers.base import Provider
+from calsync.providers.caldav import CalDAVProvider
 from calsync.providers.google import GoogleProvider, GoogleTokenSource
 from calsync.providers.microsoft import MicrosoftProvider, MicrosoftTokenSource
 from calsync.ratelimit import RateLimiter
@@ -49,6 +50,7 @@ class ProviderFactory:
         self._secrets = SecretBox(settings.secret_key)
         self._client_factory = client_factory
         self._client: httpx.AsyncClient | None = None
+        self._caldav_client: httpx.AsyncClient | None = None
         self._cache: dict[str, tuple[tuple[str, ...], Provider]] = {}
         self._google_tokens: dict[str, GoogleTokenSource] = {}
         self.limiter = limiter
@@ -58,6 +60,16 @@ class ProviderFactory:
             self._client = self._client_factory()
         return self._client
 
+    def _caldav_http(self) -> httpx.AsyncClient:
+        """CalDAV servers are often self-hosted: they may need their own CA bundle."""
+        if not self._settings.caldav_ca_bundle:
+            return self._http()
+        if self._caldav_client is None:
+            self._caldav_client = httpx.AsyncClient(
+                verify=self._settings.caldav_ca_bundle, timeout=httpx.Timeout(30.0, connect=10.0)
+            )
+        return self._caldav_client
+
     def get(self, resource_id: str, resource: Resource) -> Provider:
         """The provider for ``resource``; raises :class:`CalsyncError` for unknown providers
         and :class:`~calsync.errors.CryptoError` for credentials made with another key."""
@@ -66,9 +78,9 @@ class ProviderFactory:
         if cached is not None and cached[0] == fingerprint:
             return cached[1]
         settings = self._settings
-        refresh_token = self._secrets.decrypt(resource.credentials["refresh_token"])
         provider: Provider
         if resource.provider == "google":
+            refresh_token = self._secrets.decrypt(resource.credentials["refresh_token"])
             account = account_key("google", refresh_token)
             tokens = self._google_tokens.get(account)
             if tokens is None:
@@ -89,6 +101,7 @@ class ProviderFactory:
                 max_inline_wait=settings.max_inline_wait,
             )
         elif resource.provider == "microsoft":
+            refresh_token = self._secrets.decrypt(resource.credentials["refresh_token"])
             # Graph limits per mailbox, and the grant rotates its refresh token on every
             # use, so the mailbox (not the token) is the account.
             account = account_key("microsoft", resource.calendar_id.lower())
@@ -111,6 +124,19 @@ class ProviderFactory:
                 on_rotate=(
                     functools.partial(self._on_rotate, resource_id) if self._on_rotate else None
                 ),
+            )
+        elif resource.provider == "caldav":
+            username = self._secrets.decrypt(resource.credentials["username"])
+            password = self._secrets.decrypt(resource.credentials["password"])
+            provider = CalDAVProvider(
+                client=self._caldav_http(),
+                url=resource.calendar_id,
+                username=username,
+                password=password,
+                time_zone=resource.time_zone,
+                limiter=self.limiter,
+                account=account_key("caldav", f"{resource.calendar_id}\x1f{username}"),
+                max_inline_wait=settings.max_inline_wait,
             )
         else:
             raise CalsyncError(f"provider {resource.provider!r} is not supported")
@@ -138,6 +164,7 @@ class ProviderFactory:
     async def aclose(self) -> None:
         self._cache.clear()
         self._google_tokens.clear()
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        for client in (self._client, self._caldav_client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._caldav_client = None

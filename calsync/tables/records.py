@@ -36,6 +36,7 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
     time_zone: str | None = None
     fetches: int = 0
     not_before: float = 0.0
+    poll_interval: float = 0.0
 
 
 class Channel(faust.Record, serializer="json", include_metadata=False):
