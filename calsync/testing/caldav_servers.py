@@ -93,6 +93,11 @@ class DavServer:
         """What to pass as httpx ``verify`` to trust this server."""
         return True
 
+    @property
+    def ca_bundle_path(self) -> str:
+        """A PEM file to trust this server with (``CALSYNC_CALDAV_CA_BUNDLE``), or ``""``."""
+        return ""
+
     # -- lifecycle ---------------------------------------------------------------
     @property
     def url(self) -> str:
@@ -215,6 +220,12 @@ class XandikosServer(DavServer):
             cafile = self._dir / "state" / "certs" / "selfsigned.crt"
             self._context = ssl.create_default_context(cafile=str(cafile))
         return self._context
+
+    @property
+    def ca_bundle_path(self) -> str:
+        if self._dir is None:
+            return ""
+        return str(self._dir / "state" / "certs" / "selfsigned.crt")
 
     def stop(self) -> None:
         super().stop()
