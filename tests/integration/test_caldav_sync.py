@@ -175,3 +175,109 @@ async def test_caldav_sigkill_mid_sync_loses_nothing(kafka_settings, dav_server:
         assert len({e.native_event_id for e in world.decoded()}) < 800, "too fast to test"
         await asyncio.to_thread(world.worker.start)
         await dav.converged("big", timeout=120)
+
+
+async def test_shipped_calendars_never_crash_the_worker(kafka_settings) -> None:
+    """The icalendar and recurring-ical-events test calendars, served by Radicale:
+    whatever cannot be represented is quarantined with a status, nothing else stops."""
+    import pathlib
+    from zoneinfo import ZoneInfo
+
+    import icalendar
+    import recurring_ical_events
+
+    from calsync.errors import MalformedProviderData
+    from calsync.providers.base import Window
+    from calsync.recurrence import expand_calendar
+
+    files = sorted(
+        p
+        for package in (icalendar, recurring_ical_events)
+        for p in pathlib.Path(package.__file__).parent.rglob("*.ics")
+    )[::4]  # a spread sample keeps the test fast
+    with RadicaleServer() as server:
+        async with google_world(kafka_settings, **settings_for(server)) as world:
+            dav = await dav_world(world, server)
+            accepted: list[bytes] = []
+            async with server.client() as http:
+                for n, path in enumerate(files):
+                    body = path.read_bytes()
+                    response = await http.put(
+                        f"{dav.url}f{n}.ics",
+                        content=body,
+                        headers={"Content-Type": "text/calendar; charset=utf-8"},
+                    )
+                    if response.status_code in (200, 201, 204):
+                        accepted.append((await http.get(f"{dav.url}f{n}.ics")).content)
+            assert len(accepted) >= 10
+            now = datetime.now(UTC)
+            window = Window(now - timedelta(days=30), now + timedelta(days=365))
+            malformed = 0
+            for body in accepted:
+                try:
+                    expand_calendar(body, window=window, default_zone=ZoneInfo("Europe/Berlin"))
+                except MalformedProviderData:
+                    malformed += 1
+            await dav.register("zoo")
+            deadline = time.monotonic() + 60
+            while not any(s.status == "synced" for s in await world.statuses()):
+                assert time.monotonic() < deadline, world.worker.tail()
+                await asyncio.sleep(0.5)
+            quarantined = [s for s in await world.statuses() if s.status == "quarantined"]
+            assert len(quarantined) == malformed
+            assert all(s.data and len(s.data["item"]) == 16 for s in quarantined)
+            # the worker is alive and the calendar goes on
+            await dav.put("canary", BASE + timedelta(hours=5))
+            await world.events.wait_for(
+                lambda r: any(e.native_event_id == "canary" for e in r.events()), timeout=30
+            )
+
+
+async def test_moving_horizon_emits_newly_visible_occurrences(kafka_settings) -> None:
+    """With a two-day horizon, a daily series shows more instances as days pass (the
+    daily reconciliation moves the horizon); the worker's clock runs 10,000x here."""
+    from calsync.clock import ScaledClock
+
+    rate = 10_000.0
+    origin = time.time()
+    clock = ScaledClock(origin=origin, rate=rate)
+    start = datetime.fromtimestamp(origin, UTC).replace(minute=0, second=0, microsecond=0)
+    start += timedelta(days=1)
+    with RadicaleServer() as server:
+        async with google_world(
+            kafka_settings,
+            clock=clock,
+            clock_rate=rate,
+            clock_origin=origin,
+            horizon_future_days=2,
+            reconcile_period=6 * 3600.0,
+            reconcile_jitter=0.0,
+            caldav_ca_bundle=server.ca_bundle_path,
+            poll_min_interval=3600.0,
+            poll_max_interval=7200.0,
+        ) as world:
+            dav = await dav_world(world, server)
+            await dav.admin.put(
+                dav.url, "daily.ics", ics("daily", start, rrule="FREQ=DAILY;COUNT=6")
+            )
+            await dav.register("series")
+
+            def instance_ids() -> set[str]:
+                return {k[1] for k in world.view() if k[0] == "series"}
+
+            ids = [
+                f"daily/{(start + timedelta(days=d)).strftime('%Y%m%dT%H%M%SZ')}" for d in range(6)
+            ]
+            deadline = time.monotonic() + 20
+            while not instance_ids():
+                assert time.monotonic() < deadline, world.worker.tail()
+                await world.events.poll(0.3)
+            first = instance_ids()
+            assert ids[5] not in first and first <= set(ids[:2])
+            # day 5's instance becomes visible when "now" passes day 3 (a 2-day horizon)
+            deadline = time.monotonic() + 60
+            while ids[5] not in instance_ids():
+                assert time.monotonic() < deadline, (
+                    f"{sorted(instance_ids())}\n{world.worker.tail()}"
+                )
+                await world.events.poll(0.3)
