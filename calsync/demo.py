@@ -1,9 +1,10 @@
 """``calsync demo``: a local Kafka broker, the Google and Microsoft emulators and a
 worker, end to end.
 
-It registers three Google calendars and a Microsoft 365 mailbox, edits them while it
-runs, and prints the normalized events as a consumer of ``calsync.events`` sees
-them. Everything runs on loopback and is thrown away at exit.
+It registers three Google calendars, a Microsoft 365 mailbox and a CalDAV calendar on
+a local Radicale, edits them while it runs, and prints the normalized events as a
+consumer of ``calsync.events`` sees them. Everything runs on loopback and is thrown
+away at exit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from calsync.emulators.microsoft import MicrosoftEmulator
 from calsync.model import ChangeKind, UnifiedEvent
 from calsync.settings import Settings
 from calsync.testing.broker import KafkaBroker
+from calsync.testing.caldav_servers import DavAdmin, RadicaleServer
 from calsync.testing.topics import TopicReader
 from calsync.testing.worker import WorkerProcess
 
@@ -35,6 +37,8 @@ CALENDARS = {
     "bob": ("bob@example.com", "America/New_York"),
     "room-1": ("room-1@example.com", "UTC"),
 }
+#: CalDAV calendars on a local Radicale: resource id -> time zone (polled, no push)
+DAV_CALENDARS = {"room-2": "Europe/Berlin"}
 #: Microsoft 365 mailboxes (Graph): resource id -> (user id, mailbox time zone)
 MAILBOXES = {"carol": ("carol@contoso.com", "America/Los_Angeles")}
 CLIENT_ID, CLIENT_SECRET = "demo-client", "demo-client-secret"
@@ -155,6 +159,44 @@ def _edit_graph(graph: MicrosoftEmulator, ids: list[str], rng: random.Random) ->
     return "move on carol's Microsoft 365 calendar (Windows zone: Pacific Standard Time)"
 
 
+def _dav_event(uid: str, start: datetime, rrule: str | None = None) -> str:
+    fmt = "%Y%m%dT%H%M%SZ"
+    lines = [
+        "BEGIN:VCALENDAR",
+        "VERSION:2.0",
+        "PRODID:-//calsync demo//EN",
+        "BEGIN:VEVENT",
+        f"UID:{uid}",
+        f"DTSTAMP:{datetime.now(UTC).strftime(fmt)}",
+        f"DTSTART:{start.strftime(fmt)}",
+        f"DTEND:{(start + timedelta(minutes=45)).strftime(fmt)}",
+        "SUMMARY:room booking (never leaves the adapter)",
+        *([f"RRULE:{rrule}"] if rrule else []),
+        "END:VEVENT",
+        "END:VCALENDAR",
+        "",
+    ]
+    return "\r\n".join(lines)
+
+
+async def _seed_dav(admin: DavAdmin, home_url: str) -> str:
+    url = await admin.make_calendar(home_url, "room-2")
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    await admin.put(
+        url,
+        "weekly.ics",
+        _dav_event("weekly-review", day + timedelta(hours=13), "FREQ=WEEKLY;COUNT=3"),
+    )
+    await admin.put(url, "once.ics", _dav_event("workshop", day + timedelta(days=2, hours=9)))
+    return url
+
+
+async def _edit_dav(admin: DavAdmin, url: str, rng: random.Random) -> str:
+    start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=rng.randrange(1, 9))
+    await admin.put(url, "once.ics", _dav_event("workshop", start))
+    return "move on room-2's CalDAV calendar (Radicale, polled)"
+
+
 def _edit(emulator: GoogleEmulator, ids: dict[str, list[str]], rng: random.Random) -> str:
     name = rng.choice(sorted(CALENDARS))
     calendar = CALENDARS[name][0]
@@ -204,11 +246,16 @@ async def _demo(duration: float, workdir: Path) -> None:
         await emulator.start("127.0.0.1", _port(8710))
         graph = MicrosoftEmulator(seed=7)
         await graph.start("127.0.0.1")
+        radicale = RadicaleServer()
+        await asyncio.to_thread(radicale.start)
+        dav_http = radicale.client()
+        dav = DavAdmin(dav_http)
         try:
             emulator.add_client(CLIENT_ID, CLIENT_SECRET)
             ids = _seed(emulator, rng)
             graph.add_client(CLIENT_ID, CLIENT_SECRET)
             graph_ids = _seed_graph(graph)
+            dav_url = await _seed_dav(dav, radicale.home_url)
             web_port = _port(6066)
             admin_token = secrets.token_urlsafe(16)
             settings = Settings(
@@ -229,11 +276,14 @@ async def _demo(duration: float, workdir: Path) -> None:
                 microsoft_client_id=CLIENT_ID,
                 microsoft_client_secret=CLIENT_SECRET,
                 microsoft_ca_bundle=graph.ca_bundle_path,
+                poll_min_interval=2.0,
+                poll_max_interval=30.0,
                 log_level="warn",
             )
             worker = WorkerProcess(settings, log_path=workdir / "worker.log")
             _say(f"Kafka at {broker.bootstrap}; Google emulator at {emulator.base_url}")
             _say(f"Microsoft Graph emulator at {graph.api_url}, identity at {graph.authority}")
+            _say(f"Radicale (CalDAV) at {radicale.url}")
             _say("starting the worker…")
             await asyncio.to_thread(worker.start)
             try:
@@ -268,19 +318,39 @@ async def _demo(duration: float, workdir: Path) -> None:
                             },
                         )
                         response.raise_for_status()
-                _say(f"registered {', '.join([*CALENDARS, *MAILBOXES])}")
+                    for name, zone in DAV_CALENDARS.items():
+                        response = await client.post(
+                            "/api/resources",
+                            headers={"Authorization": f"Bearer {admin_token}"},
+                            json={
+                                "resource_id": name,
+                                "provider": "caldav",
+                                "calendar_id": dav_url,
+                                "time_zone": zone,
+                                "credentials": {
+                                    "username": radicale.username,
+                                    "password": radicale.password,
+                                },
+                            },
+                        )
+                        response.raise_for_status()
+                _say(f"registered {', '.join([*CALENDARS, *MAILBOXES, *DAV_CALENDARS])}")
                 _say(f"web pages: {worker.url}/status/ (resources), {worker.url}/table/ (tables)")
                 _say(f"worker log: {worker.log_path}")
                 _say("events on calsync.events (Avro, no titles or attendees):")
                 reader = await TopicReader(broker.bootstrap, settings.topic("events")).start()
                 try:
-                    await _loop(reader, emulator, ids, graph, graph_ids, rng, duration)
+                    await _loop(
+                        reader, emulator, ids, graph, graph_ids, dav, dav_url, rng, duration
+                    )
                 finally:
                     await reader.aclose()
             finally:
                 _say("stopping the worker…")
                 await asyncio.to_thread(worker.stop)
         finally:
+            await dav_http.aclose()
+            await asyncio.to_thread(radicale.stop)
             await graph.aclose()
             await emulator.aclose()
     finally:
@@ -293,6 +363,8 @@ async def _loop(
     ids: dict[str, list[str]],
     graph: MicrosoftEmulator,
     graph_ids: list[str],
+    dav: DavAdmin,
+    dav_url: str,
     rng: random.Random,
     duration: float,
 ) -> None:
@@ -307,9 +379,12 @@ async def _loop(
         printed = len(reader.values)
         if time.monotonic() >= next_edit:
             edits += 1
-            change = (
-                _edit_graph(graph, graph_ids, rng) if edits % 4 == 0 else _edit(emulator, ids, rng)
-            )
+            if edits % 5 == 0:
+                change = await _edit_dav(dav, dav_url, rng)
+            elif edits % 4 == 0:
+                change = _edit_graph(graph, graph_ids, rng)
+            else:
+                change = _edit(emulator, ids, rng)
             _say(f"editing: {change}")
             next_edit = time.monotonic() + 4.0
 

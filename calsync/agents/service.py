@@ -582,6 +582,7 @@ class SyncService:
             registered_at=command.issued_at,
             credentials=dict(command.credentials),
             time_zone=command.time_zone,
+            busy_policy=dict(command.busy_policy) if command.busy_policy is not None else None,
         )
         self.resources[rid] = resource
         self.providers.forget(rid)

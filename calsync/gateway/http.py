@@ -24,11 +24,13 @@ import logging
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
+from calsync.busy import BusyPolicy
 from calsync.clock import Clock
 from calsync.crypto import SecretBox, WebhookSigner
 from calsync.gateway.publisher import Publisher
@@ -41,6 +43,7 @@ RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$")
 _GOOGLE_STATES = frozenset({"sync", "exists", "not_exists"})
 SUPPORTED_PROVIDERS = frozenset({"google", "microsoft", "caldav"})
 _LIFECYCLE_EVENTS = frozenset({"missed", "subscriptionRemoved", "reauthorizationRequired"})
+BUSY_POLICY_SWITCHES = frozenset(switch.name for switch in fields(BusyPolicy))
 
 
 class RequestRejected(Exception):
@@ -60,8 +63,33 @@ class RequestRejected(Exception):
         return web.json_response(body, status=self.status, headers=headers)
 
 
+def _busy_policy(value: object) -> dict[str, bool] | None:
+    """The optional ``busy_policy`` object: switches of :class:`BusyPolicy`, each a bool."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise RequestRejected(400, "busy_policy must be an object", field="busy_policy")
+    unknown = sorted(str(key) for key in value if key not in BUSY_POLICY_SWITCHES)
+    if unknown:
+        raise RequestRejected(
+            400,
+            f"busy_policy has unknown switches {unknown}; known are {sorted(BUSY_POLICY_SWITCHES)}",
+            field="busy_policy",
+        )
+    for key, flag in value.items():
+        if not isinstance(flag, bool):
+            raise RequestRejected(
+                400, f"busy_policy.{key} must be true or false", field="busy_policy"
+            )
+    return {str(key): bool(flag) for key, flag in value.items()}
+
+
 def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Command:
     """A register command from an API request body; credentials come out encrypted.
+
+    ``busy_policy`` is optional: an object of :class:`~calsync.busy.BusyPolicy`
+    switches (``declined_is_free``, ``unanswered_is_busy``, ``all_day_is_busy``,
+    ``tentative_is_busy``), each a bool; a switch left out keeps its default.
 
     Raises :class:`RequestRejected` (400) naming the offending field.
     """
@@ -116,6 +144,7 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
                 400, f"credentials.{name} must be a non-empty string", field="credentials"
             )
         secrets_in[name] = value
+    busy_policy = _busy_policy(body.get("busy_policy"))
     return Command(
         kind=CommandKind.REGISTER.value,
         resource_id=resource_id,
@@ -124,6 +153,7 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
         calendar_id=calendar_id,
         time_zone=time_zone,
         credentials={name: secrets.encrypt(value) for name, value in secrets_in.items()},
+        busy_policy=busy_policy,
     )
 
 

@@ -64,6 +64,7 @@ import httpx
 import icalendar
 import orjson
 
+from calsync.busy import BusyPolicy
 from calsync.errors import (
     AuthorizationRevoked,
     CursorExpired,
@@ -375,8 +376,9 @@ class CalDAVProvider:
     (``False``) ``sync-collection``; ``None`` follows the server's
     ``supported-report-set``. ``time_zone`` reads floating times and all-day dates;
     ``own_address`` (the owner's calendar address, e.g. the Apple ID) lets the
-    expander read the owner's PARTSTAT. Every method raises only
-    :class:`~calsync.errors.ProviderError` subclasses.
+    expander read the owner's PARTSTAT; ``policy`` (the default :class:`BusyPolicy`
+    when ``None``) is handed to the expander to decide busy states. Every method
+    raises only :class:`~calsync.errors.ProviderError` subclasses.
     """
 
     origin = ProviderOrigin.CALDAV
@@ -397,8 +399,10 @@ class CalDAVProvider:
         limiter: RateLimiter | None = None,
         account: str = "",
         max_inline_wait: float = 0.25,
+        policy: BusyPolicy | None = None,
     ) -> None:
         self._client = client
+        self._policy = BusyPolicy() if policy is None else policy
         self._auth = httpx.BasicAuth(username, password)
         self._url = url
         self._calendar_name = calendar
@@ -649,6 +653,7 @@ class CalDAVProvider:
                     data.text or "",
                     window=window,
                     default_zone=self._default_zone,
+                    policy=self._policy,
                     own_address=self._own_address,
                 )
             except MalformedProviderData as exc:

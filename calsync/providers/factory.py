@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from calsync.busy import BusyPolicy
 from calsync.clock import Clock
 from calsync.crypto import SecretBox
 from calsync.errors import CalsyncError
@@ -28,7 +29,25 @@ def account_key(provider: str, secret: str) -> str:
 
 def _fingerprint(resource: Resource) -> tuple[str, ...]:
     """What a cached provider was built from; a change means rebuild."""
-    return (resource.provider, resource.calendar_id, *sorted(resource.credentials.values()))
+    policy = repr(sorted((resource.busy_policy or {}).items()))
+    return (
+        resource.provider,
+        resource.calendar_id,
+        policy,
+        *sorted(resource.credentials.values()),
+    )
+
+
+def busy_policy(resource: Resource) -> BusyPolicy:
+    """The resource's :class:`BusyPolicy` (the default when it has none); raises
+    :class:`CalsyncError` for a switch that is unknown or not a bool."""
+    switches = resource.busy_policy or {}
+    if not all(isinstance(flag, bool) for flag in switches.values()):
+        raise CalsyncError(f"busy_policy switches must be bools, got {switches!r}")
+    try:
+        return BusyPolicy(**switches)
+    except TypeError as exc:
+        raise CalsyncError(f"busy_policy has an unknown switch: {sorted(switches)}") from exc
 
 
 class ProviderFactory:
@@ -71,13 +90,15 @@ class ProviderFactory:
         return self._caldav_client
 
     def get(self, resource_id: str, resource: Resource) -> Provider:
-        """The provider for ``resource``; raises :class:`CalsyncError` for unknown providers
-        and :class:`~calsync.errors.CryptoError` for credentials made with another key."""
+        """The provider for ``resource``, deciding busy states by its ``busy_policy``;
+        raises :class:`CalsyncError` for unknown providers or a malformed policy and
+        :class:`~calsync.errors.CryptoError` for credentials made with another key."""
         fingerprint = _fingerprint(resource)
         cached = self._cache.get(resource_id)
         if cached is not None and cached[0] == fingerprint:
             return cached[1]
         settings = self._settings
+        policy = busy_policy(resource)
         provider: Provider
         if resource.provider == "google":
             refresh_token = self._secrets.decrypt(resource.credentials["refresh_token"])
@@ -99,6 +120,7 @@ class ProviderFactory:
                 limiter=self.limiter,
                 account=account,
                 max_inline_wait=settings.max_inline_wait,
+                policy=policy,
             )
         elif resource.provider == "microsoft":
             refresh_token = self._secrets.decrypt(resource.credentials["refresh_token"])
@@ -124,6 +146,7 @@ class ProviderFactory:
                 on_rotate=(
                     functools.partial(self._on_rotate, resource_id) if self._on_rotate else None
                 ),
+                policy=policy,
             )
         elif resource.provider == "caldav":
             username = self._secrets.decrypt(resource.credentials["username"])
@@ -137,6 +160,7 @@ class ProviderFactory:
                 limiter=self.limiter,
                 account=account_key("caldav", f"{resource.calendar_id}\x1f{username}"),
                 max_inline_wait=settings.max_inline_wait,
+                policy=policy,
             )
         else:
             raise CalsyncError(f"provider {resource.provider!r} is not supported")

@@ -1,7 +1,8 @@
 """Google Calendar v3: OAuth refresh, full and incremental event sync, watch channels.
 
 Normalization (:func:`normalize_google_event`) is the privacy boundary: it reads
-times, status and transparency (and the user's own response), and returns an
+times, status, transparency, ``eventType`` and the user's own response (the busy
+state is decided by :mod:`calsync.busy`), and returns an
 :class:`~calsync.model.Occurrence` that carries none of title, description,
 location, attendees or organizer.
 """
@@ -21,6 +22,7 @@ from google.auth.exceptions import RefreshError, TransportError
 from google.auth.transport.requests import Request as GoogleAuthRequest
 from google.oauth2.credentials import Credentials
 
+from calsync.busy import BusyPolicy, status_intent
 from calsync.errors import (
     AuthorizationRevoked,
     CursorExpired,
@@ -35,7 +37,6 @@ from calsync.model import (
     Deletion,
     Occurrence,
     ProviderOrigin,
-    StatusIntent,
     Transparency,
 )
 from calsync.providers.base import (
@@ -111,26 +112,34 @@ def _parse_bound(
     return moment.astimezone(UTC), False
 
 
-def _status_intent(raw: Mapping[str, Any], transparency: Transparency) -> StatusIntent:
-    if raw.get("eventType") == "outOfOffice":
-        return StatusIntent.OUT_OF_OFFICE
-    own_response = next(
-        (a.get("responseStatus") for a in raw.get("attendees") or () if a.get("self")), None
-    )
-    if own_response == "declined" or transparency is Transparency.TRANSPARENT:
-        return StatusIntent.FREE
-    if raw.get("status") == "tentative" or own_response == "tentative":
-        return StatusIntent.TENTATIVE
-    return StatusIntent.BUSY
+def _own_response(raw: Mapping[str, Any]) -> str | None:
+    """The ``responseStatus`` of the attendee marked ``self``, if there is one."""
+    attendees = raw.get("attendees")
+    if not isinstance(attendees, list):
+        return None
+    for attendee in attendees:
+        if isinstance(attendee, Mapping) and attendee.get("self"):
+            response = attendee.get("responseStatus")
+            return response if isinstance(response, str) else None
+    return None
 
 
-def normalize_google_event(raw: Mapping[str, Any], calendar_zone: ZoneInfo) -> Change:
+def _word(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def normalize_google_event(
+    raw: Mapping[str, Any], calendar_zone: ZoneInfo, policy: BusyPolicy | None = None
+) -> Change:
     """Reduce a Google event resource to a :class:`Occurrence` or :class:`Deletion`.
 
     ``calendar_zone`` is the calendar's zone (from the list response): all-day
     events (``date``) span local midnight to local midnight there, and floating
     ``dateTime`` values without ``timeZone`` are read in it. A cancelled event is a
-    deletion. Raises :class:`MalformedProviderData` for anything it cannot represent.
+    deletion. The busy state is :func:`calsync.busy.status_intent` of ``transparency``,
+    ``status``, the ``self`` attendee's ``responseStatus``, ``eventType`` and the
+    all-day flag under ``policy`` (the default :class:`BusyPolicy` when ``None``).
+    Raises :class:`MalformedProviderData` for anything it cannot represent.
     """
     event_id = raw.get("id")
     if not isinstance(event_id, str) or not event_id:
@@ -156,6 +165,14 @@ def normalize_google_event(raw: Mapping[str, Any], calendar_zone: ZoneInfo) -> C
         if raw.get("transparency") == "transparent"
         else Transparency.OPAQUE
     )
+    intent, transparency = status_intent(
+        BusyPolicy() if policy is None else policy,
+        transparency=transparency,
+        status=_word(raw.get("status")),
+        own_response=_own_response(raw),
+        kind=_word(raw.get("eventType")),
+        all_day=start_all_day,
+    )
     series_id = raw.get("recurringEventId")
     return Occurrence(
         native_event_id=event_id,
@@ -163,7 +180,7 @@ def normalize_google_event(raw: Mapping[str, Any], calendar_zone: ZoneInfo) -> C
         end_utc=end,
         is_all_day=start_all_day,
         transparency=transparency,
-        status_intent=_status_intent(raw, transparency),
+        status_intent=intent,
         series_id=series_id if isinstance(series_id, str) else None,
     )
 
@@ -262,8 +279,11 @@ class GoogleProvider:
         limiter: RateLimiter | None = None,
         account: str = "",
         max_inline_wait: float = 0.25,
+        policy: BusyPolicy | None = None,
     ) -> None:
+        """``policy`` decides the busy state of every event (the default when ``None``)."""
         self._client = client
+        self._policy = BusyPolicy() if policy is None else policy
         self._gate = AccountGate(limiter, "google", account, max_inline_wait)
         self.account = account
         self._api_url = api_url.rstrip("/")
@@ -342,7 +362,7 @@ class GoogleProvider:
                 try:
                     if not isinstance(raw, Mapping):
                         raise MalformedProviderData("item is not an object")
-                    page.changes.append(normalize_google_event(raw, zone))
+                    page.changes.append(normalize_google_event(raw, zone, self._policy))
                 except MalformedProviderData as exc:
                     item_id = raw.get("id") if isinstance(raw, Mapping) else raw
                     page.quarantined.append(Quarantined(hash_item_id(item_id), str(exc)))

@@ -23,12 +23,15 @@ Decisions, each a reading of the Graph docs (``provider-protocols.md`` §2):
   on the ``Prefer`` zone. Should an all-day bound not be midnight, Graph converted it
   from another zone; the date is then the day that instant falls on in
   ``mailbox_zone``.
-* **showAs**: ``free`` → FREE (transparent); ``tentative`` → TENTATIVE; ``busy`` →
-  BUSY; ``oof`` → OUT_OF_OFFICE; ``workingElsewhere`` → FREE (transparent): the
-  person is working and can be booked, only not at the office, so the slot is not
-  busy; ``unknown``, missing or new values → BUSY (when unsure, do not offer the
-  slot). The user's own response refines it: ``declined`` → FREE,
-  ``tentativelyAccepted`` turns BUSY into TENTATIVE; ``oof`` always stays.
+* **showAs** and the user's own ``responseStatus.response`` (with ``isAllDay``) go
+  to :func:`calsync.busy.status_intent`, the one busy policy. With the default
+  :class:`~calsync.busy.BusyPolicy`: ``free`` → FREE (transparent); ``tentative`` →
+  TENTATIVE; ``busy`` → BUSY; ``oof`` → OUT_OF_OFFICE; ``workingElsewhere`` → FREE
+  (transparent): the person is working and can be booked, only not at the office,
+  so the slot is not busy; ``unknown``, missing or new values → BUSY (when unsure,
+  do not offer the slot). The response refines it: ``declined`` → FREE,
+  ``tentativelyAccepted`` turns BUSY into TENTATIVE; ``oof`` always stays. A
+  resource's policy can flip the declined, unanswered, all-day and tentative rules.
 * **Series masters** are not occurrences (calendarView delta expands series into
   occurrences and exceptions); :func:`normalize_graph_event` refuses one and
   :meth:`MicrosoftProvider.fetch_changes` drops any before normalizing.
@@ -54,6 +57,7 @@ import msal
 import orjson
 import requests
 
+from calsync.busy import BusyPolicy, status_intent
 from calsync.errors import (
     AuthorizationRevoked,
     CursorExpired,
@@ -217,31 +221,32 @@ def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, wall_clock(0), tzinfo=zone).astimezone(UTC)
 
 
-def _show_as(raw: Mapping[str, Any]) -> tuple[StatusIntent, Transparency]:
+def _show_as(
+    raw: Mapping[str, Any], all_day: bool, policy: BusyPolicy
+) -> tuple[StatusIntent, Transparency]:
+    """``showAs`` (both status and transparency in Graph) and the owner's response, decided
+    by :func:`calsync.busy.status_intent`."""
     show_as = raw.get("showAs")
-    if show_as in ("free", "workingElsewhere"):
-        intent, transparency = StatusIntent.FREE, Transparency.TRANSPARENT
-    elif show_as == "oof":
-        return StatusIntent.OUT_OF_OFFICE, Transparency.OPAQUE
-    elif show_as == "tentative":
-        intent, transparency = StatusIntent.TENTATIVE, Transparency.OPAQUE
-    else:  # busy, unknown, missing or a value added later
-        intent, transparency = StatusIntent.BUSY, Transparency.OPAQUE
     response_status = raw.get("responseStatus")
     response = response_status.get("response") if isinstance(response_status, Mapping) else None
-    if response == "declined":
-        return StatusIntent.FREE, transparency
-    if response == "tentativelyAccepted" and intent is StatusIntent.BUSY:
-        return StatusIntent.TENTATIVE, transparency
-    return intent, transparency
+    return status_intent(
+        policy,
+        transparency=Transparency.OPAQUE,
+        status=show_as if isinstance(show_as, str) else None,
+        own_response=response if isinstance(response, str) else None,
+        all_day=all_day,
+    )
 
 
-def normalize_graph_event(raw: Mapping[str, Any], mailbox_zone: ZoneInfo) -> Change:
+def normalize_graph_event(
+    raw: Mapping[str, Any], mailbox_zone: ZoneInfo, policy: BusyPolicy | None = None
+) -> Change:
     """Reduce a Graph event (or ``@removed`` entry) to an :class:`Occurrence` or :class:`Deletion`.
 
     ``@removed`` and ``isCancelled`` are deletions. ``mailbox_zone`` is the
     mailbox's zone: all-day events span local midnights there. The rules for wall
-    times, all-day events and ``showAs`` are in the module docstring. Raises
+    times, all-day events and ``showAs`` are in the module docstring; ``policy``
+    (the default :class:`BusyPolicy` when ``None``) sets the busy switches. Raises
     :class:`MalformedProviderData` (with ``item_id`` when there is one) for anything
     it cannot represent, including a series master, which is not an occurrence.
     """
@@ -266,7 +271,7 @@ def normalize_graph_event(raw: Mapping[str, Any], mailbox_zone: ZoneInfo) -> Cha
         start, end = _instant(start_wall, start_zone), _instant(end_wall, end_zone)
     if end < start:
         raise MalformedProviderData("event ends before it starts", item_id=event_id)
-    intent, transparency = _show_as(raw)
+    intent, transparency = _show_as(raw, all_day, BusyPolicy() if policy is None else policy)
     series_id = raw.get("seriesMasterId")
     return Occurrence(
         native_event_id=event_id,
@@ -578,13 +583,16 @@ class MicrosoftProvider:
         max_inline_wait: float = 0.25,
         clock: Callable[[], float] = time.time,
         on_rotate: Callable[[dict[str, str]], Awaitable[None]] | None = None,
+        policy: BusyPolicy | None = None,
     ) -> None:
         """``on_rotate`` receives rotated credentials as soon as the token source gets
-        them (else :meth:`rotated_credentials` offers them later).
+        them (else :meth:`rotated_credentials` offers them later). ``policy`` decides
+        the busy state of every event (the default when ``None``).
 
         Raises :class:`MalformedProviderData` when ``time_zone`` (the mailbox's zone,
         Windows or IANA name; UTC if ``None``) is unknown."""
         self._client = client
+        self._policy = BusyPolicy() if policy is None else policy
         self._on_rotate = on_rotate
         self._gate = AccountGate(limiter, PROVIDER, account, max_inline_wait)
         self.account = account
@@ -685,7 +693,9 @@ class MicrosoftProvider:
                 try:
                     if not isinstance(raw, Mapping):
                         raise MalformedProviderData("item is not an object")
-                    page.changes.append(normalize_graph_event(raw, self._mailbox_zone))
+                    page.changes.append(
+                        normalize_graph_event(raw, self._mailbox_zone, self._policy)
+                    )
                 except MalformedProviderData as exc:
                     item_id = raw.get("id") if isinstance(raw, Mapping) else raw
                     page.quarantined.append(Quarantined(hash_item_id(item_id), str(exc)))

@@ -75,7 +75,9 @@ class Command(faust.Record, serializer="json", include_metadata=False):
     """An administrative request, keyed by resource id.
 
     ``credentials`` values are ciphertexts (:class:`calsync.crypto.SecretBox`): no
-    plaintext secret is ever written to a topic.
+    plaintext secret is ever written to a topic. ``busy_policy`` (register only)
+    holds :class:`calsync.busy.BusyPolicy` switches by field name; ``None`` means
+    the default policy.
     """
 
     kind: str
@@ -85,6 +87,7 @@ class Command(faust.Record, serializer="json", include_metadata=False):
     calendar_id: str | None = None
     time_zone: str | None = None
     credentials: dict[str, str] | None = None
+    busy_policy: dict[str, bool] | None = None
 
 
 class StatusEvent(faust.Record, serializer="json", include_metadata=False):

@@ -8,7 +8,11 @@ from calsync.streams.records import Notification
 
 
 class Resource(faust.Record, serializer="json", include_metadata=False):
-    """A registered calendar. ``credentials`` holds ciphertexts only."""
+    """A registered calendar. ``credentials`` holds ciphertexts only.
+
+    ``busy_policy`` holds the :class:`calsync.busy.BusyPolicy` switches that differ
+    from the defaults (field name to flag); ``None`` means the default policy.
+    """
 
     provider: str
     calendar_id: str
@@ -16,6 +20,7 @@ class Resource(faust.Record, serializer="json", include_metadata=False):
     credentials: dict[str, str]
     time_zone: str | None = None
     state: str = "active"  # active | reauth_required | removed
+    busy_policy: dict[str, bool] | None = None
 
 
 class SyncState(faust.Record, serializer="json", include_metadata=False):

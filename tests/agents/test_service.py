@@ -277,3 +277,12 @@ async def test_rotated_credentials_are_stored_at_once_and_heal_a_stale_replay(wo
     assert box.decrypt(service.resources["r1"].credentials["refresh_token"]) == "rt-2"
     assert "recovered" in outbox.status_names()
     assert outbox.notifications[-1].full
+
+
+async def test_register_keeps_the_busy_policy(world) -> None:
+    service, _, _, _ = world
+    command = register(service).derive(busy_policy={"all_day_is_busy": False})
+    await service.on_command(command)
+    assert service.resources["r1"].busy_policy == {"all_day_is_busy": False}
+    await service.on_command(register(service))
+    assert service.resources["r1"].busy_policy is None

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from calsync.busy import BusyPolicy
 from calsync.crypto import SecretBox
 from calsync.gateway.http import RequestRejected, validate_registration
 
@@ -35,6 +36,12 @@ def test_valid_registration_encrypts_credentials() -> None:
         ({"time_zone": "Mars/Base"}, "time_zone"),
         ({"credentials": {}}, "credentials"),
         ({"credentials": "x"}, "credentials"),
+        ({"busy_policy": "strict"}, "busy_policy"),
+        ({"busy_policy": ["declined_is_free"]}, "busy_policy"),
+        ({"busy_policy": {"declined_is_free": "false"}}, "busy_policy"),
+        ({"busy_policy": {"all_day_is_busy": 0}}, "busy_policy"),
+        ({"busy_policy": {"tentative_is_busy": None}}, "busy_policy"),
+        ({"busy_policy": {"weekends_are_free": True}}, "busy_policy"),
     ],
 )
 def test_bad_registrations_name_the_field(change: dict[str, object], field: str) -> None:
@@ -46,3 +53,30 @@ def test_bad_registrations_name_the_field(change: dict[str, object], field: str)
 def test_non_object_body() -> None:
     with pytest.raises(RequestRejected, match="JSON object"):
         validate_registration([1, 2], BOX, now=1.0)
+
+
+def test_busy_policy_is_optional() -> None:
+    assert validate_registration(GOOD, BOX, now=1.0).busy_policy is None
+    assert validate_registration({**GOOD, "busy_policy": None}, BOX, now=1.0).busy_policy is None
+
+
+def test_busy_policy_switches_are_carried_as_given() -> None:
+    switches = {
+        "declined_is_free": False,
+        "unanswered_is_busy": False,
+        "all_day_is_busy": False,
+        "tentative_is_busy": True,
+    }
+    command = validate_registration({**GOOD, "busy_policy": switches}, BOX, now=1.0)
+    assert command.busy_policy == switches
+    assert BusyPolicy(**command.busy_policy) == BusyPolicy(False, False, False, True)
+    partial = validate_registration(
+        {**GOOD, "busy_policy": {"all_day_is_busy": False}}, BOX, now=1.0
+    )
+    assert partial.busy_policy == {"all_day_is_busy": False}
+
+
+def test_unknown_busy_policy_switch_is_named() -> None:
+    with pytest.raises(RequestRejected, match="weekends_are_free") as info:
+        validate_registration({**GOOD, "busy_policy": {"weekends_are_free": True}}, BOX, now=1.0)
+    assert info.value.field == "busy_policy"

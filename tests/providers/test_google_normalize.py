@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from calsync.busy import BusyPolicy
 from calsync.errors import MalformedProviderData
 from calsync.model import Deletion, Occurrence, StatusIntent, Transparency
 from calsync.providers.google import normalize_google_event
@@ -90,6 +91,26 @@ def test_floating_datetime_uses_the_events_time_zone() -> None:
             StatusIntent.TENTATIVE,
             Transparency.OPAQUE,
         ),
+        (
+            {"attendees": [{"self": True, "responseStatus": "needsAction"}]},
+            StatusIntent.BUSY,
+            Transparency.OPAQUE,
+        ),
+        # another attendee's answer is not the owner's
+        (
+            {"attendees": [{"email": "b@example.com", "responseStatus": "declined"}]},
+            StatusIntent.BUSY,
+            Transparency.OPAQUE,
+        ),
+        # eventType rows of calsync.busy.KIND_WORDS
+        ({"eventType": "focusTime"}, StatusIntent.BUSY, Transparency.OPAQUE),
+        ({"eventType": "workingLocation"}, StatusIntent.FREE, Transparency.TRANSPARENT),
+        ({"eventType": "birthday"}, StatusIntent.FREE, Transparency.TRANSPARENT),
+        (
+            {"eventType": "outOfOffice", "transparency": "transparent"},
+            StatusIntent.OUT_OF_OFFICE,
+            Transparency.OPAQUE,
+        ),
     ],
 )
 def test_status_mapping(
@@ -98,6 +119,36 @@ def test_status_mapping(
     result = normalize_google_event(event(**fields), UTC_ZONE)
     assert isinstance(result, Occurrence)
     assert (result.status_intent, result.transparency) == (intent, transparency)
+
+
+DECLINED = {"attendees": [{"self": True, "responseStatus": "declined"}]}
+ALL_DAY = {"start": {"date": "2026-12-01"}, "end": {"date": "2026-12-02"}}
+UNANSWERED = {"attendees": [{"self": True, "responseStatus": "needsAction"}]}
+
+
+@pytest.mark.parametrize(
+    ("fields", "policy", "intent"),
+    [
+        (DECLINED, BusyPolicy(), StatusIntent.FREE),
+        (DECLINED, BusyPolicy(declined_is_free=False), StatusIntent.BUSY),
+        (ALL_DAY, BusyPolicy(), StatusIntent.BUSY),
+        (ALL_DAY, BusyPolicy(all_day_is_busy=False), StatusIntent.FREE),
+        ({"status": "tentative"}, BusyPolicy(tentative_is_busy=True), StatusIntent.BUSY),
+        (UNANSWERED, BusyPolicy(unanswered_is_busy=False), StatusIntent.TENTATIVE),
+        # out of office stays whatever the switches say
+        (
+            {**ALL_DAY, "eventType": "outOfOffice"},
+            BusyPolicy(all_day_is_busy=False),
+            StatusIntent.OUT_OF_OFFICE,
+        ),
+    ],
+)
+def test_policy_switches(
+    fields: dict[str, object], policy: BusyPolicy, intent: StatusIntent
+) -> None:
+    result = normalize_google_event(event(**fields), UTC_ZONE, policy)
+    assert isinstance(result, Occurrence)
+    assert (result.status_intent, result.transparency) == (intent, Transparency.OPAQUE)
 
 
 def test_cancelled_is_a_deletion() -> None:

@@ -20,6 +20,7 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
+from calsync.busy import BusyPolicy
 from calsync.errors import (
     AuthorizationRevoked,
     CursorExpired,
@@ -336,6 +337,70 @@ def test_show_as_and_response_mapping(
     result = normalize_graph_event(raw, UTC_ZONE)
     assert isinstance(result, Occurrence)
     assert (result.status_intent, result.transparency) == (intent, transparency)
+
+
+GRAPH_ALL_DAY = {
+    "isAllDay": True,
+    "start": {"dateTime": "2026-12-01T00:00:00.0000000", "timeZone": "UTC"},
+    "end": {"dateTime": "2026-12-02T00:00:00.0000000", "timeZone": "UTC"},
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "policy", "intent"),
+    [
+        ({"responseStatus": {"response": "declined"}}, BusyPolicy(), StatusIntent.FREE),
+        (
+            {"responseStatus": {"response": "declined"}},
+            BusyPolicy(declined_is_free=False),
+            StatusIntent.BUSY,
+        ),
+        (GRAPH_ALL_DAY, BusyPolicy(), StatusIntent.BUSY),
+        (GRAPH_ALL_DAY, BusyPolicy(all_day_is_busy=False), StatusIntent.FREE),
+        (
+            {"responseStatus": {"response": "tentativelyAccepted"}},
+            BusyPolicy(),
+            StatusIntent.TENTATIVE,
+        ),
+        (
+            {"responseStatus": {"response": "tentativelyAccepted"}},
+            BusyPolicy(tentative_is_busy=True),
+            StatusIntent.BUSY,
+        ),
+        ({"showAs": "tentative"}, BusyPolicy(tentative_is_busy=True), StatusIntent.BUSY),
+        (
+            {"responseStatus": {"response": "notResponded"}},
+            BusyPolicy(unanswered_is_busy=False),
+            StatusIntent.TENTATIVE,
+        ),
+        (
+            {**GRAPH_ALL_DAY, "showAs": "oof"},
+            BusyPolicy(all_day_is_busy=False),
+            StatusIntent.OUT_OF_OFFICE,
+        ),
+    ],
+)
+def test_policy_switches(
+    fields: dict[str, object], policy: BusyPolicy, intent: StatusIntent
+) -> None:
+    result = normalize_graph_event(graph_event(**fields), UTC_ZONE, policy)
+    assert isinstance(result, Occurrence)
+    assert (result.status_intent, result.transparency) == (intent, Transparency.OPAQUE)
+
+
+async def test_the_providers_policy_decides_busy_state() -> None:
+    def scenario(request: httpx.Request) -> httpx.Response:
+        items: list[object] = [graph_event(responseStatus={"response": "declined"})]
+        return page(items, delta_link=f"{API}/d")
+
+    (default,) = await walk(make_provider(scenario))
+    (strict,) = await walk(make_provider(scenario, policy=BusyPolicy(declined_is_free=False)))
+    assert [c.status_intent for c in default.changes if isinstance(c, Occurrence)] == [
+        StatusIntent.FREE
+    ]
+    assert [c.status_intent for c in strict.changes if isinstance(c, Occurrence)] == [
+        StatusIntent.BUSY
+    ]
 
 
 def test_cancelled_and_removed_are_deletions() -> None:
