@@ -26,7 +26,7 @@ from calsync.codecs.avro import register_codecs
 from calsync.gateway.http import Gateway
 from calsync.gateway.publisher import KafkaPublisher
 from calsync.providers.factory import ProviderFactory
-from calsync.ratelimit import BucketSpec, RateLimiter
+from calsync.ratelimit import RateLimiter, default_specs
 from calsync.settings import Settings
 from calsync.streams.records import Command, Notification, RetryEnvelope
 from calsync.tables.records import Channel, Resource, SyncState, Timer
@@ -176,7 +176,8 @@ def _share_updater(
             return
         last[0] = now
         owned = sum(1 for tp in app.assignor.assigned_actives() if tp.topic == topic)
-        limiter.set_share("google", max(owned, 1) / partitions)
+        for provider in ("google", "microsoft"):
+            limiter.set_share(provider, max(owned, 1) / partitions)
 
     return update
 
@@ -230,12 +231,12 @@ def create_app(
     outbox = KafkaOutbox(settings, publisher.send)
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     limiter = RateLimiter(
-        {
-            "google": (
-                BucketSpec(rate=settings.google_user_rate, burst=settings.google_user_burst),
-                BucketSpec(rate=settings.google_app_rate, burst=settings.google_app_burst),
-            )
-        }
+        default_specs(
+            google_user_rate=settings.google_user_rate,
+            google_user_burst=settings.google_user_burst,
+            google_app_rate=settings.google_app_rate,
+            google_app_burst=settings.google_app_burst,
+        )
     )
     app.limiter = limiter
     dispatcher = TimerDispatcher(

@@ -413,13 +413,16 @@ def default_specs(
     microsoft_mailbox_concurrency: int | None = 4,
     microsoft_app_rate: float = 130_000 / 10,
     microsoft_app_burst: float = 1_000.0,
+    caldav_account_rate: float = 5.0,
+    caldav_account_burst: float = 10.0,
 ) -> dict[str, tuple[BucketSpec, BucketSpec]]:
     """The documented quotas as ``RateLimiter`` specs, rates in requests per second.
 
     Google Calendar: 600 requests/min per user, 10,000/min per project. Microsoft Graph
     (Outlook): 10,000 requests per 10 minutes and 4 concurrent per app and mailbox;
     130,000 requests per 10 s per app across all tenants. Parameter names match the
-    ``Settings`` fields so they can be passed straight through. CalDAV is left unlimited.
+    ``Settings`` fields so they can be passed straight through. CalDAV servers publish
+    no quota: a modest per-account rate keeps polling polite (iCloud throttles with 503).
     """
     return {
         "google": (
@@ -433,5 +436,9 @@ def default_specs(
                 concurrency=microsoft_mailbox_concurrency,
             ),
             BucketSpec(rate=microsoft_app_rate, burst=microsoft_app_burst),
+        ),
+        "caldav": (
+            BucketSpec(rate=caldav_account_rate, burst=caldav_account_burst),
+            BucketSpec(rate=1_000.0, burst=1_000.0),
         ),
     }

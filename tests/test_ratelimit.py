@@ -480,7 +480,7 @@ def test_default_specs_follow_the_documented_quotas() -> None:
     assert mailbox.rate * 600 == pytest.approx(10_000)
     assert mailbox.concurrency == 4
     assert graph_app.rate * 10 == pytest.approx(130_000)
-    assert "caldav" not in specs
+    assert specs["caldav"][0] == BucketSpec(rate=5.0, burst=10.0)  # polite polling
     custom = default_specs(google_user_rate=5.0, microsoft_mailbox_concurrency=None)
     assert custom["google"][0].rate == 5.0
     assert custom["microsoft"][0].concurrency is None

@@ -583,6 +583,7 @@ class SyncService:
             credentials=dict(command.credentials),
             time_zone=command.time_zone,
             busy_policy=dict(command.busy_policy) if command.busy_policy is not None else None,
+            own_address=command.own_address,
         )
         self.resources[rid] = resource
         self.providers.forget(rid)

@@ -145,6 +145,14 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
             )
         secrets_in[name] = value
     busy_policy = _busy_policy(body.get("busy_policy"))
+    own_address = body.get("own_address")
+    if own_address is not None and (not isinstance(own_address, str) or "@" not in own_address):
+        raise RequestRejected(
+            400,
+            "own_address must be the calendar owner's email address (CalDAV: to read their "
+            "replies to invitations)",
+            field="own_address",
+        )
     return Command(
         kind=CommandKind.REGISTER.value,
         resource_id=resource_id,
@@ -154,6 +162,7 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
         time_zone=time_zone,
         credentials={name: secrets.encrypt(value) for name, value in secrets_in.items()},
         busy_policy=busy_policy,
+        own_address=own_address,
     )
 
 

@@ -33,6 +33,7 @@ def _fingerprint(resource: Resource) -> tuple[str, ...]:
     return (
         resource.provider,
         resource.calendar_id,
+        resource.own_address or "",
         policy,
         *sorted(resource.credentials.values()),
     )
@@ -161,6 +162,7 @@ class ProviderFactory:
                 account=account_key("caldav", f"{resource.calendar_id}\x1f{username}"),
                 max_inline_wait=settings.max_inline_wait,
                 policy=policy,
+                own_address=resource.own_address,
             )
         else:
             raise CalsyncError(f"provider {resource.provider!r} is not supported")

@@ -88,6 +88,8 @@ class Command(faust.Record, serializer="json", include_metadata=False):
     time_zone: str | None = None
     credentials: dict[str, str] | None = None
     busy_policy: dict[str, bool] | None = None
+    #: CalDAV: the owner's address, whose PARTSTAT decides declined/unanswered
+    own_address: str | None = None
 
 
 class StatusEvent(faust.Record, serializer="json", include_metadata=False):

@@ -21,6 +21,8 @@ class Resource(faust.Record, serializer="json", include_metadata=False):
     time_zone: str | None = None
     state: str = "active"  # active | reauth_required | removed
     busy_policy: dict[str, bool] | None = None
+    #: CalDAV: the owner's address, whose PARTSTAT decides declined/unanswered
+    own_address: str | None = None
 
 
 class SyncState(faust.Record, serializer="json", include_metadata=False):

@@ -80,3 +80,25 @@ def test_unknown_busy_policy_switch_is_named() -> None:
     with pytest.raises(RequestRejected, match="weekends_are_free") as info:
         validate_registration({**GOOD, "busy_policy": {"weekends_are_free": True}}, BOX, now=1.0)
     assert info.value.field == "busy_policy"
+
+
+def test_own_address_is_kept_and_checked() -> None:
+    caldav = {
+        "resource_id": "room-2",
+        "provider": "caldav",
+        "calendar_id": "https://dav.example.com/alice/cal/",
+        "own_address": "alice@example.com",
+        "credentials": {"username": "alice", "password": "app-pw"},
+    }
+    command = validate_registration(caldav, BOX, now=1.0)
+    assert command.own_address == "alice@example.com"
+    assert command.credentials is not None and "app-pw" not in command.dumps().decode()
+    with pytest.raises(RequestRejected) as info:
+        validate_registration({**caldav, "own_address": "nobody"}, BOX, now=1.0)
+    assert info.value.field == "own_address"
+    with pytest.raises(RequestRejected) as info:
+        validate_registration({**caldav, "calendar_id": "dav.example.com"}, BOX, now=1.0)
+    assert info.value.field == "calendar_id"
+    with pytest.raises(RequestRejected) as info:
+        validate_registration({**caldav, "credentials": {"username": "alice"}}, BOX, now=1.0)
+    assert info.value.field == "credentials"
