@@ -278,7 +278,7 @@ async def test_moving_horizon_emits_newly_visible_occurrences(kafka_settings) ->
             first = instance_ids()
             assert ids[5] not in first and first <= set(ids[:2])
             # day 5's instance becomes visible when "now" passes day 3 (a 2-day horizon)
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 150
             while ids[5] not in instance_ids():
                 assert time.monotonic() < deadline, (
                     f"{sorted(instance_ids())}\n{world.worker.tail()}"
