@@ -287,50 +287,47 @@ async def _demo(duration: float, workdir: Path) -> None:
             _say("starting the worker…")
             await asyncio.to_thread(worker.start)
             try:
+                registrations = [
+                    (
+                        name,
+                        "google",
+                        calendar,
+                        zone,
+                        {"refresh_token": emulator.issue_refresh_token(CLIENT_ID)},
+                    )
+                    for name, (calendar, zone) in CALENDARS.items()
+                ]
+                registrations += [
+                    (
+                        name,
+                        "microsoft",
+                        user,
+                        zone,
+                        {"refresh_token": graph.issue_refresh_token(CLIENT_ID)},
+                    )
+                    for name, (user, zone) in MAILBOXES.items()
+                ]
+                registrations += [
+                    (
+                        name,
+                        "caldav",
+                        dav_url,
+                        zone,
+                        {"username": radicale.username, "password": radicale.password},
+                    )
+                    for name, zone in DAV_CALENDARS.items()
+                ]
                 async with httpx.AsyncClient(base_url=worker.url) as client:
-                    for name, (calendar, zone) in CALENDARS.items():
+                    for name, provider, calendar, zone, credentials in registrations:
                         response = await client.post(
                             "/api/resources",
                             headers={"Authorization": f"Bearer {admin_token}"},
                             json={
                                 "resource_id": name,
-                                "provider": "google",
+                                "provider": provider,
                                 "calendar_id": calendar,
                                 "time_zone": zone,
-                                "credentials": {
-                                    "refresh_token": emulator.issue_refresh_token(CLIENT_ID)
-                                },
-                            },
-                        )
-                        response.raise_for_status()
-                    for name, (user, zone) in MAILBOXES.items():
-                        response = await client.post(
-                            "/api/resources",
-                            headers={"Authorization": f"Bearer {admin_token}"},
-                            json={
-                                "resource_id": name,
-                                "provider": "microsoft",
-                                "calendar_id": user,
-                                "time_zone": zone,
-                                "credentials": {
-                                    "refresh_token": graph.issue_refresh_token(CLIENT_ID)
-                                },
-                            },
-                        )
-                        response.raise_for_status()
-                    for name, zone in DAV_CALENDARS.items():
-                        response = await client.post(
-                            "/api/resources",
-                            headers={"Authorization": f"Bearer {admin_token}"},
-                            json={
-                                "resource_id": name,
-                                "provider": "caldav",
-                                "calendar_id": dav_url,
-                                "time_zone": zone,
-                                "credentials": {
-                                    "username": radicale.username,
-                                    "password": radicale.password,
-                                },
+                                "credentials": credentials,
                             },
                         )
                         response.raise_for_status()
