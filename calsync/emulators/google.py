@@ -75,7 +75,6 @@ import math
 import random
 import re
 import secrets
-import signal
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -106,7 +105,9 @@ from calsync.emulators.faults import (
     FaultInjector,
     FaultRule,
     RecordedRequest,
+    parse_pair,
     retry_after_seconds,
+    serve_until_stopped,
 )
 
 __all__ = [
@@ -2541,32 +2542,16 @@ async def serve_forever(
         emu.add_calendar(calendar_id, time_zone=tz)
     for client_id, secret in clients:
         emu.add_client(client_id, secret)
-    stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    try:
-        await emu.start(host, port)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-        print(f"Google Calendar emulator listening on {emu.base_url}", flush=True)
-        print(f"CALSYNC_GOOGLE_API_URL={emu.api_url}", flush=True)
-        print(f"CALSYNC_GOOGLE_TOKEN_URL={emu.token_url}", flush=True)
-        await stop.wait()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await emu.aclose()
-
-
-def _pair(value: str, default_second: str | None = None) -> tuple[str, str]:
-    first, sep, second = value.rpartition(":") if default_second is None else value.partition(":")
-    if default_second is not None and not sep:
-        return value, default_second
-    if not sep or not first or not second:
-        raise argparse.ArgumentTypeError(f"expected A:B, got {value!r}")
-    return first, second
+    await serve_until_stopped(
+        lambda: emu.start(host, port),
+        emu.aclose,
+        lambda: [
+            f"Google Calendar emulator listening on {emu.base_url}",
+            f"CALSYNC_GOOGLE_API_URL={emu.api_url}",
+            f"CALSYNC_GOOGLE_TOKEN_URL={emu.token_url}",
+        ],
+        stop,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -2581,7 +2566,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calendar",
         action="append",
         default=[],
-        type=lambda v: _pair(v, "UTC"),
+        type=lambda v: parse_pair(v, "UTC"),
         metavar="ID[:TZ]",
         help="register a calendar (repeatable)",
     )
@@ -2589,7 +2574,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--client",
         action="append",
         default=[],
-        type=_pair,
+        type=parse_pair,
         metavar="ID:SECRET",
         help="register an OAuth client (repeatable)",
     )

@@ -91,7 +91,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import ssl
 import tempfile
 import time
@@ -117,7 +116,9 @@ from calsync.emulators.faults import (
     FaultInjector,
     FaultRule,
     RecordedRequest,
+    parse_pair,
     retry_after_seconds,
+    serve_until_stopped,
 )
 
 __all__ = [
@@ -3424,33 +3425,17 @@ async def serve_forever(
         emu.add_mailbox(user_id, time_zone=tz)
     for client_id, secret in clients:
         emu.add_client(client_id, secret)
-    stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    try:
-        await emu.start(host, port, authority_port)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-        print(f"Microsoft Graph emulator listening on {emu.base_url}", flush=True)
-        print(f"CALSYNC_GRAPH_API_URL={emu.api_url}", flush=True)
-        print(f"CALSYNC_MICROSOFT_AUTHORITY={emu.authority}", flush=True)
-        print(f"CALSYNC_MICROSOFT_CA_BUNDLE={emu.ca_bundle_path}", flush=True)
-        await stop.wait()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await emu.aclose()
-
-
-def _pair(value: str, default_second: str | None = None) -> tuple[str, str]:
-    first, sep, second = value.rpartition(":") if default_second is None else value.partition(":")
-    if default_second is not None and not sep:
-        return value, default_second
-    if not sep or not first or not second:
-        raise argparse.ArgumentTypeError(f"expected A:B, got {value!r}")
-    return first, second
+    await serve_until_stopped(
+        lambda: emu.start(host, port, authority_port),
+        emu.aclose,
+        lambda: [
+            f"Microsoft Graph emulator listening on {emu.base_url}",
+            f"CALSYNC_GRAPH_API_URL={emu.api_url}",
+            f"CALSYNC_MICROSOFT_AUTHORITY={emu.authority}",
+            f"CALSYNC_MICROSOFT_CA_BUNDLE={emu.ca_bundle_path}",
+        ],
+        stop,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -3467,7 +3452,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mailbox",
         action="append",
         default=[],
-        type=lambda v: _pair(v, "UTC"),
+        type=lambda v: parse_pair(v, "UTC"),
         metavar="USER[:TZ]",
         help="register a mailbox (repeatable); TZ is a Windows or IANA name",
     )
@@ -3475,7 +3460,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--client",
         action="append",
         default=[],
-        type=_pair,
+        type=parse_pair,
         metavar="ID:SECRET",
         help="register an app (repeatable)",
     )
