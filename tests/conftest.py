@@ -14,7 +14,7 @@ import pytest
 from calsync.settings import Settings
 
 SECRET_KEY = "test-secret-key-0123456789abcdef"
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 
 def free_port() -> int:
