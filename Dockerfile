@@ -8,9 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# .dockerignore lets in only pyproject.toml, README.md and calsync/
+# .dockerignore lets in only pyproject.toml, README.md, requirements.lock and calsync/;
+# dependencies come from the hash-pinned lock, calsync itself without resolving again
 COPY . /src
-RUN pip install /src && rm -rf /src
+RUN pip install --require-hashes -r /src/requirements.lock \
+    && pip install --no-deps /src && rm -rf /src
 
 # run unprivileged; /data holds the worker's RocksDB tables (a named volume in compose)
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin calsync \
