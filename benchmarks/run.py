@@ -424,7 +424,11 @@ def gateway_headers(env: Env) -> list[dict[str, str]]:
     return [
         {
             "X-Goog-Channel-ID": GATEWAY_CHANNEL,
-            "X-Goog-Channel-Token": signer.channel_token(GATEWAY_CHANNEL, f"bench-gw-{k:02d}"),
+            "X-Goog-Channel-Token": signer.channel_token(
+                GATEWAY_CHANNEL,
+                f"bench-gw-{k:02d}",
+                expires_at_ms=int((time.time() + 3600) * 1000),
+            ),
             "X-Goog-Resource-State": "exists",
             "X-Goog-Resource-ID": "bench-gateway",
             "X-Goog-Message-Number": str(1000 + k),
