@@ -4,32 +4,45 @@
 ``Settings.from_env(os.environ)``. Every topic and table is keyed by resource id and
 has ``settings.topic_partitions`` partitions, so the worker that owns a partition is
 the single writer of every resource in it.
+
+The web server is Faust's (aiohttp), guarded by :mod:`calsync.web`: only the webhooks
+and ``/healthz`` answer without the admin token. Faust's own pages are mounted only
+with ``CALSYNC_FAUST_PAGES``. With ``CALSYNC_ADMIN_BIND`` Faust's server takes the
+admin address and a second server (:class:`~calsync.web.sites.SiteServer`) serves
+the public routes on ``CALSYNC_WEB_PORT``.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
 import httpx
 from aiohttp import web
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.web.drivers import aiohttp as aiohttp_driver
+from mode import ServiceT
 
 from calsync.agents.outbox import KafkaOutbox
 from calsync.agents.service import Lane, SyncService
 from calsync.agents.timers import TimerDispatcher
 from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
-from calsync.gateway.http import Gateway
+from calsync.gateway.http import Gateway, server_options
 from calsync.gateway.publisher import KafkaPublisher
 from calsync.providers.factory import ProviderFactory
 from calsync.ratelimit import RateLimiter, default_specs
 from calsync.settings import Settings
 from calsync.streams.records import Command, Notification, RetryEnvelope
 from calsync.tables.records import Channel, Resource, SyncState, Timer
+from calsync.web.auth import admin_token_middleware
+from calsync.web.sites import Site, SiteServer, Surface, new_application, select_routes
+
+log = logging.getLogger(__name__)
 
 
 class IdempotentProducer(aiokafka_driver.Producer):
@@ -43,20 +56,66 @@ class IdempotentTransport(aiokafka_driver.Transport):
     Producer = IdempotentProducer
 
 
+class CalsyncWeb(aiohttp_driver.Web):
+    """Faust's aiohttp web server without its always-on index page at ``/``.
+
+    Faust mounts ``/`` (``{"status": "OK"}``) whatever its settings say; the other
+    built-in pages follow the ``web_*_enabled`` settings that :func:`create_app` sets
+    from ``CALSYNC_FAUST_PAGES``. The runner gets the gateway's connection timeouts.
+    """
+
+    production_blueprints = []  # the index at "/" has no setting of its own
+
+    def __init__(self, app: CalsyncApp, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._runner = web.AppRunner(self.web_app, access_log=None, **server_options(app.settings))
+
+
 class CalsyncApp(faust.App):
-    """A Faust app that knows its settings and mounts the gateway on its web server."""
+    """A Faust app that knows its settings and mounts the gateway on its web server.
+
+    Stopping it closes what :func:`create_app` opened beside Faust: the publisher
+    (outbox and gateway share it), the gateway's status follower and, with
+    ``CALSYNC_ADMIN_BIND``, the public web server.
+    """
 
     settings: Settings
     sync_service: SyncService
     gateway: Gateway
+    publisher: KafkaPublisher
     limiter: RateLimiter
     dispatcher: TimerDispatcher
+    #: the public (webhooks + ``/healthz``) server, when CALSYNC_ADMIN_BIND separates it
+    public_server: SiteServer | None = None
 
     def _new_producer_transport(self) -> Any:
         return IdempotentTransport(self.conf.broker_producer, self)
 
+    def _new_web(self) -> CalsyncWeb:
+        return CalsyncWeb(self)
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        services = list(super().on_init_dependencies())
+        web_enabled = self.boot_strategy.enable_web
+        if web_enabled is None:  # not forced either way: Faust's web_enabled setting decides
+            web_enabled = self.conf.web_enabled
+        if web_enabled and self.public_server is not None:
+            # last to start, so first to stop: webhooks stop arriving before the rest
+            services.append(self.public_server)
+        return services
+
+    async def on_shutdown(self) -> None:
+        # After every agent, task and child service stopped: nothing sends any more.
+        await super().on_shutdown()
+        for close in (self.gateway.aclose, self.publisher.aclose):
+            try:
+                await close()
+            except Exception:
+                log.exception("closing %s at shutdown failed", close.__qualname__)
+
     def on_webserver_init(self, web_server: Any) -> None:
-        web_server.web_app.add_routes(self.gateway.routes())
+        surface = Surface.ALL if self.settings.admin_address is None else Surface.ADMIN
+        web_server.web_app.add_routes(select_routes(self.gateway.routes(), surface))
         web_server.web_app.add_routes(
             [
                 web.get("/status/", self.status_page),
@@ -109,6 +168,7 @@ class CalsyncApp(faust.App):
             )
         page = _STATUS_PAGE.format(
             app_id=html.escape(self.settings.app_id),
+            links=_status_links(faust_pages=self.settings.faust_pages),
             rows="\n".join(rows) or '<tr><td colspan="7">no resources yet</td></tr>',
         )
         return web.Response(text=page, content_type="text/html")
@@ -145,6 +205,11 @@ def _describe(rid: str, resource: Resource, service: SyncService) -> dict[str, A
         "channel_expires_in": (
             _span(channel.expires_at_ms / 1000 - now) if channel is not None else "none"
         ),
+        # a refused subscription is retried with backoff; say when, so "no pushes" has a why
+        "subscribe_failures": state.subscribe_failures,
+        "next_subscribe_attempt_in": (
+            _span(max(0.0, state.subscribe_retry_at - now)) if state.subscribe_retry_at else None
+        ),
     }
 
 
@@ -153,15 +218,21 @@ _STATUS_PAGE = """<!doctype html>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}</style></head>
 <body><h1>calsync worker <code>{app_id}</code></h1>
-<p>Resources owned by this worker. Other pages: <a href="/table/">tables</a>,
-<a href="/router/">router</a>, <a href="/api/status">timers and rate limits</a>,
-<a href="/healthz">health</a>.</p>
+<p>Resources owned by this worker. Other pages: {links}.</p>
 <table><thead><tr><th>resource</th><th>provider</th><th>state</th><th>last sync</th>
 <th>occurrences</th><th>fetches</th><th>channel expires in</th></tr></thead>
 <tbody>
 {rows}
 </tbody></table></body></html>
 """
+
+
+def _status_links(*, faust_pages: bool) -> str:
+    """The status page's links: only to pages this worker serves on the same address."""
+    links = [("/api/status", "timers and rate limits"), ("/healthz", "health")]
+    if faust_pages:
+        links = [("/table/", "tables"), ("/router/", "router"), *links]
+    return ", ".join(f'<a href="{href}">{text}</a>' for href, text in links)
 
 
 def _share_updater(
@@ -195,6 +266,9 @@ def create_app(
     register_codecs()
     partitions = settings.topic_partitions
     bootstrap = f"kafka://{settings.kafka_bootstrap}"
+    # Faust's web server is the admin one when CALSYNC_ADMIN_BIND separates the two.
+    web_bind, web_port = settings.admin_address or (settings.web_bind, settings.web_port)
+    pages = settings.faust_pages
     app = CalsyncApp(
         settings.app_id,
         broker=bootstrap,
@@ -206,12 +280,19 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
-        web_port=settings.web_port,
-        web_bind=settings.web_bind,
-        web_host="127.0.0.1"
-        if settings.web_bind in ("127.0.0.1", "0.0.0.0")
-        else settings.web_bind,
-        web_application_options={"client_max_size": settings.gateway_max_body},
+        web_port=web_port,
+        web_bind=web_bind,
+        web_host="127.0.0.1" if web_bind in ("127.0.0.1", "0.0.0.0") else web_bind,
+        web_application_options={
+            "client_max_size": settings.gateway_max_body,
+            "middlewares": [admin_token_middleware(settings.admin_token)],
+        },
+        # Faust's pages show table contents and the cluster's layout: off unless asked.
+        web_tables_enabled=pages,
+        web_router_enabled=pages,
+        web_stats_enabled=pages,
+        web_graph_enabled=pages,
+        web_metrics_enabled=pages,
         table_standby_replicas=0 if settings.replication_factor == 1 else 1,
         autodiscover=False,
     )
@@ -228,6 +309,7 @@ def create_app(
     timers = app.Table("timers", value_type=Timer, partitions=partitions)
 
     publisher = KafkaPublisher(settings.kafka_bootstrap, client_id=f"{settings.app_id}-out")
+    app.publisher = publisher
     outbox = KafkaOutbox(settings, publisher.send)
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     limiter = RateLimiter(
@@ -266,6 +348,11 @@ def create_app(
         on_timer=dispatcher.schedule,
     )
     app.gateway = Gateway(settings, publisher, clock=clock)
+    if settings.admin_address is not None:
+        public = new_application(settings, select_routes(app.gateway.routes(), Surface.PUBLIC))
+        app.public_server = SiteServer(
+            Site(public, settings.web_bind, settings.web_port, server_options(settings))
+        )
 
     # Two agents read every notification; each handles its own lane (see Lane), so a
     # backfill in the bulk lane never holds up a live push. A record is committed

@@ -35,7 +35,10 @@ def main() -> None:
 
 @main.command()
 def worker() -> None:
-    """Run a worker: sync agents, tables, the gateway and the web pages."""
+    """Run a worker: sync agents, tables, the gateway and the web pages.
+
+    Creates CALSYNC_DATA_DIR (mode 0700) when it does not exist.
+    """
     import faust
 
     from calsync.app import create_app
@@ -43,14 +46,25 @@ def worker() -> None:
 
     settings = _settings()
     try:
+        # mode only applies to a directory made here: an existing one is the operator's
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot create CALSYNC_DATA_DIR={str(settings.data_dir)!r}: {exc.strerror}"
+        ) from exc
+    try:
         ensure_topics(settings)
     except CalsyncError as exc:
         raise click.ClickException(str(exc)) from exc
     app = create_app(settings)
     # one line per provider request drowns the worker log; failures are logged by us
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    host, port = settings.admin_address or (settings.web_bind, settings.web_port)
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    host = f"[{host}]" if ":" in host else host
     click.echo(
-        f"calsync worker {settings.app_id}: web pages at http://127.0.0.1:{settings.web_port}/status/"
+        f"calsync worker {settings.app_id}: status at http://{host}:{port}/status/ "
+        '(curl -H "Authorization: Bearer $CALSYNC_ADMIN_TOKEN" ...)'
     )
     runner = faust.Worker(app, loglevel=settings.log_level)
     # At warn and above Faust shows a terminal spinner that sets the root logger to
@@ -61,29 +75,50 @@ def worker() -> None:
 
 @main.command()
 def gateway() -> None:
-    """Run the webhook gateway and admin API alone (no sync), on CALSYNC_WEB_PORT."""
-    from aiohttp import web
+    """Run the webhook gateway and admin API alone (no sync), on CALSYNC_WEB_PORT.
 
-    from calsync.gateway.http import build_gateway_app
+    With CALSYNC_ADMIN_BIND the admin API moves to that address and CALSYNC_WEB_PORT
+    serves only the webhooks and /healthz.
+    """
+    from calsync.gateway.http import build_gateway_app, server_options
     from calsync.gateway.publisher import KafkaPublisher
     from calsync.streams.topics import ensure_topics
+    from calsync.web.sites import Site, Surface, serve_until_signalled
 
     settings = _settings()
-    ensure_topics(settings)
+    try:
+        ensure_topics(settings)
+    except CalsyncError as exc:
+        raise click.ClickException(str(exc)) from exc
     publisher = KafkaPublisher(settings.kafka_bootstrap)
-    app = build_gateway_app(
-        settings, publisher, clock=make_clock(settings.clock_rate, settings.clock_origin)
-    )
+    clock = make_clock(settings.clock_rate, settings.clock_origin)
+    options = server_options(settings)
 
-    async def _start(_: web.Application) -> None:
+    def site(surface: Surface, host: str, port: int) -> Site:
+        app = build_gateway_app(settings, publisher, clock=clock, surface=surface.value)
+        return Site(app, host, port, options)
+
+    if settings.admin_address is None:
+        sites = [site(Surface.ALL, settings.web_bind, settings.web_port)]
+    else:
+        sites = [
+            site(Surface.PUBLIC, settings.web_bind, settings.web_port),
+            site(Surface.ADMIN, *settings.admin_address),
+        ]
+
+    async def serve() -> None:
         await publisher.start()
+        try:
+            for each in sites:
+                click.echo(f"calsync gateway: serving on {each.url}")
+            await serve_until_signalled(sites)
+        finally:
+            await publisher.aclose()
 
-    async def _stop(_: web.Application) -> None:
-        await publisher.aclose()
-
-    app.on_startup.append(_start)
-    app.on_cleanup.append(_stop)
-    web.run_app(app, host=settings.web_bind, port=settings.web_port)
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve the gateway: {exc}") from exc
 
 
 @main.group()
@@ -139,12 +174,32 @@ def resources() -> None:
 @click.option("--calendar-id", required=True, help="The provider's calendar id, e.g. primary.")
 @click.option("--refresh-token", required=True, envvar="CALSYNC_REFRESH_TOKEN")
 @click.option("--time-zone", default=None, help="IANA zone for all-day events (optional).")
+@click.option(
+    "--wait",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait for the worker's outcome on the status topic (0: do not wait).",
+)
 def resources_add(
-    resource_id: str, provider: str, calendar_id: str, refresh_token: str, time_zone: str | None
+    resource_id: str,
+    provider: str,
+    calendar_id: str,
+    refresh_token: str,
+    time_zone: str | None,
+    wait: float,
 ) -> None:
-    """Register a calendar; the owning worker subscribes to it and runs a full sync."""
+    """Register a calendar; the owning worker subscribes to it and runs a full sync.
+
+    Waits (--wait) until the worker reports the outcome and prints it. Exit status:
+    0 the first sync finished (or --wait 0: the command was written), 1 the worker
+    could not sync it (credentials refused, calendar not found, ...), 3 no outcome
+    within --wait (is a worker running?).
+    """
     from calsync.crypto import SecretBox
     from calsync.gateway.http import RequestRejected, validate_registration
+    from calsync.gateway.publisher import KafkaPublisher
+    from calsync.gateway.status import Registration, StatusFollower
 
     settings = _settings()
     body = {
@@ -154,12 +209,44 @@ def resources_add(
         "time_zone": time_zone,
         "credentials": {"refresh_token": refresh_token},
     }
+    # the worker's clock, rounded as the gateway does, so the outcome can be matched
+    now = round(make_clock(settings.clock_rate, settings.clock_origin)(), 3)
     try:
-        command = validate_registration(body, SecretBox(settings.secret_key), now=time.time())
+        command = validate_registration(body, SecretBox(settings.secret_key), now=now)
     except RequestRejected as exc:
         raise click.BadParameter(exc.message, param_hint=exc.field) from exc
-    _produce(settings, settings.topic("commands"), resource_id, command.dumps())
-    click.echo(f"registered {resource_id}")
+    if not wait:
+        _produce(settings, settings.topic("commands"), resource_id, command.dumps())
+        click.echo(f"registered {resource_id} (not waiting for the outcome)")
+        return
+
+    async def register_and_wait() -> Registration:
+        # Follow the status topic before writing, so that no status of this is missed.
+        follower = StatusFollower(
+            settings.kafka_bootstrap,
+            settings.topic("status"),
+            lookback=0.0,
+            client_id=f"{settings.app_id}-cli",
+        )
+        publisher = KafkaPublisher(settings.kafka_bootstrap, client_id=f"{settings.app_id}-cli")
+        try:
+            await follower.ready()
+            mark = follower.mark()
+            await publisher.publish(settings.topic("commands"), resource_id, command.dumps())
+            return await follower.registration(resource_id, now, wait=wait, after=mark)
+        finally:
+            await publisher.aclose()
+            await follower.aclose()
+
+    try:
+        outcome = asyncio.run(register_and_wait())
+    except Exception as exc:  # the broker's errors, in words, at the command line
+        raise click.ClickException(f"could not register {resource_id}: {exc!r}") from exc
+    click.echo(outcome.describe())
+    if not outcome.done:
+        sys.exit(3)
+    if not outcome.ok:
+        sys.exit(1)
 
 
 def _produce(settings: Settings, topic: str, key: str, value: bytes) -> None:

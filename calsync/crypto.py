@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
+from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -43,13 +45,31 @@ class SecretBox:
             raise CryptoError("credential ciphertext failed authentication") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelClaim:
+    """What a verified Google channel token says: whose channel it is, and until when."""
+
+    resource_id: str
+    #: epoch milliseconds after which the token is refused, signature or not
+    expires_at_ms: int
+
+    def expired(self, now: float) -> bool:
+        """Whether the token's channel has lapsed at ``now`` (epoch seconds)."""
+        return now * 1000 > self.expires_at_ms
+
+
 class WebhookSigner:
     """Signs and verifies the tokens handed to providers with a push channel.
 
-    A Google channel token is ``<resource id>.<signature>`` where the signature is an
-    HMAC over the channel id and the resource id: the gateway learns the resource id
-    from the token and checks it in constant time, without a table lookup, and a
-    token copied to another channel id does not verify.
+    A Google channel token is ``<resource id>.<expiry ms>.<signature>``: the resource
+    id in unpadded URL-safe base64, the channel's expiry in epoch milliseconds, and
+    an HMAC over the channel id, the resource id and the expiry. The gateway learns
+    the resource id from the token and checks it in constant time, without a table
+    lookup; a token copied to another channel id does not verify, and one whose
+    channel has lapsed is refused although it verifies (Google's
+    ``X-Goog-Channel-Expiration`` header is not signed, so it is not trusted).
+    Tokens are at most 229 characters for a 128-character ASCII resource id (Google
+    allows 256).
     """
 
     __slots__ = ("_key",)
@@ -62,9 +82,22 @@ class WebhookSigner:
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
-    def channel_token(self, channel_id: str, resource_id: str) -> str:
+    def channel_token(self, channel_id: str, resource_id: str, *, expires_at_ms: int) -> str:
+        """The token of channel ``channel_id`` of ``resource_id``, valid until ``expires_at_ms``.
+
+        Raises :class:`ValueError` for an implausible expiry or a token that would be
+        longer than the 256 characters Google accepts (a resource id over 128 ASCII
+        characters).
+        """
+        if not 0 < expires_at_ms <= _MAX_EXPIRY_MS:
+            raise ValueError(f"expires_at_ms {expires_at_ms} is not a plausible epoch-ms time")
         encoded = base64.urlsafe_b64encode(resource_id.encode()).rstrip(b"=").decode("ascii")
-        return f"{encoded}.{self._signature('google-channel', channel_id, resource_id)}"
+        expiry = str(expires_at_ms)
+        signature = self._signature(_CHANNEL_PURPOSE, channel_id, resource_id, expiry)
+        token = f"{encoded}.{expiry}.{signature}"
+        if len(token) > MAX_CHANNEL_TOKEN:
+            raise ValueError(f"the channel token of {resource_id!r} would exceed 256 characters")
+        return token
 
     def client_state(self, resource_id: str) -> str:
         """The Graph ``clientState`` of a resource's subscription (43 characters, ≤ 128)."""
@@ -72,18 +105,39 @@ class WebhookSigner:
 
     def verify_client_state(self, resource_id: str, client_state: str) -> bool:
         expected = self.client_state(resource_id)
-        return hmac.compare_digest(expected.encode(), client_state.encode())
+        return hmac.compare_digest(expected.encode(), client_state.encode("utf-8", "replace"))
 
-    def verify_channel_token(self, channel_id: str, token: str) -> str | None:
-        """The resource id the token was made for, or ``None`` if it does not verify."""
-        encoded, sep, signature = token.rpartition(".")
-        if not sep or not encoded:
+    def verify_channel_token(self, channel_id: str, token: str) -> ChannelClaim | None:
+        """What the token claims, or ``None`` if it is malformed or does not verify.
+
+        Parsing is strict: three dot-separated parts of ASCII, canonical base64, an
+        expiry without leading zeros; anything else (the two-part tokens of earlier
+        versions included) is ``None``. Expiry is the caller's to check
+        (:meth:`ChannelClaim.expired`), against its own clock.
+        """
+        match = _CHANNEL_TOKEN.fullmatch(token) if len(token) <= MAX_CHANNEL_TOKEN else None
+        if match is None:
             return None
+        encoded, expiry, signature = match.groups()
         try:
-            resource_id = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            resource_id = raw.decode()
         except (ValueError, UnicodeError):
             return None
-        expected = self._signature("google-channel", channel_id, resource_id)
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != encoded:
+            return None  # non-canonical trailing bits: not a token we made
+        try:
+            expected = self._signature(_CHANNEL_PURPOSE, channel_id, resource_id, expiry)
+        except UnicodeError:
+            return None  # a header carrying undecodable bytes (lone surrogates)
         if hmac.compare_digest(expected.encode(), signature.encode()):
-            return resource_id
+            return ChannelClaim(resource_id, int(expiry))
         return None
+
+
+#: Google's limit on a channel token's length
+MAX_CHANNEL_TOKEN = 256
+_CHANNEL_PURPOSE = "google-channel/v2"
+#: 9999-12-31: beyond this an "expiry" is garbage, and the digits stay few
+_MAX_EXPIRY_MS = 253_402_300_799_999
+_CHANNEL_TOKEN = re.compile(r"([A-Za-z0-9_-]{1,200})\.([1-9][0-9]{0,14})\.([A-Za-z0-9_-]{43})")

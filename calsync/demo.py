@@ -257,7 +257,7 @@ async def _demo(duration: float, workdir: Path) -> None:
             graph_ids = _seed_graph(graph)
             dav_url = await _seed_dav(dav, radicale.home_url)
             web_port = _port(6066)
-            admin_token = secrets.token_urlsafe(16)
+            admin_token = secrets.token_urlsafe(32)
             settings = Settings(
                 secret_key=secrets.token_urlsafe(32),
                 admin_token=admin_token,
@@ -278,7 +278,10 @@ async def _demo(duration: float, workdir: Path) -> None:
                 microsoft_ca_bundle=graph.ca_bundle_path,
                 poll_min_interval=2.0,
                 poll_max_interval=30.0,
+                # the demo's Radicale listens on loopback, refused by default
+                caldav_allowed_networks=radicale.allowed_networks,
                 log_level="warn",
+                faust_pages=True,  # the demo shows Faust's /table/ pages too
             )
             worker = WorkerProcess(settings, log_path=workdir / "worker.log")
             _say(f"Kafka at {broker.bootstrap}; Google emulator at {emulator.base_url}")
@@ -332,7 +335,10 @@ async def _demo(duration: float, workdir: Path) -> None:
                         )
                         response.raise_for_status()
                 _say(f"registered {', '.join([*CALENDARS, *MAILBOXES, *DAV_CALENDARS])}")
-                _say(f"web pages: {worker.url}/status/ (resources), {worker.url}/table/ (tables)")
+                _say(
+                    f"web pages: {worker.url}/status/ (resources), {worker.url}/table/ (tables), "
+                    f"with the header 'Authorization: Bearer {admin_token}'"
+                )
                 _say(f"worker log: {worker.log_path}")
                 _say("events on calsync.events (Avro, no titles or attendees):")
                 reader = await TopicReader(broker.bootstrap, settings.topic("events")).start()

@@ -14,6 +14,7 @@
         ├── CursorExpired           the stored sync cursor is no longer valid: do a full resync
         ├── AuthorizationRevoked    the grant is gone (invalid_grant): the user must re-consent
         ├── ProviderRejected        a 4xx that retrying will not fix
+        ├── ResponseTooLarge        a response body over its size limit; carries limit
         └── MalformedProviderData   an item the normalizer cannot represent; quarantine it
 
 Foreign exceptions (httpx, google.auth, fastavro, ...) are translated into these at
@@ -86,6 +87,14 @@ class AuthorizationRevoked(ProviderError):
 
 class ProviderRejected(ProviderError):
     """The provider refused the request (4xx) and retrying will not help."""
+
+
+class ResponseTooLarge(ProviderError):
+    """A response body passed ``limit`` bytes and was dropped unread past that point."""
+
+    def __init__(self, message: str, *, limit: int, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.limit = limit
 
 
 class MalformedProviderData(ProviderError):

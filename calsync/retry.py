@@ -172,6 +172,20 @@ def backoff_delay(
     return (rng or random).uniform(0, ceiling)
 
 
+def doubling_delay(
+    failures: int, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """The wait after the ``failures``-th consecutive failure of something retried until
+    it works (a push subscription): ``base``, doubling per failure, capped at ``cap``,
+    jittered by a tenth either way so that many resources do not retry in step.
+
+    Unlike :func:`backoff_delay` the wait never drops near zero: a refusal is not
+    fixed by hammering the provider sooner.
+    """
+    ceiling = min(cap, base * 2.0 ** max(0, failures - 1))
+    return ceiling * (rng or random).uniform(0.9, 1.1)
+
+
 def retry_delay(
     attempt: int,
     *,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from calsync.errors import ConfigurationError
+from calsync.providers.netpolicy import parse_networks
 
 _SECRET_FIELDS = frozenset(
     {"secret_key", "admin_token", "google_client_secret", "microsoft_client_secret"}
@@ -34,6 +35,14 @@ class Settings:
     data_dir: Path = Path("./calsync-data")
     web_port: int = 6066
     web_bind: str = "127.0.0.1"
+    #: ``host:port`` of a second web server for the admin API, ``/status/`` and Faust's
+    #: pages; the public port (``web_bind:web_port``) then carries only the webhooks and
+    #: ``/healthz``. Empty: everything is served on the public port (see :mod:`calsync.web`).
+    admin_bind: str = ""
+    #: Serve Faust's built-in pages (``/table/``, ``/router/``, ``/``, ``/assignment/``,
+    #: ``/graph/``, ``/performance/``), behind the admin token like every admin route.
+    #: Off by default: ``/table/`` shows table contents.
+    faust_pages: bool = False
     public_url: str = "http://127.0.0.1:6066"
     app_id: str = "calsync"
     topic_prefix: str = "calsync."
@@ -55,8 +64,17 @@ class Settings:
     #: Subscriptions and channels are renewed this fraction of their lifetime before
     #: expiry, spread by up to a tenth of that either way.
     renew_fraction: float = 0.25
+    #: A push subscription the provider refused is tried again after this many
+    #: seconds, doubling per consecutive failure up to the maximum (jittered).
+    subscribe_retry_base_delay: float = 60.0
+    subscribe_retry_max_delay: float = 3600.0
     #: A PEM file of extra CAs to trust for CalDAV servers (self-hosted, tests).
     caldav_ca_bundle: str = ""
+    #: Comma-separated CIDRs of non-public networks CalDAV servers may be in (e.g.
+    #: ``10.20.0.0/16`` for a self-hosted server, ``127.0.0.0/8`` for local tests).
+    #: Loopback, private, link-local and other non-public addresses are refused,
+    #: after DNS resolution, unless listed here (:mod:`calsync.providers.netpolicy`).
+    caldav_allowed_networks: str = ""
     #: CalDAV has no push: calendars are polled every this many seconds when they
     #: just changed, backing off (doubling) to the maximum while they stay quiet.
     poll_min_interval: float = 5.0
@@ -67,6 +85,9 @@ class Settings:
     horizon_future_days: int = 365
     #: Webhook bodies larger than this many bytes are refused with 413.
     gateway_max_body: int = 64 * 1024
+    #: Seconds a client has to deliver a request head (counted from connecting or from
+    #: its last response, so also the keep-alive idle limit), and again its body.
+    gateway_read_timeout: float = 10.0
     #: Time-to-live requested for Google watch channels, in seconds.
     google_channel_ttl: int = 7 * 24 * 3600
     #: Retry attempts before work goes to the dead-letter topic.
@@ -81,6 +102,9 @@ class Settings:
     reconcile_jitter: float = 0.1
     #: A Google push whose message number jumps by more than this triggers a reconciliation.
     google_message_gap: int = 1000
+    #: A push message number further than this above the last one is not believed:
+    #: neither recorded nor a reason to reconcile (it only asks for a delta).
+    google_message_jump_limit: int = 1_000_000
     #: Google requests per second per user (600/min) and the burst allowed.
     google_user_rate: float = 10.0
     google_user_burst: float = 10.0
@@ -98,15 +122,25 @@ class Settings:
     clock_origin: float = 0.0
 
     def __post_init__(self) -> None:
-        if len(self.secret_key) < 16:
+        _check_secret_key(self.secret_key)
+        _check_admin_token(self.admin_token)
+        if self.admin_address is not None and self.admin_address[1] == self.web_port:
             raise ConfigurationError(
-                "CALSYNC_SECRET_KEY must be set to at least 16 characters "
-                "(it encrypts credentials and signs webhook tokens)"
+                f"CALSYNC_ADMIN_BIND={self.admin_bind!r} must use another port than "
+                f"CALSYNC_WEB_PORT ({self.web_port}): it is a second web server"
             )
-        if not self.admin_token:
-            raise ConfigurationError("CALSYNC_ADMIN_TOKEN must be set (it guards /api/)")
         if self.topic_partitions < 1 or self.replication_factor < 1:
             raise ConfigurationError("topic partitions and replication factor must be >= 1")
+        parse_networks(self.caldav_allowed_networks)  # raises ConfigurationError naming it
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of :attr:`admin_bind`, or ``None`` when it is not set.
+
+        Raises :class:`ConfigurationError` naming ``CALSYNC_ADMIN_BIND`` when malformed
+        (which :meth:`__post_init__` has already checked).
+        """
+        return _parse_bind(self.admin_bind) if self.admin_bind else None
 
     def topic(self, name: str) -> str:
         """The full name of a topic: ``notifications`` → ``calsync.notifications``."""
@@ -146,8 +180,67 @@ class Settings:
         return cls(**values)
 
 
+_GENERATE = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+#: A secret needs this many different characters: fewer is a pattern, not randomness
+#: (32 random characters from any usual alphabet practically never have fewer).
+_MIN_DISTINCT = 8
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _check_secret_key(key: str) -> None:
+    """Refuse a key with less than 32 bytes of key material.
+
+    Whitespace is not key material, and neither is a character repeated: the key
+    derives both the credential-encryption and the webhook-signing keys (HKDF), which
+    are only as strong as what goes in. The error never contains the key.
+    """
+    material = "".join(key.split())
+    if len(material.encode()) < 32 or len(set(material)) < _MIN_DISTINCT:
+        raise ConfigurationError(
+            "CALSYNC_SECRET_KEY must be at least 32 bytes of random key material "
+            "(whitespace and repeated characters do not count; it encrypts credentials "
+            f"and signs webhook tokens); {_GENERATE}"
+        )
+
+
+def _check_admin_token(token: str) -> None:
+    """Refuse an admin token that is short, patterned or cannot travel in a header.
+
+    At least 24 characters, at least :data:`_MIN_DISTINCT` different ones, all visible
+    ASCII (``Authorization: Bearer <token>`` strips surrounding whitespace and is not
+    UTF-8). The error never contains the token.
+    """
+    printable = all("!" <= c <= "~" for c in token)
+    if len(token) < 24 or len(set(token)) < _MIN_DISTINCT or not printable:
+        raise ConfigurationError(
+            "CALSYNC_ADMIN_TOKEN must be at least 24 random characters of visible ASCII "
+            "(no spaces, not one or a few characters repeated; it guards the admin API "
+            f"and the status pages); {_GENERATE}"
+        )
+
+
+def _parse_bind(bind: str) -> tuple[str, int]:
+    """``host:port`` (``[v6 address]:port`` for IPv6) as ``(host, port)``."""
+    host, sep, raw_port = bind.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address must be bracketed, or the port is ambiguous
+    port = int(raw_port) if raw_port.isdigit() else 0
+    if not sep or not host or not 0 < port < 65536:
+        raise ConfigurationError(
+            f"CALSYNC_ADMIN_BIND={bind!r} must be host:port, e.g. 127.0.0.1:6067 or [::1]:6067"
+        )
+    return host, port
+
+
 def _parse(env_name: str, raw: str, annotation: object) -> Any:
     kind = str(annotation)
+    if kind == "bool":
+        if raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ConfigurationError(f"{env_name}={raw!r} is not true or false")
     try:
         if kind == "int":
             return int(raw)

@@ -4,7 +4,9 @@ and hand the resulting unified events to ``emit`` page by page. No Kafka in here
 Contract: ``emit`` returns only after the events it was given are durably produced;
 :func:`sync_resource` returns the new cursor and index only after every page was
 emitted, so a caller that stores them afterwards never stores a cursor ahead of
-its events (a crash replays, it never skips).
+its events (a crash replays, it never skips). A walk that fails midway leaves in
+its ``progress`` the index as of the last acknowledged emission: stored with the
+old cursor, it lets the retry skip what consumers already have.
 """
 
 from __future__ import annotations
@@ -75,21 +77,40 @@ async def sync_resource(
     emit: Emit,
     now: Clock,
     caused_at: datetime,
+    full_on_expiry: bool = True,
+    progress: dict[str, str] | None = None,
 ) -> SyncOutcome:
     """Bring ``index`` up to date with the provider, emitting every change.
 
-    ``cursor=None`` runs a full listing; an expired cursor falls back to one. After a
-    full listing, every known id that did not appear is emitted as a delete.
-    ``caused_at`` is when the notification behind this sync was received:
+    ``cursor=None`` runs a full listing; an expired cursor falls back to one, unless
+    ``full_on_expiry`` is false: then :class:`CursorExpired` propagates (the live lane
+    hands the full listing to the bulk lane instead of running it inline). After a
+    full listing that completed, every known id that did not appear is emitted as a
+    delete; a listing that failed midway deletes nothing.
+
+    ``progress``, if given, is set to ``index`` at once and then kept equal to the
+    index as of the last acknowledged emission, also when the walk raises. A caller
+    that stores it (with the *old* cursor) after a failure makes the retry skip what
+    was already emitted: the diff finds those versions known. ``index`` itself is not
+    modified. ``caused_at`` is when the notification behind this sync was received:
     ``latency_ms`` of each event is measured from it.
     """
-    index = dict(index)
+    start = dict(index)  # ``progress`` may be ``index`` itself
+    acked = progress if progress is not None else {}
+    acked.clear()
+    acked.update(start)
     try:
-        return await _walk(provider, resource_id, cursor, index, window, emit, now, caused_at)
+        return await _walk(
+            provider, resource_id, cursor, dict(acked), acked, window, emit, now, caused_at
+        )
     except CursorExpired:
-        if cursor is None:
+        if cursor is None or not full_on_expiry:
             raise
-    outcome = await _walk(provider, resource_id, None, index, window, emit, now, caused_at)
+    # Restart from what was acknowledged: changes of the expired walk that were
+    # diffed but never emitted must be emitted by the full listing.
+    outcome = await _walk(
+        provider, resource_id, None, dict(acked), acked, window, emit, now, caused_at
+    )
     outcome.cursor_expired = True
     return outcome
 
@@ -99,11 +120,13 @@ async def _walk(
     resource_id: str,
     cursor: str | None,
     index: dict[str, str],
+    acked: dict[str, str],
     window: Window,
     emit: Emit,
     now: Clock,
     caused_at: datetime,
 ) -> SyncOutcome:
+    """One walk; ``index`` is diffed in place, ``acked`` follows it one emission behind."""
     origin = provider.origin
     full = cursor is None
     seen: set[str] | None = set() if full else None
@@ -131,9 +154,17 @@ async def _walk(
             for c in changes
         ]
 
+    def acknowledge(changes: list[Change]) -> None:
+        for change in changes:
+            if isinstance(change, Occurrence):
+                acked[change.native_event_id] = change.version
+            else:
+                acked.pop(change.native_event_id, None)
+
     # Page k is emitted while page k+1 is fetched; emissions still happen in order,
     # and the caller gets the cursor only after the last of them was acknowledged.
     pending: asyncio.Task[None] | None = None
+    pending_changes: list[Change] = []
     try:
         async for page in provider.fetch_changes(cursor, window):
             outcome.time_zone = page.time_zone or outcome.time_zone
@@ -143,8 +174,10 @@ async def _walk(
             if pending is not None:
                 await pending
                 pending = None
+                acknowledge(pending_changes)
             if events:
                 pending = asyncio.ensure_future(emit(events))
+                pending_changes = changes
             upserts = sum(1 for c in changes if isinstance(c, Occurrence))
             outcome.upserts += upserts
             outcome.deletes += len(changes) - upserts
@@ -153,15 +186,20 @@ async def _walk(
         if pending is not None:
             await pending
             pending = None
+            acknowledge(pending_changes)
     finally:
         if pending is not None:  # the walk failed while a page was being emitted
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
+            if not pending.cancelled() and pending.exception() is None:
+                acknowledge(pending_changes)  # it was produced before the failure
     if seen is not None:
         vanished = sorted(set(index) - seen)
         if vanished:
-            await emit(events_for([Deletion(key) for key in vanished], outcome.cursor))
+            deletions: list[Change] = [Deletion(key) for key in vanished]
+            await emit(events_for(deletions, outcome.cursor))
+            acknowledge(deletions)
             for key in vanished:
                 del index[key]
             outcome.deletes += len(vanished)

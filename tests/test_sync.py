@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from calsync.errors import CursorExpired, RateLimited
 from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency, UnifiedEvent
-from calsync.providers.base import Window
+from calsync.providers.base import ChangePage, Window
 from calsync.sync import sync_resource
 from calsync.testing.memory_provider import MemoryProvider
 
@@ -41,7 +43,30 @@ class Sink:
         return [e for batch in self.batches for e in batch]
 
 
-async def run(provider: MemoryProvider, cursor: str | None, index: dict[str, str], sink: Sink):
+class ThrottledProvider(MemoryProvider):
+    """Raises ``RateLimited`` instead of page ``throttle_at`` (1-based) of the next walk."""
+
+    def __init__(self, *, page_size: int = 100) -> None:
+        super().__init__(page_size=page_size)
+        self.throttle_at: int | None = None
+
+    async def fetch_changes(self, cursor: str | None, window: Window) -> AsyncIterator[ChangePage]:
+        throttle_at, self.throttle_at = self.throttle_at, None
+        number = 0
+        async for page in super().fetch_changes(cursor, window):
+            number += 1
+            if number == throttle_at:
+                raise RateLimited("slow down", retry_after=1.0, status=429)
+            yield page
+
+
+async def run(
+    provider: MemoryProvider,
+    cursor: str | None,
+    index: dict[str, str],
+    sink: Sink,
+    **options: object,
+):
     return await sync_resource(
         provider,
         resource_id="r1",
@@ -51,6 +76,7 @@ async def run(provider: MemoryProvider, cursor: str | None, index: dict[str, str
         emit=sink,
         now=lambda: T0 + timedelta(seconds=1),
         caused_at=T0,
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -108,6 +134,63 @@ async def test_expired_cursor_resyncs_and_emits_vanished_deletes() -> None:
     assert set(outcome.index) == {f"ev{n}" for n in range(12)} - {"ev2", "ev5", "ev7"}
 
 
+async def test_expired_cursor_can_be_left_to_the_caller() -> None:
+    provider = MemoryProvider()
+    provider.put(occurrence(1))
+    first = await run(provider, None, {}, Sink())
+    provider.invalidate_cursors()
+    fetches = provider.fetches
+    with pytest.raises(CursorExpired):
+        await run(provider, first.cursor, first.index, Sink(), full_on_expiry=False)
+    assert provider.fetches == fetches + 1  # the delta attempt only, no full listing
+
+
+async def test_a_throttled_first_sync_resumes_without_re_emitting() -> None:
+    provider = ThrottledProvider(page_size=50)
+    for n in range(350):
+        provider.put(occurrence(n, offset_days=n // 48))
+    provider.throttle_at = 4
+    sink = Sink()
+    progress: dict[str, str] = {}
+    with pytest.raises(RateLimited):
+        await run(provider, None, {}, sink, progress=progress)
+    assert len(sink.events) == 100 and set(progress) == {e.native_event_id for e in sink.events}
+    # meanwhile: one emitted event is deleted, one edited, one added
+    provider.items.pop("ev10")
+    provider.put(occurrence(20, hours=3, offset_days=20 // 48))
+    provider.put(occurrence(999))
+    outcome = await run(provider, None, progress, sink, progress=progress)
+    emitted = [(e.native_event_id, e.change) for e in sink.events]
+    assert len(emitted) == 350 + 3  # every event once, then the three changes
+    assert emitted[100:].count(("ev20", ChangeKind.UPSERT)) == 1
+    assert ("ev10", ChangeKind.DELETE) in emitted[100:]
+    view: dict[str, str] = {}
+    for e in sink.events:
+        if e.change is ChangeKind.UPSERT:
+            view[e.native_event_id] = e.version
+        else:
+            view.pop(e.native_event_id)
+    assert view == {k: o.version for k, o in provider.items.items()} == outcome.index
+
+
+async def test_progress_holds_only_acknowledged_pages() -> None:
+    provider = MemoryProvider(page_size=2)
+    for n in range(6):
+        provider.put(occurrence(n))
+    calls = 0
+
+    async def fails_second_time(events: list[UnifiedEvent]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("broker down")
+
+    progress: dict[str, str] = {"old": "v"}
+    with pytest.raises(RuntimeError):
+        await run(provider, None, {"old": "v"}, fails_second_time, progress=progress)  # type: ignore[arg-type]
+    assert set(progress) == {"old", "ev0", "ev1"}  # no deletes: the listing never completed
+
+
 async def test_occurrence_leaving_the_window_is_a_delete() -> None:
     provider = MemoryProvider()
     provider.put(occurrence(1))
@@ -154,27 +237,40 @@ async def test_a_page_that_deletes_and_restores_an_id_keeps_the_order() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     ops=st.lists(
-        st.tuples(st.sampled_from(["put", "edit", "remove", "sync", "expire"]), st.integers(0, 15)),
+        st.tuples(
+            st.sampled_from(["put", "edit", "remove", "sync", "expire", "throttle"]),
+            st.integers(0, 15),
+        ),
         max_size=40,
     )
 )
 async def test_consumer_view_matches_provider_truth(ops: list[tuple[str, int]]) -> None:
-    """Whatever happens, folding the emitted events gives the provider's current state."""
-    provider = MemoryProvider(page_size=4)
+    """Whatever happens, folding the emitted events gives the provider's current state;
+    a walk throttled midway keeps its progress (as the service does) and the next one
+    re-emits nothing it already emitted."""
+    provider = ThrottledProvider(page_size=4)
     view: dict[str, str] = {}
     cursor: str | None = None
     index: dict[str, str] = {}
 
-    async def sync() -> None:
+    async def sync(throttle_at: int | None = None) -> None:
         nonlocal cursor, index
         sink = Sink()
-        outcome = await run(provider, cursor, index, sink)
-        cursor, index = outcome.cursor, outcome.index
+        provider.throttle_at = throttle_at
+        progress: dict[str, str] = {}
+        try:
+            outcome = await run(provider, cursor, index, sink, progress=progress)
+        except RateLimited:
+            index = progress  # the cursor stays
+        else:
+            cursor, index = outcome.cursor, outcome.index
         for e in sink.events:
             if e.change is ChangeKind.UPSERT:
+                assert view.get(e.native_event_id) != e.version, "re-emitted"
                 view[e.native_event_id] = e.version
             else:
                 view.pop(e.native_event_id, None)
+        assert view == index
 
     for op, n in ops:
         if op == "put":
@@ -185,6 +281,8 @@ async def test_consumer_view_matches_provider_truth(ops: list[tuple[str, int]]) 
             provider.remove(f"ev{n}")
         elif op == "expire":
             provider.invalidate_cursors()
+        elif op == "throttle":
+            await sync(throttle_at=2 + n % 2)
         else:
             await sync()
     await sync()

@@ -31,6 +31,7 @@ from calsync.crypto import SecretBox, WebhookSigner
 from calsync.errors import (
     AuthorizationRevoked,
     CalsyncError,
+    CursorExpired,
     InternalError,
     ProviderError,
     ProviderRejected,
@@ -38,7 +39,7 @@ from calsync.errors import (
 )
 from calsync.model import PROVIDER_ORIGINS, UnifiedEvent
 from calsync.providers.base import Provider, Subscription, Window
-from calsync.retry import retry_delay
+from calsync.retry import doubling_delay, retry_delay
 from calsync.settings import Settings
 from calsync.streams.records import (
     Command,
@@ -141,6 +142,10 @@ class SyncService:
         self._secrets = SecretBox(settings.secret_key)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._deferred_until: dict[str, float] = {}
+        # Resources whose work the bulk lane is doing now, and the live notifications
+        # for them that arrived meanwhile (handled by the bulk lane once it is done).
+        self._bulk_running: set[str] = set()
+        self._behind_bulk: defaultdict[str, list[Notification]] = defaultdict(list)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -197,8 +202,36 @@ class SyncService:
         key = notification.timer_key
         if key and key.startswith(("retry:", "renew:", "poll:")):
             self.timers.pop(key, None)  # released: the timer is done
+        if lane is Lane.LIVE and rid in self._bulk_running:
+            # Waiting for the lock would hold every other resource's pushes behind this
+            # resource's backfill or resync. The bulk lane handles this notification
+            # when it is done; until then the bulk lane has not acked its own record,
+            # which precedes this one or (replayed) starts a sync that covers it, so a
+            # crash meanwhile loses nothing.
+            self._behind_bulk[rid].append(notification)
+            return
         async with self._locks[rid]:
-            await self._handle(notification, lane)
+            if lane is Lane.LIVE:
+                await self._handle(notification, lane)
+                return
+            self._bulk_running.add(rid)
+            try:
+                await self._handle(notification, lane)
+                await self._catch_up(rid)
+            finally:
+                self._bulk_running.discard(rid)
+
+    async def _catch_up(self, rid: str) -> None:
+        """Handle, as the live lane would, what the live lane left to the bulk lane."""
+        for _ in range(3):
+            waiting = self._behind_bulk.pop(rid, [])
+            if not waiting:
+                return
+            for notification in waiting:
+                await self._handle(notification, Lane.LIVE)
+        # Pushes keep arriving: put the rest back in line rather than hold the bulk lane.
+        for notification in self._behind_bulk.pop(rid, []):
+            await self.outbox.notify(notification.derive(timer_key=None))
 
     async def _handle(self, notification: Notification, lane: Lane) -> None:
         rid = notification.resource_id
@@ -232,15 +265,24 @@ class SyncService:
                 return
             if notification.received_at < state.fetch_started_at:
                 return  # the last fetch started after this push arrived: already covered
-            if state.cursor is None:  # never synced: that is bulk work
+            if state.cursor is None or state.cursor_expired_at:
+                # Never synced, or the cursor expired and a full resync is queued in
+                # the bulk lane: a full listing is bulk work. Duplicates are cheap,
+                # the bulk lane skips those a sync already covered.
                 await self.outbox.notify(notification.derive(full=True, timer_key=None))
                 return
+        elif (
+            notification.reason == Reason.PUSH.value
+            and notification.received_at < state.fetch_started_at
+        ):
+            return  # a push handed over by the live lane, covered by a sync since
         if now < state.not_before:
             await self._defer(notification, state.not_before, lane)
             return
         started = now
         cursor = None if notification.full else state.cursor
         provider: Provider | None = None
+        progress: dict[str, str] = {}
         try:
             provider = self.providers.get(rid, resource)
             if lane is Lane.BULK and resource.provider not in POLLED_PROVIDERS:
@@ -256,16 +298,27 @@ class SyncService:
                 emit=partial(self.outbox.events, rid),
                 now=self._now,
                 caused_at=datetime.fromtimestamp(notification.received_at, UTC),
+                # A full listing in the live lane would hold up every other resource's
+                # pushes for as long as it runs: the bulk lane does it instead.
+                full_on_expiry=lane is Lane.BULK,
+                progress=progress,
             )
+        except CursorExpired as exc:
+            resource = self._keep_rotated(rid, resource, provider)
+            if lane is Lane.BULK or cursor is None:
+                await self._failed(notification, resource, self._keep_progress(rid, progress), exc)
+                return
+            await self._hand_over_resync(notification, progress, exc)
+            return
         except CalsyncError as exc:
             resource = self._keep_rotated(rid, resource, provider)
-            await self._failed(notification, resource, state, exc)
+            await self._failed(notification, resource, self._keep_progress(rid, progress), exc)
             return
         except Exception as exc:  # a bug must not kill the worker or block the partition
             log.exception("sync of %s failed unexpectedly", rid)
             resource = self._keep_rotated(rid, resource, provider)
             internal = InternalError(f"internal error: {exc!r}")
-            await self._failed(notification, resource, state, internal)
+            await self._failed(notification, resource, self._keep_progress(rid, progress), internal)
             return
         self._keep_rotated(rid, resource, provider)
         poll_interval = 0.0
@@ -273,6 +326,7 @@ class SyncService:
             poll_interval = self._schedule_poll(
                 rid, resource, state.poll_interval, changed=bool(outcome.upserts or outcome.deletes)
             )
+        current = self.sync_state.get(rid) or state  # _ensure_channel may have written it
         self.sync_state[rid] = SyncState(
             cursor=outcome.cursor,
             index=outcome.index,
@@ -281,6 +335,8 @@ class SyncService:
             time_zone=outcome.time_zone,
             fetches=state.fetches + 1,
             poll_interval=poll_interval,
+            subscribe_failures=current.subscribe_failures,
+            subscribe_retry_at=current.subscribe_retry_at,
         )
         self._deferred_until.pop(rid, None)
         for item in outcome.quarantined:
@@ -289,10 +345,37 @@ class SyncService:
         if outcome.full:
             if notification.reason != Reason.RECONCILE.value:
                 self._schedule_reconcile(rid, resource.provider)
-            await self._status(
-                rid, "resync_finished", cursor_expired=outcome.cursor_expired, counts=counts
-            )
+            expired = outcome.cursor_expired or bool(state.cursor_expired_at)
+            await self._status(rid, "resync_finished", cursor_expired=expired, counts=counts)
         await self._status(rid, "synced", counts=counts, lane=lane.value)
+
+    def _keep_progress(self, rid: str, progress: dict[str, str]) -> SyncState:
+        """After a failed walk, store the index as of its last acknowledged emission
+        (with the old cursor), so the retry does not emit those changes again.
+
+        Safe with any cursor: the index is exactly what consumers were told, and a
+        full listing still deletes what it does not find, once it completes.
+        """
+        state = self.sync_state.get(rid) or SyncState()
+        if progress != (state.index or {}):
+            state = state.derive(index=dict(progress))
+            self.sync_state[rid] = state
+        return state
+
+    async def _hand_over_resync(
+        self, notification: Notification, progress: dict[str, str], exc: CursorExpired
+    ) -> None:
+        """The live lane found the cursor expired: the full resync goes to the bulk lane.
+
+        The old cursor stays (only a completed resync replaces it); the index keeps what
+        was emitted before the expiry, and the resync diffs against it, emitting deletes
+        for whatever vanished. ``cursor_expired_at`` sends further pushes the same way.
+        """
+        rid = notification.resource_id
+        state = self._keep_progress(rid, progress)
+        self.sync_state[rid] = state.derive(cursor_expired_at=self.clock())
+        await self.outbox.notify(notification.derive(full=True, timer_key=None))
+        await self._status(rid, "cursor_expired", str(exc), handed_to=Lane.BULK.value)
 
     async def on_rotated(self, rid: str, credentials: dict[str, str]) -> None:
         """A provider rotated its credentials mid-request: store them now, twice over.
@@ -351,12 +434,14 @@ class SyncService:
                     sub = await provider.renew(old, self._subscription_ttl(resource))
                 except ProviderRejected as exc:
                     if exc.status != 404:
-                        raise
+                        await self._subscription_failed(rid, resource, f"could not renew: {exc}")
+                        return
                     self.channels.pop(rid, None)  # gone: create a new one
                     await self._ensure_channel(rid, resource, provider, force=True)
                 else:
                     self.channels[rid] = channel.derive(expires_at_ms=sub.expires_at_ms)
                     self._schedule_renewal(rid, resource, sub.expires_at_ms)
+                    self._subscription_ok(rid)
                     await self._status(rid, "subscription_renewed", expires_at_ms=sub.expires_at_ms)
         except CalsyncError as exc:
             resource = self._keep_rotated(rid, resource, provider)
@@ -403,12 +488,27 @@ class SyncService:
         return interval
 
     async def _message_gap(self, rid: str, notification: Notification) -> bool:
-        """Track push message numbers; a jump beyond the setting asks for a reconciliation."""
-        channel = self.channels.get(rid)
+        """Whether a numbered channel push (Google) is done with: dropped, or turned
+        into a reconciliation. ``False`` lets it ask for a delta like any push.
+
+        A push from a channel that is not the resource's current one is dropped: its
+        token may be a replay from a rotated channel, and the current channel covers
+        every change anyway. A jump of more than ``google_message_gap`` asks for a
+        reconciliation; a jump beyond ``google_message_jump_limit`` is not believed
+        (neither recorded nor a reason to reconcile), so one absurd number cannot
+        switch gap detection off for the channel.
+        """
         number = notification.message_number
-        if channel is None or number is None or notification.channel_id != channel.channel_id:
+        if number is None:
             return False
+        channel = self.channels.get(rid)
+        if channel is None or notification.channel_id != channel.channel_id:
+            log.debug("push of %s from stale channel %s dropped", rid, notification.channel_id)
+            return True
         last = channel.last_message_number
+        if number - last > self.settings.google_message_jump_limit:
+            log.info("push of %s numbered %d after %d: not believed", rid, number, last)
+            return False
         if number > last:
             self.channels[rid] = channel.derive(last_message_number=number)
         if last and number - last > self.settings.google_message_gap:
@@ -442,6 +542,7 @@ class SyncService:
         self, notification: Notification, resource: Resource, state: SyncState, exc: Exception
     ) -> None:
         rid = notification.resource_id
+        state = self.sync_state.get(rid) or state  # written meanwhile (progress, backoff)
         if isinstance(exc, AuthorizationRevoked):
             self.resources[rid] = resource.derive(state="reauth_required")
             self.providers.forget(rid)
@@ -574,8 +675,6 @@ class SyncService:
             await self._status(rid, "failed", "register command without provider or credentials")
             return
         previous = self.resources.get(rid)
-        if previous is not None:
-            await self._unsubscribe(rid, previous)
         resource = Resource(
             provider=command.provider,
             calendar_id=command.calendar_id,
@@ -587,13 +686,20 @@ class SyncService:
         )
         self.resources[rid] = resource
         self.providers.forget(rid)
+        if previous is not None:
+            await self._unsubscribe_previous(rid, previous, resource)
         state = self.sync_state.get(rid)
-        if state is not None and state.not_before:
-            self.sync_state[rid] = state.derive(not_before=0.0)
+        if state is not None and (state.not_before or state.subscribe_retry_at):
+            # New credentials may fix what held or refused the old ones: try at once.
+            self.sync_state[rid] = state.derive(
+                not_before=0.0, subscribe_failures=0, subscribe_retry_at=0.0
+            )
         if previous is not None and previous.state == "reauth_required":
             await self._status(rid, "recovered", "new credentials")
         await self.outbox.notify(self._command_notification(command, resource.provider, full=True))
-        await self._status(rid, "registered", provider=resource.provider)
+        await self._status(
+            rid, "registered", provider=resource.provider, issued_at=command.issued_at
+        )
 
     async def _ensure_channel(
         self, rid: str, resource: Resource, provider: Provider, *, force: bool = False
@@ -601,8 +707,8 @@ class SyncService:
         """Create a push channel if the resource has none, it is about to expire, or
         ``force``; an old channel is stopped once the new one exists (the overlap is
         harmless: pushes are pings). Retriable failures propagate (the work is retried
-        as a whole); others leave the resource to reconciliation, with a
-        ``subscription_lost`` status.
+        as a whole); a refusal schedules another attempt with a doubling delay (see
+        :meth:`_subscription_failed`), and until it is due only ``force`` tries sooner.
         """
         channel = self.channels.get(rid)
         margin_ms = CHANNEL_RENEW_MARGIN * 1000
@@ -612,6 +718,9 @@ class SyncService:
             and channel.expires_at_ms > self.clock() * 1000 + margin_ms
         ):
             return
+        state = self.sync_state.get(rid)
+        if not force and state is not None and state.subscribe_retry_at > self.clock():
+            return  # refused lately: the renew timer tries again when the backoff ends
         channel_id = f"cs-{uuid.uuid4().hex}"
         base = self.settings.public_url.rstrip("/")
         lifecycle_address: str | None = None
@@ -622,7 +731,9 @@ class SyncService:
             token = self._signer.client_state(rid)
         else:
             address = f"{base}/webhooks/{resource.provider}"
-            token = self._signer.channel_token(channel_id, rid)
+            # the token lapses with the channel: a replay of it outlives neither
+            expires_at_ms = int((self.clock() + self._subscription_ttl(resource)) * 1000)
+            token = self._signer.channel_token(channel_id, rid, expires_at_ms=expires_at_ms)
         try:
             sub = await provider.subscribe(
                 channel_id,
@@ -634,7 +745,7 @@ class SyncService:
         except ProviderError as exc:
             if exc.retriable or isinstance(exc, AuthorizationRevoked):
                 raise
-            await self._status(rid, "subscription_lost", f"could not subscribe: {exc}")
+            await self._subscription_failed(rid, resource, f"could not subscribe: {exc}")
             return
         self.channels[rid] = Channel(
             channel_id=sub.channel_id,
@@ -643,9 +754,47 @@ class SyncService:
             created_at=self.clock(),
         )
         self._schedule_renewal(rid, resource, sub.expires_at_ms)
+        self._subscription_ok(rid)
         await self._status(rid, "subscription_renewed", expires_at_ms=sub.expires_at_ms)
         if channel is not None and channel.channel_id != sub.channel_id:
             await self._stop_channel(rid, provider, channel)
+
+    async def _subscription_failed(self, rid: str, resource: Resource, detail: str) -> None:
+        """The provider refused a subscription (a failed validation handshake, an
+        expiry it would not accept, ...): try again after a doubling delay, capped.
+
+        A refusal is not retriable in the usual sense (the same request fails the same
+        way at once) but its cause is often passing: the webhook endpoint was briefly
+        unreachable, clocks disagreed. The count of consecutive failures and the next
+        attempt's time live in ``sync_state`` (they survive a crash and show in the
+        resource's description); the attempt itself is a ``renew:`` timer, which the
+        live lane handles like any renewal.
+        """
+        state = self.sync_state.get(rid) or SyncState()
+        failures = state.subscribe_failures + 1
+        delay = doubling_delay(
+            failures,
+            base=self.settings.subscribe_retry_base_delay,
+            cap=self.settings.subscribe_retry_max_delay,
+            rng=self.rng,
+        )
+        due = self.clock() + delay
+        self.sync_state[rid] = state.derive(subscribe_failures=failures, subscribe_retry_at=due)
+        notification = Notification(
+            provider=resource.provider,
+            resource_id=rid,
+            reason=Reason.RENEW.value,
+            received_at=due,
+            timer_key=renew_timer_key(rid),
+        )
+        self._set_timer(renew_timer_key(rid), Timer(due_at=due, notification=notification))
+        await self._status(rid, "subscription_lost", detail, attempt=failures, next_attempt_at=due)
+
+    def _subscription_ok(self, rid: str) -> None:
+        """A subscription was created or renewed: forget earlier refusals."""
+        state = self.sync_state.get(rid)
+        if state is not None and (state.subscribe_failures or state.subscribe_retry_at):
+            self.sync_state[rid] = state.derive(subscribe_failures=0, subscribe_retry_at=0.0)
 
     async def _unsubscribe(self, rid: str, resource: Resource) -> None:
         channel = self.channels.pop(rid, None)
@@ -657,7 +806,28 @@ class SyncService:
             return
         await self._stop_channel(rid, provider, channel)
 
-    async def _stop_channel(self, rid: str, provider: Provider, channel: Channel) -> None:
+    async def _unsubscribe_previous(self, rid: str, previous: Resource, current: Resource) -> None:
+        """Stop the channel of a resource registered again, with the new credentials
+        first: the old ones are often why it was registered again (a revoked grant),
+        and a channel left running pings until it expires. The old ones are the
+        fallback (a registration that moved to another provider or account)."""
+        channel = self.channels.pop(rid, None)
+        if channel is None:
+            return
+        candidates = [current] if current.provider == previous.provider else []
+        if previous.state == "active" and previous.credentials != current.credentials:
+            candidates.append(previous)
+        for candidate in candidates:
+            try:
+                provider = self.providers.get(rid, candidate)
+            except CalsyncError:
+                continue
+            if await self._stop_channel(rid, provider, channel):
+                break
+        self.providers.forget(rid)  # the next get builds the provider of ``current``
+
+    async def _stop_channel(self, rid: str, provider: Provider, channel: Channel) -> bool:
+        """Stop ``channel``; whether the provider confirmed (failures are only logged)."""
         try:
             await provider.unsubscribe(
                 Subscription(
@@ -666,3 +836,5 @@ class SyncService:
             )
         except ProviderError as exc:
             log.info("stopping channel %s of %s failed: %s", channel.channel_id, rid, exc)
+            return False
+        return True

@@ -11,6 +11,8 @@ Two sites. Graph, over plain HTTP (paths relative to ``base_url``)::
 
     GET    /v1.0/users/{id}/calendarView/delta       delta (window, $skiptoken, $deltatoken)
     GET    /v1.0/me/calendarView/delta               the same for the grant's own mailbox
+    GET    /v1.0/users/{id}/mailboxSettings/timeZone the mailbox's zone, as given to add_mailbox
+    GET    /v1.0/me/mailboxSettings/timeZone         the same for the grant's own mailbox
     POST   /v1.0/subscriptions                       create (validation handshake first)
     GET    /v1.0/subscriptions                       the calling app's live subscriptions
     GET    /v1.0/subscriptions/{id}                  one subscription
@@ -2316,6 +2318,8 @@ class MicrosoftEmulator:
         r.add_get(api + "/users/{user}/calendarview/delta", self._h_delta)
         r.add_get(api + "/me/calendarView/delta", self._h_delta)
         r.add_get(api + "/me/calendarview/delta", self._h_delta)
+        r.add_get(api + "/users/{user}/mailboxSettings/timeZone", self._h_mailbox_time_zone)
+        r.add_get(api + "/me/mailboxSettings/timeZone", self._h_mailbox_time_zone)
         r.add_post(api + "/subscriptions", self._h_create_subscription)
         r.add_get(api + "/subscriptions", self._h_list_subscriptions)
         r.add_get(api + "/subscriptions/{id}", self._h_get_subscription)
@@ -2871,6 +2875,19 @@ class MicrosoftEmulator:
         )
 
     # ----------------------------------------------------------------- calendarView delta
+
+    async def _h_mailbox_time_zone(self, request: web.Request) -> web.Response:
+        """``{"value": <zone>}``: the zone the mailbox was added with (Windows or IANA,
+        as Outlook stores either). Scopes are not checked (real Graph wants
+        ``MailboxSettings.Read`` and answers 403 ``ErrorAccessDenied`` without it)."""
+        mailbox, _ = self._authorize_mailbox(request, request.match_info.get("user"))
+        context = (
+            f"{GRAPH_RESOURCE}/v1.0/$metadata#users('{quote(mailbox.user_id)}')"
+            "/mailboxSettings/timeZone"
+        )
+        return web.json_response(
+            {"@odata.context": context, "value": mailbox.time_zone}, content_type="application/json"
+        )
 
     async def _h_delta(self, request: web.Request) -> web.Response:
         mailbox, _ = self._authorize_mailbox(request, request.match_info.get("user"))

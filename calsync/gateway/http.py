@@ -1,23 +1,42 @@
 """The gateway's HTTP handlers (aiohttp), shared by the worker and ``calsync gateway``.
 
-Status codes, each producing nothing unless it is 202:
+Every refusal is a JSON ``{"error": ..., "field"?: ...}`` and writes nothing. Any
+request whose body is over ``gateway_max_body`` (chunked or not) gets 413; one whose
+body does not arrive within ``gateway_read_timeout`` gets 408. Status codes:
 
 * ``POST /webhooks/google``: 202 a notification was written; 200 a ``sync``
-  handshake (acknowledged, nothing written); 400 malformed headers; 401 no channel
-  token; 403 a token that does not verify; 413 a body over the limit; 503 the broker
-  did not acknowledge (Google retries 5xx).
+  handshake (acknowledged, nothing written); 400 malformed headers (a channel id
+  outside Google's alphabet ``[A-Za-z0-9_+/=-]{1,64}``, an unknown resource state, a
+  message number that is not 1-16 ASCII digits up to 2**53); 401 no channel token;
+  403 a token that does not verify, or whose channel has expired (the expiry is in the
+  signed token; ``X-Goog-Channel-Expiration`` is not trusted); 503 the broker did not
+  acknowledge (Google retries 5xx).
 * ``POST /webhooks/microsoft?resource=<id>`` and ``.../microsoft/lifecycle?resource=<id>``:
-  ``?validationToken=`` is echoed as ``200 text/plain``; otherwise every item of
-  ``value[]`` must carry the resource's ``clientState`` (forged items are logged and
-  produce nothing); 202 one notification per authentic item; 403 when none is
-  authentic; 400 malformed.
-* ``POST /api/resources`` (bearer ``CALSYNC_ADMIN_TOKEN``): 202 a register command was
-  written; 400 the body says what is wrong; 401 missing or wrong bearer token.
+  ``?validationToken=`` (at most 1,024 characters, else 400) is echoed as
+  ``200 text/plain`` with ``X-Content-Type-Options: nosniff``; otherwise every item of
+  ``value[]`` must carry the resource's ``clientState``. Graph batches a resource's
+  notifications into one request whose items all carry that one ``clientState``, so the
+  first item that does not is taken as forgery of the whole request: 403, nothing
+  written, one log line. 202 one notification per distinct subscription (and lifecycle
+  event) of the batch; 413 more than :data:`MAX_GRAPH_ITEMS` items; 400 malformed.
+* ``POST /api/resources[?wait=<seconds>]`` (bearer ``CALSYNC_ADMIN_TOKEN``): the
+  register command is written, then without ``wait``: 202, ``Location`` the
+  registration's status URL. With ``wait`` (``10``, ``10s`` or ``500ms``, at most
+  :data:`MAX_WAIT` seconds) the answer waits for the worker's outcome on
+  ``calsync.status``: 200 once it is known, ``ok`` true for ``synced``, false for
+  ``reauth_required``/``failed``/``removed`` (the resource is registered either
+  way; register it again with a fix); 202 if it is still pending when the wait is
+  over. 400 the body says what is wrong; 401 missing or wrong bearer token.
+* ``GET /api/resources/{id}/registration?since=<issued_at>[&wait=<seconds>]``
+  (bearer): the same outcome body; 200 known, 202 pending; 400 bad parameters.
+  It reads the status topic, so it works in the standalone gateway (which has no
+  tables), for registrations of the last ten minutes or made since it started.
 * ``DELETE /api/resources/{id}``, ``POST /api/resources/{id}/resync``: 202.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -26,6 +45,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -33,13 +53,31 @@ from aiohttp import web
 from calsync.busy import BusyPolicy
 from calsync.clock import Clock
 from calsync.crypto import SecretBox, WebhookSigner
+from calsync.errors import MalformedProviderData
 from calsync.gateway.publisher import Publisher
+from calsync.gateway.status import Registration, StatusFollower, StatusSource
+from calsync.providers.netpolicy import NetworkPolicy, literal_address_refusal
+from calsync.providers.windows_zones import zone_for
 from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind, Notification, Reason
 
 log = logging.getLogger(__name__)
 
-RESOURCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$")
+#: Matched with ``fullmatch``: ``$`` would let a trailing newline through.
+RESOURCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
+#: Google's documented channel id alphabet and length.
+_CHANNEL_ID = re.compile(r"[A-Za-z0-9_+/=-]{1,64}")
+#: ASCII digits only (``str.isdigit`` takes '٣' and '²'); at most 2**53, below.
+_MESSAGE_NUMBER = re.compile(r"[0-9]{1,16}")
+MAX_MESSAGE_NUMBER = 2**53
+#: Graph delivers notifications in small batches (it documents no maximum); a bigger
+#: one is refused unread rather than verified item by item.
+MAX_GRAPH_ITEMS = 100
+MAX_VALIDATION_TOKEN = 1024
+#: The longest ``?wait=`` of the registration endpoints, in seconds.
+MAX_WAIT = 30.0
+_WAIT = re.compile(r"([0-9]{1,5}(?:\.[0-9]{1,3})?)(s|ms)?")
+_SINCE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
 _GOOGLE_STATES = frozenset({"sync", "exists", "not_exists"})
 SUPPORTED_PROVIDERS = frozenset({"google", "microsoft", "caldav"})
 _LIFECYCLE_EVENTS = frozenset({"missed", "subscriptionRemoved", "reauthorizationRequired"})
@@ -84,8 +122,44 @@ def _busy_policy(value: object) -> dict[str, bool] | None:
     return {str(key): bool(flag) for key, flag in value.items()}
 
 
-def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Command:
+def _check_caldav_url(url: str, networks: NetworkPolicy) -> None:
+    """Refuse a CalDAV URL with credentials in it, without a host, or naming a
+    non-public address literally (names are checked after resolution, at connect)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise RequestRejected(400, "calendar_id is not a valid URL", field="calendar_id") from None
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise RequestRejected(
+            400,
+            "calendar_id must not carry credentials (user:password@); put them in credentials",
+            field="calendar_id",
+        )
+    if not parts.hostname:
+        raise RequestRejected(400, "calendar_id has no host", field="calendar_id")
+    refusal = literal_address_refusal(parts.hostname, networks)
+    if refusal is not None:
+        raise RequestRejected(400, f"calendar_id: {refusal}", field="calendar_id")
+
+
+def validate_registration(
+    body: object,
+    secrets: SecretBox,
+    *,
+    now: float,
+    caldav_networks: NetworkPolicy | None = None,
+) -> Command:
     """A register command from an API request body; credentials come out encrypted.
+
+    ``time_zone`` is optional: an IANA name or a Windows one (``"Pacific Standard
+    Time"``, as Outlook and Graph's mailbox settings show it); the command carries
+    the IANA name either way.
+
+    A CalDAV ``calendar_id`` must be an http(s) URL without userinfo whose host, if
+    written as an IP address (or ``localhost``), is public or inside
+    ``caldav_networks`` (public only when ``None``); host names are checked after
+    DNS resolution when the worker connects.
 
     ``busy_policy`` is optional: an object of :class:`~calsync.busy.BusyPolicy`
     switches (``declined_is_free``, ``unanswered_is_busy``, ``all_day_is_busy``,
@@ -96,7 +170,7 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
     if not isinstance(body, Mapping):
         raise RequestRejected(400, "the body must be a JSON object")
     resource_id = body.get("resource_id")
-    if not isinstance(resource_id, str) or not RESOURCE_ID.match(resource_id):
+    if not isinstance(resource_id, str) or not RESOURCE_ID.fullmatch(resource_id):
         raise RequestRejected(
             400,
             "resource_id must be 1-128 characters of letters, digits and ._:@+=- "
@@ -104,7 +178,7 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
             field="resource_id",
         )
     provider = body.get("provider")
-    if provider not in SUPPORTED_PROVIDERS:
+    if not isinstance(provider, str) or provider not in SUPPORTED_PROVIDERS:
         raise RequestRejected(
             400,
             f"provider must be one of {sorted(SUPPORTED_PROVIDERS)}, got {provider!r}",
@@ -115,13 +189,20 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
         raise RequestRejected(400, "calendar_id must be a non-empty string", field="calendar_id")
     time_zone = body.get("time_zone")
     if time_zone is not None:
+        # IANA names as given, or the Windows names Graph's mailbox settings show,
+        # stored as their IANA zone (CalDAV and Google read IANA names only)
         try:
             if not isinstance(time_zone, str):
                 raise ValueError(time_zone)
-            ZoneInfo(time_zone)
-        except (ZoneInfoNotFoundError, ValueError):
+            try:
+                ZoneInfo(time_zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                time_zone = zone_for(time_zone).key
+        except (MalformedProviderData, ValueError):
             raise RequestRejected(
-                400, f"time_zone {time_zone!r} is not an IANA time zone", field="time_zone"
+                400,
+                f"time_zone {time_zone!r} is neither an IANA nor a Windows time zone",
+                field="time_zone",
             ) from None
     credentials = body.get("credentials")
     if not isinstance(credentials, Mapping):
@@ -133,6 +214,7 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
             raise RequestRejected(
                 400, "calendar_id must be the CalDAV server or calendar URL", field="calendar_id"
             )
+        _check_caldav_url(calendar_id, caldav_networks or NetworkPolicy())
         needed = ("username", "password")
     else:
         needed = ("refresh_token",)
@@ -167,18 +249,30 @@ def validate_registration(body: object, secrets: SecretBox, *, now: float) -> Co
 
 
 class Gateway:
-    """Request handlers bound to settings and a :class:`Publisher`."""
+    """Request handlers bound to settings and a :class:`Publisher`.
+
+    ``statuses`` tells what became of registrations (``?wait=`` and the status URL);
+    by default a :class:`~calsync.gateway.status.StatusFollower` of the status topic,
+    started on first use. :meth:`aclose` stops it.
+    """
 
     def __init__(
-        self, settings: Settings, publisher: Publisher, *, clock: Clock = time.time
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        *,
+        clock: Clock = time.time,
+        statuses: StatusSource | None = None,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
         self._clock = clock
         self._signer = WebhookSigner(settings.secret_key)
         self._secrets = SecretBox(settings.secret_key)
+        self._caldav_networks = NetworkPolicy.from_setting(settings.caldav_allowed_networks)
         self._notifications = settings.topic("notifications")
         self._commands = settings.topic("commands")
+        self._statuses = statuses
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -186,21 +280,42 @@ class Gateway:
             web.post("/webhooks/microsoft", self.graph_push),
             web.post("/webhooks/microsoft/lifecycle", self.graph_lifecycle),
             web.post("/api/resources", self.register_resource),
+            web.get("/api/resources/{resource_id}/registration", self.registration_status),
             web.delete("/api/resources/{resource_id}", self.remove_resource),
             web.post("/api/resources/{resource_id}/resync", self.resync_resource),
             web.get("/healthz", self.health),
         ]
 
+    async def aclose(self) -> None:
+        """Stop the status follower if one was started. Idempotent."""
+        statuses, self._statuses = self._statuses, None
+        if statuses is not None:
+            await statuses.aclose()
+
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, chunked or not, within the size limit and the read timeout.
+
+        ``request.read()`` also honours the application's ``client_max_size`` (and
+        caches the body for whoever reads it next); the limit is checked here too in
+        case the application allows more.
+        """
         limit = self._settings.gateway_max_body
+        too_large = RequestRejected(413, f"body larger than {limit} bytes")
         if request.content_length is not None and request.content_length > limit:
-            raise RequestRejected(413, f"body larger than {limit} bytes")
-        body = await request.content.read(limit + 1)
+            raise too_large
+        timeout = self._settings.gateway_read_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        except TimeoutError:
+            raise RequestRejected(408, f"the body did not arrive within {timeout:g}s") from None
         if len(body) > limit:
-            raise RequestRejected(413, f"body larger than {limit} bytes")
+            raise too_large
         return body
 
     async def _publish(self, topic: str, key: str, value: bytes) -> None:
@@ -218,31 +333,38 @@ class Gateway:
             headers = request.headers
             channel_id = headers.get("X-Goog-Channel-ID", "")
             state = headers.get("X-Goog-Resource-State", "")
-            if not channel_id or len(channel_id) > 64:
-                raise RequestRejected(400, "X-Goog-Channel-ID is missing or longer than 64")
+            if not _CHANNEL_ID.fullmatch(channel_id):
+                raise RequestRejected(
+                    400, "X-Goog-Channel-ID is missing, longer than 64 or not [A-Za-z0-9_+/=-]"
+                )
             if state not in _GOOGLE_STATES:
                 raise RequestRejected(400, "X-Goog-Resource-State is missing or unknown")
             raw_number = headers.get("X-Goog-Message-Number", "")
-            if not raw_number.isdigit():
-                raise RequestRejected(400, "X-Goog-Message-Number is missing or not a number")
+            if not _MESSAGE_NUMBER.fullmatch(raw_number) or int(raw_number) > MAX_MESSAGE_NUMBER:
+                raise RequestRejected(
+                    400, "X-Goog-Message-Number is missing or not a number from 0 to 2**53"
+                )
             token = headers.get("X-Goog-Channel-Token")
             if not token:
                 raise RequestRejected(401, "X-Goog-Channel-Token is missing")
-            resource_id = self._signer.verify_channel_token(channel_id, token)
-            if resource_id is None:
-                log.warning("forged google push refused (channel %s)", channel_id[:64])
+            claim = self._signer.verify_channel_token(channel_id, token)
+            if claim is None:
+                log.warning("forged google push refused (channel %s)", channel_id)
                 raise RequestRejected(403, "X-Goog-Channel-Token does not verify")
+            if claim.expired(received_at):
+                log.info("google push on expired channel %s refused", channel_id)
+                raise RequestRejected(403, "X-Goog-Channel-Token belongs to an expired channel")
             if state == "sync":
                 return web.json_response({"status": "acknowledged"}, status=200)
             notification = Notification(
                 provider="google",
-                resource_id=resource_id,
+                resource_id=claim.resource_id,
                 reason=Reason.PUSH.value,
                 received_at=received_at,
                 channel_id=channel_id,
                 message_number=int(raw_number),
             )
-            await self._publish(self._notifications, resource_id, notification.dumps())
+            await self._publish(self._notifications, claim.resource_id, notification.dumps())
             return web.json_response({"status": "accepted"}, status=202)
         except RequestRejected as exc:
             return exc.response()
@@ -260,46 +382,65 @@ class Gateway:
             received_at = self._clock()
             token = request.query.get("validationToken")
             if token is not None:
+                if len(token) > MAX_VALIDATION_TOKEN:
+                    raise RequestRejected(
+                        400, f"validationToken is longer than {MAX_VALIDATION_TOKEN} characters"
+                    )
                 # aiohttp has URL-decoded the query; Graph wants the decoded token back.
-                return web.Response(text=token, content_type="text/plain")
+                # nosniff: the echo is attacker-chosen text, never to be run as HTML.
+                return web.Response(
+                    text=token,
+                    content_type="text/plain",
+                    headers={"X-Content-Type-Options": "nosniff"},
+                )
             resource_id = request.query.get("resource", "")
-            if not RESOURCE_ID.match(resource_id):
+            if not RESOURCE_ID.fullmatch(resource_id):
                 raise RequestRejected(400, "the resource query parameter is missing or invalid")
             body = await self._json_body(request)
             items = body.get("value") if isinstance(body, Mapping) else None
             if not isinstance(items, list) or not items:
                 raise RequestRejected(400, "the body must be an object with a non-empty value[]")
-            notifications = []
-            for item in items:
+            if len(items) > MAX_GRAPH_ITEMS:
+                raise RequestRejected(413, f"value[] has more than {MAX_GRAPH_ITEMS} items")
+            notifications: dict[tuple[str | None, str | None], Notification] = {}
+            for index, item in enumerate(items):
                 if not isinstance(item, Mapping):
-                    raise RequestRejected(400, "value[] items must be objects")
+                    raise RequestRejected(400, f"value[{index}] is not an object")
                 state = item.get("clientState")
                 if not isinstance(state, str) or not self._signer.verify_client_state(
                     resource_id, state
                 ):
-                    log.warning("forged graph notification item refused (%s)", resource_id)
-                    continue
-                subscription_id = item.get("subscriptionId")
+                    log.warning(
+                        "forged graph notification refused (%s: value[%d] of %d)",
+                        resource_id,
+                        index,
+                        len(items),
+                    )
+                    raise RequestRejected(403, f"value[{index}] has no valid clientState")
                 event = item.get("lifecycleEvent") if lifecycle else None
-                if lifecycle and event not in _LIFECYCLE_EVENTS:
-                    raise RequestRejected(400, f"unknown lifecycleEvent {event!r}")
-                notifications.append(
+                if lifecycle and (not isinstance(event, str) or event not in _LIFECYCLE_EVENTS):
+                    raise RequestRejected(400, f"unknown lifecycleEvent {event!r}"[:200])
+                subscription_id = item.get("subscriptionId")
+                if not isinstance(subscription_id, str) or len(subscription_id) > 128:
+                    subscription_id = None
+                # Notifications are pings: one per subscription and event covers the batch.
+                notifications.setdefault(
+                    (subscription_id, event),
                     Notification(
                         provider="microsoft",
                         resource_id=resource_id,
                         reason=(Reason.LIFECYCLE if lifecycle else Reason.PUSH).value,
                         received_at=received_at,
-                        channel_id=subscription_id if isinstance(subscription_id, str) else None,
-                        lifecycle=event if isinstance(event, str) else None,
+                        channel_id=subscription_id,
+                        lifecycle=event,
                         full=event in ("missed", "subscriptionRemoved"),
-                    )
+                    ),
                 )
-            if not notifications:
-                raise RequestRejected(403, "no item carried a valid clientState")
-            for notification in notifications:
+            for notification in notifications.values():
                 await self._publish(self._notifications, resource_id, notification.dumps())
             return web.json_response(
-                {"status": "accepted", "items": len(notifications)}, status=202
+                {"status": "accepted", "items": len(items), "written": len(notifications)},
+                status=202,
             )
         except RequestRejected as exc:
             return exc.response()
@@ -308,26 +449,82 @@ class Gateway:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         expected = self._settings.admin_token.encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+        presented = token.encode("utf-8", "replace")  # a header may carry undecodable bytes
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
             raise RequestRejected(401, "a valid 'Authorization: Bearer <admin token>' is required")
 
     async def _json_body(self, request: web.Request) -> Any:
         body = await self._read_body(request)
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise RequestRejected(400, "the body is not valid JSON") from None
+        except RecursionError:
+            raise RequestRejected(400, "the body is JSON nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            # ValueError covers integers over Python's digit limit, with its own words
+            raise RequestRejected(400, f"the body is not valid JSON: {exc}"[:300]) from None
+
+    async def _status_source(self) -> StatusSource:
+        if self._statuses is None:
+            self._statuses = StatusFollower(
+                self._settings.kafka_bootstrap,
+                self._settings.topic("status"),
+                client_id=f"{self._settings.app_id}-status",
+            )
+        await self._statuses.ready()
+        return self._statuses
 
     async def register_resource(self, request: web.Request) -> web.Response:
         try:
             self._check_admin(request)
+            wait = _wait_seconds(request)
+            # Milliseconds, so the status URL's ``since`` names it exactly.
+            now = round(self._clock(), 3)
             command = validate_registration(
-                await self._json_body(request), self._secrets, now=self._clock()
+                await self._json_body(request),
+                self._secrets,
+                now=now,
+                caldav_networks=self._caldav_networks,
             )
+            statuses: StatusSource | None = None
+            mark = 0
+            if wait:
+                try:  # before the write, so that no status of it can be missed
+                    statuses = await self._status_source()
+                    mark = statuses.mark()
+                except Exception as exc:
+                    log.warning("cannot follow the status topic: %r", exc)
             await self._publish(self._commands, command.resource_id, command.dumps())
-            return web.json_response(
-                {"status": "accepted", "resource_id": command.resource_id}, status=202
-            )
+            rid = command.resource_id
+            url = f"/api/resources/{quote(rid, safe='')}/registration?since={now:.3f}"
+            headers = {"Location": url}
+            if statuses is None:
+                body = {"status": "accepted", "resource_id": rid, "issued_at": now}
+                return web.json_response({**body, "status_url": url}, status=202, headers=headers)
+            found = await statuses.registration(rid, now, wait=wait, after=mark)
+            return _registration_response(found, url, headers)
+        except RequestRejected as exc:
+            return exc.response()
+
+    async def registration_status(self, request: web.Request) -> web.Response:
+        """What became of the registration of ``{resource_id}`` issued at ``?since=``."""
+        try:
+            self._check_admin(request)
+            rid = request.match_info["resource_id"]
+            if not RESOURCE_ID.fullmatch(rid):
+                raise RequestRejected(400, "resource_id is not valid", field="resource_id")
+            since = request.query.get("since", "")
+            if not _SINCE.fullmatch(since):
+                raise RequestRejected(
+                    400, "since must be the registration's issued_at (epoch seconds)"
+                )
+            wait = _wait_seconds(request)
+            try:
+                statuses = await self._status_source()
+            except Exception as exc:
+                log.warning("cannot follow the status topic: %r", exc)
+                raise RequestRejected(503, "the status topic cannot be read now") from exc
+            found = await statuses.registration(rid, float(since), wait=wait)
+            return _registration_response(found, str(request.rel_url), {})
         except RequestRejected as exc:
             return exc.response()
 
@@ -335,7 +532,7 @@ class Gateway:
         try:
             self._check_admin(request)
             resource_id = request.match_info["resource_id"]
-            if not RESOURCE_ID.match(resource_id):
+            if not RESOURCE_ID.fullmatch(resource_id):
                 raise RequestRejected(400, "resource_id is not valid", field="resource_id")
             command = Command(kind=kind.value, resource_id=resource_id, issued_at=self._clock())
             await self._publish(self._commands, resource_id, command.dumps())
@@ -353,10 +550,68 @@ class Gateway:
         return await self._simple_command(request, CommandKind.RESYNC)
 
 
+def _wait_seconds(request: web.Request) -> float:
+    """``?wait=`` in seconds (``10``, ``10s``, ``500ms``); 0 when absent."""
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    match = _WAIT.fullmatch(raw)
+    if match is None:
+        raise RequestRejected(400, "wait must be seconds like 10, 10s or 500ms", field="wait")
+    seconds = float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
+    if seconds > MAX_WAIT:
+        raise RequestRejected(400, f"wait must be at most {MAX_WAIT:g}s", field="wait")
+    return seconds
+
+
+def _registration_response(
+    found: Registration, status_url: str, headers: dict[str, str]
+) -> web.Response:
+    """200 with the outcome when it is known, 202 while it is pending."""
+    body = {
+        "status": found.outcome if found.done else "accepted",
+        "resource_id": found.resource_id,
+        "issued_at": found.issued_at,
+        "status_url": status_url,
+        "registration": found.to_json(),
+    }
+    return web.json_response(body, status=200 if found.done else 202, headers=headers)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``web.AppRunner`` / ``web.run_app`` serving the gateway.
+
+    aiohttp has no header-read timeout of its own, but in 3.14.5 (what calsync is
+    tested with; older releases arm it only after a first response) its keep-alive
+    timer starts when a connection opens and is re-armed only by a response; when it
+    fires while the connection waits for a request head, the connection is closed,
+    however many bytes trickled in. So ``keepalive_timeout`` bounds how long a client
+    may hold a connection without completing a request head (from connecting, or
+    between keep-alive requests). It never fires into a request being handled, so a
+    ``?wait=`` of the registration endpoints is not cut short. The body has its own
+    limit (``gateway_read_timeout`` again, in the handlers).
+    """
+    return {"keepalive_timeout": settings.gateway_read_timeout}
+
+
 def build_gateway_app(
-    settings: Settings, publisher: Publisher, *, clock: Clock = time.time
+    settings: Settings, publisher: Publisher, *, clock: Clock = time.time, surface: str = "all"
 ) -> web.Application:
-    """A standalone aiohttp application serving the gateway routes."""
-    app = web.Application(client_max_size=settings.gateway_max_body)
-    app.add_routes(Gateway(settings, publisher, clock=clock).routes())
+    """A standalone aiohttp application serving the gateway routes of ``surface``.
+
+    ``surface`` is a :class:`calsync.web.Surface` value: ``"all"`` (one address),
+    ``"public"`` (the webhooks and ``/healthz``) or ``"admin"`` (the API and
+    ``/healthz``); anything else raises :class:`ValueError`. Every route but the
+    webhooks and ``/healthz`` answers only to the admin token (:mod:`calsync.web`).
+    Cleanup stops the gateway's status follower.
+    """
+    from calsync.web.sites import Surface, new_application, select_routes
+
+    gateway = Gateway(settings, publisher, clock=clock)
+    app = new_application(settings, select_routes(gateway.routes(), Surface(surface)))
+
+    async def close_gateway(_: web.Application) -> None:
+        await gateway.aclose()
+
+    app.on_cleanup.append(close_gateway)
     return app

@@ -7,12 +7,23 @@ app-specific password; iCloud accepts nothing else for third parties).
 Decisions (``provider-protocols.md`` §3):
 
 * **Discovery.** ``url`` may be a calendar collection (used as is) or any other
-  DAV URL: then ``/.well-known/caldav`` is followed (redirects by hand, so the
-  Basic credentials go along), ``DAV:current-user-principal`` and
-  ``CALDAV:calendar-home-set`` are read (the home may be an absolute URL on another
-  host, as iCloud's partition hosts are), and the calendar whose last path segment
+  DAV URL: then ``/.well-known/caldav`` is followed, ``DAV:current-user-principal``
+  and ``CALDAV:calendar-home-set`` are read, and the calendar whose last path segment
   or display name is ``calendar`` is chosen (the first VEVENT calendar when
   ``calendar`` is ``None``).
+* **Where requests (and the Basic credentials) may go.** Only to the registered
+  URL's origin (scheme, host, port), or over HTTPS to a host under the same parent
+  domain (``caldav.icloud.com`` → ``p42-caldav.icloud.com``: iCloud's partition
+  hosts, named by ``calendar-home-set``). Redirects are followed by hand and only
+  within the origin of the request that got them. URLs with userinfo
+  (``https://user:pw@host/``) are refused wherever they appear. Anything else is
+  :class:`ProviderRejected` before a request is made. Which *addresses* may be
+  reached is the transport's business (:mod:`calsync.providers.netpolicy`).
+* **Sizes.** Every response is read under ``max_response_bytes``
+  (:data:`~calsync.providers.http.CALDAV_RESPONSE_LIMIT`); a ``calendar-multiget``
+  batch over it is fetched again one resource at a time, and a single resource over
+  it is quarantined; any other response over it raises
+  :class:`~calsync.errors.ResponseTooLarge`.
 * **Changes.** ``sync-collection`` (Depth 0, no ``DAV:limit``; 507 truncation is
   followed) then ``calendar-multiget`` in batches of ``batch_size``; one
   :class:`ChangePage` per batch. A member listed as 404 on a full listing is ignored
@@ -21,11 +32,12 @@ Decisions (``provider-protocols.md`` §3):
   lacks ``sync-collection`` are read by ``getctag`` + a Depth 1 ``getetag`` listing
   diffed against the etags kept in the cursor.
 * **Occurrence ids.** A resource (href) yields occurrences from
-  ``calsync.recurrence.expand_calendar`` when that module exists, else from
-  :func:`expand_simple` (no recurrence expansion: a recurring master yields its
-  first instance only). The cursor remembers which ids each href produced, so a
-  removed href becomes a :class:`Deletion` per id and an edited href deletes the
-  ids it no longer produces.
+  :func:`calsync.recurrence.expand_object`, run in a worker thread (it is
+  CPU-bound, bounded by :class:`~calsync.recurrence.ExpansionLimits`); what it
+  collapsed or dropped becomes one :class:`Quarantined` per notice, named by the
+  href's hash like a refused resource. The cursor remembers which ids each href
+  produced, so a removed href becomes a :class:`Deletion` per id and an edited
+  href deletes the ids it no longer produces.
 * **Cursor** (opaque to callers): ``caldav:1:`` + JSON
   ``{"u": collection URL, "t": sync-token or null, "c": ctag or null,
   "e": {href: etag} (fallback mode only), "h": {href: [native ids]}}``. It grows
@@ -38,8 +50,12 @@ Decisions (``provider-protocols.md`` §3):
   (DAViCal) are read as if every member changed: upserts are right, deletions made
   meanwhile are missed until the next full resync.
 * **Errors**: 401 → :class:`AuthorizationRevoked`; 429 and 503 (iCloud throttles with
-  503, ``Retry-After`` optional) → :class:`RateLimited`; other 5xx and network
-  errors → :class:`TransientProviderError`; other 4xx → :class:`ProviderRejected`.
+  503, ``Retry-After`` optional) → :class:`RateLimited`; other 5xx →
+  :class:`TransientProviderError`; other 4xx → :class:`ProviderRejected`. Every
+  network failure (refused, timed out, TLS, DNS, an address the network policy
+  refuses) is one :class:`TransientProviderError` with one message: the status
+  events that carry it must not tell whether a port answered. Details go to the
+  debug log.
 * **No push.** CalDAV has no third-party push (iCloud's is APNs for Apple clients
   only): :meth:`CalDAVProvider.subscribe` raises :class:`ProviderRejected` and the
   caller polls.
@@ -50,13 +66,13 @@ TRANSP are read; SUMMARY, DESCRIPTION, LOCATION, ATTENDEE, ORGANIZER never leave
 
 from __future__ import annotations
 
-import functools
-import importlib
+import asyncio
+import logging
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -64,6 +80,7 @@ import httpx
 import icalendar
 import orjson
 
+from calsync import recurrence
 from calsync.busy import BusyPolicy
 from calsync.errors import (
     AuthorizationRevoked,
@@ -72,6 +89,7 @@ from calsync.errors import (
     ProviderError,
     ProviderRejected,
     RateLimited,
+    ResponseTooLarge,
     TransientProviderError,
 )
 from calsync.model import (
@@ -90,8 +108,14 @@ from calsync.providers.base import (
     Window,
     hash_item_id,
 )
+from calsync.providers.http import CALDAV_RESPONSE_LIMIT, send_bounded
 from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_after_from_headers
+
+log = logging.getLogger(__name__)
+
+#: The one message of every network failure (see the module docstring).
+UNREACHABLE = "caldav server unreachable"
 
 DAV = "DAV:"
 CALDAV = "urn:ietf:params:xml:ns:caldav"
@@ -100,8 +124,6 @@ _CURSOR_PREFIX = "caldav:1:"
 _XML = "application/xml; charset=utf-8"
 _MAX_REDIRECTS = 5
 _MAX_TRUNCATED_ROUNDS = 1000
-
-Expand = Callable[..., list[Occurrence]]
 
 
 def _q(ns: str, name: str) -> str:
@@ -201,16 +223,6 @@ def expand_simple(
     return out
 
 
-@functools.cache
-def _expander() -> Expand:
-    """``calsync.recurrence.expand_calendar`` once it exists, else :func:`expand_simple`."""
-    try:
-        module = importlib.import_module("calsync.recurrence")
-    except ModuleNotFoundError:
-        return expand_simple
-    return cast(Expand, module.expand_calendar)
-
-
 # -- XML --------------------------------------------------------------------------
 
 
@@ -298,6 +310,48 @@ def _escape(text: str) -> str:
 
 def _has_valid_sync_token_error(content: bytes) -> bool:
     return b"valid-sync-token" in content
+
+
+# -- where requests may go ----------------------------------------------------------
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of ``url``; raises :class:`ProviderRejected` for a URL that
+    is not plain http(s) or carries userinfo."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ProviderRejected("caldav URL does not parse") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ProviderRejected("caldav URLs must be http(s) URLs with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ProviderRejected("caldav URLs must not carry credentials (user:password@)")
+    return scheme, parts.hostname.lower().rstrip("."), port or _DEFAULT_PORTS[scheme]
+
+
+def _parent_domain(host: str) -> str | None:
+    """``host`` without its first label, when that leaves at least two labels."""
+    labels = host.split(".")
+    if len(labels) < 3 or all(label.isdigit() for label in labels):
+        return None
+    return ".".join(labels[1:])
+
+
+def _reachable_from(registered: tuple[str, str, int], target: tuple[str, str, int]) -> bool:
+    """Whether credentials for the ``registered`` origin may be sent to ``target``."""
+    if target == registered:
+        return True
+    parent = _parent_domain(registered[1])
+    return (
+        target[0] == "https"
+        and registered[0] == "https"
+        and parent is not None
+        and target[1].endswith("." + parent)
+    )
 
 
 # -- errors -----------------------------------------------------------------------
@@ -400,11 +454,13 @@ class CalDAVProvider:
         account: str = "",
         max_inline_wait: float = 0.25,
         policy: BusyPolicy | None = None,
+        max_response_bytes: int = CALDAV_RESPONSE_LIMIT,
     ) -> None:
         self._client = client
         self._policy = BusyPolicy() if policy is None else policy
         self._auth = httpx.BasicAuth(username, password)
         self._url = url
+        self._max_response_bytes = max_response_bytes
         self._calendar_name = calendar
         self._default_zone = ZoneInfo(time_zone or "UTC")
         self._own_address = own_address
@@ -418,16 +474,34 @@ class CalDAVProvider:
     async def _request(
         self, method: str, url: str, *, body: bytes | None = None, depth: str | None = None
     ) -> httpx.Response:
+        """One request, never following redirects, to a URL the credentials may go to.
+
+        Raises :class:`ProviderRejected` for any other URL (see the module docstring),
+        :class:`~calsync.errors.ResponseTooLarge` for a body over the limit and
+        :class:`TransientProviderError` (:data:`UNREACHABLE`) for every network failure.
+        """
+        if not _reachable_from(_origin(self._url), _origin(url)):
+            raise ProviderRejected("caldav server named a URL on another origin; not followed")
         headers = {"Content-Type": _XML} if body is not None else {}
         if depth is not None:
             headers["Depth"] = depth
         async with self._gate.slot():
             try:
-                response = await self._client.request(
-                    method, url, content=body, headers=headers, auth=self._auth
+                response = await send_bounded(
+                    self._client,
+                    method,
+                    url,
+                    limit=self._max_response_bytes,
+                    what="caldav",
+                    content=body,
+                    headers=headers,
+                    auth=self._auth,
+                    follow_redirects=False,
                 )
             except httpx.TransportError as exc:
-                raise TransientProviderError(f"caldav server unreachable: {exc!r}") from exc
+                # refused, timed out, TLS, DNS and policy-refused addresses look alike
+                log.debug("caldav %s %s failed: %r", method, url, exc)
+                raise TransientProviderError(UNREACHABLE) from exc
         error = _translate(response) if response.status_code >= 400 else None
         self._gate.observe(response.status_code, error)
         return response
@@ -435,12 +509,16 @@ class CalDAVProvider:
     async def _propfind(
         self, url: str, depth: str, *props: tuple[str, str]
     ) -> tuple[str, list[_Member]]:
-        """PROPFIND following redirects by hand; returns the final URL and the members."""
+        """PROPFIND following same-origin redirects by hand; returns the final URL and
+        the members. A redirect to another origin raises :class:`ProviderRejected`."""
         for _ in range(_MAX_REDIRECTS):
             response = await self._request("PROPFIND", url, body=_propfind(*props), depth=depth)
             location = response.headers.get("Location")
             if response.status_code in (301, 302, 303, 307, 308) and location:
-                url = urljoin(url, location)
+                target = urljoin(url, location)
+                if _origin(target) != _origin(url):
+                    raise ProviderRejected("caldav server redirected to another origin")
+                url = target
                 continue
             if response.status_code != 207:
                 raise _translate(response)
@@ -472,7 +550,8 @@ class CalDAVProvider:
         )
         if not home:
             raise ProviderRejected("caldav principal has no calendar-home-set")
-        # an absolute href may move us to another host (iCloud partitions)
+        # an absolute href may move us to another host (iCloud partitions): _request
+        # lets it only within the registered host's parent domain, over HTTPS
         home_url = urljoin(principal_url, home)
         return await self._list_calendars(home_url)
 
@@ -633,14 +712,12 @@ class CalDAVProvider:
     async def _fill(
         self, url: str, batch: list[str], state: _State, window: Window, page: ChangePage
     ) -> None:
-        response = await self._request("REPORT", url, body=_multiget_body(batch), depth="1")
-        if response.status_code != 207:
-            raise _translate(response)
-        found: dict[str, _Member] = {}
-        for listed in _members(_parse_xml(response.content)):
-            found[urlsplit(urljoin(url, listed.href)).path] = listed
-        expand = _expander()
+        found, oversized = await self._multiget(url, batch)
         for href in batch:
+            if href in oversized:
+                reason = f"resource larger than {self._max_response_bytes} bytes"
+                page.quarantined.append(Quarantined(hash_item_id(href), reason))
+                continue  # like a malformed one: the ids it produced before stay
             member = found.get(href)
             data = member.props.get(_q(CALDAV, "calendar-data")) if member else None
             if member is None or member.status == 404 or data is None:
@@ -649,7 +726,10 @@ class CalDAVProvider:
                 state.etags.pop(href, None)
                 continue
             try:
-                occurrences = expand(
+                # CPU-bound (bounded by recurrence.ExpansionLimits): in a worker thread,
+                # so the event loop keeps serving other resources meanwhile
+                expansion = await asyncio.to_thread(
+                    recurrence.expand_object,
                     data.text or "",
                     window=window,
                     default_zone=self._default_zone,
@@ -659,11 +739,41 @@ class CalDAVProvider:
             except MalformedProviderData as exc:
                 page.quarantined.append(Quarantined(hash_item_id(href), str(exc)))
                 continue  # the ids it produced before stay, so a later removal still finds them
+            page.quarantined.extend(
+                Quarantined(hash_item_id(href), notice.reason) for notice in expansion.notices
+            )
+            occurrences = expansion.occurrences
             new_ids = [o.native_event_id for o in occurrences]
             kept = set(new_ids)
             page.changes.extend(Deletion(old) for old in state.ids.get(href, ()) if old not in kept)
             page.changes.extend(occurrences)
             state.ids[href] = new_ids
+
+    async def _multiget(self, url: str, batch: list[str]) -> tuple[dict[str, _Member], set[str]]:
+        """The members of ``batch`` by path, and the hrefs too large to fetch.
+
+        A batch whose answer is over the size limit is fetched again one href at a
+        time, so one oversized resource does not hold back the others.
+        """
+        try:
+            response = await self._request("REPORT", url, body=_multiget_body(batch), depth="1")
+        except ResponseTooLarge:
+            if len(batch) == 1:
+                return {}, set(batch)
+            found: dict[str, _Member] = {}
+            oversized: set[str] = set()
+            for href in batch:
+                one, too_large = await self._multiget(url, [href])
+                found.update(one)
+                oversized |= too_large
+            return found, oversized
+        if response.status_code != 207:
+            raise _translate(response)
+        members = {
+            urlsplit(urljoin(url, listed.href)).path: listed
+            for listed in _members(_parse_xml(response.content))
+        }
+        return members, set()
 
     # -- push (none) ------------------------------------------------------------
     async def subscribe(

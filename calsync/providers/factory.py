@@ -17,6 +17,7 @@ from calsync.providers.base import Provider
 from calsync.providers.caldav import CalDAVProvider
 from calsync.providers.google import GoogleProvider, GoogleTokenSource
 from calsync.providers.microsoft import MicrosoftProvider, MicrosoftTokenSource
+from calsync.providers.netpolicy import GuardedTransport, NetworkPolicy
 from calsync.ratelimit import RateLimiter
 from calsync.settings import Settings
 from calsync.tables.records import Resource
@@ -51,9 +52,31 @@ def busy_policy(resource: Resource) -> BusyPolicy:
         raise CalsyncError(f"busy_policy has an unknown switch: {sorted(switches)}") from exc
 
 
+def guarded_caldav_client(settings: Settings) -> httpx.AsyncClient:
+    """The client CalDAV providers use: CalDAV URLs are chosen by whoever registers a
+    resource, so every connection goes through the network policy
+    (``CALSYNC_CALDAV_ALLOWED_NETWORKS``, :mod:`calsync.providers.netpolicy`); it trusts
+    ``CALSYNC_CALDAV_CA_BUNDLE`` when set, never follows redirects by itself and reads
+    no proxy settings from the environment."""
+    transport = GuardedTransport(
+        NetworkPolicy.from_setting(settings.caldav_allowed_networks),
+        verify=settings.caldav_ca_bundle or True,
+    )
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(30.0, connect=10.0),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
 class ProviderFactory:
     """Caches one provider per resource (rebuilt when its credentials change) and one
-    token source per credential, so a grant is refreshed by one request at a time."""
+    token source per credential, so a grant is refreshed by one request at a time.
+
+    ``client_factory`` builds the client for Google and Graph (fixed, configured
+    URLs); ``caldav_client_factory`` the one for CalDAV (user-supplied URLs), by
+    default :func:`guarded_caldav_client`."""
 
     def __init__(
         self,
@@ -63,12 +86,16 @@ class ProviderFactory:
         *,
         clock: Clock = time.time,
         on_rotate: Callable[[str, dict[str, str]], Awaitable[None]] | None = None,
+        caldav_client_factory: Callable[[], httpx.AsyncClient] | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._on_rotate = on_rotate
         self._secrets = SecretBox(settings.secret_key)
         self._client_factory = client_factory
+        self._caldav_client_factory = caldav_client_factory or functools.partial(
+            guarded_caldav_client, settings
+        )
         self._client: httpx.AsyncClient | None = None
         self._caldav_client: httpx.AsyncClient | None = None
         self._cache: dict[str, tuple[tuple[str, ...], Provider]] = {}
@@ -81,13 +108,8 @@ class ProviderFactory:
         return self._client
 
     def _caldav_http(self) -> httpx.AsyncClient:
-        """CalDAV servers are often self-hosted: they may need their own CA bundle."""
-        if not self._settings.caldav_ca_bundle:
-            return self._http()
         if self._caldav_client is None:
-            self._caldav_client = httpx.AsyncClient(
-                verify=self._settings.caldav_ca_bundle, timeout=httpx.Timeout(30.0, connect=10.0)
-            )
+            self._caldav_client = self._caldav_client_factory()
         return self._caldav_client
 
     def get(self, resource_id: str, resource: Resource) -> Provider:

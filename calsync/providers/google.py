@@ -47,6 +47,12 @@ from calsync.providers.base import (
     Window,
     hash_item_id,
 )
+from calsync.providers.http import (
+    JSON_PAGE_LIMIT,
+    TOKEN_RESPONSE_LIMIT,
+    BoundedSession,
+    send_bounded,
+)
 from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_after_from_headers
 
@@ -188,8 +194,10 @@ def normalize_google_event(
 class GoogleTokenSource:
     """Access tokens for one Google grant, refreshed with google-auth, one at a time.
 
-    Raises :class:`AuthorizationRevoked` when the grant is gone (``invalid_grant``)
-    and :class:`TransientProviderError` when the token endpoint failed transiently.
+    Raises :class:`AuthorizationRevoked` when the grant is gone (``invalid_grant``),
+    :class:`TransientProviderError` when the token endpoint failed transiently and
+    :class:`~calsync.errors.ResponseTooLarge` when it answered with more than
+    :data:`~calsync.providers.http.TOKEN_RESPONSE_LIMIT` bytes.
     """
 
     def __init__(
@@ -216,7 +224,9 @@ class GoogleTokenSource:
 
     def _refresh(self) -> None:
         try:
-            self._credentials.refresh(GoogleAuthRequest())  # type: ignore[no-untyped-call]
+            with BoundedSession(limit=TOKEN_RESPONSE_LIMIT, what="google token") as session:
+                request = GoogleAuthRequest(session=session)
+                self._credentials.refresh(request)  # type: ignore[no-untyped-call]
         except RefreshError as exc:
             if getattr(exc, "retryable", False):
                 raise TransientProviderError(f"token refresh failed: {exc}") from exc
@@ -280,9 +290,13 @@ class GoogleProvider:
         account: str = "",
         max_inline_wait: float = 0.25,
         policy: BusyPolicy | None = None,
+        max_response_bytes: int = JSON_PAGE_LIMIT,
     ) -> None:
-        """``policy`` decides the busy state of every event (the default when ``None``)."""
+        """``policy`` decides the busy state of every event (the default when ``None``).
+        A response over ``max_response_bytes`` raises
+        :class:`~calsync.errors.ResponseTooLarge`."""
         self._client = client
+        self._max_response_bytes = max_response_bytes
         self._policy = BusyPolicy() if policy is None else policy
         self._gate = AccountGate(limiter, "google", account, max_inline_wait)
         self.account = account
@@ -308,9 +322,12 @@ class GoogleProvider:
             token = await self._tokens.access_token(force_refresh=attempt > 0)
             async with self._gate.slot():
                 try:
-                    response = await self._client.request(
+                    response = await send_bounded(
+                        self._client,
                         method,
                         url,
+                        limit=self._max_response_bytes,
+                        what="google",
                         params=params,
                         json=json,
                         headers={"Authorization": f"Bearer {token}"},

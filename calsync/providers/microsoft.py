@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
 import threading
@@ -83,16 +84,25 @@ from calsync.providers.base import (
     Window,
     hash_item_id,
 )
+from calsync.providers.http import (
+    JSON_PAGE_LIMIT,
+    TOKEN_RESPONSE_LIMIT,
+    BoundedSession,
+    send_bounded,
+)
 from calsync.providers.windows_zones import zone_for
 from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_after_from_headers
 
+log = logging.getLogger(__name__)
+
 SCOPES = ("https://graph.microsoft.com/Calendars.Read",)
 PROVIDER = "microsoft"  # the RateLimiter's name for Graph
 
-#: Outlook event subscriptions live at most 10,080 minutes; a minute of margin keeps
-#: a request made with a slightly fast clock from being refused.
-MAX_SUBSCRIPTION_SECONDS = 10_080 * 60 - 60
+#: Outlook event subscriptions live at most 10,080 minutes, measured by Graph's clock;
+#: five minutes of margin keep a request made with a fast clock (a minute or two ahead
+#: is common) from being refused (400 for an expiry beyond the maximum).
+MAX_SUBSCRIPTION_SECONDS = 10_080 * 60 - 5 * 60
 
 _CURSOR_CODES = frozenset({"syncstatenotfound", "syncstateinvalid", "resyncrequired"})
 _THROTTLE_CODES = frozenset({"toomanyrequests", "activitylimitreached", "applicationthrottled"})
@@ -295,18 +305,6 @@ class MsalApp(Protocol):
     ) -> Mapping[str, Any] | None: ...
 
 
-class _TimeoutSession(requests.Session):
-    """A session with a default timeout: MSAL sets none on a session it is given."""
-
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
-        self._timeout = timeout
-
-    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout)
-        return super().request(*args, **kwargs)
-
-
 def _aadsts_codes(result: Mapping[str, Any]) -> list[int]:
     codes = result.get("error_codes")
     if isinstance(codes, list) and codes:
@@ -428,7 +426,10 @@ class MicrosoftTokenSource:
             session.close()
 
     def _build_app(self) -> MsalApp:
-        session = _TimeoutSession(self._timeout)
+        # a default timeout (MSAL sets none) and a cap on what the authority may send
+        session = BoundedSession(
+            limit=TOKEN_RESPONSE_LIMIT, timeout=self._timeout, what="microsoft token"
+        )
         if self._ca_bundle:
             session.verify = self._ca_bundle
             # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override ``verify`` unless
@@ -584,14 +585,18 @@ class MicrosoftProvider:
         clock: Callable[[], float] = time.time,
         on_rotate: Callable[[dict[str, str]], Awaitable[None]] | None = None,
         policy: BusyPolicy | None = None,
+        max_response_bytes: int = JSON_PAGE_LIMIT,
     ) -> None:
         """``on_rotate`` receives rotated credentials as soon as the token source gets
         them (else :meth:`rotated_credentials` offers them later). ``policy`` decides
-        the busy state of every event (the default when ``None``).
+        the busy state of every event (the default when ``None``). A response over
+        ``max_response_bytes`` raises :class:`~calsync.errors.ResponseTooLarge`.
 
-        Raises :class:`MalformedProviderData` when ``time_zone`` (the mailbox's zone,
-        Windows or IANA name; UTC if ``None``) is unknown."""
+        ``time_zone`` is the mailbox's zone (Windows or IANA name); when ``None`` the
+        mailbox's own is asked for (see :meth:`mailbox_zone`). Raises
+        :class:`MalformedProviderData` when it is unknown."""
         self._client = client
+        self._max_response_bytes = max_response_bytes
         self._policy = BusyPolicy() if policy is None else policy
         self._on_rotate = on_rotate
         self._gate = AccountGate(limiter, PROVIDER, account, max_inline_wait)
@@ -599,7 +604,8 @@ class MicrosoftProvider:
         self._api_url = api_url.rstrip("/")
         self._user_id = user_id
         self._tokens = tokens
-        self._mailbox_zone = zone_for(time_zone) if time_zone else ZoneInfo("UTC")
+        self._registered_zone = zone_for(time_zone) if time_zone else None
+        self._mailbox_zone = self._registered_zone
         self._page_size = page_size
         self._clock = clock
 
@@ -633,9 +639,12 @@ class MicrosoftProvider:
                     await self._on_rotate(rotated)
             async with self._gate.slot():
                 try:
-                    response = await self._client.request(
+                    response = await send_bounded(
+                        self._client,
                         method,
                         url,
+                        limit=self._max_response_bytes,
+                        what="microsoft graph",
                         params=params,
                         json=json,
                         headers=[*headers, ("Authorization", f"Bearer {token}")],
@@ -652,6 +661,45 @@ class MicrosoftProvider:
     def _same_origin(self, url: str) -> bool:
         return _origin(url) == _origin(self._api_url)
 
+    async def mailbox_zone(self, *, refresh: bool = False) -> ZoneInfo:
+        """The zone all-day events are anchored in.
+
+        The registered ``time_zone`` when there is one; else the mailbox's own
+        (``GET /users/{id}/mailboxSettings/timeZone``, a Windows or IANA name), asked
+        once and again when ``refresh`` (every full listing, so a changed mailbox
+        zone is picked up by the next reconciliation). When Graph will not say (the
+        app was not granted ``MailboxSettings.Read``: 403; a custom zone) it is UTC,
+        logged as a warning. Raises :class:`AuthorizationRevoked`,
+        :class:`RateLimited` and :class:`TransientProviderError` as any read does.
+        """
+        if self._registered_zone is not None:
+            return self._registered_zone
+        if self._mailbox_zone is not None and not refresh:
+            return self._mailbox_zone
+        response = await self._request(
+            "GET", f"{self._api_url}{self._user_path}/mailboxSettings/timeZone"
+        )
+        zone = ZoneInfo("UTC")
+        if response.status_code == 200:
+            try:
+                name = orjson.loads(response.content).get("value")
+                if not isinstance(name, str) or not name:
+                    raise MalformedProviderData("mailboxSettings/timeZone carried no value")
+                zone = zone_for(name)
+            except (orjson.JSONDecodeError, AttributeError, MalformedProviderData) as exc:
+                log.warning("mailbox time zone unreadable (%s): all-day events anchor at UTC", exc)
+        else:
+            error = _translate(response)
+            if error.retriable or isinstance(error, AuthorizationRevoked):
+                raise error
+            log.warning(
+                "mailbox time zone not readable (%s; MailboxSettings.Read consented?): "
+                "all-day events anchor at UTC",
+                error,
+            )
+        self._mailbox_zone = zone
+        return zone
+
     async def fetch_changes(self, cursor: str | None, window: Window) -> AsyncIterator[ChangePage]:
         """Yield pages since ``cursor`` (a stored deltaLink) or of a new round in ``window``.
 
@@ -663,6 +711,7 @@ class MicrosoftProvider:
         does not point at ``api_url`` (the deployment moved: start a new round).
         """
         full = cursor is None
+        mailbox_zone = await self.mailbox_zone(refresh=full)
         url: str
         params: dict[str, str] | None = None
         if cursor is None:
@@ -686,16 +735,14 @@ class MicrosoftProvider:
                     raise TypeError("value is not a list")
             except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
                 raise TransientProviderError("microsoft returned a malformed delta page") from exc
-            page = ChangePage(changes=[], full=full, time_zone=self._mailbox_zone.key)
+            page = ChangePage(changes=[], full=full, time_zone=mailbox_zone.key)
             for raw in _last_appearances(items):
                 if isinstance(raw, Mapping) and _is_series_master(raw):
                     continue
                 try:
                     if not isinstance(raw, Mapping):
                         raise MalformedProviderData("item is not an object")
-                    page.changes.append(
-                        normalize_graph_event(raw, self._mailbox_zone, self._policy)
-                    )
+                    page.changes.append(normalize_graph_event(raw, mailbox_zone, self._policy))
                 except MalformedProviderData as exc:
                     item_id = raw.get("id") if isinstance(raw, Mapping) else raw
                     page.quarantined.append(Quarantined(hash_item_id(item_id), str(exc)))

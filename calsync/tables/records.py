@@ -34,6 +34,13 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
     ``fetch_started_at`` is the wall-clock start of the fetch that produced this state:
     a push received before it is already covered. ``not_before`` is the earliest time
     the provider allowed the next request (its ``Retry-After``).
+
+    ``cursor_expired_at`` is when the live lane found ``cursor`` expired and handed a
+    full resync to the bulk lane; until that resync stores a new state, pushes go
+    the same way without asking the provider. ``subscribe_failures`` counts the
+    consecutive failed attempts to create (or renew) the resource's push
+    subscription, and ``subscribe_retry_at`` is when the next one is due (0: none
+    pending); the bulk lane does not try before then.
     """
 
     cursor: str | None = None
@@ -44,6 +51,9 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
     fetches: int = 0
     not_before: float = 0.0
     poll_interval: float = 0.0
+    cursor_expired_at: float = 0.0
+    subscribe_failures: int = 0
+    subscribe_retry_at: float = 0.0
 
 
 class Channel(faust.Record, serializer="json", include_metadata=False):
@@ -59,8 +69,10 @@ class Channel(faust.Record, serializer="json", include_metadata=False):
 class Timer(faust.Record, serializer="json", include_metadata=False):
     """Work due at ``due_at``: the notification is released to the notifications topic then.
 
-    Keys: ``retry:<envelope key>`` (a retry waiting for its time) and
-    ``reconcile:<resource id>`` (the next scheduled reconciliation).
+    Keys: ``retry:<envelope key>`` (a retry waiting for its time),
+    ``reconcile:<resource id>`` (the next scheduled reconciliation),
+    ``renew:<resource id>`` (the next subscription renewal, or the next attempt to
+    create one after a failure) and ``poll:<resource id>`` (the next CalDAV poll).
     """
 
     due_at: float

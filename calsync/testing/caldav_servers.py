@@ -98,6 +98,10 @@ class DavServer:
         """A PEM file to trust this server with (``CALSYNC_CALDAV_CA_BUNDLE``), or ``""``."""
         return ""
 
+    #: What ``CALSYNC_CALDAV_ALLOWED_NETWORKS`` must allow for calsync to reach the
+    #: server: it listens on loopback, which the network policy refuses by default.
+    allowed_networks = "127.0.0.0/8"
+
     # -- lifecycle ---------------------------------------------------------------
     @property
     def url(self) -> str:

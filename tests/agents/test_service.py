@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from calsync.agents.service import Lane, SyncService
+from calsync.agents.service import Lane, SyncService, lane_of
 from calsync.crypto import SecretBox
-from calsync.errors import AuthorizationRevoked, ProviderError, RateLimited
+from calsync.errors import AuthorizationRevoked, ProviderError, ProviderRejected, RateLimited
 from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency
-from calsync.providers.base import ChangePage, Provider, Window
+from calsync.providers.base import ChangePage, Provider, Subscription, Window
 from calsync.streams.records import Command, Notification
 from calsync.tables.records import Channel, Resource, SyncState
 from calsync.testing.memory_provider import MemoryProvider
@@ -22,18 +23,55 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 class FlakyProvider(MemoryProvider):
-    """Raises the queued errors on the next fetches, then behaves."""
+    """Raises the queued errors on the next fetches, then behaves.
 
-    def __init__(self) -> None:
-        super().__init__()
+    ``cursors`` records the cursor of every fetch (``None``: a full listing);
+    ``throttle_at`` makes the next walk raise ``RateLimited`` instead of that page;
+    ``gate``, when set, holds full listings before their first page until it opens;
+    ``subscribe_errors`` are raised by the next ``subscribe`` calls.
+    """
+
+    def __init__(self, *, page_size: int = 100) -> None:
+        super().__init__(page_size=page_size)
         self.errors: list[ProviderError] = []
+        self.cursors: list[str | None] = []
+        self.throttle_at: int | None = None
+        self.gate: asyncio.Event | None = None
+        self.listing = asyncio.Event()  # set when a gated listing starts waiting
+        self.subscribe_errors: list[ProviderError] = []
+        self.subscribe_calls = 0
 
     async def fetch_changes(self, cursor: str | None, window: Window) -> AsyncIterator[ChangePage]:
+        self.cursors.append(cursor)
         if self.errors:
             self.fetches += 1
             raise self.errors.pop(0)
+        if cursor is None and self.gate is not None:
+            self.listing.set()
+            await self.gate.wait()
+        throttle_at, self.throttle_at = self.throttle_at, None
+        number = 0
         async for page in super().fetch_changes(cursor, window):
+            number += 1
+            if number == throttle_at:
+                raise RateLimited("slow down", retry_after=5.0, status=429)
             yield page
+
+    async def subscribe(
+        self,
+        channel_id: str,
+        address: str,
+        token: str,
+        ttl_seconds: int,
+        *,
+        lifecycle_address: str | None = None,
+    ) -> Subscription:
+        self.subscribe_calls += 1
+        if self.subscribe_errors:
+            raise self.subscribe_errors.pop(0)
+        return await super().subscribe(
+            channel_id, address, token, ttl_seconds, lifecycle_address=lifecycle_address
+        )
 
 
 class Source:
@@ -286,3 +324,221 @@ async def test_register_keeps_the_busy_policy(world) -> None:
     assert service.resources["r1"].busy_policy == {"all_day_is_busy": False}
     await service.on_command(register(service))
     assert service.resources["r1"].busy_policy is None
+
+
+def full_listings(provider: FlakyProvider) -> int:
+    return sum(1 for cursor in provider.cursors if cursor is None)
+
+
+async def release(service: SyncService, outbox: ListOutbox, clock: list[float]) -> None:
+    """Let the last retry come due, as the retry agent and the dispatcher would."""
+    envelope = outbox.retries[-1]
+    clock[0] = max(clock[0], envelope.due_at)
+    await service.on_retry(envelope)
+    await deliver(service, service.timers[f"retry:{envelope.key}"].notification)
+
+
+async def test_an_expired_cursor_is_resynced_in_the_bulk_lane_not_the_live_one(world) -> None:
+    service, provider, outbox, clock = world
+    await service.on_command(register(service))
+    for n in range(5):
+        provider.put(occ(n))
+    await deliver(service, outbox.notifications[-1])
+    old = service.sync_state["r1"]
+    provider.invalidate_cursors()
+    provider.items.pop("ev1")  # deleted while the cursor was invalid: only a listing shows it
+    listings = full_listings(provider)
+
+    clock[0] += 1
+    await service.on_notification(push(clock[0] - 0.5), Lane.LIVE)
+    assert full_listings(provider) == listings  # the live lane did not list in full
+    handed = outbox.notifications[-1]
+    assert handed.full and handed.reason == "push" and lane_of(handed) is Lane.BULK
+    state = service.sync_state["r1"]
+    assert state.cursor == old.cursor and state.index == old.index  # nothing lost meanwhile
+    assert state.cursor_expired_at and "cursor_expired" in outbox.status_names()
+
+    # A second push meanwhile goes the same way without asking the provider again.
+    fetches = provider.fetches
+    clock[0] += 1
+    await service.on_notification(push(clock[0] - 0.5), Lane.LIVE)
+    assert provider.fetches == fetches
+    again = outbox.notifications[-1]
+    assert again.full and again is not handed
+
+    await service.on_notification(handed, Lane.BULK)
+    assert full_listings(provider) == listings + 1
+    assert [(e.native_event_id, e.change) for e in outbox.emitted[5:]] == [
+        ("ev1", ChangeKind.DELETE)
+    ]
+    state = service.sync_state["r1"]
+    assert state.cursor != old.cursor and not state.cursor_expired_at
+    finished = [s for s in outbox.statuses if s.status == "resync_finished"][-1]
+    assert finished.data and finished.data["cursor_expired"]
+    await service.on_notification(again, Lane.BULK)  # covered by the resync: skipped
+    assert full_listings(provider) == listings + 1
+    clock[0] += 1
+    provider.put(occ(9))
+    await service.on_notification(push(clock[0] - 0.5), Lane.LIVE)  # deltas again
+    assert provider.cursors[-1] == state.cursor
+    assert outbox.emitted[-1].native_event_id == "ev9"
+
+
+async def test_live_pushes_do_not_wait_behind_a_bulk_resync_of_their_resource(world) -> None:
+    service, provider, outbox, clock = world
+    await service.on_command(register(service))
+    provider.put(occ(1))
+    await deliver(service, outbox.notifications[-1])
+    provider.gate = asyncio.Event()
+    clock[0] += 1
+    resync = asyncio.ensure_future(
+        service.on_notification(push(clock[0]).derive(full=True, reason="reconcile"), Lane.BULK)
+    )
+    await asyncio.wait_for(provider.listing.wait(), timeout=10)
+    provider.put(occ(2))
+    clock[0] += 1
+    # Would deadlock (the listing waits for the gate) if the live lane took the lock.
+    await asyncio.wait_for(service.on_notification(push(clock[0]), Lane.LIVE), timeout=10)
+    assert not resync.done()
+    provider.put(occ(3))  # after the listing started: only the push's delta finds it
+    provider.gate.set()
+    await resync
+    assert provider.cursors[-1] is not None  # the bulk lane ran the push's delta afterwards
+    assert {e.native_event_id for e in outbox.emitted} == {"ev1", "ev2", "ev3"}
+
+
+async def test_a_throttle_mid_first_sync_does_not_re_emit(world) -> None:
+    service, provider, outbox, clock = world
+    provider.page_size = 50
+    await service.on_command(register(service))
+    for n in range(350):
+        provider.put(occ(n))
+    provider.throttle_at = 4
+    await deliver(service, outbox.notifications[-1])
+    assert outbox.retries and len(outbox.emitted) == 100
+    assert service.sync_state["r1"].cursor is None  # no cursor until the listing completes
+    provider.items.pop("ev7")  # one of those already emitted vanishes meanwhile
+    await release(service, outbox, clock)
+    upserts = [e.native_event_id for e in outbox.emitted if e.change is ChangeKind.UPSERT]
+    assert len(upserts) == len(set(upserts)) == 350  # each event once
+    deletes = [e.native_event_id for e in outbox.emitted if e.change is ChangeKind.DELETE]
+    assert deletes == ["ev7"]
+    assert set(service.sync_state["r1"].index or {}) == set(provider.items)
+
+
+async def test_a_refused_subscription_is_retried_with_a_doubling_delay(world) -> None:
+    service, provider, outbox, clock = world
+    base = service.settings.subscribe_retry_base_delay
+    provider.subscribe_errors = [
+        ProviderRejected("Subscription validation request failed.", status=400),
+        ProviderRejected("Subscription expiration can only be 10080 minutes", status=400),
+    ]
+    await service.on_command(register(service))
+    await deliver(service, outbox.notifications[-1])
+    assert "r1" not in service.channels and provider.subscribe_calls == 1
+    lost = [s for s in outbox.statuses if s.status == "subscription_lost"][-1]
+    timer = service.timers["renew:r1"]
+    assert lost.data and lost.data["next_attempt_at"] == timer.due_at
+    assert base * 0.9 <= timer.due_at - clock[0] <= base * 1.1
+    state = service.sync_state["r1"]
+    assert state.subscribe_failures == 1 and state.subscribe_retry_at == timer.due_at
+    assert state.cursor is not None  # the sync itself went ahead
+
+    # Bulk work before the attempt is due does not try sooner.
+    clock[0] += 1
+    await service.on_command(Command(kind="resync", resource_id="r1", issued_at=clock[0]))
+    await deliver(service, outbox.notifications[-1])
+    assert provider.subscribe_calls == 1
+
+    clock[0] = timer.due_at
+    await deliver(service, timer.notification)
+    assert provider.subscribe_calls == 2
+    timer = service.timers["renew:r1"]
+    assert 2 * base * 0.9 <= timer.due_at - clock[0] <= 2 * base * 1.1
+    assert service.sync_state["r1"].subscribe_failures == 2
+
+    clock[0] = timer.due_at
+    await deliver(service, timer.notification)
+    assert provider.subscribe_calls == 3 and "r1" in service.channels
+    state = service.sync_state["r1"]
+    assert state.subscribe_failures == 0 and state.subscribe_retry_at == 0.0
+    assert service.timers["renew:r1"] != timer  # now the ordinary renewal
+
+
+async def test_subscription_retries_back_off_to_the_cap(world) -> None:
+    service, provider, outbox, clock = world
+    cap = service.settings.subscribe_retry_max_delay
+    provider.subscribe_errors = [ProviderRejected("no", status=400) for _ in range(12)]
+    await service.on_command(register(service))
+    await deliver(service, outbox.notifications[-1])
+    for _ in range(11):
+        timer = service.timers["renew:r1"]
+        clock[0] = timer.due_at
+        await deliver(service, timer.notification)
+    delay = service.timers["renew:r1"].due_at - clock[0]
+    assert cap * 0.9 <= delay <= cap * 1.1
+    assert not outbox.dead  # never given up
+
+
+class Grants:
+    """Providers per credential over one provider-side store of channels: a revoked
+    grant cannot stop a channel, as at Google."""
+
+    def __init__(self, service_box: SecretBox) -> None:
+        self.box = service_box
+        self.channels: dict[str, Subscription] = {}
+        self.revoked: set[str] = set()
+        self.providers: dict[str, MemoryProvider] = {}
+
+    def get(self, resource_id: str, resource: Resource) -> Provider:
+        token = self.box.decrypt(resource.credentials["refresh_token"])
+        provider = self.providers.get(token)
+        if provider is None:
+            provider = self.providers[token] = GrantProvider(self, token)
+        return provider
+
+    def forget(self, resource_id: str) -> None:
+        pass
+
+    def adopt(self, resource_id: str, resource: Resource) -> None:
+        pass
+
+
+class GrantProvider(MemoryProvider):
+    def __init__(self, grants: Grants, token: str) -> None:
+        super().__init__()
+        self.grants, self.token = grants, token
+        self.subscriptions = grants.channels
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        if self.token in self.grants.revoked:
+            raise AuthorizationRevoked("invalid_grant")
+        await super().unsubscribe(subscription)
+
+
+async def test_re_registration_stops_the_old_channel_with_the_new_credentials(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings()
+    box = SecretBox(settings.secret_key)
+    grants = Grants(box)
+    outbox = ListOutbox()
+    service = SyncService(
+        settings,
+        resources={},
+        sync_state={},
+        channels={},
+        timers={},
+        outbox=outbox,
+        providers=grants,
+        clock=lambda: NOW.timestamp(),
+    )
+    await service.on_command(register(service))
+    await deliver(service, outbox.notifications[-1])
+    (old_channel,) = grants.channels
+    grants.revoked.add("rt")
+    again = register(service).derive(credentials={"refresh_token": box.encrypt("rt-new")})
+    await service.on_command(again)
+    assert old_channel not in grants.channels  # stopped, not left pinging until it expires
+    await deliver(service, outbox.notifications[-1])
+    assert len(grants.channels) == 1 and old_channel not in grants.channels

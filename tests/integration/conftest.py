@@ -117,6 +117,14 @@ class GoogleWorld:
         self.providers[name] = "microsoft"
         return user_id
 
+    @property
+    def admin_url(self) -> str:
+        """Where the worker serves its admin API: its web port, or CALSYNC_ADMIN_BIND."""
+        if self.settings.admin_address is None:
+            return self.worker.url
+        host, port = self.settings.admin_address
+        return f"http://{host}:{port}"
+
     async def register(self, name: str, *, refresh_token: str | None = None) -> None:
         provider = self.providers.get(name, "google")
         domain = "contoso.com" if provider == "microsoft" else "example.com"
@@ -128,7 +136,7 @@ class GoogleWorld:
         }
         async with httpx.AsyncClient() as client:
             response = await client.post(
-                f"{self.worker.url}/api/resources",
+                f"{self.admin_url}/api/resources",
                 json=body,
                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
             )
@@ -136,7 +144,9 @@ class GoogleWorld:
 
     async def api_status(self) -> dict[str, Any]:
         async with httpx.AsyncClient() as client:
-            response = await client.get(f"{self.worker.url}/api/status")
+            response = await client.get(
+                f"{self.admin_url}/api/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            )
         response.raise_for_status()
         return dict(response.json())
 

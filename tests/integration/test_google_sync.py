@@ -147,7 +147,10 @@ async def test_full_sync_over_pages_then_pushed_changes(kafka_settings) -> None:
         await notifications.start()
         await notifications.settle(quiet=1.0)
         before = len(notifications.values)
-        forged = WebhookSigner("not-the-secret-key-000").channel_token("cs-x", "team")
+        expires_at_ms = int((datetime.now(UTC) + timedelta(days=1)).timestamp() * 1000)
+        forged = WebhookSigner("not-the-secret-key-000").channel_token(
+            "cs-x", "team", expires_at_ms=expires_at_ms
+        )
         async with httpx.AsyncClient() as client:
             response = await client.post(
                 f"{world.worker.url}/webhooks/google",

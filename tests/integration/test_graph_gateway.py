@@ -35,6 +35,7 @@ async def test_graph_webhooks(kafka_settings) -> None:
             assert handshake.status_code == 200
             assert handshake.headers["content-type"].startswith("text/plain")
             assert handshake.text == "Validation: Testing client application"
+            assert handshake.headers["x-content-type-options"] == "nosniff"
 
         forged_only = await client.post(
             "/webhooks/microsoft?resource=alice", json={"value": [change(forged)]}
@@ -48,7 +49,16 @@ async def test_graph_webhooks(kafka_settings) -> None:
             "/webhooks/microsoft?resource=alice",
             json={"value": [change(good), change(forged), change(good, "sub-2")]},
         )
-        assert mixed.status_code == 202 and mixed.json()["items"] == 2
+        assert mixed.status_code == 403  # Graph never mixes clientStates in one batch
+        batch = await client.post(
+            "/webhooks/microsoft?resource=alice",
+            json={"value": [change(good), change(good), change(good, "sub-2")]},
+        )
+        assert batch.status_code == 202 and batch.json()["items"] == 3
+        too_many = await client.post(
+            "/webhooks/microsoft?resource=alice", json={"value": [change(good)] * 101}
+        )
+        assert too_many.status_code == 413
         missed = await client.post(
             "/webhooks/microsoft/lifecycle?resource=alice",
             json={"value": [{**change(good), "lifecycleEvent": "missed"}]},

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
+from datetime import time as datetime_time
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from calsync.clock import ScaledClock
 from calsync.model import ChangeKind
-from tests.integration.conftest import event_body, google_world, ms_event_body
+from tests.integration.conftest import BASE, event_body, google_world, ms_event_body
 
 
 async def test_graph_full_sync_over_pages_then_pushed_changes(kafka_settings) -> None:
@@ -163,3 +166,32 @@ async def test_ten_days_of_subscription_life_in_seconds(kafka_settings) -> None:
         world.emulator.patch_event(calendar, g_ids[0], event_body(24 * 20 + 12))
         world.ms.update_event(user, m_ids[0], ms_event_body(24 * 20 + 12))
         await world.wait_converged(["gcal", "mbox"], timeout=20)
+
+
+async def test_graph_all_day_events_anchor_in_the_mailboxs_own_zone(kafka_settings) -> None:
+    # registered without a time_zone: the worker asks Graph for the mailbox's zone
+    # (a Windows name, as Outlook stores it) and anchors all-day events there
+    async with google_world(kafka_settings, microsoft=True) as world:
+        assert world.ms is not None
+        zone_name, zone = "Pacific Standard Time", ZoneInfo("America/Los_Angeles")
+        user = world.mailbox("erin", time_zone=zone_name)
+        day = (BASE + timedelta(days=3)).date()
+        fmt = "%Y-%m-%dT00:00:00.0000000"
+        body = {
+            "subject": "offsite",
+            "isAllDay": True,
+            "start": {"dateTime": day.strftime(fmt), "timeZone": zone_name},
+            "end": {"dateTime": (day + timedelta(days=1)).strftime(fmt), "timeZone": zone_name},
+            "showAs": "oof",
+        }
+        event_id = str(world.ms.create_event(user, body, notify=False)["id"])
+        await world.register("erin")
+        await world.wait_for_count(1)
+        (event,) = world.decoded()
+        assert event.native_event_id == event_id and event.is_all_day
+        local_midnight = datetime.combine(day, datetime_time(0), tzinfo=zone)
+        assert event.start_utc == local_midnight.astimezone(UTC)
+        assert event.end_utc == (local_midnight + timedelta(days=1)).astimezone(UTC)
+        account = world.ms.account_of(world.refresh_tokens["erin"])
+        paths = [r.path for r in world.ms.requests_for(account=account)]
+        assert any(path.endswith("/mailboxSettings/timeZone") for path in paths)

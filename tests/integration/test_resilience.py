@@ -187,6 +187,66 @@ async def test_backfill_does_not_delay_a_live_push(kafka_settings) -> None:
         )
 
 
+async def test_an_expired_sync_token_does_not_hold_up_other_calendars(kafka_settings) -> None:
+    """A 410 on one calendar's push is relisted by the bulk lane: another calendar's
+    push is handled while that relisting still runs (ordering, not timing)."""
+    async with google_world(kafka_settings) as world:
+        big, small = world.calendar("big"), world.calendar("small")
+        big_ids = [
+            str(e["id"])
+            for e in world.emulator.insert_events(
+                big, (event_body(n % 2000, day_offset=n // 24) for n in range(3000))
+            )
+        ]
+        world.emulator.insert_event(small, event_body(1), notify=False)
+        await world.register("big")
+        await world.register("small")
+        await world.wait_for_count(3001, timeout=90)
+        await world.events.settle(quiet=1.0)
+
+        def listing(calendar: str, *, delta: bool, after: float) -> list[float]:
+            return sorted(
+                r.time
+                for r in world.emulator.requests
+                if r.method == "GET"
+                and r.path.endswith(f"/calendars/{calendar}/events")
+                and ("syncToken" in r.query) is delta
+                and r.status == 200
+                and r.time > after
+            )
+
+        world.emulator.invalidate_sync_tokens(big)
+        # Slow pages: the relisting of 3,000 events takes a dozen of them.
+        world.emulator.faults.add(
+            "latency", seconds=0.5, method="GET", path=r"/calendars/big@example\.com/events$"
+        )
+        start = world.emulator.now()
+        world.emulator.delete_event(big, big_ids[7])  # push → 410 → full resync
+        deadline = time.monotonic() + 60
+        while not listing(big, delta=False, after=start):
+            assert time.monotonic() < deadline, f"no relisting started\n{world.worker.tail()}"
+            await asyncio.sleep(0.05)
+        added = str(world.emulator.insert_event(small, event_body(2), notify=True)["id"])
+        await world.events.wait_for(
+            lambda r: any(e.native_event_id == added for e in r.events()), timeout=60
+        )
+        await world.events.wait_for(
+            lambda r: any(
+                e.native_event_id == big_ids[7] and e.change is ChangeKind.DELETE
+                for e in r.events()
+            ),
+            timeout=90,
+        )
+        world.emulator.faults.clear()
+        (small_delta, *_) = listing(small, delta=True, after=start)
+        relisting = listing(big, delta=False, after=start)
+        assert len(relisting) >= 10
+        assert small_delta < relisting[-1], "the small calendar's push waited for the relisting"
+        await world.wait_converged(["big", "small"])
+        deletes = [e for e in world.decoded() if e.change is ChangeKind.DELETE]
+        assert [e.native_event_id for e in deletes] == [big_ids[7]]
+
+
 async def test_revoked_grant_stops_calls_and_new_credentials_resume(kafka_settings) -> None:
     async with google_world(kafka_settings) as world:
         calendar = world.calendar("revoked")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
 from calsync.crypto import SecretBox
-from calsync.errors import CalsyncError
+from calsync.errors import AuthorizationRevoked, CalsyncError, TransientProviderError
 from calsync.model import Occurrence, StatusIntent
+from calsync.providers.caldav import UNREACHABLE
 from calsync.providers.factory import ProviderFactory
 from calsync.tables.records import Resource
 from tests.conftest import SECRET_KEY, SettingsFactory
@@ -49,10 +53,10 @@ def caldav_resource(busy_policy: dict[str, bool] | None = None) -> Resource:
 
 @pytest.fixture
 def factory(make_settings: SettingsFactory) -> ProviderFactory:
-    return ProviderFactory(
-        make_settings(),
-        lambda: httpx.AsyncClient(transport=httpx.MockTransport(tentative_calendar)),
-    )
+    def mock() -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(tentative_calendar))
+
+    return ProviderFactory(make_settings(), mock, caldav_client_factory=mock)
 
 
 async def intents(factory: ProviderFactory, resource: Resource) -> list[StatusIntent]:
@@ -97,3 +101,39 @@ async def test_a_malformed_policy_is_a_calsync_error(
     with pytest.raises(CalsyncError, match="busy_policy"):
         factory.get("r1", caldav_resource(busy_policy))
     await factory.aclose()
+
+
+@pytest.fixture
+async def local_dav() -> AsyncIterator[str]:
+    """A "server" on 127.0.0.1 that refuses every login (401)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/alice/cal/"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "error"),
+    [("", TransientProviderError), ("127.0.0.0/8", AuthorizationRevoked)],
+)
+async def test_caldav_connections_follow_the_allowed_networks(
+    make_settings: SettingsFactory, local_dav: str, allowed: str, error: type[Exception]
+) -> None:
+    # the default CalDAV client is the guarded one, even with the shared client mocked
+    factory = ProviderFactory(
+        make_settings(caldav_allowed_networks=allowed),
+        lambda: httpx.AsyncClient(transport=httpx.MockTransport(tentative_calendar)),
+    )
+    try:
+        with pytest.raises(error) as caught:
+            await intents(factory, caldav_resource().derive(calendar_id=local_dav))
+        if error is TransientProviderError:
+            assert str(caught.value) == UNREACHABLE
+    finally:
+        await factory.aclose()

@@ -27,6 +27,7 @@ from calsync.errors import (
     MalformedProviderData,
     ProviderRejected,
     RateLimited,
+    ResponseTooLarge,
     TransientProviderError,
 )
 from calsync.model import Deletion, Occurrence, ProviderOrigin, StatusIntent, Transparency
@@ -166,6 +167,7 @@ def make_provider(
         "user_id": USER,
         "tokens": tokens or token_source(),
         "page_size": 2,
+        "time_zone": "UTC",  # a registered zone: no mailboxSettings request (tests below)
     }
     values.update(overrides)
     return MicrosoftProvider(**values)
@@ -1150,7 +1152,9 @@ async def test_default_app_uses_the_ca_bundle_and_translates_an_unreachable_auth
 
 
 def test_the_msal_session_has_a_default_timeout() -> None:
-    from calsync.providers.microsoft import _TimeoutSession
+    import io
+
+    from calsync.providers.http import BoundedSession
 
     sent: list[Mapping[str, Any]] = []
 
@@ -1160,13 +1164,111 @@ def test_the_msal_session_has_a_default_timeout() -> None:
             response = requests.Response()
             response.status_code = 200
             response.request = args[0]
+            response.raw = io.BytesIO(b"")
             return response
 
         def close(self) -> None:
             pass
 
-    session = _TimeoutSession(7.5)
+    session = BoundedSession(timeout=7.5)
     session.mount("https://", Recorder())
     session.get("https://login.test/x")
     session.get("https://login.test/y", timeout=1.0)
     assert [kwargs["timeout"] for kwargs in sent] == [7.5, 1.0]
+
+
+# --------------------------------------------------------------------------- mailbox zone
+
+ZONE_PATH = "/v1.0/users/ada@example.com/mailboxSettings/timeZone"
+
+
+def mailbox(zone: httpx.Response, seen: list[str] | None = None) -> Scenario:
+    """The mailbox's zone answer, and one all-day event on 2026-12-01 in the delta."""
+
+    def scenario(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request.url.path)
+        if request.url.path == ZONE_PATH:
+            return zone
+        return page([all_day("2026-12-01", "2026-12-02")], delta_link=f"{API}/d")
+
+    return scenario
+
+
+def zone_value(name: str) -> httpx.Response:
+    context = f"{API}/$metadata#users('ada%40example.com')/mailboxSettings/timeZone"
+    return httpx.Response(200, json={"@odata.context": context, "value": name})
+
+
+async def test_without_a_registered_zone_all_day_events_anchor_in_the_mailboxs_zone() -> None:
+    seen: list[str] = []
+    provider = make_provider(mailbox(zone_value("Pacific Standard Time"), seen), time_zone=None)
+    (only,) = await walk(provider)
+    assert seen[0] == ZONE_PATH
+    assert only.time_zone == "America/Los_Angeles"
+    occurrence = only.changes[0]
+    assert isinstance(occurrence, Occurrence)
+    assert occurrence.start_utc == datetime(2026, 12, 1, 8, tzinfo=UTC)
+
+
+async def test_the_mailbox_zone_is_asked_once_and_again_on_full_listings() -> None:
+    seen: list[str] = []
+    provider = make_provider(mailbox(zone_value("Europe/Zurich"), seen), time_zone=None)
+    await walk(provider)
+    await walk(provider, f"{API}/d")
+    assert seen.count(ZONE_PATH) == 1
+    await walk(provider)
+    assert seen.count(ZONE_PATH) == 2
+
+
+async def test_a_registered_zone_wins_and_asks_nothing() -> None:
+    seen: list[str] = []
+    provider = make_provider(mailbox(zone_value("Europe/Zurich"), seen), time_zone="Asia/Tokyo")
+    (only,) = await walk(provider)
+    assert ZONE_PATH not in seen and only.time_zone == "Asia/Tokyo"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        graph_error(403, "ErrorAccessDenied"),  # MailboxSettings.Read not consented
+        graph_error(404, "ErrorItemNotFound"),
+        zone_value("tzone://Microsoft/Custom"),
+        httpx.Response(200, text="<html>"),
+    ],
+)
+async def test_an_unreadable_mailbox_zone_falls_back_to_utc(answer: httpx.Response) -> None:
+    (only,) = await walk(make_provider(mailbox(answer), time_zone=None))
+    assert only.time_zone == "UTC"
+    occurrence = only.changes[0]
+    assert isinstance(occurrence, Occurrence)
+    assert occurrence.start_utc == datetime(2026, 12, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (graph_error(429, "TooManyRequests", {"Retry-After": "3"}), RateLimited),
+        (httpx.Response(502), TransientProviderError),
+    ],
+)
+async def test_a_transient_mailbox_zone_failure_fails_the_sync(
+    answer: httpx.Response, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        await walk(make_provider(mailbox(answer), time_zone=None))
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+async def test_a_delta_page_over_the_limit_is_response_too_large() -> None:
+    big = [graph_event(id=f"e{i}=") for i in range(50)]
+    provider = make_provider(lambda request: page(big, delta_link=f"{API}/d"))
+    provider_small = make_provider(
+        lambda request: page(big, delta_link=f"{API}/d"), max_response_bytes=4096
+    )
+    assert len(await walk(provider)) == 1
+    with pytest.raises(ResponseTooLarge) as caught:
+        await walk(provider_small)
+    assert not caught.value.retriable

@@ -1,0 +1,110 @@
+"""The worker's web server, built in-process (no broker): what it mounts, what it guards."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from calsync.app import CalsyncApp, create_app
+from tests.conftest import ADMIN_TOKEN, SettingsFactory, free_port
+
+WEBHOOKS = {
+    ("POST", "/webhooks/google"),
+    ("POST", "/webhooks/microsoft"),
+    ("POST", "/webhooks/microsoft/lifecycle"),
+}
+HEALTH = {("GET", "/healthz"), ("HEAD", "/healthz")}
+#: Faust's built-in pages (faust/web/apps/*): none is mounted unless asked for
+FAUST_PREFIXES = ("/table", "/router", "/graph", "/performance", "/assignment")
+
+
+def web_app(app: CalsyncApp) -> web.Application:
+    app.web.init_server()
+    application: web.Application = app.web.web_app
+    return application
+
+
+def routes(application: web.Application) -> set[tuple[str, str]]:
+    return {
+        (route.method, route.resource.canonical)
+        for route in application.router.routes()
+        if route.resource is not None
+    }
+
+
+def concrete(path: str) -> str:
+    """A request path for a route: every ``{placeholder}`` becomes ``room-1``."""
+    return re.sub(r"\{[^}]+\}", "room-1", path)
+
+
+@asynccontextmanager
+async def served(
+    application: web.Application,
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    async with TestClient(TestServer(application)) as client:
+        yield client
+
+
+def build(make_settings: SettingsFactory, **overrides: object) -> CalsyncApp:
+    return create_app(make_settings(**overrides))
+
+
+async def test_faust_pages_are_off_by_default(make_settings: SettingsFactory) -> None:
+    mounted = routes(web_app(build(make_settings)))
+    assert not [path for _, path in mounted if path == "/" or path.startswith(FAUST_PREFIXES)]
+    assert mounted >= WEBHOOKS | HEALTH
+    assert {("GET", "/status/"), ("GET", "/api/status"), ("POST", "/api/resources")} <= mounted
+
+
+async def test_every_route_but_webhooks_and_health_needs_the_token(
+    make_settings: SettingsFactory,
+) -> None:
+    """Walks every mounted route, so a route added later is covered without a test edit."""
+    for pages in (False, True):
+        application = web_app(build(make_settings, faust_pages=pages))
+        mounted = routes(application)
+        if pages:
+            assert {("GET", "/table/{name}/{key}/"), ("GET", "/router/"), ("GET", "/")} <= mounted
+        async with served(application) as client:
+            for method, path in sorted(mounted - WEBHOOKS - HEALTH):
+                response = await client.request(method, concrete(path))
+                assert response.status == 401, (method, path, response.status)
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+            health = await client.get("/healthz")
+            assert health.status == 200
+            # without the token, every unknown path looks like any admin route
+            assert (await client.get("/table/resources/room-1/")).status == 401
+            assert (await client.get("/no/such/page")).status == 401
+            wrong = {"Authorization": "Bearer " + "x" * len(ADMIN_TOKEN)}
+            assert (await client.get("/api/status", headers=wrong)).status == 401
+
+
+async def test_admin_bind_moves_admin_routes_off_the_public_port(
+    make_settings: SettingsFactory,
+) -> None:
+    app = build(make_settings, admin_bind=f"127.0.0.1:{free_port()}", faust_pages=True)
+    assert app.public_server is not None
+    public = routes(app.public_server.site.app)
+    assert public == WEBHOOKS | HEALTH
+    assert (app.public_server.site.host, app.public_server.site.port) == (
+        app.settings.web_bind,
+        app.settings.web_port,
+    )
+    admin = routes(web_app(app))
+    assert not admin & WEBHOOKS
+    assert admin >= HEALTH and ("GET", "/api/status") in admin and ("GET", "/table/") in admin
+    assert app.conf.web_port == app.settings.admin_address[1]  # type: ignore[index]
+    async with served(app.public_server.site.app) as client:
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        assert (await client.get("/api/status", headers=auth)).status == 404
+        assert (await client.get("/status/")).status == 401
+
+
+async def test_without_admin_bind_there_is_one_server(make_settings: SettingsFactory) -> None:
+    app = build(make_settings)
+    assert app.public_server is None
+    assert (app.conf.web_bind, app.conf.web_port) == (app.settings.web_bind, app.settings.web_port)
