@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -303,8 +303,8 @@ def create_app(
     )
     app.notification_dispatcher = sync_dispatcher
 
-    async def on_revoked(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        await sync_dispatcher.on_revoked()
+    def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> Awaitable[None]:
+        return sync_dispatcher.on_revoked()
 
     app.on_partitions_revoked.connect(on_revoked)
 

@@ -251,6 +251,16 @@ class NotificationDispatcher:
             try:
                 await self.commit()
                 await self.repair()
+                import os
+
+                if os.environ.get("CALSYNC_DEBUG_DISPATCH"):
+                    log.warning(
+                        "DISPATCH %s epoch=%s tasks=%s assignment=%s",
+                        self.describe(),
+                        self._epoch,
+                        len(self._tasks),
+                        sorted(str(t) for t in self._offsets.assignment()),
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception:

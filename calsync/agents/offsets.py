@@ -144,11 +144,14 @@ class ConsumerOffsets:
         thread = self._thread()
 
         async def read() -> int:
+            from aiokafka.structs import TopicPartition
+
             consumer = thread._ensure_consumer()
-            offset = await consumer.committed(tp)
+            ktp = TopicPartition(tp.topic, tp.partition)
+            offset = await consumer.committed(ktp)
             if offset is None or offset < 0:
-                beginning = await consumer.beginning_offsets([tp])
-                offset = beginning.get(tp, 0)
+                beginning = await consumer.beginning_offsets([ktp])
+                offset = beginning.get(ktp, 0)
             return int(offset)
 
         try:
@@ -160,7 +163,7 @@ class ConsumerOffsets:
         """Commit ``offsets`` (next offset to read, per partition) in the current
         generation. Returns False if the broker refused (a rebalance is under way, the
         partition moved): the new owner starts from the last successful commit."""
-        from aiokafka.structs import OffsetAndMetadata
+        from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
         thread = self._thread()
 
@@ -168,7 +171,11 @@ class ConsumerOffsets:
             consumer = thread._ensure_consumer()
             owned = consumer.assignment()
             await consumer.commit(
-                {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items() if tp in owned}
+                {
+                    TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")
+                    for tp, offset in offsets.items()
+                    if tp in owned
+                }
             )
 
         try:
