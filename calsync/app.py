@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
@@ -27,8 +27,11 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.web.drivers import aiohttp as aiohttp_driver
 from mode import ServiceT
 
+from calsync.agents.dispatch import NotificationDispatcher
+from calsync.agents.offsets import ConsumerOffsets
 from calsync.agents.outbox import KafkaOutbox
-from calsync.agents.service import Lane, SyncService
+from calsync.agents.service import SyncService
+from calsync.agents.supervision import Health, fatal, supervised
 from calsync.agents.timers import TimerDispatcher
 from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
@@ -37,7 +40,7 @@ from calsync.gateway.publisher import KafkaPublisher
 from calsync.providers.factory import ProviderFactory
 from calsync.ratelimit import RateLimiter, default_specs
 from calsync.settings import Settings
-from calsync.streams.records import Command, Notification, RetryEnvelope
+from calsync.streams.records import Command, RetryEnvelope
 from calsync.tables.records import Channel, Resource, SyncState, Timer
 from calsync.web.auth import admin_token_middleware
 from calsync.web.sites import Site, SiteServer, Surface, new_application, select_routes
@@ -87,6 +90,8 @@ class CalsyncApp(faust.App):
     dispatcher: TimerDispatcher
     #: the public (webhooks + ``/healthz``) server, when CALSYNC_ADMIN_BIND separates it
     public_server: SiteServer | None = None
+    notification_dispatcher: NotificationDispatcher
+    health: Health
 
     def _new_producer_transport(self) -> Any:
         return IdempotentTransport(self.conf.broker_producer, self)
@@ -114,6 +119,7 @@ class CalsyncApp(faust.App):
                 log.exception("closing %s at shutdown failed", close.__qualname__)
 
     def on_webserver_init(self, web_server: Any) -> None:
+        web_server.web_app.middlewares.append(self.health.middleware)
         surface = Surface.ALL if self.settings.admin_address is None else Surface.ADMIN
         web_server.web_app.add_routes(select_routes(self.gateway.routes(), surface))
         web_server.web_app.add_routes(
@@ -253,6 +259,15 @@ def _share_updater(
     return update
 
 
+class InjectedFault(RuntimeError):
+    """Raised by an agent named in ``CALSYNC_FAIL_AGENT`` (tests of supervision only)."""
+
+
+def _inject_fault(settings: Settings, agent: str) -> None:
+    if settings.fail_agent == agent:
+        raise InjectedFault(f"CALSYNC_FAIL_AGENT={agent}")
+
+
 def _default_http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
 
@@ -279,7 +294,10 @@ def create_app(
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.kafka_session_timeout,
-        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
+        # A dead worker is noticed after the session timeout; the survivors' next
+        # heartbeat learns of the rebalance, so heartbeats are frequent.
+        broker_heartbeat_interval=min(1.0, settings.kafka_session_timeout / 6),
+        consumer_group_instance_id=settings.group_instance_id or None,
         web_port=web_port,
         web_bind=web_bind,
         web_host="127.0.0.1" if web_bind in ("127.0.0.1", "0.0.0.0") else web_bind,
@@ -293,13 +311,20 @@ def create_app(
         web_stats_enabled=pages,
         web_graph_enabled=pages,
         web_metrics_enabled=pages,
-        table_standby_replicas=0 if settings.replication_factor == 1 else 1,
+        # Standbys keep a warm copy of the tables on another worker: a takeover
+        # replays seconds of changelog, not all of it (docs/benchmarks.md).
+        table_standby_replicas=settings.standby_replicas,
         autodiscover=False,
     )
     app.settings = settings
 
+    # Raw bytes and acks off: the dispatcher decodes (skipping poison) and commits the
+    # offsets itself, only over finished work (calsync.agents.dispatch).
     notifications = app.topic(
-        settings.topic("notifications"), value_type=Notification, partitions=partitions
+        settings.topic("notifications"),
+        value_serializer="raw",
+        partitions=partitions,
+        acks=False,
     )
     retries = app.topic(settings.topic("retries"), value_type=RetryEnvelope, partitions=partitions)
     commands = app.topic(settings.topic("commands"), value_type=Command, partitions=partitions)
@@ -348,37 +373,61 @@ def create_app(
         on_timer=dispatcher.schedule,
     )
     app.gateway = Gateway(settings, publisher, clock=clock)
+    health = Health()
+    app.health = health
     if settings.admin_address is not None:
         public = new_application(settings, select_routes(app.gateway.routes(), Surface.PUBLIC))
+        public.middlewares.append(health.middleware)  # a load balancer's /healthz is here
         app.public_server = SiteServer(
             Site(public, settings.web_bind, settings.web_port, server_options(settings))
         )
+    sync_dispatcher = NotificationDispatcher(
+        app.sync_service.on_notification,
+        ConsumerOffsets(app),
+        topic=settings.topic("notifications"),
+        ready=lambda: not app.rebalancing,
+        on_fatal=lambda exc: fatal(app, health, "calsync.sync", exc),
+    )
+    app.notification_dispatcher = sync_dispatcher
 
-    # Two agents read every notification; each handles its own lane (see Lane), so a
-    # backfill in the bulk lane never holds up a live push. A record is committed
-    # only once both have acked it, so a crash replays, never skips.
-    @app.agent(notifications, name="calsync.sync.live")
-    async def live_agent(stream: faust.StreamT[Notification]) -> None:
-        async for notification in stream:
-            await app.sync_service.on_notification(notification, Lane.LIVE)
+    def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> Awaitable[None]:
+        return sync_dispatcher.on_revoked()
 
-    @app.agent(notifications, name="calsync.sync.bulk")
-    async def bulk_agent(stream: faust.StreamT[Notification]) -> None:
-        async for notification in stream:
-            await app.sync_service.on_notification(notification, Lane.BULK)
+    app.on_partitions_revoked.connect(on_revoked)
 
-    @app.agent(retries, name="calsync.retry")
-    async def retry_agent(stream: faust.StreamT[RetryEnvelope]) -> None:
+    # One agent takes every notification off the topic at once; the dispatcher runs
+    # it on its lane (live or bulk) and commits its offset when it has finished.
+    async def sync_body(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            _inject_fault(settings, "calsync.sync")
+            message = event.message
+            await sync_dispatcher.submit(message.tp, message.offset, event.value, event)
+
+    app.agent(notifications, name="calsync.sync")(
+        supervised(app, health, "calsync.sync", sync_body)
+    )
+
+    async def retry_body(stream: faust.StreamT[RetryEnvelope]) -> None:
         async for envelope in stream:
+            _inject_fault(settings, "calsync.retry")
             await app.sync_service.on_retry(envelope)
 
-    @app.agent(commands, name="calsync.commands")
-    async def command_agent(stream: faust.StreamT[Command]) -> None:
+    async def command_body(stream: faust.StreamT[Command]) -> None:
         async for command in stream:
+            _inject_fault(settings, "calsync.commands")
             await app.sync_service.on_command(command)
+
+    app.agent(retries, name="calsync.retry")(supervised(app, health, "calsync.retry", retry_body))
+    app.agent(commands, name="calsync.commands")(
+        supervised(app, health, "calsync.commands", command_body)
+    )
 
     @app.task  # type: ignore[untyped-decorator]  # faust types task() loosely
     async def release_timers() -> None:
         await dispatcher.run()
+
+    @app.task  # type: ignore[untyped-decorator]  # faust types task() loosely
+    async def commit_notifications() -> None:
+        await sync_dispatcher.run()
 
     return app

@@ -122,6 +122,28 @@ def gateway() -> None:
 
 
 @main.group()
+def topics() -> None:
+    """calsync's Kafka topics."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create every topic and table changelog a worker needs (idempotent).
+
+    Workers do this themselves at start; run it once before starting several
+    workers at the same instant if you prefer one place to create topics.
+    """
+    from calsync.streams.topics import ensure_topics
+
+    settings = _settings()
+    try:
+        ensure_topics(settings)
+    except CalsyncError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"topics ready ({settings.topic_partitions} partitions)")
+
+
+@main.group()
 def emulator() -> None:
     """Local provider emulators for tests and the demo."""
 

@@ -113,13 +113,27 @@ class Settings:
     google_app_burst: float = 100.0
     #: A rate-limit wait longer than this goes through the retry topic instead of sleeping.
     max_inline_wait: float = 0.25
-    #: Consumer-group session timeout in seconds: how long a dead worker keeps its partitions.
-    kafka_session_timeout: float = 30.0
+    #: Consumer-group session timeout in seconds: how long a killed worker keeps its
+    #: partitions before the others take them over (brokers refuse less than
+    #: ``group.min.session.timeout.ms``, 6 s by default). Shorter means a faster
+    #: takeover, but a worker whose event loop stalls this long loses its partitions.
+    kafka_session_timeout: float = 6.0
+    #: Static group membership (``group.instance.id``), unique per worker; empty: off.
+    #: A worker restarted within the session timeout keeps its partitions without a
+    #: rebalance, but a cleanly stopped one no longer hands them over at once (the
+    #: others wait the session timeout). See docs/architecture.md, "Failover".
+    group_instance_id: str = ""
+    #: Standby replicas per table partition: warm copies on other workers that make a
+    #: takeover replay seconds of changelog instead of all of it.
+    standby_replicas: int = 1
     log_level: str = "info"
     #: Test only: the worker's clock runs this many times faster than real time from
     #: ``clock_origin`` on (so days of subscription life pass in seconds).
     clock_rate: float = 1.0
     clock_origin: float = 0.0
+    #: Test only: the agent of this name (``calsync.sync``, ``calsync.retry``,
+    #: ``calsync.commands``) raises on its first record, to test supervision.
+    fail_agent: str = ""
 
     def __post_init__(self) -> None:
         _check_secret_key(self.secret_key)

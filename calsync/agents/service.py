@@ -4,9 +4,10 @@ The agents in :mod:`calsync.app` only feed records into a :class:`SyncService`;
 everything here runs without Faust when handed dicts and an outbox, which is how it
 is unit-tested.
 
-Two lanes consume ``calsync.notifications``: the *live* lane takes pushes that need
-only a delta; the *bulk* lane takes everything else (first syncs, full resyncs,
-reconciliations, polls) and keeps channels subscribed. They run concurrently, so a
+Two lanes of :mod:`calsync.agents.dispatch` run ``calsync.notifications``: the *live*
+lane takes pushes that need only a delta; the *bulk* lane takes everything else (first
+syncs, full resyncs, reconciliations, polls) and keeps channels subscribed. They run
+concurrently, so a
 backfill of thousands of events never delays a live change; a per-resource lock
 keeps each resource's syncs one at a time.
 """
@@ -191,7 +192,8 @@ class SyncService:
     # -- notifications -----------------------------------------------------------
 
     async def on_notification(self, notification: Notification, lane: Lane) -> None:
-        """Handle a notification if it belongs to ``lane``; every agent sees every record.
+        """Handle a notification if it belongs to ``lane`` (the dispatcher passes
+        ``lane_of(notification)``).
 
         Never raises for provider trouble: failures become retries, dead letters and
         status events, so one resource never blocks its partition.

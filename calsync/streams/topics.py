@@ -1,4 +1,10 @@
-"""calsync's topics, all keyed by resource id with one partition count (DESIGN §3)."""
+"""calsync's topics, all keyed by resource id with one partition count (DESIGN §3).
+
+:func:`ensure_topics` also creates the topics Faust would otherwise create itself
+on first use (each table's compacted changelog, the assignor's leader topic): two
+workers starting at the same instant then never race to create them, and never see
+a just-created changelog with no partitions yet (Faust's ``PartitionsMismatch``).
+"""
 
 from __future__ import annotations
 
@@ -14,14 +20,33 @@ from calsync.settings import Settings
 #: The short names of calsync's topics; ``Settings.topic(name)`` gives the full name.
 TOPICS = ("notifications", "retries", "commands", "events", "status", "deadletter")
 
+#: The worker's tables (``calsync.app``); each has a changelog topic in Kafka.
+TABLES = ("resources", "sync_state", "channels", "timers")
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The name Faust gives ``table``'s changelog topic."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
+def leader_topic(settings: Settings) -> str:
+    """The name of the Faust assignor's leader-election topic (one partition)."""
+    return f"{settings.app_id}-__assignor-__leader"
+
 
 def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> None:
-    """Create any missing calsync topic; fail if one exists with another partition count.
+    """Create any missing calsync topic, table changelog and the leader topic; wait
+    until the broker reports their partitions; fail if one exists with another
+    partition count.
 
-    Co-partitioning is what makes one worker the single owner of a resource, so a
-    mismatch is refused at start instead of silently mixing resources.
+    Safe to run from several workers at once (a topic another worker created first
+    is taken as it is). Co-partitioning is what makes one worker the single owner of
+    a resource, so a mismatch is refused at start instead of silently mixing
+    resources.
     """
-    names = [settings.topic(name) for name in TOPICS]
+    changelogs = [changelog_topic(settings, table) for table in TABLES]
+    names = [settings.topic(name) for name in TOPICS] + changelogs
+    compacted = {"cleanup.policy": "compact"}
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -38,13 +63,21 @@ def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> None:
     try:
         existing = set(admin.list_topics())
         missing = [
-            NewTopic(name, settings.topic_partitions, settings.replication_factor)
+            NewTopic(
+                name,
+                settings.topic_partitions,
+                settings.replication_factor,
+                topic_configs=compacted if name in changelogs else {},
+            )
             for name in names
             if name not in existing
         ]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
-                admin.create_topics(missing)
+        leader = leader_topic(settings)
+        if leader not in existing:
+            missing.append(NewTopic(leader, 1, settings.replication_factor))
+        for topic in missing:  # one by one: another worker may have created some
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([topic])
         while True:
             described = admin.describe_topics(names)
             # A just-created topic may show no partitions until its metadata spreads.

@@ -34,6 +34,16 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.settings.web_port}"
 
     @property
+    def running(self) -> bool:
+        """Started and not exited (nor killed or stopped)."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has exited by itself, else None."""
+        return self._process.poll() if self._process is not None else None
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 

@@ -1,0 +1,341 @@
+"""The in-process dispatcher of ``calsync.notifications``: lanes, per-resource order,
+and offsets committed only over finished work.
+
+One Faust agent reads the topic with Faust's acks off and hands every record to
+:meth:`NotificationDispatcher.submit`, which returns at once (unless ``max_pending``
+records are waiting). The dispatcher
+
+* runs each record as its own task, one at a time per resource (FIFO), on a *live*
+  lane (pushes needing a delta, renewals: ``live_slots`` at a time) or a *bulk*
+  lane (full syncs, reconciliations, polls: ``bulk_slots`` at a time), so a
+  backfill never holds up a live push;
+* keeps a :class:`~calsync.agents.offsets.PartitionLedger` per partition and
+  commits, every ``commit_interval``, the offset below which every record has
+  finished: never over a hole, never over unfinished work;
+* repairs holes: a record later than the next expected one, or a partition whose
+  highwater is past the next expected offset while nothing arrived for
+  ``stall_after`` seconds, seeks the partition back to the next expected offset;
+* on a rebalance (Faust revokes every partition first) stops starting runs, lets
+  running ones finish for ``revoke_grace`` seconds, cancels the rest, commits what
+  finished and forgets its ledgers: each partition's new owner (perhaps this
+  worker again) starts over from the committed offset.
+
+Replays are harmless by design (covered pushes are skipped, full syncs compare
+content versions), so the price of a seek or a cancelled run is repeated work,
+never a lost or different event.
+
+Each run executes in the :mod:`contextvars` context of the record it came from and
+keeps a strong reference to its Faust event: Faust finds the partition of a table
+write through a weak reference to the current event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from calsync.agents.offsets import OffsetsUnavailable, PartitionLedger, Receipt
+from calsync.agents.service import Lane, lane_of
+from calsync.streams.records import Notification
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Notification, Lane], Awaitable[None]]
+
+
+class OffsetsPort(Protocol):
+    """What the dispatcher needs from the consumer (see :class:`ConsumerOffsets`)."""
+
+    def assignment(self) -> set[Any]: ...
+
+    def highwater(self, tp: Any) -> int | None: ...
+
+    async def committed(self, tp: Any) -> int: ...
+
+    async def commit(self, offsets: Mapping[Any, int]) -> bool: ...
+
+    async def seek(self, tp: Any, offset: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _Run:
+    tp: Any
+    offset: int
+    notification: Notification
+    lane: Lane
+    epoch: int
+    ledger: PartitionLedger
+    keep: object  # the Faust event: Faust's current_event() is a weak reference to it
+
+
+class NotificationDispatcher:
+    """Runs notifications off the agent, commits their offsets itself (module docstring)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        offsets: OffsetsPort,
+        *,
+        topic: str,
+        live_slots: int = 8,
+        bulk_slots: int = 1,
+        max_pending: int = 10_000,
+        commit_interval: float = 0.5,
+        stall_after: float = 1.0,
+        revoke_grace: float = 1.0,
+        ready: Callable[[], bool] = lambda: True,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._handler = handler
+        self._offsets = offsets
+        self._topic = topic
+        self._slots = {
+            Lane.LIVE: asyncio.Semaphore(live_slots),
+            Lane.BULK: asyncio.Semaphore(bulk_slots),
+        }
+        self._max_pending = max_pending
+        self._commit_interval = commit_interval
+        self._stall_after = stall_after
+        self._revoke_grace = revoke_grace
+        self._ready = ready
+        self._on_fatal = on_fatal
+        self._monotonic = monotonic
+        self._epoch = 0
+        self._ledgers: dict[Any, PartitionLedger] = {}
+        self._inits: dict[Any, asyncio.Task[PartitionLedger]] = {}
+        self._committed: dict[Any, int] = {}
+        self._last_seen: dict[Any, float] = {}
+        self._last_seek: dict[Any, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._resources: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._room = asyncio.Event()
+        self._room.set()
+        self._blocked = False
+        self.failure: BaseException | None = None
+        self.counts = {
+            "runs": 0,
+            "duplicates": 0,
+            "holes": 0,
+            "seeks": 0,
+            "commits": 0,
+            "undecodable": 0,
+        }
+
+    # -- intake ------------------------------------------------------------------
+
+    async def submit(self, tp: Any, offset: int, value: bytes | Notification, keep: object) -> None:
+        """Take the record at ``offset`` of ``tp`` (called by the agent, in the record's
+        context). Returns once it is running or refused; raises the dispatcher's fatal
+        failure, if any, so the agent dies with it."""
+        if self.failure is not None:
+            raise self.failure
+        epoch = self._epoch
+        ledger = await self._ledger(tp)
+        if ledger is None or epoch != self._epoch:
+            return  # not ours (any more): its owner reads it from the committed offset
+        self._last_seen[tp] = self._monotonic()
+        receipt = ledger.receive(offset)
+        if receipt is Receipt.DUPLICATE:
+            self.counts["duplicates"] += 1
+            return
+        if receipt is Receipt.HOLE:
+            self.counts["holes"] += 1
+            await self._seek_back(tp, ledger, force=False)
+            return
+        notification = self._decode(value)
+        if notification is None:
+            ledger.finish(offset)
+            return
+        while len(self._tasks) >= self._max_pending:
+            self._room.clear()
+            self._blocked = True
+            try:
+                await self._room.wait()
+            finally:
+                self._blocked = False
+            if epoch != self._epoch:
+                return
+        run = _Run(tp, offset, notification, lane_of(notification), epoch, ledger, keep)
+        task = asyncio.create_task(self._execute(run), context=contextvars.copy_context())
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _decode(self, value: bytes | Notification) -> Notification | None:
+        if isinstance(value, Notification):
+            return value
+        try:
+            notification = Notification.loads(value)
+        except Exception as exc:  # a poison record must not block its partition
+            self.counts["undecodable"] += 1
+            log.warning("undecodable notification skipped: %r", exc)
+            return None
+        return notification if isinstance(notification, Notification) else None
+
+    async def _ledger(self, tp: Any) -> PartitionLedger | None:
+        ledger = self._ledgers.get(tp)
+        if ledger is not None:
+            return ledger
+        if tp not in self._offsets.assignment():
+            return None
+        init = self._inits.get(tp)
+        if init is None:
+            init = asyncio.ensure_future(self._new_ledger(tp, self._epoch))
+            self._inits[tp] = init
+        try:
+            return await asyncio.shield(init)
+        except OffsetsUnavailable as exc:
+            log.warning("%s", exc)
+            self._inits.pop(tp, None)
+            return None
+
+    async def _new_ledger(self, tp: Any, epoch: int) -> PartitionLedger:
+        base = await self._offsets.committed(tp)
+        ledger = PartitionLedger(base)
+        if epoch == self._epoch:
+            self._ledgers[tp] = ledger
+            self._committed[tp] = base
+            self._last_seen[tp] = self._monotonic()
+        return ledger
+
+    # -- runs ----------------------------------------------------------------------
+
+    async def _execute(self, run: _Run) -> None:
+        rid = run.notification.resource_id
+        lock, users = self._resources.get(rid) or (asyncio.Lock(), 0)
+        self._resources[rid] = (lock, users + 1)
+        try:
+            async with lock, self._slots[run.lane]:
+                if run.epoch != self._epoch:
+                    return  # revoked before it started: the partition's owner replays it
+                await self._handler(run.notification, run.lane)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # SyncService turns provider trouble into retries; what reaches here is a
+            # broken table or producer. Stopping is better than a stuck partition.
+            log.exception("notification for %s failed; the worker stops", rid)
+            self._fail(exc)
+            return
+        finally:
+            lock, users = self._resources[rid]
+            if users <= 1:
+                del self._resources[rid]
+            else:
+                self._resources[rid] = (lock, users - 1)
+        self.counts["runs"] += 1
+        run.ledger.finish(run.offset)  # committed by on_revoked too, if it finished in the grace
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if len(self._tasks) < self._max_pending:
+            self._room.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+
+    # -- upkeep ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit and repair forever (a worker task)."""
+        while True:
+            await asyncio.sleep(self._commit_interval)
+            try:
+                await self.commit()
+                await self.repair()
+                import os
+
+                if os.environ.get("CALSYNC_DEBUG_DISPATCH"):
+                    log.warning(
+                        "DISPATCH %s epoch=%s tasks=%s assignment=%s",
+                        self.describe(),
+                        self._epoch,
+                        len(self._tasks),
+                        sorted(str(t) for t in self._offsets.assignment()),
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher upkeep failed; retrying")
+
+    async def commit(self) -> None:
+        """Commit every partition's finished run of offsets that moved since the last commit."""
+        offsets = {
+            tp: ledger.committable
+            for tp, ledger in self._ledgers.items()
+            if ledger.committable > self._committed.get(tp, -1)
+        }
+        if offsets and await self._offsets.commit(offsets):
+            self._committed.update(offsets)
+            self.counts["commits"] += 1
+
+    async def repair(self) -> None:
+        """Open ledgers for assigned partitions; seek back partitions that stalled on a hole."""
+        if not self._ready():
+            return
+        now = self._monotonic()
+        for tp in self._offsets.assignment():
+            if tp.topic != self._topic:
+                continue
+            ledger = await self._ledger(tp)
+            if ledger is None or self._blocked:
+                continue
+            highwater = self._offsets.highwater(tp)
+            quiet = now - max(self._last_seen.get(tp, now), self._last_seek.get(tp, 0.0))
+            if highwater is not None and highwater > ledger.expected and quiet >= self._stall_after:
+                await self._seek_back(tp, ledger, force=True)
+
+    async def _seek_back(self, tp: Any, ledger: PartitionLedger, *, force: bool) -> None:
+        now = self._monotonic()
+        if not force and now - self._last_seek.get(tp, float("-inf")) < 0.2:
+            return  # one seek covers the rest of a batch that was already fetched
+        self._last_seek[tp] = now
+        self.counts["seeks"] += 1
+        log.info("seeking %s back to offset %d (hole or stall)", tp, ledger.expected)
+        await self._offsets.seek(tp, ledger.expected)
+
+    async def on_revoked(self) -> None:
+        """A rebalance began: finish or cancel every run, commit, forget all partitions."""
+        self._epoch += 1
+        self._room.set()
+        running = list(self._tasks)
+        if running:
+            _, late = await asyncio.wait(running, timeout=self._revoke_grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+        try:
+            await self.commit()
+        finally:
+            for init in self._inits.values():
+                init.cancel()
+            self._inits.clear()
+            self._ledgers.clear()
+            self._committed.clear()
+            self._last_seen.clear()
+            self._last_seek.clear()
+
+    def describe(self) -> dict[str, Any]:
+        """Counters and per-partition offsets, for ``/api/status``."""
+        return {
+            **self.counts,
+            "running": len(self._tasks),
+            "partitions": {
+                f"{tp.topic}:{tp.partition}": {
+                    "committed": self._committed.get(tp),
+                    "committable": ledger.committable,
+                    "expected": ledger.expected,
+                    "in_flight": ledger.in_flight,
+                }
+                for tp, ledger in sorted(self._ledgers.items(), key=lambda kv: kv[0].partition)
+            },
+        }

@@ -1,0 +1,194 @@
+"""Offsets of ``calsync.notifications`` that calsync, not Faust, decides to commit.
+
+Faust 0.15.3 cannot be trusted with this topic (``docs/architecture.md``, "Failover"):
+around a rebalance it drops queued records without releasing them and its gap
+handling commits offsets nobody processed. So the topic is consumed with Faust's
+acks off, and two pieces here take over:
+
+* :class:`PartitionLedger` (pure): which offsets of one partition were received in
+  order, which finished, and how far the committed offset may move: only over an
+  unbroken run of finished offsets, never over a hole.
+* :class:`ConsumerOffsets`: the few consumer operations the ledger needs (read the
+  committed offset, commit, seek, highwater), run on Faust's consumer thread. It is
+  the only code in calsync that touches Faust's private consumer API;
+  ``tests/agents/test_offsets.py`` pins what it relies on.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping
+from typing import Any, cast
+
+log = logging.getLogger(__name__)
+
+
+class Receipt(enum.Enum):
+    """What the ledger made of a record."""
+
+    #: The next offset: run it.
+    ACCEPTED = "accepted"
+    #: Already received (a replay after a seek or a rebalance): skip it.
+    DUPLICATE = "duplicate"
+    #: Later than the next expected offset: records were lost on the way in. Skip
+    #: it and seek back to :attr:`PartitionLedger.expected`.
+    HOLE = "hole"
+
+
+class PartitionLedger:
+    """The offsets of one partition between the committed offset and the fetch point.
+
+    Records are accepted strictly in offset order: ``base`` ≤ committable ≤ every
+    unfinished offset < ``expected``. An offset later than ``expected`` is a hole
+    (records the consumer delivered to nobody) and is refused, so per-resource order
+    is kept and nothing is skipped; the caller seeks back to ``expected``.
+
+    Offsets that do not exist at all (transaction markers, compaction) would look
+    like a hole forever; after ``hole_patience`` refusals of the same hole the
+    ledger believes the log and jumps it, logging a warning. A record dropped in
+    memory is re-delivered by the first seek, so this only fires for real gaps.
+    """
+
+    def __init__(self, base: int, *, hole_patience: int = 5) -> None:
+        #: The committable offset: every offset below it is finished.
+        self.committable = base
+        #: The next offset to accept.
+        self.expected = base
+        self._finished: set[int] = set()
+        #: start -> end of offset ranges the log does not have (jumped holes)
+        self._absent: dict[int, int] = {}
+        self._hole_patience = hole_patience
+        self._hole_at: int | None = None
+        self._hole_refusals = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Accepted offsets not finished yet."""
+        absent = sum(end - start for start, end in self._absent.items())
+        return self.expected - self.committable - len(self._finished) - absent
+
+    def receive(self, offset: int) -> Receipt:
+        """Classify a record at ``offset``; an accepted one must later be :meth:`finish`-ed."""
+        if offset < self.expected:
+            return Receipt.DUPLICATE
+        if offset > self.expected:
+            if self._hole_at != self.expected:
+                self._hole_at, self._hole_refusals = self.expected, 0
+            self._hole_refusals += 1
+            if self._hole_refusals <= self._hole_patience:
+                return Receipt.HOLE
+            log.warning(
+                "offsets %d..%d never arrived after %d seeks: treating them as absent",
+                self.expected,
+                offset - 1,
+                self._hole_patience,
+            )
+            self._absent[self.expected] = offset
+            self.expected = offset
+            self._advance()
+        self._hole_at = None
+        self.expected = offset + 1
+        return Receipt.ACCEPTED
+
+    def finish(self, offset: int) -> None:
+        """The run of an accepted ``offset`` is over (successfully or handed to a retry)."""
+        if self.committable <= offset < self.expected:
+            self._finished.add(offset)
+            self._advance()
+
+    def _advance(self) -> None:
+        while True:
+            if self.committable in self._finished:
+                self._finished.discard(self.committable)
+                self.committable += 1
+            elif self.committable in self._absent:
+                self.committable = self._absent.pop(self.committable)
+            else:
+                return
+
+
+class ConsumerOffsets:
+    """Committed offsets, commits, seeks and highwaters through Faust's aiokafka consumer.
+
+    Faust runs the aiokafka consumer on its own thread and event loop; everything
+    that talks to the broker is sent there with ``call_thread``. Errors are returned
+    as ``False`` / raised as :class:`OffsetsUnavailable`, never crash the app (Faust's
+    own commit crashes the app on a ``CommitFailedError``).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    def _thread(self) -> Any:
+        # faust.transport.drivers.aiokafka.Consumer._thread: AIOKafkaConsumerThread
+        return self._app.consumer._thread
+
+    def assignment(self) -> set[Any]:
+        """The partitions assigned to this worker now (empty while not started)."""
+        try:
+            return set(self._app.consumer.assignment())
+        except Exception:  # ConsumerNotStarted and friends: nothing is assigned yet
+            return set()
+
+    def highwater(self, tp: Any) -> int | None:
+        """The log end offset the fetcher last saw for ``tp`` (None: not known yet)."""
+        try:
+            value = self._app.consumer.highwater(tp)
+        except Exception:
+            return None
+        return int(value) if value is not None else None
+
+    async def committed(self, tp: Any) -> int:
+        """The committed offset of ``tp``; the log start if nothing was committed."""
+        thread = self._thread()
+
+        async def read() -> int:
+            from aiokafka.structs import TopicPartition
+
+            consumer = thread._ensure_consumer()
+            ktp = TopicPartition(tp.topic, tp.partition)
+            offset = await consumer.committed(ktp)
+            if offset is None or offset < 0:
+                beginning = await consumer.beginning_offsets([ktp])
+                offset = beginning.get(ktp, 0)
+            return int(offset)
+
+        try:
+            return cast(int, await thread.call_thread(read))
+        except Exception as exc:
+            raise OffsetsUnavailable(f"cannot read the committed offset of {tp}: {exc!r}") from exc
+
+    async def commit(self, offsets: Mapping[Any, int]) -> bool:
+        """Commit ``offsets`` (next offset to read, per partition) in the current
+        generation. Returns False if the broker refused (a rebalance is under way, the
+        partition moved): the new owner starts from the last successful commit."""
+        from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+        thread = self._thread()
+
+        async def commit() -> None:
+            consumer = thread._ensure_consumer()
+            owned = consumer.assignment()
+            await consumer.commit(
+                {
+                    TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "")
+                    for tp, offset in offsets.items()
+                    if tp in owned
+                }
+            )
+
+        try:
+            await thread.call_thread(commit)
+        except Exception as exc:
+            log.info("commit of %s refused: %r", dict(offsets), exc)
+            return False
+        return True
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        """Make the fetcher read ``tp`` from ``offset`` again."""
+        await self._app.consumer.seek(tp, offset)
+
+
+class OffsetsUnavailable(Exception):
+    """The broker could not tell the committed offset (retried by the caller)."""

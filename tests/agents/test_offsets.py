@@ -1,0 +1,69 @@
+"""The partition ledger (pure) and the Faust internals that ConsumerOffsets relies on."""
+
+from __future__ import annotations
+
+import inspect
+
+import faust
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.threads import QueueServiceThread, ServiceThread
+
+from calsync.agents.offsets import PartitionLedger, Receipt
+
+
+def test_commits_only_over_an_unbroken_run_of_finished_offsets() -> None:
+    ledger = PartitionLedger(10)
+    assert [ledger.receive(o) for o in (10, 11, 12)] == [Receipt.ACCEPTED] * 3
+    ledger.finish(11)
+    ledger.finish(12)
+    assert ledger.committable == 10  # 10 is still running: nothing moves past it
+    ledger.finish(10)
+    assert ledger.committable == 13
+    assert ledger.in_flight == 0
+
+
+def test_a_later_offset_is_a_hole_and_replays_are_duplicates() -> None:
+    ledger = PartitionLedger(0)
+    assert ledger.receive(0) is Receipt.ACCEPTED
+    assert ledger.receive(2) is Receipt.HOLE  # 1 was dropped on the way in
+    assert ledger.expected == 1  # the caller seeks back here
+    assert ledger.receive(0) is Receipt.DUPLICATE
+    assert ledger.receive(1) is Receipt.ACCEPTED
+    assert ledger.receive(2) is Receipt.ACCEPTED
+    ledger.finish(0)
+    ledger.finish(2)
+    assert ledger.committable == 1  # never over the unfinished 1
+
+
+def test_offsets_that_never_come_are_jumped_after_patience() -> None:
+    ledger = PartitionLedger(5, hole_patience=2)
+    assert ledger.receive(5) is Receipt.ACCEPTED
+    assert ledger.receive(9) is Receipt.HOLE
+    assert ledger.receive(9) is Receipt.HOLE
+    assert ledger.receive(9) is Receipt.ACCEPTED  # 6..8 do not exist (e.g. markers)
+    ledger.finish(9)
+    assert ledger.committable == 5
+    ledger.finish(5)
+    assert ledger.committable == 10
+    assert ledger.in_flight == 0
+
+
+def test_faust_internals_the_dispatcher_relies_on() -> None:
+    """Pins faust-streaming 0.15.3 behaviour calsync depends on (docs/architecture.md)."""
+    assert faust.__version__ == "0.15.3"
+    # ConsumerOffsets runs broker calls on the consumer's own thread and loop.
+    assert faust_aiokafka.Consumer._new_consumer_thread is not None
+    assert issubclass(faust_aiokafka.AIOKafkaConsumerThread, ServiceThread)
+    assert callable(faust_aiokafka.AIOKafkaConsumerThread._ensure_consumer)
+    assert issubclass(faust_aiokafka.AIOKafkaConsumerThread, QueueServiceThread)
+    assert callable(QueueServiceThread.call_thread)
+    # With acks off for a topic, Faust neither records acks nor gap-fills it, so it
+    # never commits it (calsync does).
+    ack = inspect.getsource(faust_consumer.Consumer.ack)
+    assert "acks_enabled_for(message.topic)" in ack
+    drain = inspect.getsource(faust_consumer.Consumer._drain_messages)
+    assert "if acks_enabled:" in drain and "_add_gap" in drain
+    # The rebalance bug the design works around is still there: agent channels clear
+    # their queue on resume (records dropped without being acked).
+    assert "clear_on_resume=True" in inspect.getsource(faust.Channel)
