@@ -141,8 +141,7 @@ async def cluster(
             google_token_url=emulator.token_url,
             google_client_id=CLIENT_ID,
             google_client_secret=CLIENT_SECRET,
-            kafka_session_timeout=6.0,
-            **overrides,
+            **{"kafka_session_timeout": 6.0, **overrides},
         )
         gateway = await stack.enter_async_context(serve_gateway(base))
         settings = dataclasses.replace(base, public_url=gateway)
@@ -267,3 +266,26 @@ async def test_a_worker_whose_agent_dies_exits_non_zero(kafka_settings) -> None:
         assert worker.returncode not in (None, 0), worker.tail()
         assert "calsync.commands died" in worker.tail(200)
         del unhealthy  # seen or not: the window between failure and exit is short
+
+
+async def test_a_restarted_worker_with_static_membership_resumes_before_the_session_timeout(
+    kafka_settings,
+) -> None:
+    """A crashed worker that comes back with its ``CALSYNC_GROUP_INSTANCE_ID`` takes its
+    partitions back at once; a dynamic member would wait for the dead one's session
+    (30 s here) to expire before the group rebalances."""
+    session = 30.0
+    async with cluster(
+        kafka_settings, workers=1, group_instance_id="worker-a", kafka_session_timeout=session
+    ) as world:
+        (worker,) = world.workers.workers
+        names = world.add_calendars(4, 3)
+        await world.register(names)
+        await world.converge(deadline=time.monotonic() + 90)
+        worker.kill()
+        restarted = time.monotonic()
+        await asyncio.to_thread(worker.start)
+        world.change(names, 0)
+        await world.converge(deadline=restarted + session + 30)
+        took = time.monotonic() - restarted
+        assert took < session / 2, f"resumed {took:.1f}s after the restart"
