@@ -17,8 +17,8 @@ from __future__ import annotations
 import html
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import faust
 import httpx
@@ -30,6 +30,7 @@ from mode import ServiceT
 from calsync.agents.dispatch import NotificationDispatcher
 from calsync.agents.offsets import ConsumerOffsets
 from calsync.agents.outbox import KafkaOutbox
+from calsync.agents.quarantine import Quarantine
 from calsync.agents.service import SyncService
 from calsync.agents.supervision import Health, fatal, supervised
 from calsync.agents.timers import TimerDispatcher
@@ -46,6 +47,8 @@ from calsync.web.auth import admin_token_middleware
 from calsync.web.sites import Site, SiteServer, Surface, new_application, select_routes
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=faust.Record)
 
 
 class IdempotentProducer(aiokafka_driver.Producer):
@@ -91,6 +94,7 @@ class CalsyncApp(faust.App):
     #: the public (webhooks + ``/healthz``) server, when CALSYNC_ADMIN_BIND separates it
     public_server: SiteServer | None = None
     notification_dispatcher: NotificationDispatcher
+    quarantine: Quarantine
     health: Health
 
     def _new_producer_transport(self) -> Any:
@@ -139,7 +143,9 @@ class CalsyncApp(faust.App):
         return web.json_response(_describe(rid, resource, self.sync_service))
 
     async def worker_status(self, request: web.Request) -> web.Response:
-        """JSON: resources owned, timers waiting, rate-limit buckets (no secrets)."""
+        """JSON: resources owned, timers waiting, the notification dispatcher's partitions
+        (offsets, pending runs, last hole repair), quarantined records, rate-limit
+        buckets. No secrets, no record contents."""
         service = self.sync_service
         timers = [key for key, _ in service.timers.items()]
         return web.json_response(
@@ -151,6 +157,8 @@ class CalsyncApp(faust.App):
                     "reconciliations": sum(1 for k in timers if k.startswith("reconcile:")),
                 },
                 "dispatcher": self.dispatcher.describe(),
+                "notifications": self.notification_dispatcher.describe(),
+                "quarantined": dict(self.quarantine.counts),
                 "rate_limits": self.limiter.snapshot(),
             }
         )
@@ -326,8 +334,11 @@ def create_app(
         partitions=partitions,
         acks=False,
     )
-    retries = app.topic(settings.topic("retries"), value_type=RetryEnvelope, partitions=partitions)
-    commands = app.topic(settings.topic("commands"), value_type=Command, partitions=partitions)
+    # Raw bytes too: a record Faust could not decode would raise inside the agent and
+    # stop the worker, and again after every restart. The agents decode through the
+    # quarantine instead (calsync.agents.quarantine).
+    retries = app.topic(settings.topic("retries"), value_serializer="raw", partitions=partitions)
+    commands = app.topic(settings.topic("commands"), value_serializer="raw", partitions=partitions)
     resources = app.Table("resources", value_type=Resource, partitions=partitions)
     sync_state = app.Table("sync_state", value_type=SyncState, partitions=partitions)
     channels = app.Table("channels", value_type=Channel, partitions=partitions)
@@ -381,12 +392,15 @@ def create_app(
         app.public_server = SiteServer(
             Site(public, settings.web_bind, settings.web_port, server_options(settings))
         )
+    quarantine = Quarantine(outbox.status, clock=clock)
+    app.quarantine = quarantine
     sync_dispatcher = NotificationDispatcher(
         app.sync_service.on_notification,
         ConsumerOffsets(app),
         topic=settings.topic("notifications"),
         ready=lambda: not app.rebalancing,
         on_fatal=lambda exc: fatal(app, health, "calsync.sync", exc),
+        quarantine=quarantine,
     )
     app.notification_dispatcher = sync_dispatcher
 
@@ -401,19 +415,36 @@ def create_app(
         async for event in stream.events():
             _inject_fault(settings, "calsync.sync")
             message = event.message
-            await sync_dispatcher.submit(message.tp, message.offset, event.value, event)
+            await sync_dispatcher.submit(
+                message.tp, message.offset, event.value, event, key=message.key
+            )
 
     app.agent(notifications, name="calsync.sync")(
         supervised(app, health, "calsync.sync", sync_body)
     )
 
-    async def retry_body(stream: faust.StreamT[RetryEnvelope]) -> None:
-        async for envelope in stream:
+    async def decoded(stream: faust.StreamT[bytes], record_type: type[R]) -> AsyncIterator[R]:
+        """The stream's records that decode; malformed ones are quarantined and acked."""
+        async for event in stream.events():
+            message = event.message
+            record = await quarantine.decode(
+                record_type,
+                event.value,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+            )
+            if record is not None:
+                yield record
+
+    async def retry_body(stream: faust.StreamT[bytes]) -> None:
+        async for envelope in decoded(stream, RetryEnvelope):
             _inject_fault(settings, "calsync.retry")
             await app.sync_service.on_retry(envelope)
 
-    async def command_body(stream: faust.StreamT[Command]) -> None:
-        async for command in stream:
+    async def command_body(stream: faust.StreamT[bytes]) -> None:
+        async for command in decoded(stream, Command):
             _inject_fault(settings, "calsync.commands")
             await app.sync_service.on_command(command)
 

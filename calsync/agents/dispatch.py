@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from calsync.agents.offsets import OffsetsUnavailable, PartitionLedger, Receipt
+from calsync.agents.quarantine import Malformed, Quarantine, decode_record
 from calsync.agents.service import Lane, lane_of
 from calsync.streams.records import Notification
 
@@ -90,7 +91,9 @@ class NotificationDispatcher:
         revoke_grace: float = 1.0,
         ready: Callable[[], bool] = lambda: True,
         on_fatal: Callable[[BaseException], None] | None = None,
+        quarantine: Quarantine | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._handler = handler
         self._offsets = offsets
@@ -105,15 +108,20 @@ class NotificationDispatcher:
         self._revoke_grace = revoke_grace
         self._ready = ready
         self._on_fatal = on_fatal
+        self._quarantine = quarantine
         self._monotonic = monotonic
+        self._wall = wall
         self._epoch = 0
         self._ledgers: dict[Any, PartitionLedger] = {}
         self._inits: dict[Any, asyncio.Task[PartitionLedger]] = {}
         self._committed: dict[Any, int] = {}
         self._last_seen: dict[Any, float] = {}
         self._last_seek: dict[Any, float] = {}
+        self._last_seek_wall: dict[Any, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._resources: dict[str, tuple[asyncio.Lock, int]] = {}
+        #: runs submitted and not over (waiting for their resource or slot, or running)
+        self._pending: dict[Any, dict[Lane, int]] = {}
         self._room = asyncio.Event()
         self._room.set()
         self._blocked = False
@@ -129,10 +137,20 @@ class NotificationDispatcher:
 
     # -- intake ------------------------------------------------------------------
 
-    async def submit(self, tp: Any, offset: int, value: bytes | Notification, keep: object) -> None:
+    async def submit(
+        self,
+        tp: Any,
+        offset: int,
+        value: bytes | Notification | None,
+        keep: object,
+        *,
+        key: bytes | None = None,
+    ) -> None:
         """Take the record at ``offset`` of ``tp`` (called by the agent, in the record's
         context). Returns once it is running or refused; raises the dispatcher's fatal
-        failure, if any, so the agent dies with it."""
+        failure, if any, so the agent dies with it. A malformed record is quarantined
+        (:mod:`calsync.agents.quarantine`) and finished at once: it never blocks its
+        partition."""
         if self.failure is not None:
             raise self.failure
         epoch = self._epoch
@@ -148,7 +166,7 @@ class NotificationDispatcher:
             self.counts["holes"] += 1
             await self._seek_back(tp, ledger, force=False)
             return
-        notification = self._decode(value)
+        notification = await self._decode(tp, offset, value, key)
         if notification is None:
             ledger.finish(offset)
             return
@@ -162,20 +180,30 @@ class NotificationDispatcher:
             if epoch != self._epoch:
                 return
         run = _Run(tp, offset, notification, lane_of(notification), epoch, ledger, keep)
+        pending = self._pending.setdefault(tp, dict.fromkeys(Lane, 0))
+        pending[run.lane] += 1
         task = asyncio.create_task(self._execute(run), context=contextvars.copy_context())
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _decode(self, value: bytes | Notification) -> Notification | None:
+    async def _decode(
+        self, tp: Any, offset: int, value: bytes | Notification | None, key: bytes | None
+    ) -> Notification | None:
         if isinstance(value, Notification):
             return value
-        try:
-            notification = Notification.loads(value)
-        except Exception as exc:  # a poison record must not block its partition
+        if self._quarantine is not None:
+            notification = await self._quarantine.decode(
+                Notification, value, topic=tp.topic, partition=tp.partition, offset=offset, key=key
+            )
+        else:
+            try:
+                notification = decode_record(Notification, value)
+            except Malformed as exc:
+                log.warning("malformed notification at %s@%d skipped: %s", tp, offset, exc)
+                notification = None
+        if notification is None:
             self.counts["undecodable"] += 1
-            log.warning("undecodable notification skipped: %r", exc)
-            return None
-        return notification if isinstance(notification, Notification) else None
+        return notification
 
     async def _ledger(self, tp: Any) -> PartitionLedger | None:
         ledger = self._ledgers.get(tp)
@@ -223,6 +251,9 @@ class NotificationDispatcher:
             self._fail(exc)
             return
         finally:
+            pending = self._pending.get(run.tp)
+            if pending is not None and run.epoch == self._epoch:
+                pending[run.lane] -= 1
             lock, users = self._resources[rid]
             if users <= 1:
                 del self._resources[rid]
@@ -251,16 +282,6 @@ class NotificationDispatcher:
             try:
                 await self.commit()
                 await self.repair()
-                import os
-
-                if os.environ.get("CALSYNC_DEBUG_DISPATCH"):
-                    log.warning(
-                        "DISPATCH %s epoch=%s tasks=%s assignment=%s",
-                        self.describe(),
-                        self._epoch,
-                        len(self._tasks),
-                        sorted(str(t) for t in self._offsets.assignment()),
-                    )
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -298,6 +319,7 @@ class NotificationDispatcher:
         if not force and now - self._last_seek.get(tp, float("-inf")) < 0.2:
             return  # one seek covers the rest of a batch that was already fetched
         self._last_seek[tp] = now
+        self._last_seek_wall[tp] = self._wall()
         self.counts["seeks"] += 1
         log.info("seeking %s back to offset %d (hole or stall)", tp, ledger.expected)
         await self._offsets.seek(tp, ledger.expected)
@@ -323,19 +345,33 @@ class NotificationDispatcher:
             self._committed.clear()
             self._last_seen.clear()
             self._last_seek.clear()
+            self._last_seek_wall.clear()
+            self._pending.clear()
 
     def describe(self) -> dict[str, Any]:
-        """Counters and per-partition offsets, for ``/api/status``."""
-        return {
-            **self.counts,
-            "running": len(self._tasks),
-            "partitions": {
-                f"{tp.topic}:{tp.partition}": {
-                    "committed": self._committed.get(tp),
-                    "committable": ledger.committable,
-                    "expected": ledger.expected,
-                    "in_flight": ledger.in_flight,
-                }
-                for tp, ledger in sorted(self._ledgers.items(), key=lambda kv: kv[0].partition)
-            },
-        }
+        """Counters, and per partition of the topic this worker owns: ``committed`` (the
+        offset last committed; None until its ledger is open), ``expected`` (the next
+        offset to accept), ``finished_uncommitted`` (finished runs the next commit
+        covers or that wait behind an unfinished one), ``pending`` (runs not over, per
+        lane) and ``last_seek_back`` (epoch seconds of the last hole repair, or None).
+        For ``/api/status``; JSON-ready."""
+        owned = {tp for tp in self._offsets.assignment() if tp.topic == self._topic}
+        partitions: dict[str, dict[str, Any]] = {}
+        for tp in sorted(owned | set(self._ledgers), key=lambda tp: tp.partition):
+            ledger = self._ledgers.get(tp)
+            committed = self._committed.get(tp)
+            pending = self._pending.get(tp) or dict.fromkeys(Lane, 0)
+            partitions[f"{tp.topic}:{tp.partition}"] = {
+                "committed": committed,
+                "expected": ledger.expected if ledger is not None else None,
+                "committable": ledger.committable if ledger is not None else None,
+                "finished_uncommitted": (
+                    ledger.committable - committed + ledger.finished_ahead
+                    if ledger is not None and committed is not None
+                    else 0
+                ),
+                "in_flight": ledger.in_flight if ledger is not None else 0,
+                "pending": {lane.value: pending[lane] for lane in Lane},
+                "last_seek_back": self._last_seek_wall.get(tp),
+            }
+        return {**self.counts, "running": len(self._tasks), "partitions": partitions}

@@ -68,6 +68,11 @@ class PartitionLedger:
         absent = sum(end - start for start, end in self._absent.items())
         return self.expected - self.committable - len(self._finished) - absent
 
+    @property
+    def finished_ahead(self) -> int:
+        """Finished offsets waiting behind an unfinished one (not committable yet)."""
+        return len(self._finished)
+
     def receive(self, offset: int) -> Receipt:
         """Classify a record at ``offset``; an accepted one must later be :meth:`finish`-ed."""
         if offset < self.expected:

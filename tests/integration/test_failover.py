@@ -198,6 +198,29 @@ async def test_sigkill_during_an_initial_sync_loses_nothing(kafka_settings) -> N
         print(f"kill during initial sync -> converged in {took:.1f}s")
 
 
+async def test_a_cleanly_stopped_workers_partitions_move_at_once(kafka_settings) -> None:
+    """SIGTERM: the worker leaves the group on its way out (dynamic membership, aiokafka
+    sends LeaveGroup), so its partitions move without waiting for its session to
+    expire. The session timeout is long here so that the two cannot be confused."""
+    session = 30.0
+    async with cluster(kafka_settings, kafka_session_timeout=session) as world:
+        names = world.add_calendars(20, 3)
+        await world.register(names)
+        await world.converge(deadline=time.monotonic() + 90)
+        await asyncio.to_thread(world.workers.wait_balanced)
+        mark = len(world.events.values)
+        victim = world.workers.workers[1]
+        stopped = time.monotonic()
+        stopping = asyncio.ensure_future(asyncio.to_thread(victim.stop))
+        world.change(names, 0)
+        await world.converge(deadline=stopped + session + 30)
+        took = time.monotonic() - stopped
+        await stopping
+        assert took < session / 2, f"converged {took:.1f}s after SIGTERM"
+        world.agree_since(mark)
+        print(f"SIGTERM -> converged in {took:.1f}s")
+
+
 async def test_sigkill_while_retries_wait_on_timers_loses_nothing(kafka_settings) -> None:
     async with cluster(kafka_settings, retry_base_delay=1.0, retry_max_delay=3.0) as world:
         names = world.add_calendars(20, 3)
