@@ -15,5 +15,8 @@ Emulators are test doubles, not part of the sync engine: nothing under
 - :mod:`calsync.emulators.microsoft` -- Microsoft Graph calendar delta, subscriptions
   with validation and lifecycle notifications, and an identity platform over TLS
   that msal accepts (refresh tokens rotate on use).
+- :mod:`calsync.emulators.base` -- what both share: lifecycle, clock, grants,
+  token sealing, push delivery, the middleware (faults, request log), the
+  common control routes, the serve loop, and the in-memory event store.
 - :mod:`calsync.emulators.faults` -- the fault injection both share.
 """

@@ -11,16 +11,12 @@ Every emulated API call is kept as a :class:`RecordedRequest`.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import dataclasses
 import email.utils
 import math
 import random
 import re
-import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, Final, Generic, TypeVar, cast
@@ -291,42 +287,3 @@ class RecordedRequest:
     retry_after: float | None = None
     account: str | None = None
     calendar_id: str | None = None
-
-
-# --------------------------------------------------------------------------- CLI helpers
-
-
-async def serve_until_stopped(
-    start: Callable[[], Awaitable[object]],
-    aclose: Callable[[], Awaitable[None]],
-    banner: Callable[[], Sequence[str]],
-    stop: asyncio.Event | None = None,
-) -> None:
-    """Start an emulator, print ``banner()`` once listening, and serve until ``stop``
-    is set or SIGINT/SIGTERM arrives; then close it (shared by every emulator's CLI)."""
-    stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    try:
-        await start()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-        for line in banner():
-            print(line, flush=True)
-        await stop.wait()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        await aclose()
-
-
-def parse_pair(value: str, default_second: str | None = None) -> tuple[str, str]:
-    """``A:B`` for argparse; with ``default_second``, ``A`` alone means ``A:default``."""
-    first, sep, second = value.rpartition(":") if default_second is None else value.partition(":")
-    if default_second is not None and not sep:
-        return value, default_second
-    if not sep or not first or not second:
-        raise argparse.ArgumentTypeError(f"expected A:B, got {value!r}")
-    return first, second

@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import binascii
 import bisect
 import contextlib
 import copy
@@ -69,19 +68,15 @@ import email.utils
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import math
-import random
 import re
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
-from types import TracebackType
 from typing import (
     Any,
     Final,
@@ -89,25 +84,22 @@ from typing import (
     NamedTuple,
     NotRequired,
     TypedDict,
-    TypeVar,
     cast,
     get_args,
 )
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import aiohttp
 from aiohttp import web
 from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 
+from calsync.emulators import base as _base
+from calsync.emulators.base import jcopy as _jcopy
 from calsync.emulators.faults import (
     DROPPED,
     FaultInjector,
     FaultRule,
     RecordedRequest,
-    parse_pair,
-    retry_after_seconds,
-    serve_until_stopped,
 )
 
 __all__ = [
@@ -134,7 +126,6 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/calendar/v3"
 TOKEN_PATH: Final = "/token"  # noqa: S105  (a URL path, not a secret)
-CONTROL_PREFIX: Final = "/_emulator"
 DEFAULT_PORT: Final = 8710  # the port `calsync emulator google` defaults to
 
 DEFAULT_CHANNEL_TTL: Final = 604_800.0
@@ -160,7 +151,6 @@ _PAIR_SHIFTS: Final = tuple(range(0, 130, 10))
 _EVENT_ID_RE: Final = re.compile(r"^[a-v0-9]{5,1024}$")
 _EXPANSION_HORIZON: Final = timedelta(days=730)
 _MAX_RRULE_ITERATIONS: Final = 20_000
-_MAC_BYTES: Final = 12
 _LISTING_CACHE_SIZE: Final = 256
 _UNKNOWN_START_KEY: Final = "~"  # sorts after every ISO timestamp
 _EVENT_STATUSES: Final = ("confirmed", "tentative", "cancelled")
@@ -507,13 +497,11 @@ class _Override:
 
 
 @dataclass(slots=True)
-class _Record:
+class _Record(_base.StoredEvent[_Timing]):
     """A stored event. ``corrupt`` marks a resource set by ``corrupt_event``: it
-    was never validated, so its timing is not trusted (nor kept in ``history``)."""
+    was never validated, so its timing is not trusted (nor kept in ``history``).
+    A deleted event stays as a tombstone: ``status: cancelled``."""
 
-    resource: EventResource
-    change_seq: int
-    history: list[tuple[int, _Timing]]
     overrides: dict[str, _Override] = field(default_factory=dict)
     corrupt: bool = False
 
@@ -525,30 +513,16 @@ class _Record:
     def recurring(self) -> bool:
         return bool(self.resource.get("recurrence"))
 
-    def relevant_timings(self, since: int | None) -> list[_Timing]:
-        """The timings a client that synced at ``since`` may know or must learn."""
-        if since is None:
-            return [self.history[-1][1]]
-        out: list[_Timing] = []
-        for i, (_, timing) in enumerate(self.history):
-            nxt = self.history[i + 1][0] if i + 1 < len(self.history) else None
-            if nxt is None or nxt > since:
-                out.append(timing)
-        return out
 
-
-@dataclass(slots=True)
-class _Calendar:
+@dataclass(slots=True, kw_only=True)
+class _Calendar(_base.EventStore[_Record]):
     id: str
     time_zone: str
     tz: ZoneInfo
     summary: str
     resource_id: str
-    seq: int = 0
-    epoch: int = 0
     updated: str = ""
     default_reminders: list[dict[str, Any]] = field(default_factory=list)
-    events: dict[str, _Record] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -559,12 +533,6 @@ class _RefreshGrant:
     scope: str
     account: str
     revoked: bool = False
-
-
-@dataclass(slots=True)
-class _AccessGrant:
-    grant: _RefreshGrant
-    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -634,33 +602,6 @@ class _PushJob:
     channel: Channel
     state: str
     number: int
-
-
-# --------------------------------------------------------------------------- copying
-
-_ATOMIC_TYPES: Final = frozenset({str, int, float, bool, type(None)})
-_T = TypeVar("_T")
-
-
-def _jcopy_any(value: Any) -> Any:
-    cls = type(value)
-    if cls is dict:
-        atomic = _ATOMIC_TYPES
-        return {k: v if type(v) in atomic else _jcopy_any(v) for k, v in value.items()}
-    if cls is list:
-        return [_jcopy_any(v) for v in value]
-    if cls in _ATOMIC_TYPES:
-        return value
-    return copy.deepcopy(value)
-
-
-def _jcopy(value: _T) -> _T:
-    """A deep copy of JSON-like data: dicts and lists rebuilt, scalars shared.
-
-    Several times cheaper than ``copy.deepcopy`` (no memo); anything that is not
-    a plain dict, list or JSON scalar falls back to ``copy.deepcopy``.
-    """
-    return cast("_T", _jcopy_any(value))
 
 
 # --------------------------------------------------------------------------- time helpers
@@ -735,7 +676,7 @@ def _parse_point(value: Any, which: str, cal_tz: ZoneInfo) -> _Point:
 def _copy_mapping(value: Any) -> dict[str, Any]:
     if not value:
         return {}
-    return cast("dict[str, Any]", _jcopy_any(value if type(value) is dict else dict(value)))
+    return _jcopy(value if type(value) is dict else dict(value))
 
 
 def _timing_of(event: Mapping[str, Any]) -> _Timing:
@@ -879,9 +820,7 @@ def _tombstone(resource: Mapping[str, Any]) -> EventResource:
 
 
 def _canonical(event: Mapping[str, Any]) -> EventResource:
-    out: EventResource = {k: event[k] for k in _CANONICAL_ORDER if k in event}
-    out.update({k: v for k, v in event.items() if k not in out})
-    return out
+    return _base.canonical(event, _CANONICAL_ORDER)
 
 
 def _bool_param(request: web.Request, name: str) -> bool | None:
@@ -896,30 +835,20 @@ def _bool_param(request: web.Request, name: str) -> bool | None:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        raw = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _parse_error() from None
-    if not isinstance(raw, dict):
-        raise _parse_error()
-    return raw
+    return await _base.read_json_object(request, _parse_error)
 
 
 # --------------------------------------------------------------------------- the emulator
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
     ("GET", "/_emulator/health", "liveness: {ok, base_url, api_url, token_url}"),
     ("POST", "/_emulator/calendars", "{calendar_id, time_zone?, summary?} -> 201"),
-    ("POST", "/_emulator/clients", "{client_id, client_secret} -> 201"),
     (
         "POST",
         "/_emulator/refresh_tokens",
         "{client_id, calendar_ids?} -> 201 {refresh_token, account}",
     ),
     ("POST", "/_emulator/refresh_tokens/revoke", "{refresh_token} -> 204"),
-    ("POST", "/_emulator/access_tokens/expire", "expire every access token -> 204"),
     ("POST", "/_emulator/calendars/{cal}/events", "insert; ?notify=false -> 201 event"),
     (
         "POST",
@@ -934,20 +863,13 @@ CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
     ("PATCH", "/_emulator/calendars/{cal}/events/{id}", "patch; ?notify=false -> 200 event"),
     ("DELETE", "/_emulator/calendars/{cal}/events/{id}", "delete; ?notify=false -> 204"),
     ("POST", "/_emulator/calendars/{cal}/invalidate_sync_tokens", "-> 204"),
-    ("GET", "/_emulator/faults", "-> {rules, drop_push_probability}"),
-    ("POST", "/_emulator/faults", "{rules?, drop_push_probability?, seed?, replace?} -> 200"),
-    ("DELETE", "/_emulator/faults", "clear rules and push drops -> 204"),
-    ("GET", "/_emulator/requests", "?account=&calendar_id= -> [RecordedRequest]"),
-    ("DELETE", "/_emulator/requests", "forget recorded requests -> 204"),
     ("GET", "/_emulator/channels", "-> [channel]"),
-    ("GET", "/_emulator/deliveries", "-> [DeliveryRecord]"),
-    ("POST", "/_emulator/flush_pushes", "wait for queued pushes -> 204"),
-    ("POST", "/_emulator/clock/advance", "{seconds} -> {now}"),
+    *_base.SHARED_CONTROL_ROUTES,
 )
 """Every control route: (method, path, contract). Not part of Google's API."""
 
 
-class GoogleEmulator:
+class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]):
     """Google Calendar API v3 + OAuth token endpoint, served on 127.0.0.1.
 
     Use as ``async with GoogleEmulator() as emu:`` (starts on a free port) or
@@ -965,6 +887,10 @@ class GoogleEmulator:
     push answered 500/502/503/504.
     """
 
+    API_PREFIX = API_PREFIX
+    GRANT_SCOPE_FIELD = "calendar_ids"
+    error_type = GoogleApiError
+
     def __init__(
         self,
         *,
@@ -978,32 +904,23 @@ class GoogleEmulator:
     ) -> None:
         if not 1 <= page_size_default <= MAX_RESULTS_LIMIT:
             raise ValueError("page_size_default must be within [1, 2500]")
+        super().__init__(
+            faults=FaultInjector(_FAULT_KINDS, _fault_response, seed),
+            clock=clock,
+            seed=seed,
+            push_retry_delays=push_retry_delays,
+            push_timeout=push_timeout,
+        )
         self.page_size_default = page_size_default
         self.max_channel_ttl = max_channel_ttl
         self.reject_show_deleted_false_with_sync_token = reject_show_deleted_false_with_sync_token
-        self.push_retry_delays = tuple(push_retry_delays)
-        self.push_timeout = push_timeout
-        self.faults: FaultInjector[FaultKind] = FaultInjector(_FAULT_KINDS, _fault_response, seed)
-        self.requests: list[RecordedRequest] = []
         self.channels: dict[str, Channel] = {}
         self.delivery_log: list[DeliveryRecord] = []
-        self._clock = clock
-        self._clock_offset = 0.0
-        self._rng = random.Random(seed)
-        self._secret = secrets.token_bytes(32)
         self._calendars: dict[str, _Calendar] = {}
-        self._clients: dict[str, str] = {}
-        self._refresh: dict[str, _RefreshGrant] = {}
-        self._access: dict[str, _AccessGrant] = {}
-        self._minted: dict[str, _RefreshGrant] = {}  # every access token ever minted
-        self._listings: OrderedDict[_Query, _Listing] = OrderedDict()
+        self._listings: _base.ListingCache[_Query, _Listing] = _base.ListingCache(
+            _LISTING_CACHE_SIZE
+        )
         self._stamp: tuple[float, str] = (math.nan, "")
-        self._push_queues: dict[int, asyncio.Queue[_PushJob | None]] = {}
-        self._push_tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._base_url: str | None = None
-        self._closed = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -1012,59 +929,10 @@ class GoogleEmulator:
 
         Raises RuntimeError when already started or closed.
         """
-        if self._runner is not None or self._closed:
-            raise RuntimeError("GoogleEmulator can be started once")
-        app = web.Application(middlewares=[self._middleware])
-        self._add_routes(app)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        self._runner = runner
-        bound = runner.addresses[0]
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        self._base_url = f"http://{shown}:{bound[1]}"
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.push_timeout), trust_env=False
-        )
-        return self._base_url
-
-    async def aclose(self) -> None:
-        """Stop pushes and the server. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for task in list(self._push_tasks):
-            task.cancel()
-        for task in list(self._push_tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._push_tasks.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> GoogleEmulator:
-        if self._runner is None:
-            await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    @property
-    def base_url(self) -> str:
-        """``http://HOST:PORT``; RuntimeError before :meth:`start`."""
-        if self._base_url is None:
-            raise RuntimeError("GoogleEmulator is not started")
+        self._check_startable()
+        bound = await self._serve(self._api_app(), host, port)
+        self._base_url = f"http://{self._shown_host(host)}:{bound}"
+        self._open_session()
         return self._base_url
 
     @property
@@ -1076,19 +944,6 @@ class GoogleEmulator:
     def token_url(self) -> str:
         """``base_url + "/token"`` (what ``CALSYNC_GOOGLE_TOKEN_URL`` is set to)."""
         return self.base_url + TOKEN_PATH
-
-    # ----------------------------------------------------------------- clock
-
-    def now(self) -> float:
-        """The emulator clock: ``clock() + advance_clock offsets``, epoch seconds."""
-        return self._clock() + self._clock_offset
-
-    def advance_clock(self, seconds: float) -> None:
-        """Move the emulator clock forward (expire tokens and channels in tests)."""
-        self._clock_offset += seconds
-
-    def _now_dt(self) -> datetime:
-        return datetime.fromtimestamp(self.now(), UTC)
 
     # ----------------------------------------------------------------- control: identity
 
@@ -1118,51 +973,23 @@ class GoogleEmulator:
             updated=_rfc3339_ms(self.now()),
         )
 
-    def add_client(self, client_id: str, client_secret: str) -> None:
-        """Register (or re-key) an OAuth client."""
-        self._clients[client_id] = client_secret
-
     def issue_refresh_token(self, client_id: str, calendar_ids: list[str] | None = None) -> str:
         """A new refresh token for ``client_id``, covering ``calendar_ids`` (None = all).
 
         Raises KeyError for an unknown client.
         """
-        if client_id not in self._clients:
-            raise KeyError(f"unknown OAuth client {client_id!r}")
+        self._check_client(client_id)
         token = "1//emu-" + secrets.token_urlsafe(30)
         ids = None if calendar_ids is None else list(calendar_ids)
-        account = "acct-" + hashlib.sha256(token.encode()).hexdigest()[:16]
+        account = self._account_for(token)
         self._refresh[token] = _RefreshGrant(token, client_id, ids, DEFAULT_SCOPE, account)
         return token
-
-    def account_of(self, refresh_token: str) -> str:
-        """The ``RecordedRequest.account`` of calls made with tokens minted from
-        ``refresh_token`` (stable, also after revocation). KeyError if unknown."""
-        grant = self._refresh.get(refresh_token)
-        if grant is None:
-            raise KeyError("unknown refresh token")
-        return grant.account
-
-    def requests_for(
-        self, *, account: str | None = None, calendar_id: str | None = None
-    ) -> list[RecordedRequest]:
-        """The recorded requests of ``account`` and/or on ``calendar_id`` (None = any)."""
-        return [
-            r
-            for r in self.requests
-            if (account is None or r.account == account)
-            and (calendar_id is None or r.calendar_id == calendar_id)
-        ]
 
     def revoke_refresh_token(self, refresh_token: str) -> None:
         """Revoke the grant: refreshes answer invalid_grant, its access tokens 401."""
         grant = self._refresh.get(refresh_token)
         if grant is not None:
             grant.revoked = True
-
-    def expire_access_tokens(self) -> None:
-        """Forget every access token, so the next API call answers 401."""
-        self._access.clear()
 
     # ----------------------------------------------------------------- control: events
 
@@ -1189,9 +1016,9 @@ class GoogleEmulator:
         return text
 
     def _bump(self, cal: _Calendar, now: float | None = None) -> int:
-        cal.seq += 1
+        seq = cal.bump()
         cal.updated = self._stamp_at(self.now() if now is None else now)
-        return cal.seq
+        return seq
 
     def _validate_event(self, event: Mapping[str, Any], cal: _Calendar) -> None:
         """Raise the 400 Google answers for ``event``, if any."""
@@ -1353,15 +1180,9 @@ class GoogleEmulator:
         the event; one that leaves them broken answers 400 and changes nothing.
         """
         cal = self._calendar(calendar_id)
-        stored: EventResource = {"id": event_id, **json.loads(json.dumps(dict(raw)))}
-        seq = self._bump(cal)
-        rec = cal.events.get(event_id)
-        if rec is None:
-            cal.events[event_id] = _Record(stored, seq, [], corrupt=True)
-        else:
-            rec.resource = stored
-            rec.change_seq = seq
-            rec.corrupt = True
+        stored = _base.raw_resource(event_id, raw)
+        rec = cal.upsert(event_id, stored, self._bump(cal), lambda r: _Record(r, 0, []))
+        rec.corrupt = True
         if notify:
             self._notify(cal)
 
@@ -1394,13 +1215,7 @@ class GoogleEmulator:
         new = _jcopy(rec.resource)
         if "eventType" in changes and changes["eventType"] != new.get("eventType", "default"):
             raise _invalid("Event type cannot be changed.", "eventType")
-        for key, value in changes.items():
-            if key in _READ_ONLY_KEYS:
-                continue
-            if value is None:
-                new.pop(key, None)
-            else:
-                new[key] = _jcopy(value)
+        _base.merge_changes(new, changes, _READ_ONLY_KEYS)
         if rec.corrupt:
             for key in ("recurringEventId", "originalStartTime"):
                 new.pop(key, None)
@@ -1519,13 +1334,7 @@ class GoogleEmulator:
         delta = _jcopy(override.delta) if override is not None else {}
         if changes.get("status") == "cancelled" and delta.get("status") == "cancelled":
             raise _deleted()
-        for key, value in changes.items():
-            if key in _READ_ONLY_KEYS or key == "recurrence":
-                continue
-            if value is None:
-                delta.pop(key, None)
-            else:
-                delta[key] = _jcopy(value)
+        _base.merge_changes(delta, changes, (*_READ_ONLY_KEYS, "recurrence"))
         effective = self._instance(master, slot, _Override(delta, 0, "", ""))
         self._validate_event(effective, cal)
         seq = self._bump(cal)
@@ -1587,32 +1396,6 @@ class GoogleEmulator:
             return
         queue.put_nowait(job)
 
-    def _open_push_queue(self, channel: Channel) -> None:
-        queue: asyncio.Queue[_PushJob | None] = asyncio.Queue()
-        self._push_queues[id(channel)] = queue
-        task = asyncio.get_running_loop().create_task(self._push_worker(channel, queue))
-        self._push_tasks.add(task)
-        task.add_done_callback(self._push_tasks.discard)
-
-    async def _push_worker(self, channel: Channel, queue: asyncio.Queue[_PushJob | None]) -> None:
-        try:
-            while True:
-                job = await queue.get()
-                try:
-                    if job is None:
-                        return
-                    await self._deliver(job)
-                except Exception:  # the worker must outlive any one bad delivery
-                    logger.exception("push delivery failed")
-                finally:
-                    queue.task_done()
-        finally:
-            # Let flush_pushes() return even for messages left behind.
-            while not queue.empty():
-                queue.get_nowait()
-                queue.task_done()
-            self._push_queues.pop(id(channel), None)
-
     def _log_delivery(
         self, job: _PushJob, status: int | None, error: str | None, attempt: int = 1
     ) -> None:
@@ -1622,7 +1405,8 @@ class GoogleEmulator:
             )
         )
 
-    async def _deliver(self, job: _PushJob) -> None:
+    async def _deliver(self, jobs: list[_PushJob]) -> None:
+        (job,) = jobs
         channel = job.channel
         if channel.stopped:
             self._log_delivery(job, None, "channel stopped")
@@ -1648,59 +1432,22 @@ class GoogleEmulator:
         }
         if channel.token is not None:
             headers["X-Goog-Channel-Token"] = channel.token
-        session = self._session
-        if session is None:
+        if self._session is None:
             self._log_delivery(job, None, "emulator closed")
             return
-        delays = self.push_retry_delays
-        for attempt in range(1, len(delays) + 2):
-            try:
-                async with session.post(channel.address, data=b"", headers=headers) as resp:
-                    await resp.read()
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self._log_delivery(job, None, f"{type(exc).__name__}: {exc}", attempt)
-                return
-            self._log_delivery(job, status, None, attempt)
-            if status in PUSH_RETRY and attempt <= len(delays):
-                await asyncio.sleep(delays[attempt - 1])
-                continue
-            return
-
-    async def flush_pushes(self) -> None:
-        """Wait until every push queued so far was delivered, dropped or failed."""
-        for queue in list(self._push_queues.values()):
-            await queue.join()
-
-    # ----------------------------------------------------------------- tokens
-
-    def _seal(self, payload: Mapping[str, Any]) -> str:
-        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-        mac = hmac.new(self._secret, raw, hashlib.sha256).digest()[:_MAC_BYTES]
-        return base64.urlsafe_b64encode(raw + mac).decode()
-
-    def _unseal(self, token: str, kind: str) -> dict[str, Any] | None:
-        try:
-            blob = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            return None
-        raw, mac = blob[:-_MAC_BYTES], blob[-_MAC_BYTES:]
-        expected = hmac.new(self._secret, raw, hashlib.sha256).digest()[:_MAC_BYTES]
-        if len(blob) <= _MAC_BYTES or not hmac.compare_digest(mac, expected):
-            return None
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(payload, dict) or payload.get("t") != kind:
-            return None
-        return payload
+        await self._post_with_retries(
+            channel.address,
+            b"",
+            headers,
+            log=lambda status, error, attempt: self._log_delivery(job, status, error, attempt),
+            retry=lambda status: status in PUSH_RETRY,
+        )
 
     # ----------------------------------------------------------------- HTTP plumbing
 
-    def _add_routes(self, app: web.Application) -> None:
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
         api = API_PREFIX
-        r = app.router
+        r = router
         r.add_post(TOKEN_PATH, self._h_token)
         r.add_get(api + "/calendars/{calendar_id}/events", self._h_list)
         r.add_post(api + "/calendars/{calendar_id}/events", self._h_insert)
@@ -1709,84 +1456,35 @@ class GoogleEmulator:
         r.add_patch(api + "/calendars/{calendar_id}/events/{event_id}", self._h_patch)
         r.add_delete(api + "/calendars/{calendar_id}/events/{event_id}", self._h_delete)
         r.add_post(api + "/channels/stop", self._h_stop)
-        c = CONTROL_PREFIX
-        r.add_get(c + "/health", self._c_health)
+        c = _base.CONTROL_PREFIX
         r.add_post(c + "/calendars", self._c_add_calendar)
-        r.add_post(c + "/clients", self._c_add_client)
-        r.add_post(c + "/refresh_tokens", self._c_issue_refresh)
         r.add_post(c + "/refresh_tokens/revoke", self._c_revoke_refresh)
-        r.add_post(c + "/access_tokens/expire", self._c_expire_access)
         r.add_post(c + "/calendars/{calendar_id}/events", self._c_insert)
         r.add_post(c + "/calendars/{calendar_id}/events/bulk", self._c_insert_bulk)
         r.add_post(c + "/calendars/{calendar_id}/events/{event_id}/corrupt", self._c_corrupt)
         r.add_patch(c + "/calendars/{calendar_id}/events/{event_id}", self._c_patch)
         r.add_delete(c + "/calendars/{calendar_id}/events/{event_id}", self._c_delete)
         r.add_post(c + "/calendars/{calendar_id}/invalidate_sync_tokens", self._c_invalidate)
-        r.add_get(c + "/faults", self._c_get_faults)
-        r.add_post(c + "/faults", self._c_set_faults)
-        r.add_delete(c + "/faults", self._c_clear_faults)
-        r.add_get(c + "/requests", self._c_requests)
-        r.add_delete(c + "/requests", self._c_clear_requests)
         r.add_get(c + "/channels", self._c_channels)
-        r.add_get(c + "/deliveries", self._c_deliveries)
-        r.add_post(c + "/flush_pushes", self._c_flush)
-        r.add_post(c + "/clock/advance", self._c_advance_clock)
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        is_api = path.startswith(API_PREFIX + "/")
-        recorded = is_api or path == TOKEN_PATH
-        arrival = self.now()
-        status = 500
-        fault: str | None = None
-        headers: Mapping[str, str] = {}
-        try:
-            if is_api:
-                decision = self.faults.decide(request.method, path)
-                if decision.fired_latency:
-                    fault = "latency"
-                    await asyncio.sleep(decision.latency)
-                if decision.rule is not None:
-                    fault = decision.rule.kind
-                    response = self.faults.respond(decision.rule, request)
-                    status, headers = response.status, response.headers
-                    return response
-            try:
-                answer = await handler(request)
-            except GoogleApiError as exc:
-                answer = _error_response(exc)
-            except web.HTTPNotFound:
-                if path == TOKEN_PATH:
-                    raise
-                answer = _error_response(_not_found())
-            status, headers = answer.status, answer.headers
-            return answer
-        except web.HTTPException as exc:
-            status, headers = exc.status, exc.headers
-            raise
-        finally:
-            if recorded:
-                self.requests.append(self._record(request, arrival, status, fault, headers, is_api))
+    def _recorded(self, request: web.Request, is_api: bool) -> bool:
+        return is_api or request.path == TOKEN_PATH
 
-    def _record(
-        self,
-        request: web.Request,
-        arrival: float,
-        status: int,
-        fault: str | None,
-        headers: Mapping[str, str],
-        is_api: bool,
-    ) -> RecordedRequest:
-        query = {k: request.query.getall(k) for k in request.query}
-        raw_retry = headers.get("Retry-After")
-        retry_after = None if raw_retry is None else retry_after_seconds(raw_retry, self.now())
-        grant: _RefreshGrant | None = None
-        if is_api:
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() == "bearer":
-                grant = self._minted.get(token.strip())
-        calendar_id = request.match_info.get("calendar_id") if is_api else None
+    def _unrouted(
+        self, request: web.Request, exc: web.HTTPException, is_api: bool
+    ) -> web.StreamResponse:
+        if isinstance(exc, web.HTTPMethodNotAllowed) or request.path == TOKEN_PATH:
+            raise exc
+        return _error_response(_not_found())
+
+    def _error_response(self, exc: GoogleApiError, request: web.Request) -> web.Response:
+        return _error_response(exc)
+
+    def _attribution(self, request: web.Request, is_api: bool) -> tuple[str | None, str | None]:
+        if not is_api:
+            return None, None
+        grant = self._grant_of(request)
+        calendar_id = request.match_info.get("calendar_id")
         if (
             calendar_id == "primary"
             and "primary" not in self._calendars
@@ -1794,27 +1492,17 @@ class GoogleEmulator:
             and grant.calendar_ids
         ):
             calendar_id = grant.calendar_ids[0]
-        return RecordedRequest(
-            arrival,
-            request.method,
-            request.path,
-            query,
-            status,
-            fault,
-            retry_after,
-            None if grant is None else grant.account,
-            calendar_id,
-        )
+        return None if grant is None else grant.account, calendar_id
 
-    def _authorize(self, request: web.Request, calendar_id: str) -> tuple[_Calendar, _RefreshGrant]:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise _auth_error()
-        access = self._access.get(token)
+    def _live_grant(self, request: web.Request) -> _RefreshGrant:
+        token = self._bearer(request)
+        access = self._access.get(token) if token else None
         if access is None or access.expires_at <= self.now() or access.grant.revoked:
             raise _auth_error()
-        grant = access.grant
+        return access.grant
+
+    def _authorize(self, request: web.Request, calendar_id: str) -> tuple[_Calendar, _RefreshGrant]:
+        grant = self._live_grant(request)
         if calendar_id == "primary" and "primary" not in self._calendars and grant.calendar_ids:
             calendar_id = grant.calendar_ids[0]
         cal = self._calendar(calendar_id)
@@ -1822,26 +1510,10 @@ class GoogleEmulator:
             raise _auth_error()
         return cal, grant
 
-    def _authorize_any(self, request: web.Request) -> _RefreshGrant:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        access = self._access.get(token.strip())
-        if (
-            scheme.lower() != "bearer"
-            or access is None
-            or access.expires_at <= self.now()
-            or access.grant.revoked
-        ):
-            raise _auth_error()
-        return access.grant
-
     # ----------------------------------------------------------------- /token
 
     async def _h_token(self, request: web.Request) -> web.Response:
-        form = await request.post()
-
-        def field_(name: str) -> str | None:
-            value = form.get(name)
-            return value if isinstance(value, str) and value else None
+        form = await _base.TokenForm.read(request)
 
         def oauth_error(status: int, error: str, description: str) -> web.Response:
             return web.json_response(
@@ -1850,22 +1522,16 @@ class GoogleEmulator:
                 headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"},
             )
 
-        client_id, client_secret = field_("client_id"), field_("client_secret")
-        basic = request.headers.get("Authorization", "")
-        if client_id is None and basic.lower().startswith("basic "):
-            try:
-                decoded = base64.b64decode(basic[6:].strip()).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                decoded = ""
-            client_id, _, secret = decoded.partition(":")
-            client_secret = secret or None
-        grant_type = field_("grant_type") or ""
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        if client_id is None and form.basic is not None:
+            client_id, client_secret = form.basic[0], form.basic[1] or None
+        grant_type = form.get("grant_type") or ""
         if grant_type != "refresh_token":
             return oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
         known_secret = self._clients.get(client_id or "")
         if known_secret is None or client_secret is None or client_secret != known_secret:
             return oauth_error(401, "invalid_client", "Unauthorized")
-        refresh_token = field_("refresh_token")
+        refresh_token = form.get("refresh_token")
         if refresh_token is None:
             return oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
         grant = self._refresh.get(refresh_token)
@@ -1874,12 +1540,11 @@ class GoogleEmulator:
         if grant.client_id != client_id:
             return oauth_error(401, "unauthorized_client", "Unauthorized")
         access_token = "ya29.emu-" + secrets.token_urlsafe(32)
-        self._access[access_token] = _AccessGrant(grant, self.now() + ACCESS_TOKEN_LIFETIME)
-        self._minted[access_token] = grant
+        self._mint(access_token, grant, ACCESS_TOKEN_LIFETIME)
         body: TokenResponse = {
             "access_token": access_token,
             "expires_in": ACCESS_TOKEN_LIFETIME,
-            "scope": field_("scope") or grant.scope,
+            "scope": form.get("scope") or grant.scope,
             "token_type": "Bearer",
         }
         return web.json_response(
@@ -1995,7 +1660,6 @@ class GoogleEmulator:
         now = self.now()
         cached = self._listings.get(key)
         if cached is not None and cached.seq == cal.seq and cached.now in (None, now):
-            self._listings.move_to_end(key)
             return cached
         items = self._collect(cal, query)
         # Open-ended expansion of a series depends on the clock (horizon = now + 2 years).
@@ -2008,11 +1672,7 @@ class GoogleEmulator:
             [k for k, _ in items],
             [resource for _, resource in items],
         )
-        self._listings[key] = listing
-        self._listings.move_to_end(key)
-        while len(self._listings) > _LISTING_CACHE_SIZE:
-            self._listings.popitem(last=False)
-        return listing
+        return self._listings.put(key, listing)
 
     def _full_query(
         self,
@@ -2314,12 +1974,12 @@ class GoogleEmulator:
             params={str(k): str(v) for k, v in raw_params.items()},
         )
         self.channels[channel_id] = channel
-        self._open_push_queue(channel)
+        self._open_queue(id(channel), self._deliver)
         self._enqueue(_PushJob(channel, "sync", 1))
         return web.json_response(channel.resource())
 
     async def _h_stop(self, request: web.Request) -> web.Response:
-        grant = self._authorize_any(request)
+        grant = self._live_grant(request)
         body = await _json_object(request)
         channel_id, resource_id = body.get("id"), body.get("resourceId")
         if not isinstance(channel_id, str) or not channel_id:
@@ -2338,20 +1998,27 @@ class GoogleEmulator:
 
     # ----------------------------------------------------------------- control routes
 
-    async def _c_health(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "ok": True,
-                "base_url": self.base_url,
-                "api_url": self.api_url,
-                "token_url": self.token_url,
-                "now": self.now(),
-            }
-        )
+    def _health(self) -> dict[str, Any]:
+        return {"token_url": self.token_url}
+
+    def _bad_json(self) -> GoogleApiError:
+        return _parse_error()
+
+    def _control_error(self, message: str, name: str) -> GoogleApiError:
+        return _invalid(message, name)
+
+    def _missing_field(self, name: str) -> GoogleApiError:
+        return _required(f"Missing required field: {name}", name)
+
+    def _unknown(self, message: str) -> GoogleApiError:
+        return _not_found()
+
+    def _deliveries(self) -> Sequence[DeliveryRecord]:
+        return self.delivery_log
 
     async def _c_add_calendar(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
-        calendar_id = _str_field(body, "calendar_id")
+        calendar_id = self._str_field(body, "calendar_id")
         self.add_calendar(
             calendar_id,
             time_zone=str(body.get("time_zone") or "UTC"),
@@ -2359,37 +2026,10 @@ class GoogleEmulator:
         )
         return web.json_response({"calendar_id": calendar_id}, status=201)
 
-    async def _c_add_client(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        client_id = _str_field(body, "client_id")
-        self.add_client(client_id, _str_field(body, "client_secret"))
-        return web.json_response({"client_id": client_id}, status=201)
-
-    async def _c_issue_refresh(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        client_id = _str_field(body, "client_id")
-        ids = body.get("calendar_ids")
-        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-            raise _invalid("calendar_ids must be a list of strings", "calendar_ids")
-        if client_id not in self._clients:
-            raise _not_found()
-        token = self.issue_refresh_token(client_id, cast("list[str] | None", ids))
-        return web.json_response(
-            {"refresh_token": token, "account": self.account_of(token)}, status=201
-        )
-
     async def _c_revoke_refresh(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
-        self.revoke_refresh_token(_str_field(body, "refresh_token"))
+        self.revoke_refresh_token(self._str_field(body, "refresh_token"))
         return web.Response(status=204)
-
-    async def _c_expire_access(self, request: web.Request) -> web.Response:
-        self.expire_access_tokens()
-        return web.Response(status=204)
-
-    @staticmethod
-    def _notify_param(request: web.Request) -> bool:
-        return request.query.get("notify", "true").lower() != "false"
 
     async def _c_insert(self, request: web.Request) -> web.Response:
         event = self.insert_event(
@@ -2442,71 +2082,13 @@ class GoogleEmulator:
         self.invalidate_sync_tokens(request.match_info["calendar_id"])
         return web.Response(status=204)
 
-    async def _c_get_faults(self, request: web.Request) -> web.Response:
-        return web.json_response(self.faults.to_json())
-
-    async def _c_set_faults(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        try:
-            rules = [self.faults.rule_from_json(raw) for raw in body.get("rules") or []]
-            drop = body.get("drop_push_probability")
-            if drop is not None and not 0.0 <= float(drop) <= 1.0:
-                raise ValueError("drop_push_probability must be within [0, 1]")
-        except (TypeError, ValueError) as exc:
-            raise _invalid(str(exc), "rules") from None
-        if body.get("replace"):
-            self.faults.rules.clear()
-        self.faults.rules.extend(rules)
-        if drop is not None:
-            self.faults.drop_push_probability = float(drop)
-        if "seed" in body:
-            self.faults.seed(body["seed"])
-        return web.json_response(self.faults.to_json())
-
-    async def _c_clear_faults(self, request: web.Request) -> web.Response:
-        self.faults.clear()
-        return web.Response(status=204)
-
-    async def _c_requests(self, request: web.Request) -> web.Response:
-        chosen = self.requests_for(
-            account=request.query.get("account"), calendar_id=request.query.get("calendar_id")
-        )
-        return web.json_response([dataclasses.asdict(r) for r in chosen])
-
-    async def _c_clear_requests(self, request: web.Request) -> web.Response:
-        self.requests.clear()
-        return web.Response(status=204)
-
     async def _c_channels(self, request: web.Request) -> web.Response:
         return web.json_response([dataclasses.asdict(c) for c in self.channels.values()])
-
-    async def _c_deliveries(self, request: web.Request) -> web.Response:
-        return web.json_response([dataclasses.asdict(d) for d in self.delivery_log])
-
-    async def _c_flush(self, request: web.Request) -> web.Response:
-        await self.flush_pushes()
-        return web.Response(status=204)
-
-    async def _c_advance_clock(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        try:
-            seconds = float(body.get("seconds", 0))
-        except (TypeError, ValueError):
-            raise _invalid("seconds must be a number", "seconds") from None
-        self.advance_clock(seconds)
-        return web.json_response({"now": self.now()})
 
 
 @functools.lru_cache(maxsize=64)
 def _updated_floor(updated_min: str) -> str:
     return _rfc3339_ms(_parse_rfc3339(updated_min, "updatedMin").timestamp())
-
-
-def _str_field(body: Mapping[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise _required(f"Missing required field: {name}", name)
-    return value
 
 
 def _search_fields(event: Mapping[str, Any]) -> Iterable[Any]:
@@ -2540,45 +2122,28 @@ async def serve_forever(
     emu = emulator if emulator is not None else GoogleEmulator()
     for calendar_id, tz in calendars:
         emu.add_calendar(calendar_id, time_zone=tz)
-    for client_id, secret in clients:
-        emu.add_client(client_id, secret)
-    await serve_until_stopped(
-        lambda: emu.start(host, port),
-        emu.aclose,
-        lambda: [
+    await _base.serve_emulator(
+        emu,
+        clients=clients,
+        stop=stop,
+        start=lambda: emu.start(host, port),
+        banner=lambda: [
             f"Google Calendar emulator listening on {emu.base_url}",
             f"CALSYNC_GOOGLE_API_URL={emu.api_url}",
             f"CALSYNC_GOOGLE_TOKEN_URL={emu.token_url}",
         ],
-        stop,
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``calsync emulator google`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="calsync emulator google",
-        description="Serve a local Google Calendar API v3 + OAuth emulator.",
+    parser = _base.emulator_parser(
+        "calsync emulator google",
+        "Serve a local Google Calendar API v3 + OAuth emulator.",
+        default_port=DEFAULT_PORT,
+        calendars=("--calendar", "ID[:TZ]", "register a calendar (repeatable)"),
+        client_help="register an OAuth client (repeatable)",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument(
-        "--calendar",
-        action="append",
-        default=[],
-        type=lambda v: parse_pair(v, "UTC"),
-        metavar="ID[:TZ]",
-        help="register a calendar (repeatable)",
-    )
-    parser.add_argument(
-        "--client",
-        action="append",
-        default=[],
-        type=parse_pair,
-        metavar="ID:SECRET",
-        help="register an OAuth client (repeatable)",
-    )
-    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-channel-ttl", type=float, default=DEFAULT_CHANNEL_TTL)
     parser.add_argument("--page-size-default", type=int, default=250)
     return parser

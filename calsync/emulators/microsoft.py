@@ -84,12 +84,11 @@ import base64
 import binascii
 import bisect
 import contextlib
-import dataclasses
+import functools
 import hashlib
 import hmac
 import json
 import logging
-import random
 import re
 import secrets
 import shutil
@@ -97,13 +96,11 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, NamedTuple, TypedDict, TypeVar, cast, get_args
+from typing import Any, Final, Literal, NamedTuple, TypedDict, cast, get_args
 from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -113,14 +110,13 @@ from aiohttp import web
 from dateutil import rrule as _rr  # type: ignore[import-untyped]
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
+from calsync.emulators import base as _base
+from calsync.emulators.base import jcopy as _jcopy
 from calsync.emulators.faults import (
     DROPPED,
     FaultInjector,
     FaultRule,
     RecordedRequest,
-    parse_pair,
-    retry_after_seconds,
-    serve_until_stopped,
 )
 
 __all__ = [
@@ -143,7 +139,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/v1.0"
-CONTROL_PREFIX: Final = "/_emulator"
 DEFAULT_PORT: Final = 8720  # the Graph port `calsync emulator microsoft` defaults to
 DEFAULT_AUTHORITY_PORT: Final = 8721  # ... and its identity-platform (TLS) port
 GRAPH_RESOURCE: Final = "https://graph.microsoft.com"
@@ -162,7 +157,6 @@ _DEFAULT_SCOPES: Final = (
     f"{GRAPH_RESOURCE}/User.Read",
 )
 _MULTI_TENANT: Final = ("common", "organizations", "consumers")
-_MAC_BYTES: Final = 12
 _LISTING_CACHE_SIZE: Final = 64
 _MAX_BATCH: Final = 20
 _MAX_OCCURRENCES: Final = 20_000
@@ -846,14 +840,12 @@ class _Override:
 
 
 @dataclass(slots=True)
-class _Record:
+class _Record(_base.StoredEvent[_Timing]):
     """A stored event. ``timing`` is None for one set by ``corrupt_event``: it was
-    never validated, so it is listed as stored in every window."""
+    never validated, so it is listed as stored in every window. A deleted event
+    stays as a tombstone (``deleted``)."""
 
-    resource: EventResource
     timing: _Timing | None
-    change_seq: int
-    history: list[tuple[int, _Timing]]
     overrides: dict[datetime, _Override] = field(default_factory=dict)
     deleted: bool = False
 
@@ -861,27 +853,13 @@ class _Record:
     def corrupt(self) -> bool:
         return self.timing is None
 
-    def relevant_timings(self, since: int | None) -> list[_Timing]:
-        """The timings a client that synced at ``since`` may know or must learn."""
-        if since is None:
-            return [self.history[-1][1]] if self.history else []
-        out: list[_Timing] = []
-        for i, (_, timing) in enumerate(self.history):
-            nxt = self.history[i + 1][0] if i + 1 < len(self.history) else None
-            if nxt is None or nxt > since:
-                out.append(timing)
-        return out
 
-
-@dataclass(slots=True)
-class _Mailbox:
+@dataclass(slots=True, kw_only=True)
+class _Mailbox(_base.EventStore[_Record]):
     user_id: str
     object_id: str
     time_zone: str
-    seq: int = 0
-    epoch: int = 0
     expired_styles: dict[int, str] = field(default_factory=dict)
-    events: dict[str, _Record] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -894,12 +872,6 @@ class _Grant:
     current: str
     scopes: tuple[str, ...] = _DEFAULT_SCOPES
     revoked_code: int | None = None
-
-
-@dataclass(slots=True)
-class _AccessGrant:
-    grant: _Grant
-    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -925,6 +897,7 @@ class _RequestState:
     request_id: str
     client_request_id: str
     mailbox: str | None = None
+    slot: tuple[str, str] | None = None  # the mailbox concurrency slot it holds
 
 
 @dataclass(slots=True)
@@ -941,30 +914,8 @@ class _Push:
 # --------------------------------------------------------------------------- helpers
 
 
-_ATOMIC: Final = frozenset({str, int, float, bool, type(None)})
-_T = TypeVar("_T")
-
-
-def _jcopy_any(value: Any) -> Any:
-    cls = type(value)
-    if cls is dict:
-        return {k: v if type(v) in _ATOMIC else _jcopy_any(v) for k, v in value.items()}
-    if cls is list:
-        return [_jcopy_any(v) for v in value]
-    if cls in _ATOMIC:
-        return value
-    return json.loads(json.dumps(value))
-
-
-def _jcopy(value: _T) -> _T:
-    """A deep copy of JSON-like data (dicts and lists rebuilt, scalars shared)."""
-    return cast("_T", _jcopy_any(value))
-
-
 def _canonical(event: Mapping[str, Any]) -> EventResource:
-    out: EventResource = {k: event[k] for k in _CANONICAL_ORDER if k in event}
-    out.update({k: v for k, v in event.items() if k not in out})
-    return out
+    return _base.canonical(event, _CANONICAL_ORDER)
 
 
 def _removed(event_id: str) -> EventResource:
@@ -997,21 +948,12 @@ def _preferences(request: web.Request) -> dict[str, str]:
     return out
 
 
+def _bad_json() -> GraphApiError:
+    return _bad_request("Unable to read JSON request payload.")
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        raw = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _bad_request("Unable to read JSON request payload.") from None
-    if not isinstance(raw, dict):
-        raise _bad_request("Unable to read JSON request payload.")
-    return raw
-
-
-def _str_field(body: Mapping[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise _bad_request(f"Missing required field: {name}")
-    return value
+    return await _base.read_json_object(request, _bad_json)
 
 
 def _b64url(raw: bytes) -> str:
@@ -1078,8 +1020,6 @@ _SUBERRORS: Final = {
 
 # --------------------------------------------------------------------------- the emulator
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
     (
         "GET",
@@ -1089,14 +1029,12 @@ CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
     ("GET", "/_emulator/ca.pem", "the trustme CA certificate (PEM) the authority is served with"),
     ("POST", "/_emulator/mailboxes", "{user_id, time_zone?} -> 201 {user_id, object_id}"),
     ("GET", "/_emulator/mailboxes/{user}/events", "-> list_live_events(user)"),
-    ("POST", "/_emulator/clients", "{client_id, client_secret} -> 201"),
     (
         "POST",
         "/_emulator/refresh_tokens",
         "{client_id, user_ids?} -> 201 {refresh_token, account}",
     ),
     ("POST", "/_emulator/refresh_tokens/revoke", "{refresh_token, code?=50173} -> 204"),
-    ("POST", "/_emulator/access_tokens/expire", "expire every access token -> 204"),
     ("POST", "/_emulator/mailboxes/{user}/events", "create; ?notify=false -> 201 event"),
     ("POST", "/_emulator/mailboxes/{user}/events/bulk", "{events: [...]}, no notify -> 201 {ids}"),
     ("PATCH", "/_emulator/mailboxes/{user}/events/{id}", "update; ?notify=false -> 200 event"),
@@ -1117,19 +1055,12 @@ CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
         "/_emulator/subscriptions/{id}/lifecycle",
         '{event: "reauthorizationRequired" | "subscriptionRemoved" | "missed"} -> 204',
     ),
-    ("GET", "/_emulator/faults", "-> {rules, drop_push_probability}"),
-    ("POST", "/_emulator/faults", "{rules?, drop_push_probability?, seed?, replace?} -> 200"),
-    ("DELETE", "/_emulator/faults", "clear rules and push drops -> 204"),
-    ("GET", "/_emulator/requests", "?account=&calendar_id= -> [RecordedRequest]"),
-    ("DELETE", "/_emulator/requests", "forget recorded requests -> 204"),
-    ("GET", "/_emulator/deliveries", "-> [DeliveryRecord]"),
-    ("POST", "/_emulator/flush_pushes", "wait for queued notifications -> 204"),
-    ("POST", "/_emulator/clock/advance", "{seconds} -> {now}"),
+    *_base.SHARED_CONTROL_ROUTES,
 )
 """Every control route on ``base_url``: (method, path, contract). Not part of Graph."""
 
 
-class MicrosoftEmulator:
+class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
     """Microsoft Graph v1.0 (calendar) + Microsoft identity platform, on 127.0.0.1.
 
     Use as ``async with MicrosoftEmulator() as emu:`` (starts both sites on free
@@ -1153,6 +1084,11 @@ class MicrosoftEmulator:
     subscription's lifecycle URL when it gets that close to expiry.
     """
 
+    API_PREFIX = API_PREFIX
+    GRANT_SCOPE_FIELD = "user_ids"
+    SEAL_PADDING = False  # delta tokens travel in URLs
+    error_type = GraphApiError
+
     def __init__(
         self,
         *,
@@ -1171,44 +1107,32 @@ class MicrosoftEmulator:
             raise ValueError(f"page_size_default must be within [1, {MAX_PAGE_SIZE}]")
         if not tenant or "/" in tenant:
             raise ValueError("tenant must be one path segment")
+        super().__init__(
+            faults=FaultInjector(_FAULT_KINDS, self._fault_response, seed),
+            clock=clock,
+            seed=seed,
+            push_retry_delays=push_retry_delays,
+            push_timeout=push_timeout,
+        )
         self.max_subscription_minutes = max_subscription_minutes
         self.page_size_default = page_size_default
         self.tenant = tenant
-        self.push_retry_delays = tuple(push_retry_delays)
-        self.push_timeout = push_timeout
         self.validation_timeout = validation_timeout
         self.mailbox_concurrency = mailbox_concurrency
         self.reauthorize_within = reauthorize_within
-        self.faults: FaultInjector[FaultKind] = FaultInjector(
-            _FAULT_KINDS, self._fault_response, seed
-        )
         self.delta_replay_probability: float = 0.0
-        self.requests: list[RecordedRequest] = []
         self.subscriptions: dict[str, Subscription] = {}
         self.delivery_log: list[DeliveryRecord] = []
-        self._clock = clock
-        self._clock_offset = 0.0
-        self._rng = random.Random(seed)
-        self._secret = secrets.token_bytes(32)
         self.tenant_id = self._uuid()
         self._mailboxes: dict[str, _Mailbox] = {}
-        self._clients: dict[str, str] = {}
-        self._refresh: dict[str, _Grant] = {}
-        self._access: dict[str, _AccessGrant] = {}
-        self._minted: dict[str, _Grant] = {}
         self._inflight: dict[tuple[str, str], int] = {}
         self._calls: dict[int, _RequestState] = {}
-        self._listings: OrderedDict[_Query, _Listing] = OrderedDict()
-        self._queues: dict[str, asyncio.Queue[_Push]] = {}
-        self._push_tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._auth_runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._base_url: str | None = None
+        self._listings: _base.ListingCache[_Query, _Listing] = _base.ListingCache(
+            _LISTING_CACHE_SIZE
+        )
         self._auth_origin: str | None = None
         self._ca_dir: str | None = None
         self._ca_pem: bytes = b""
-        self._closed = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -1220,15 +1144,14 @@ class MicrosoftEmulator:
         :meth:`aclose`). Needs ``trustme`` (a dev dependency). Raises
         RuntimeError when already started or closed.
         """
-        if self._runner is not None or self._closed:
-            raise RuntimeError("MicrosoftEmulator can be started once")
+        self._check_startable()
         try:
             import trustme
         except ImportError as exc:  # pragma: no cover - dev extra missing
             raise RuntimeError(
                 "the Microsoft emulator needs `trustme` (pip install trustme)"
             ) from exc
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        shown = self._shown_host(host)
         identities = ["127.0.0.1", "localhost"] + (
             [shown] if shown not in ("127.0.0.1", "localhost") else []
         )
@@ -1243,66 +1166,17 @@ class MicrosoftEmulator:
             return context
 
         server_ctx = await asyncio.to_thread(make_ca)
-
-        app = web.Application(middlewares=[self._middleware])
-        self._add_routes(app)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        self._runner = runner
-        self._base_url = f"http://{shown}:{runner.addresses[0][1]}"
-
+        bound = await self._serve(self._api_app(), host, port)
+        self._base_url = f"http://{shown}:{bound}"
         auth_app = web.Application(middlewares=[self._auth_middleware])
         self._add_auth_routes(auth_app)
-        auth_runner = web.AppRunner(auth_app, access_log=None)
-        await auth_runner.setup()
-        await web.TCPSite(auth_runner, host, authority_port, ssl_context=server_ctx).start()
-        self._auth_runner = auth_runner
-        self._auth_origin = f"https://{shown}:{auth_runner.addresses[0][1]}"
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.push_timeout), trust_env=False
-        )
+        bound = await self._serve(auth_app, host, authority_port, server_ctx)
+        self._auth_origin = f"https://{shown}:{bound}"
+        self._open_session()
 
-    async def aclose(self) -> None:
-        """Stop notifications and both servers; remove the CA file. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for task in list(self._push_tasks):
-            task.cancel()
-        for task in list(self._push_tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._push_tasks.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        for runner in (self._runner, self._auth_runner):
-            if runner is not None:
-                await runner.cleanup()
-        self._runner = self._auth_runner = None
+    def _after_close(self) -> None:
         if self._ca_dir is not None:
             shutil.rmtree(self._ca_dir, ignore_errors=True)
-
-    async def __aenter__(self) -> MicrosoftEmulator:
-        if self._runner is None:
-            await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    @property
-    def base_url(self) -> str:
-        """``http://HOST:PORT`` of the Graph site; RuntimeError before :meth:`start`."""
-        if self._base_url is None:
-            raise RuntimeError("MicrosoftEmulator is not started")
-        return self._base_url
 
     @property
     def api_url(self) -> str:
@@ -1336,17 +1210,10 @@ class MicrosoftEmulator:
 
     # ----------------------------------------------------------------- clock & ids
 
-    def now(self) -> float:
-        """The emulator clock: ``clock() + advance_clock offsets``, epoch seconds."""
-        return self._clock() + self._clock_offset
-
     def advance_clock(self, seconds: float) -> None:
         """Move the emulator clock forward; expired subscriptions are dropped at once."""
-        self._clock_offset += seconds
+        super().advance_clock(seconds)
         self._sweep()
-
-    def _now_dt(self) -> datetime:
-        return datetime.fromtimestamp(self.now(), UTC)
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
@@ -1401,16 +1268,11 @@ class MicrosoftEmulator:
         """The mailbox's user object id (the GUID in notification ``resource`` paths)."""
         return self._mailbox(user_id).object_id
 
-    def add_client(self, client_id: str, client_secret: str) -> None:
-        """Register (or re-key) an app registration."""
-        self._clients[client_id] = client_secret
-
     def issue_refresh_token(self, client_id: str, user_ids: list[str] | None = None) -> str:
         """A new refresh token (a new grant) for ``client_id`` covering ``user_ids``
         (None = every mailbox). The first user id is the signed-in user (``/me``,
         ``id_token``, ``client_info``). KeyError for an unknown client."""
-        if client_id not in self._clients:
-            raise KeyError(f"unknown OAuth client {client_id!r}")
+        self._check_client(client_id)
         token = self._new_refresh_token()
         ids = None if user_ids is None else list(user_ids)
         home_user = ids[0] if ids else f"admin@{self.tenant_id[:8]}.onmicrosoft.com"
@@ -1418,7 +1280,7 @@ class MicrosoftEmulator:
         grant = _Grant(
             client_id=client_id,
             user_ids=ids,
-            account="acct-" + hashlib.sha256(token.encode()).hexdigest()[:16],
+            account=self._account_for(token),
             home_object_id=home_mailbox.object_id if home_mailbox else self._uuid(),
             home_user=home_user,
             current=token,
@@ -1430,45 +1292,15 @@ class MicrosoftEmulator:
     def _new_refresh_token() -> str:
         return "0.AXoA-emu-" + secrets.token_urlsafe(48)
 
-    def account_of(self, refresh_token: str) -> str:
-        """The ``RecordedRequest.account`` of calls made with tokens minted from the
-        grant ``refresh_token`` belongs to: stable across rotation (any token of
-        the chain names it) and after revocation. KeyError if unknown."""
-        grant = self._refresh.get(refresh_token)
-        if grant is None:
-            raise KeyError("unknown refresh token")
-        return grant.account
-
     def current_refresh_token(self, refresh_token: str) -> str:
         """The live refresh token of the grant ``refresh_token`` belongs to."""
-        grant = self._refresh.get(refresh_token)
-        if grant is None:
-            raise KeyError("unknown refresh token")
-        return grant.current
+        return self._grant(refresh_token).current
 
     def revoke_refresh_token(self, refresh_token: str, *, code: int = 50173) -> None:
         """Revoke the grant: its next refresh answers ``invalid_grant`` with
         ``AADSTS<code>`` (50173 grant revoked, 700082 inactivity, 65001 consent, ...).
         Access tokens already minted keep working until they expire (as in Entra)."""
-        grant = self._refresh.get(refresh_token)
-        if grant is None:
-            raise KeyError("unknown refresh token")
-        grant.revoked_code = code
-
-    def expire_access_tokens(self) -> None:
-        """Forget every access token, so the next Graph call answers 401."""
-        self._access.clear()
-
-    def requests_for(
-        self, *, account: str | None = None, calendar_id: str | None = None
-    ) -> list[RecordedRequest]:
-        """The recorded requests of ``account`` and/or on mailbox ``calendar_id`` (None = any)."""
-        return [
-            r
-            for r in self.requests
-            if (account is None or r.account == account)
-            and (calendar_id is None or r.calendar_id == calendar_id)
-        ]
+        self._grant(refresh_token).revoked_code = code
 
     # ----------------------------------------------------------------- control: events
 
@@ -1477,10 +1309,6 @@ class MicrosoftEmulator:
         if mailbox is None:
             raise _not_found(f"The mailbox {user} was not found.")
         return mailbox
-
-    def _bump(self, mailbox: _Mailbox) -> int:
-        mailbox.seq += 1
-        return mailbox.seq
 
     def _timing(self, event: Mapping[str, Any], mailbox: _Mailbox) -> _Timing:
         """Validate start/end/isAllDay/recurrence; raises the 400s Graph answers."""
@@ -1589,7 +1417,7 @@ class MicrosoftEmulator:
             raise GraphApiError(
                 409, "ErrorItemAlreadyExists", "An item with this id already exists."
             )
-        seq = self._bump(mailbox)
+        seq = mailbox.bump()
         change_key = self._change_key()
         self._server_defaults(ev, mailbox, event_id)
         ev.update(
@@ -1611,7 +1439,7 @@ class MicrosoftEmulator:
         )
         if timing.recurrence is None:
             ev["recurrence"] = None
-        rec = _Record(_canonical(ev), timing, seq, [(seq, timing)])
+        rec = _Record(_canonical(ev), seq, [(seq, timing)], timing)
         mailbox.events[event_id] = rec
         return rec
 
@@ -1686,17 +1514,11 @@ class MicrosoftEmulator:
         if rec is None or rec.deleted:
             return self._change_occurrence(mailbox, event_id, changes, cancel=False, notify=notify)
         new = _jcopy(rec.resource)
-        for key, value in changes.items():
-            if key in _READ_ONLY_KEYS:
-                continue
-            if value is None:
-                new.pop(key, None)
-            else:
-                new[key] = _jcopy(value)
+        _base.merge_changes(new, changes, _READ_ONLY_KEYS)
         if rec.corrupt:
             self._server_defaults(new, mailbox, event_id)
         timing = self._timing(new, mailbox)
-        seq = self._bump(mailbox)
+        seq = mailbox.bump()
         change_key = self._change_key()
         stamp = self._stamp()
         new.update(
@@ -1740,7 +1562,7 @@ class MicrosoftEmulator:
             self._change_occurrence(mailbox, event_id, {}, cancel=True, notify=notify)
             return
         rec.deleted = True
-        rec.change_seq = self._bump(mailbox)
+        rec.change_seq = mailbox.bump()
         if notify:
             self._notify(mailbox, "deleted", event_id, rec.resource.get("@odata.etag"))
 
@@ -1764,16 +1586,10 @@ class MicrosoftEmulator:
         works.
         """
         mailbox = self._mailbox(user_id)
-        stored: EventResource = {"id": event_id, **json.loads(json.dumps(dict(raw)))}
-        seq = self._bump(mailbox)
-        rec = mailbox.events.get(event_id)
-        if rec is None:
-            mailbox.events[event_id] = _Record(stored, None, seq, [])
-        else:
-            rec.resource = stored
-            rec.timing = None
-            rec.change_seq = seq
-            rec.deleted = False
+        stored = _base.raw_resource(event_id, raw)
+        rec = mailbox.upsert(event_id, stored, mailbox.bump(), lambda r: _Record(r, 0, [], None))
+        rec.timing = None
+        rec.deleted = False
         if notify:
             self._notify(mailbox, "updated", event_id, stored.get("@odata.etag"))
 
@@ -1892,7 +1708,7 @@ class MicrosoftEmulator:
             merged = dict(base)
             merged.update((k, delta[k]) for k in ("start", "end", "isAllDay") if k in delta)
             timing = self._timing(merged, mailbox)
-        seq = self._bump(mailbox)
+        seq = mailbox.bump()
         change_key = self._change_key()
         master.overrides[original] = _Override(
             delta, timing, cancel, seq, change_key, self._stamp()
@@ -2148,38 +1964,18 @@ class MicrosoftEmulator:
         self._enqueue(_Push(sub, "lifecycle", event, url))
 
     def _enqueue(self, job: _Push) -> None:
-        queue = self._queues.get(job.url)
+        queue = self._push_queues.get(job.url)
         if queue is None:
-            queue = asyncio.Queue()
-            self._queues[job.url] = queue
-            task = asyncio.get_running_loop().create_task(self._push_worker(job.url, queue))
-            self._push_tasks.add(task)
-            task.add_done_callback(self._push_tasks.discard)
+            queue = self._open_queue(
+                job.url, functools.partial(self._deliver_batch, job.url), _MAX_BATCH
+            )
         queue.put_nowait(job)
 
-    async def _push_worker(self, url: str, queue: asyncio.Queue[_Push]) -> None:
-        try:
-            while True:
-                batch = [await queue.get()]
-                while len(batch) < _MAX_BATCH and not queue.empty():
-                    batch.append(queue.get_nowait())
-                taken = len(batch)
-                try:
-                    for kind in ("lifecycle", "notification"):
-                        group = [job for job in batch if job.kind == kind]
-                        if group:
-                            await self._deliver(url, group)
-                except Exception:  # the worker must outlive any one bad delivery
-                    logger.exception("notification delivery failed")
-                finally:
-                    for _ in range(taken):
-                        queue.task_done()
-        finally:
-            while not queue.empty():
-                queue.get_nowait()
-                queue.task_done()
-            if self._queues.get(url) is queue:
-                del self._queues[url]
+    async def _deliver_batch(self, url: str, batch: list[_Push]) -> None:
+        for kind in ("lifecycle", "notification"):
+            group = [job for job in batch if job.kind == kind]
+            if group:
+                await self._deliver(url, group)
 
     def _log(
         self, job: _Push, status: int | None, error: str | None, attempt: int = 1, batch: int = 1
@@ -2248,72 +2044,37 @@ class MicrosoftEmulator:
                 self._log(job, None, DROPPED)
                 continue
             live.append(job)
-        session = self._session
         if not live:
             return
-        if session is None:
+        if self._session is None:
             for job in live:
                 self._log(job, None, "emulator closed")
             return
         body = json.dumps({"value": [self._payload(job) for job in live]}).encode()
-        headers = {"Content-Type": "application/json; charset=utf-8"}
-        delays = self.push_retry_delays
-        for attempt in range(1, len(delays) + 2):
-            status: int | None = None
-            error: str | None = None
-            try:
-                async with session.post(
-                    yarl.URL(url, encoded=True), data=body, headers=headers
-                ) as resp:
-                    await resp.read()
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
+
+        def log(status: int | None, error: str | None, attempt: int) -> None:
             for job in live:
                 self._log(job, status, error, attempt, len(live))
-            if status is not None and 200 <= status < 300:
-                return
-            if attempt <= len(delays):
-                await asyncio.sleep(delays[attempt - 1])
-                if live[0].kind == "notification":
-                    live = [job for job in live if self._still_deliverable(job)]
-                    if not live:
-                        return
 
-    async def flush_pushes(self) -> None:
-        """Wait until every notification queued so far was delivered, dropped or failed."""
-        for queue in list(self._queues.values()):
-            await queue.join()
+        def still_wanted() -> bool:
+            if live[0].kind == "notification":
+                live[:] = [job for job in live if self._still_deliverable(job)]
+            return bool(live)
 
-    # ----------------------------------------------------------------- state tokens
-
-    def _seal(self, payload: Mapping[str, Any]) -> str:
-        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-        mac = hmac.new(self._secret, raw, hashlib.sha256).digest()[:_MAC_BYTES]
-        return _b64url(raw + mac)
-
-    def _unseal(self, token: str, kind: str) -> dict[str, Any] | None:
-        try:
-            blob = _unb64url(token)
-        except (binascii.Error, ValueError):
-            return None
-        raw, mac = blob[:-_MAC_BYTES], blob[-_MAC_BYTES:]
-        expected = hmac.new(self._secret, raw, hashlib.sha256).digest()[:_MAC_BYTES]
-        if len(blob) <= _MAC_BYTES or not hmac.compare_digest(mac, expected):
-            return None
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(payload, dict) or payload.get("t") != kind:
-            return None
-        return payload
+        await self._post_with_retries(
+            yarl.URL(url, encoded=True),
+            body,
+            {"Content-Type": "application/json; charset=utf-8"},
+            log=log,
+            retry=lambda status: status is None or not 200 <= status < 300,
+            still_wanted=still_wanted,
+        )
 
     # ----------------------------------------------------------------- HTTP plumbing
 
-    def _add_routes(self, app: web.Application) -> None:
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
         api = API_PREFIX
-        r = app.router
+        r = router
         r.add_get(api + "/users/{user}/calendarView/delta", self._h_delta)
         r.add_get(api + "/users/{user}/calendarview/delta", self._h_delta)
         r.add_get(api + "/me/calendarView/delta", self._h_delta)
@@ -2326,15 +2087,11 @@ class MicrosoftEmulator:
         r.add_patch(api + "/subscriptions/{id}", self._h_patch_subscription)
         r.add_delete(api + "/subscriptions/{id}", self._h_delete_subscription)
         r.add_post(api + "/subscriptions/{id}/reauthorize", self._h_reauthorize)
-        c = CONTROL_PREFIX
-        r.add_get(c + "/health", self._c_health)
+        c = _base.CONTROL_PREFIX
         r.add_get(c + "/ca.pem", self._c_ca)
         r.add_post(c + "/mailboxes", self._c_add_mailbox)
         r.add_get(c + "/mailboxes/{user}/events", self._c_list_events)
-        r.add_post(c + "/clients", self._c_add_client)
-        r.add_post(c + "/refresh_tokens", self._c_issue_refresh)
         r.add_post(c + "/refresh_tokens/revoke", self._c_revoke_refresh)
-        r.add_post(c + "/access_tokens/expire", self._c_expire_access)
         r.add_post(c + "/mailboxes/{user}/events", self._c_create)
         r.add_post(c + "/mailboxes/{user}/events/bulk", self._c_create_bulk)
         r.add_patch(c + "/mailboxes/{user}/events/{id}", self._c_update)
@@ -2343,14 +2100,6 @@ class MicrosoftEmulator:
         r.add_post(c + "/mailboxes/{user}/expire_delta_tokens", self._c_expire_delta)
         r.add_get(c + "/subscriptions", self._c_subscriptions)
         r.add_post(c + "/subscriptions/{id}/lifecycle", self._c_lifecycle)
-        r.add_get(c + "/faults", self._c_get_faults)
-        r.add_post(c + "/faults", self._c_set_faults)
-        r.add_delete(c + "/faults", self._c_clear_faults)
-        r.add_get(c + "/requests", self._c_requests)
-        r.add_delete(c + "/requests", self._c_clear_requests)
-        r.add_get(c + "/deliveries", self._c_deliveries)
-        r.add_post(c + "/flush_pushes", self._c_flush)
-        r.add_post(c + "/clock/advance", self._c_advance_clock)
 
     def _add_auth_routes(self, app: web.Application) -> None:
         r = app.router
@@ -2380,12 +2129,6 @@ class MicrosoftEmulator:
     def _fault_response(self, rule: FaultRule[FaultKind], request: web.Request) -> web.Response:
         return self._error_response(_fault_error(rule.kind), request)
 
-    def _grant_of(self, request: web.Request) -> _Grant | None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return self._minted.get(token.strip())
-
     def _concurrency_key(self, request: web.Request) -> tuple[str, str] | None:
         if self.mailbox_concurrency is None:
             return None
@@ -2398,66 +2141,42 @@ class MicrosoftEmulator:
             return None
         return (grant.client_id if grant else "", mailbox.object_id)
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        is_api = path.startswith(API_PREFIX + "/")
-        arrival = self.now()
-        status = 500
-        fault: str | None = None
-        headers: Mapping[str, str] = {}
-        slot: tuple[str, str] | None = None
-        answer: web.StreamResponse | None = None
+    def _open_call(self, request: web.Request) -> None:
         self._state(request)
-        try:
-            if is_api:
-                self._sweep()
-                key = self._concurrency_key(request)
-                if key is not None:
-                    assert self.mailbox_concurrency is not None
-                    if self._inflight.get(key, 0) >= self.mailbox_concurrency:
-                        fault = "mailbox_concurrency"
-                        answer = self._finish(
-                            request, self._error_response(_application_throttled(), request)
-                        )
-                        return answer
-                    self._inflight[key] = self._inflight.get(key, 0) + 1
-                    slot = key
-                decision = self.faults.decide(request.method, path)
-                if decision.fired_latency:
-                    fault = "latency"
-                    await asyncio.sleep(decision.latency)
-                if decision.rule is not None:
-                    fault = decision.rule.kind
-                    answer = self._finish(request, self.faults.respond(decision.rule, request))
-                    return answer
-            try:
-                answer = await handler(request)
-            except GraphApiError as exc:
-                answer = self._error_response(exc, request)
-            except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
-                if not is_api:
-                    raise
-                segment = path[len(API_PREFIX) + 1 :].split("/")[-1]
-                answer = self._error_response(
-                    _bad_request(f"Resource not found for the segment '{segment}'."), request
-                )
-            return self._finish(request, answer)
-        except web.HTTPException as exc:
-            status, headers = exc.status, exc.headers
-            raise
-        finally:
-            if slot is not None:
-                left = self._inflight.get(slot, 1) - 1
-                if left > 0:
-                    self._inflight[slot] = left
-                else:
-                    self._inflight.pop(slot, None)
-            if answer is not None:
-                status, headers = answer.status, answer.headers
-            if is_api:
-                self.requests.append(self._record(request, arrival, status, fault, headers, True))
-            self._calls.pop(id(request), None)
+
+    def _admit(self, request: web.Request) -> tuple[str, web.StreamResponse] | None:
+        """Sweep subscriptions, then take one of the mailbox's concurrent-call slots
+        (429 ``ApplicationThrottled`` when none is left)."""
+        self._sweep()
+        key = self._concurrency_key(request)
+        if key is None:
+            return None
+        assert self.mailbox_concurrency is not None
+        if self._inflight.get(key, 0) >= self.mailbox_concurrency:
+            return "mailbox_concurrency", self._error_response(_application_throttled(), request)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        self._state(request).slot = key
+        return None
+
+    def _close_call(self, request: web.Request) -> None:
+        slot = self._state(request).slot
+        if slot is not None:
+            left = self._inflight.get(slot, 1) - 1
+            if left > 0:
+                self._inflight[slot] = left
+            else:
+                self._inflight.pop(slot, None)
+        self._calls.pop(id(request), None)
+
+    def _unrouted(
+        self, request: web.Request, exc: web.HTTPException, is_api: bool
+    ) -> web.StreamResponse:
+        if not is_api:
+            raise exc
+        segment = request.path[len(API_PREFIX) + 1 :].split("/")[-1]
+        return self._error_response(
+            _bad_request(f"Resource not found for the segment '{segment}'."), request
+        )
 
     def _finish(self, request: web.Request, answer: web.StreamResponse) -> web.StreamResponse:
         """Graph's ``request-id``/``client-request-id`` headers on every ``/v1.0`` answer."""
@@ -2468,7 +2187,9 @@ class MicrosoftEmulator:
         return answer
 
     @web.middleware
-    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _auth_middleware(
+        self, request: web.Request, handler: _base.Handler
+    ) -> web.StreamResponse:
         arrival = self.now()
         status = 500
         headers: Mapping[str, str] = {}
@@ -2482,47 +2203,27 @@ class MicrosoftEmulator:
         finally:
             self.requests.append(self._record(request, arrival, status, None, headers, False))
 
-    def _record(
-        self,
-        request: web.Request,
-        arrival: float,
-        status: int,
-        fault: str | None,
-        headers: Mapping[str, str],
-        is_api: bool,
-    ) -> RecordedRequest:
-        query = {k: request.query.getall(k) for k in request.query}
-        raw_retry = headers.get("Retry-After")
-        retry_after = None if raw_retry is None else retry_after_seconds(raw_retry, self.now())
-        grant = self._grant_of(request) if is_api else None
-        mailbox = self._state(request).mailbox if is_api else None
-        if mailbox is None and is_api:
+    def _attribution(self, request: web.Request, is_api: bool) -> tuple[str | None, str | None]:
+        if not is_api:
+            return None, None
+        grant = self._grant_of(request)
+        mailbox = self._state(request).mailbox
+        if mailbox is None:
             user = request.match_info.get("user")
             found = self._mailboxes.get(user.lower()) if user else None
             mailbox = found.user_id if found else None
-        return RecordedRequest(
-            arrival,
-            request.method,
-            request.path,
-            query,
-            status,
-            fault,
-            retry_after,
-            None if grant is None else grant.account,
-            mailbox,
-        )
+        return None if grant is None else grant.account, mailbox
 
     def _authorize(self, request: web.Request) -> _Grant:
         """The grant behind a valid bearer token; 401 ``InvalidAuthenticationToken`` else."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
+        token = self._bearer(request)
         www = {
             "WWW-Authenticate": (
                 f'Bearer realm="", authorization_uri="{self.authority}/oauth2/authorize", '
                 f'client_id="{GRAPH_APP_ID}"'
             )
         }
-        if scheme.lower() != "bearer" or not token:
+        if not token:
             raise GraphApiError(
                 401, "InvalidAuthenticationToken", "Access token is empty.", headers=www
             )
@@ -2692,20 +2393,11 @@ class MicrosoftEmulator:
             return self._aad_error(
                 request, 400, "invalid_request", 90002, f"Tenant '{tenant}' not found."
             )
-        form = await request.post()
-
-        def field_(name: str) -> str | None:
-            value = form.get(name)
-            return value if isinstance(value, str) and value else None
-
+        form = await _base.TokenForm.read(request)
+        field_ = form.get
         client_id, client_secret = field_("client_id"), field_("client_secret")
-        basic = request.headers.get("Authorization", "")
-        if basic.lower().startswith("basic "):
-            try:
-                decoded = base64.b64decode(basic[6:].strip()).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                decoded = ""
-            basic_id, _, basic_secret = decoded.partition(":")
+        if form.basic is not None:
+            basic_id, basic_secret = form.basic
             client_id = client_id or unquote(basic_id.replace("+", " ")) or None
             client_secret = client_secret or unquote(basic_secret.replace("+", " ")) or None
 
@@ -2830,8 +2522,7 @@ class MicrosoftEmulator:
                 "ver": "1.0",
             }
         )
-        self._access[access_token] = _AccessGrant(grant, now + ACCESS_TOKEN_LIFETIME)
-        self._minted[access_token] = grant
+        self._mint(access_token, grant, ACCESS_TOKEN_LIFETIME)
         new_refresh = self._new_refresh_token()
         grant.current = new_refresh
         self._refresh[new_refresh] = grant
@@ -3025,17 +2716,12 @@ class MicrosoftEmulator:
         """The sorted items of ``query``, cached while the mailbox is unchanged."""
         cached = self._listings.get(query)
         if cached is not None and cached.seq == mailbox.seq:
-            self._listings.move_to_end(query)
             return cached
         lower = datetime.fromisoformat(query.lower)
         upper = datetime.fromisoformat(query.upper)
         items = self._collect(mailbox, query.since, lower, upper, tz, query.tz_label)
         listing = _Listing(mailbox.seq, [k for k, _ in items], [item for _, item in items])
-        self._listings[query] = listing
-        self._listings.move_to_end(query)
-        while len(self._listings) > _LISTING_CACHE_SIZE:
-            self._listings.popitem(last=False)
-        return listing
+        return self._listings.put(query, listing)
 
     # ----------------------------------------------------------------- subscriptions
 
@@ -3233,25 +2919,34 @@ class MicrosoftEmulator:
 
     # ----------------------------------------------------------------- control routes
 
-    async def _c_health(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "ok": True,
-                "base_url": self.base_url,
-                "api_url": self.api_url,
-                "authority": self.authority,
-                "ca_bundle_path": self.ca_bundle_path,
-                "tenant_id": self.tenant_id,
-                "now": self.now(),
-            }
-        )
+    def _health(self) -> dict[str, Any]:
+        return {
+            "authority": self.authority,
+            "ca_bundle_path": self.ca_bundle_path,
+            "tenant_id": self.tenant_id,
+        }
+
+    def _bad_json(self) -> GraphApiError:
+        return _bad_json()
+
+    def _control_error(self, message: str, name: str) -> GraphApiError:
+        return _bad_request(message)
+
+    def _missing_field(self, name: str) -> GraphApiError:
+        return _bad_request(f"Missing required field: {name}")
+
+    def _unknown(self, message: str) -> GraphApiError:
+        return _not_found(message)
+
+    def _deliveries(self) -> Sequence[DeliveryRecord]:
+        return self.delivery_log
 
     async def _c_ca(self, request: web.Request) -> web.Response:
         return web.Response(body=self._ca_pem, content_type="application/x-pem-file")
 
     async def _c_add_mailbox(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
-        user_id = _str_field(body, "user_id")
+        user_id = self._str_field(body, "user_id")
         self.add_mailbox(user_id, time_zone=str(body.get("time_zone") or "UTC"))
         return web.json_response(
             {"user_id": user_id, "object_id": self.mailbox_object_id(user_id)}, status=201
@@ -3260,43 +2955,16 @@ class MicrosoftEmulator:
     async def _c_list_events(self, request: web.Request) -> web.Response:
         return web.json_response(self.list_live_events(request.match_info["user"]))
 
-    async def _c_add_client(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        client_id = _str_field(body, "client_id")
-        self.add_client(client_id, _str_field(body, "client_secret"))
-        return web.json_response({"client_id": client_id}, status=201)
-
-    async def _c_issue_refresh(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        client_id = _str_field(body, "client_id")
-        ids = body.get("user_ids")
-        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-            raise _bad_request("user_ids must be a list of strings")
-        if client_id not in self._clients:
-            raise _not_found(f"Unknown client {client_id}.")
-        token = self.issue_refresh_token(client_id, cast("list[str] | None", ids))
-        return web.json_response(
-            {"refresh_token": token, "account": self.account_of(token)}, status=201
-        )
-
     async def _c_revoke_refresh(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
         code = body.get("code", 50173)
         if type(code) is not int:
             raise _bad_request("code must be an integer AADSTS code")
         try:
-            self.revoke_refresh_token(_str_field(body, "refresh_token"), code=code)
+            self.revoke_refresh_token(self._str_field(body, "refresh_token"), code=code)
         except KeyError:
             raise _not_found("Unknown refresh token.") from None
         return web.Response(status=204)
-
-    async def _c_expire_access(self, request: web.Request) -> web.Response:
-        self.expire_access_tokens()
-        return web.Response(status=204)
-
-    @staticmethod
-    def _notify_param(request: web.Request) -> bool:
-        return request.query.get("notify", "true").lower() != "false"
 
     async def _c_create(self, request: web.Request) -> web.Response:
         event = self.create_event(
@@ -3357,7 +3025,7 @@ class MicrosoftEmulator:
 
     async def _c_lifecycle(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
-        event = _str_field(body, "event")
+        event = self._str_field(body, "event")
         try:
             self.send_lifecycle(request.match_info["id"], event)
         except KeyError:
@@ -3365,57 +3033,6 @@ class MicrosoftEmulator:
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
         return web.Response(status=204)
-
-    async def _c_get_faults(self, request: web.Request) -> web.Response:
-        return web.json_response(self.faults.to_json())
-
-    async def _c_set_faults(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        try:
-            rules = [self.faults.rule_from_json(raw) for raw in body.get("rules") or []]
-            drop = body.get("drop_push_probability")
-            if drop is not None and not 0.0 <= float(drop) <= 1.0:
-                raise ValueError("drop_push_probability must be within [0, 1]")
-        except (TypeError, ValueError) as exc:
-            raise _bad_request(str(exc)) from None
-        if body.get("replace"):
-            self.faults.rules.clear()
-        self.faults.rules.extend(rules)
-        if drop is not None:
-            self.faults.drop_push_probability = float(drop)
-        if "seed" in body:
-            self.faults.seed(body["seed"])
-        return web.json_response(self.faults.to_json())
-
-    async def _c_clear_faults(self, request: web.Request) -> web.Response:
-        self.faults.clear()
-        return web.Response(status=204)
-
-    async def _c_requests(self, request: web.Request) -> web.Response:
-        chosen = self.requests_for(
-            account=request.query.get("account"), calendar_id=request.query.get("calendar_id")
-        )
-        return web.json_response([dataclasses.asdict(r) for r in chosen])
-
-    async def _c_clear_requests(self, request: web.Request) -> web.Response:
-        self.requests.clear()
-        return web.Response(status=204)
-
-    async def _c_deliveries(self, request: web.Request) -> web.Response:
-        return web.json_response([dataclasses.asdict(d) for d in self.delivery_log])
-
-    async def _c_flush(self, request: web.Request) -> web.Response:
-        await self.flush_pushes()
-        return web.Response(status=204)
-
-    async def _c_advance_clock(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
-        try:
-            seconds = float(body.get("seconds", 0))
-        except (TypeError, ValueError):
-            raise _bad_request("seconds must be a number") from None
-        self.advance_clock(seconds)
-        return web.json_response({"now": self.now()})
 
 
 # --------------------------------------------------------------------------- CLI
@@ -3440,48 +3057,35 @@ async def serve_forever(
     emu = emulator if emulator is not None else MicrosoftEmulator()
     for user_id, tz in mailboxes:
         emu.add_mailbox(user_id, time_zone=tz)
-    for client_id, secret in clients:
-        emu.add_client(client_id, secret)
-    await serve_until_stopped(
-        lambda: emu.start(host, port, authority_port),
-        emu.aclose,
-        lambda: [
+    await _base.serve_emulator(
+        emu,
+        clients=clients,
+        stop=stop,
+        start=lambda: emu.start(host, port, authority_port),
+        banner=lambda: [
             f"Microsoft Graph emulator listening on {emu.base_url}",
             f"CALSYNC_GRAPH_API_URL={emu.api_url}",
             f"CALSYNC_MICROSOFT_AUTHORITY={emu.authority}",
             f"CALSYNC_MICROSOFT_CA_BUNDLE={emu.ca_bundle_path}",
         ],
-        stop,
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``calsync emulator microsoft`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="calsync emulator microsoft",
-        description="Serve a local Microsoft Graph (calendar) + identity platform emulator.",
+    parser = _base.emulator_parser(
+        "calsync emulator microsoft",
+        "Serve a local Microsoft Graph (calendar) + identity platform emulator.",
+        default_port=DEFAULT_PORT,
+        calendars=(
+            "--mailbox",
+            "USER[:TZ]",
+            "register a mailbox (repeatable); TZ is a Windows or IANA name",
+        ),
+        client_help="register an app (repeatable)",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--authority-port", type=int, default=DEFAULT_AUTHORITY_PORT)
     parser.add_argument("--tenant", default="common")
-    parser.add_argument(
-        "--mailbox",
-        action="append",
-        default=[],
-        type=lambda v: parse_pair(v, "UTC"),
-        metavar="USER[:TZ]",
-        help="register a mailbox (repeatable); TZ is a Windows or IANA name",
-    )
-    parser.add_argument(
-        "--client",
-        action="append",
-        default=[],
-        type=parse_pair,
-        metavar="ID:SECRET",
-        help="register an app (repeatable)",
-    )
-    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--max-subscription-minutes", type=int, default=10080)
     parser.add_argument("--page-size-default", type=int, default=100)
     return parser
