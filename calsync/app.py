@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import faust
@@ -27,22 +27,26 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.web.drivers import aiohttp as aiohttp_driver
 from mode import ServiceT
 
+from calsync.agents.commands import install_command_agent
 from calsync.agents.dispatch import NotificationDispatcher
 from calsync.agents.offsets import ConsumerOffsets
 from calsync.agents.outbox import KafkaOutbox
 from calsync.agents.quarantine import Quarantine
 from calsync.agents.service import SyncService
-from calsync.agents.supervision import Health, fatal, supervised
-from calsync.agents.timers import TimerDispatcher
+from calsync.agents.supervision import Health, fatal
+from calsync.agents.sync import install_sync_agent
+from calsync.agents.timers import TimerDispatcher, install_retry_agent, install_timer_task
 from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
 from calsync.gateway.http import Gateway, server_options
 from calsync.gateway.publisher import KafkaPublisher
 from calsync.providers.factory import ProviderFactory
-from calsync.ratelimit import RateLimiter, default_specs
+from calsync.providers.registry import REGISTRY, rate_limit_specs
+from calsync.ratelimit import RateLimiter
 from calsync.settings import Settings
-from calsync.streams.records import Command, RetryEnvelope
-from calsync.tables.records import Channel, Resource, SyncState, Timer
+from calsync.streams.topics import declare_topics
+from calsync.tables.declare import declare_tables
+from calsync.tables.records import Resource, SyncState
 from calsync.web.auth import admin_token_middleware
 from calsync.web.sites import Site, SiteServer, Surface, new_application, select_routes
 
@@ -261,19 +265,11 @@ def _share_updater(
             return
         last[0] = now
         owned = sum(1 for tp in app.assignor.assigned_actives() if tp.topic == topic)
-        for provider in ("google", "microsoft"):
-            limiter.set_share(provider, max(owned, 1) / partitions)
+        for name, provider in REGISTRY.items():
+            if provider.shares_app_quota:
+                limiter.set_share(name, max(owned, 1) / partitions)
 
     return update
-
-
-class InjectedFault(RuntimeError):
-    """Raised by an agent named in ``CALSYNC_FAIL_AGENT`` (tests of supervision only)."""
-
-
-def _inject_fault(settings: Settings, agent: str) -> None:
-    if settings.fail_agent == agent:
-        raise InjectedFault(f"CALSYNC_FAIL_AGENT={agent}")
 
 
 def _default_http_client() -> httpx.AsyncClient:
@@ -326,36 +322,16 @@ def create_app(
     )
     app.settings = settings
 
-    # Raw bytes and acks off: the dispatcher decodes (skipping poison) and commits the
-    # offsets itself, only over finished work (calsync.agents.dispatch).
-    notifications = app.topic(
-        settings.topic("notifications"),
-        value_serializer="raw",
-        partitions=partitions,
-        acks=False,
-    )
-    # Raw bytes too: a record Faust could not decode would raise inside the agent and
-    # stop the worker, and again after every restart. The agents decode through the
-    # quarantine instead (calsync.agents.quarantine).
-    retries = app.topic(settings.topic("retries"), value_serializer="raw", partitions=partitions)
-    commands = app.topic(settings.topic("commands"), value_serializer="raw", partitions=partitions)
-    resources = app.Table("resources", value_type=Resource, partitions=partitions)
-    sync_state = app.Table("sync_state", value_type=SyncState, partitions=partitions)
-    channels = app.Table("channels", value_type=Channel, partitions=partitions)
-    timers = app.Table("timers", value_type=Timer, partitions=partitions)
+    topics = declare_topics(app, settings)
+    tables = declare_tables(app, partitions)
+    resources, sync_state = tables.resources, tables.sync_state
+    channels, timers = tables.channels, tables.timers
 
     publisher = KafkaPublisher(settings.kafka_bootstrap, client_id=f"{settings.app_id}-out")
     app.publisher = publisher
     outbox = KafkaOutbox(settings, publisher.send)
     clock = make_clock(settings.clock_rate, settings.clock_origin)
-    limiter = RateLimiter(
-        default_specs(
-            google_user_rate=settings.google_user_rate,
-            google_user_burst=settings.google_user_burst,
-            google_app_rate=settings.google_app_rate,
-            google_app_burst=settings.google_app_burst,
-        )
-    )
+    limiter = RateLimiter(rate_limit_specs(settings))
     app.limiter = limiter
     dispatcher = TimerDispatcher(
         timers=timers,
@@ -404,61 +380,9 @@ def create_app(
     )
     app.notification_dispatcher = sync_dispatcher
 
-    def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> Awaitable[None]:
-        return sync_dispatcher.on_revoked()
-
-    app.on_partitions_revoked.connect(on_revoked)
-
-    # One agent takes every notification off the topic at once; the dispatcher runs
-    # it on its lane (live or bulk) and commits its offset when it has finished.
-    async def sync_body(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            _inject_fault(settings, "calsync.sync")
-            message = event.message
-            await sync_dispatcher.submit(
-                message.tp, message.offset, event.value, event, key=message.key
-            )
-
-    app.agent(notifications, name="calsync.sync")(
-        supervised(app, health, "calsync.sync", sync_body)
-    )
-
-    async def decoded(stream: faust.StreamT[bytes], record_type: type[R]) -> AsyncIterator[R]:
-        """The stream's records that decode; malformed ones are quarantined and acked."""
-        async for event in stream.events():
-            message = event.message
-            record = await quarantine.decode(
-                record_type,
-                event.value,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                key=message.key,
-            )
-            if record is not None:
-                yield record
-
-    async def retry_body(stream: faust.StreamT[bytes]) -> None:
-        async for envelope in decoded(stream, RetryEnvelope):
-            _inject_fault(settings, "calsync.retry")
-            await app.sync_service.on_retry(envelope)
-
-    async def command_body(stream: faust.StreamT[bytes]) -> None:
-        async for command in decoded(stream, Command):
-            _inject_fault(settings, "calsync.commands")
-            await app.sync_service.on_command(command)
-
-    app.agent(retries, name="calsync.retry")(supervised(app, health, "calsync.retry", retry_body))
-    app.agent(commands, name="calsync.commands")(
-        supervised(app, health, "calsync.commands", command_body)
-    )
-
-    @app.task  # type: ignore[untyped-decorator]  # faust types task() loosely
-    async def release_timers() -> None:
-        await dispatcher.run()
-
-    @app.task  # type: ignore[untyped-decorator]  # faust types task() loosely
-    async def commit_notifications() -> None:
-        await sync_dispatcher.run()
-
+    service = app.sync_service
+    install_sync_agent(app, health, topics.notifications, sync_dispatcher, settings)
+    install_retry_agent(app, health, topics.retries, service.on_retry, quarantine, settings)
+    install_command_agent(app, health, topics.commands, service.on_command, quarantine, settings)
+    install_timer_task(app, dispatcher)
     return app

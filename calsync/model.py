@@ -25,14 +25,6 @@ class ProviderOrigin(enum.StrEnum):
     CALDAV = "caldav"
 
 
-#: The provider names used in registrations and tables, and their event origins.
-PROVIDER_ORIGINS = {
-    "google": ProviderOrigin.GOOGLE,
-    "microsoft": ProviderOrigin.MICROSOFT,
-    "caldav": ProviderOrigin.CALDAV,
-}
-
-
 class ChangeKind(enum.StrEnum):
     UPSERT = "upsert"
     DELETE = "delete"
@@ -49,6 +41,17 @@ class StatusIntent(enum.StrEnum):
     FREE = "free"
     OUT_OF_OFFICE = "out_of_office"
     CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The sync horizon: occurrences that end after ``start`` and begin before ``end``."""
+
+    start: datetime
+    end: datetime
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        return end > self.start and start < self.end
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ __all__ = [
     "BucketSpec",
     "RateLimiter",
     "TokenBucket",
-    "default_specs",
 ]
 
 #: The delay :meth:`RateLimiter.reserve` returns when only the concurrency limit blocks:
@@ -266,7 +265,7 @@ class RateLimiter:
         app_window: float = 10.0,
         concurrency_poll: float = CONCURRENCY_POLL,
     ) -> None:
-        """``specs`` maps a provider name (``"google"``, ``"microsoft"``, ``"caldav"``) to
+        """``specs`` maps a provider name (:func:`calsync.providers.registry.rate_limit_specs`) to
         its (per-account spec, per-application spec); providers not in it are unlimited.
         ``cooldown`` is how long after a throttle successes do not restore the rate."""
         if not concurrency_poll > 0:
@@ -399,46 +398,4 @@ def _describe(bucket: TokenBucket, now: float) -> dict[str, float]:
         "in_flight": float(bucket.in_flight),
         "held_until": held if math.isfinite(held) else 0.0,
         "held_for": max(0.0, held - now),
-    }
-
-
-def default_specs(
-    *,
-    google_user_rate: float = 600 / 60,
-    google_user_burst: float = 10.0,
-    google_app_rate: float = 10_000 / 60,
-    google_app_burst: float = 100.0,
-    microsoft_mailbox_rate: float = 10_000 / 600,
-    microsoft_mailbox_burst: float = 20.0,
-    microsoft_mailbox_concurrency: int | None = 4,
-    microsoft_app_rate: float = 130_000 / 10,
-    microsoft_app_burst: float = 1_000.0,
-    caldav_account_rate: float = 5.0,
-    caldav_account_burst: float = 10.0,
-) -> dict[str, tuple[BucketSpec, BucketSpec]]:
-    """The documented quotas as ``RateLimiter`` specs, rates in requests per second.
-
-    Google Calendar: 600 requests/min per user, 10,000/min per project. Microsoft Graph
-    (Outlook): 10,000 requests per 10 minutes and 4 concurrent per app and mailbox;
-    130,000 requests per 10 s per app across all tenants. Parameter names match the
-    ``Settings`` fields so they can be passed straight through. CalDAV servers publish
-    no quota: a modest per-account rate keeps polling polite (iCloud throttles with 503).
-    """
-    return {
-        "google": (
-            BucketSpec(rate=google_user_rate, burst=google_user_burst),
-            BucketSpec(rate=google_app_rate, burst=google_app_burst),
-        ),
-        "microsoft": (
-            BucketSpec(
-                rate=microsoft_mailbox_rate,
-                burst=microsoft_mailbox_burst,
-                concurrency=microsoft_mailbox_concurrency,
-            ),
-            BucketSpec(rate=microsoft_app_rate, burst=microsoft_app_burst),
-        ),
-        "caldav": (
-            BucketSpec(rate=caldav_account_rate, burst=caldav_account_burst),
-            BucketSpec(rate=1_000.0, burst=1_000.0),
-        ),
     }

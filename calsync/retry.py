@@ -1,8 +1,13 @@
-"""Rate-limit arithmetic and the retry delay policy: plain functions, no I/O.
+"""When to try again: the retry delay policy and timer scheduling, as plain functions.
 
 One policy for every provider: the delay the provider asked for wins (``Retry-After``
 as seconds, fractional seconds or an HTTP date, else the rate-limit headers); without
-one, exponential backoff with full jitter, capped.
+one, exponential backoff with full jitter, capped (:func:`retry_delay`). A refused
+subscription waits a doubling delay (:func:`doubling_delay`).
+
+The timers the agents keep are scheduled here too, without I/O: the next
+reconciliation (:func:`next_reconcile`), subscription renewal (:func:`next_renewal`)
+and CalDAV poll (:func:`next_poll`). Times are epoch seconds; ``rng`` is the jitter.
 """
 
 from __future__ import annotations
@@ -202,3 +207,33 @@ def retry_delay(
     if requested is not None:
         return requested
     return backoff_delay(attempt, base=base, cap=cap, rng=rng)
+
+
+def next_reconcile(now: float, *, period: float, jitter: float, rng: random.Random) -> float:
+    """The next reconciliation: ``period`` from ``now``, give or take ``jitter`` of it."""
+    spread = period * jitter
+    return now + period + rng.uniform(-spread, spread)
+
+
+def next_renewal(now: float, expires_at: float, *, fraction: float, rng: random.Random) -> float:
+    """The renewal of a subscription expiring at ``expires_at``: ``fraction`` of its
+    remaining lifetime before expiry, jittered by a tenth of that lead."""
+    remaining = expires_at - now
+    lead = remaining * fraction
+    return now + remaining - lead + rng.uniform(-lead / 10, lead / 10)
+
+
+def next_poll(
+    now: float,
+    previous: float,
+    *,
+    changed: bool,
+    low: float,
+    high: float,
+    rng: random.Random,
+) -> tuple[float, float]:
+    """The next poll and its interval: ``low`` after a change (or the first time),
+    else ``previous`` doubled within ``[low, high]``; the due time is jittered by a
+    tenth either way."""
+    interval = low if changed or not previous else min(high, max(low, previous * 2))
+    return now + interval * rng.uniform(0.9, 1.1), interval

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from calsync.errors import CursorExpired
-from calsync.model import Change, Deletion, Occurrence, UnifiedEvent
-from calsync.providers.base import Provider, Quarantined, Window
+from calsync.model import Change, Deletion, Occurrence, UnifiedEvent, Window
+from calsync.providers.base import Provider, Quarantined
 
 Emit = Callable[[list[UnifiedEvent]], Awaitable[None]]
 Clock = Callable[[], datetime]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 
 import pytest
 from hypothesis import given, settings
@@ -12,13 +13,14 @@ from hypothesis.stateful import (
     rule,
 )
 
+from calsync.providers.registry import rate_limit_specs
 from calsync.ratelimit import (
     CONCURRENCY_POLL,
     BucketSpec,
     RateLimiter,
     TokenBucket,
-    default_specs,
 )
+from calsync.settings import Settings
 
 # Each grant may round up by ~1e-9 of a token; far below this.
 SLACK = 1e-6
@@ -471,8 +473,11 @@ def test_bucket_spec_rejects_impossible_quotas(kwargs: dict[str, float]) -> None
         BucketSpec(**kwargs)  # type: ignore[arg-type]
 
 
-def test_default_specs_follow_the_documented_quotas() -> None:
-    specs = default_specs()
+KEY, TOKEN = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+
+
+def test_provider_specs_follow_the_documented_quotas() -> None:
+    specs = rate_limit_specs(Settings(secret_key=KEY, admin_token=TOKEN))
     google_user, google_app = specs["google"]
     assert google_user == BucketSpec(rate=10.0, burst=10.0)
     assert google_app.rate * 60 == pytest.approx(10_000)
@@ -481,6 +486,5 @@ def test_default_specs_follow_the_documented_quotas() -> None:
     assert mailbox.concurrency == 4
     assert graph_app.rate * 10 == pytest.approx(130_000)
     assert specs["caldav"][0] == BucketSpec(rate=5.0, burst=10.0)  # polite polling
-    custom = default_specs(google_user_rate=5.0, microsoft_mailbox_concurrency=None)
+    custom = rate_limit_specs(Settings(secret_key=KEY, admin_token=TOKEN, google_user_rate=5.0))
     assert custom["google"][0].rate == 5.0
-    assert custom["microsoft"][0].concurrency is None

@@ -10,8 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from calsync.errors import CursorExpired, RateLimited
-from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency, UnifiedEvent
-from calsync.providers.base import ChangePage, Window
+from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency, UnifiedEvent, Window
+from calsync.providers.base import ChangePage
 from calsync.sync import sync_resource
 from calsync.testing.memory_provider import MemoryProvider
 

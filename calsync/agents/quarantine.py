@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import faust
@@ -158,3 +158,26 @@ class Quarantine:
             )
         )
         return None
+
+
+def decoded(
+    quarantine: Quarantine, record_type: type[R]
+) -> Callable[[faust.StreamT[bytes]], AsyncIterator[R]]:
+    """A stream of raw records → the ones that decode; malformed ones are quarantined
+    (and acked by the stream, like every record an agent has been given)."""
+
+    async def records(stream: faust.StreamT[bytes]) -> AsyncIterator[R]:
+        async for event in stream.events():
+            message = event.message
+            record = await quarantine.decode(
+                record_type,
+                event.value,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                key=message.key,
+            )
+            if record is not None:
+                yield record
+
+    return records

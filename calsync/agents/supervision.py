@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -90,3 +90,29 @@ def supervised(
 
     agent.__name__ = agent.__qualname__ = name.replace(".", "_")
     return agent
+
+
+class InjectedFault(RuntimeError):
+    """Raised by an agent named in ``CALSYNC_FAIL_AGENT`` (tests of supervision only)."""
+
+
+def install_agent(
+    app: Any,
+    health: Health,
+    topic: Any,
+    name: str,
+    fail_agent: str,
+    handle: Callable[[Any], Awaitable[None]],
+    records: Callable[[Any], AsyncIterator[Any]],
+) -> None:
+    """Register the supervised agent ``name`` on ``topic``: for each item of
+    ``records(stream)`` it calls ``handle``; the agent named by ``fail_agent``
+    (``CALSYNC_FAIL_AGENT``) raises :class:`InjectedFault` instead."""
+
+    async def body(stream: Any) -> None:
+        async for record in records(stream):
+            if fail_agent == name:
+                raise InjectedFault(f"CALSYNC_FAIL_AGENT={name}")
+            await handle(record)
+
+    app.agent(topic, name=name)(supervised(app, health, name, body))

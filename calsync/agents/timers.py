@@ -1,4 +1,9 @@
-"""Releases timers when they are due, and notices channels that went silent.
+"""Timers: the :class:`Scheduler` writes them, the :class:`TimerDispatcher` releases them.
+
+Keys of the ``timers`` table: ``retry:<envelope key>``, ``reconcile:<resource id>``,
+``renew:<resource id>`` and ``poll:<resource id>``. When each is due is a plain
+function of :mod:`calsync.retry`; the :class:`Scheduler` only stores the notification
+to release then.
 
 The :class:`TimerDispatcher` runs as a worker task (not a Faust timer: it needs a
 50 ms cadence, and it must survive its own errors). It never writes a table: it
@@ -13,14 +18,132 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
+import faust
+
+from calsync.agents.context import ServiceContext
 from calsync.agents.outbox import Outbox
-from calsync.streams.records import Notification, Reason
+from calsync.agents.quarantine import Quarantine, decoded
+from calsync.agents.supervision import Health, install_agent
+from calsync.retry import next_poll, next_reconcile, next_renewal
+from calsync.settings import Settings
+from calsync.streams.records import Notification, Reason, RetryEnvelope
 from calsync.tables.records import Channel, Timer
 
 log = logging.getLogger(__name__)
+
+#: Timers a released notification clears (reconciliations reschedule themselves).
+_CLEARED_ON_RELEASE = ("retry:", "renew:", "poll:")
+
+
+def retry_timer_key(envelope_key: str) -> str:
+    return f"retry:{envelope_key}"
+
+
+def reconcile_timer_key(resource_id: str) -> str:
+    return f"reconcile:{resource_id}"
+
+
+def renew_timer_key(resource_id: str) -> str:
+    return f"renew:{resource_id}"
+
+
+def poll_timer_key(resource_id: str) -> str:
+    return f"poll:{resource_id}"
+
+
+class Scheduler:
+    """Writes the ``timers`` table (inside the handling of a consumed record, Faust's
+    rule for table writes); ``on_timer`` hears of each timer at once (the dispatcher's
+    fast path)."""
+
+    def __init__(
+        self,
+        context: ServiceContext,
+        timers: MutableMapping[str, Timer],
+        on_timer: Callable[[str, Timer], None] | None = None,
+    ) -> None:
+        self._context = context
+        self.timers = timers
+        self._on_timer = on_timer
+
+    def _set(self, key: str, due: float, notification: Notification) -> None:
+        timer = Timer(due_at=due, notification=notification)
+        self.timers[key] = timer
+        if self._on_timer is not None:
+            self._on_timer(key, timer)
+
+    def _schedule(
+        self, reason: Reason, key: str, rid: str, provider: str, due: float, *, full: bool = False
+    ) -> None:
+        notification = Notification(
+            provider=provider,
+            resource_id=rid,
+            reason=reason.value,
+            received_at=due,
+            full=full,
+            timer_key=key,
+        )
+        self._set(key, due, notification)
+
+    def reconcile(self, rid: str, provider: str) -> None:
+        """The next reconciliation: ``reconcile_period`` ± ``reconcile_jitter`` from now."""
+        settings, context = self._context.settings, self._context
+        due = next_reconcile(
+            context.clock(),
+            period=settings.reconcile_period,
+            jitter=settings.reconcile_jitter,
+            rng=context.rng,
+        )
+        self._schedule(Reason.RECONCILE, reconcile_timer_key(rid), rid, provider, due, full=True)
+
+    def renewal(self, rid: str, provider: str, expires_at_ms: int) -> None:
+        """Renew ``renew_fraction`` of the lifetime before expiry (see :func:`next_renewal`)."""
+        context = self._context
+        due = next_renewal(
+            context.clock(),
+            expires_at_ms / 1000,
+            fraction=context.settings.renew_fraction,
+            rng=context.rng,
+        )
+        self.renewal_at(rid, provider, due)
+
+    def renewal_at(self, rid: str, provider: str, due: float) -> None:
+        """Renew (or try again to subscribe) at ``due``."""
+        self._schedule(Reason.RENEW, renew_timer_key(rid), rid, provider, due)
+
+    def poll(self, rid: str, provider: str, previous: float, *, changed: bool) -> float:
+        """Poll again soon after a change, backing off while nothing changes (see
+        :func:`next_poll`). Returns the interval used."""
+        settings, context = self._context.settings, self._context
+        due, interval = next_poll(
+            context.clock(),
+            previous,
+            changed=changed,
+            low=settings.poll_min_interval,
+            high=settings.poll_max_interval,
+            rng=context.rng,
+        )
+        self._schedule(Reason.POLL, poll_timer_key(rid), rid, provider, due)
+        return interval
+
+    def retry(self, envelope: RetryEnvelope) -> None:
+        """Keep a retry envelope as a timer, due when the envelope says."""
+        key = retry_timer_key(envelope.key or uuid.uuid4().hex)
+        self._set(key, envelope.due_at, envelope.notification.derive(timer_key=key))
+
+    def released(self, key: str | None) -> None:
+        """A timer's notification arrived: a one-shot timer is done."""
+        if key and key.startswith(_CLEARED_ON_RELEASE):
+            self.timers.pop(key, None)
+
+    def forget(self, rid: str) -> None:
+        """Drop a removed resource's reconciliation, renewal and poll."""
+        for key in (reconcile_timer_key(rid), renew_timer_key(rid), poll_timer_key(rid)):
+            self.timers.pop(key, None)
 
 
 class TimerDispatcher:
@@ -104,7 +227,7 @@ class TimerDispatcher:
                 self._fired[key] = tick
                 await self._outbox.notify(
                     Notification(
-                        provider="google",
+                        provider=channel.provider,
                         resource_id=rid,
                         reason=Reason.RECONCILE.value,
                         received_at=now,
@@ -127,3 +250,32 @@ class TimerDispatcher:
 
     def describe(self) -> dict[str, Any]:
         return {"pending": len(self._heap), "released": self.fired_count}
+
+
+def install_retry_agent(
+    app: faust.App,
+    health: Health,
+    topic: faust.TopicT,
+    on_retry: Callable[[RetryEnvelope], Awaitable[None]],
+    quarantine: Quarantine,
+    settings: Settings,
+) -> None:
+    """Register the ``calsync.retry`` agent: each envelope that decodes becomes a timer
+    (:meth:`~calsync.agents.service.SyncService.on_retry`)."""
+    install_agent(
+        app,
+        health,
+        topic,
+        "calsync.retry",
+        settings.fail_agent,
+        on_retry,
+        decoded(quarantine, RetryEnvelope),
+    )
+
+
+def install_timer_task(app: faust.App, dispatcher: TimerDispatcher) -> None:
+    """Run ``dispatcher`` as a worker task (it releases due timers forever)."""
+
+    @app.task  # type: ignore[untyped-decorator]  # faust types task() loosely
+    async def release_timers() -> None:
+        await dispatcher.run()

@@ -45,19 +45,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 
-from calsync.busy import BusyPolicy
 from calsync.clock import Clock
 from calsync.crypto import SecretBox, WebhookSigner
 from calsync.errors import MalformedProviderData
 from calsync.gateway.publisher import Publisher
 from calsync.gateway.status import Registration, StatusFollower, StatusSource
-from calsync.providers.netpolicy import NetworkPolicy, literal_address_refusal
-from calsync.providers.windows_zones import zone_for
+from calsync.normalize.busy import BusyPolicy
+from calsync.normalize.windows_zones import zone_for
+from calsync.providers.netpolicy import NetworkPolicy
+from calsync.providers.registry import REGISTRY
 from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind, Notification, Reason
 
@@ -79,7 +80,6 @@ MAX_WAIT = 30.0
 _WAIT = re.compile(r"([0-9]{1,5}(?:\.[0-9]{1,3})?)(s|ms)?")
 _SINCE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
 _GOOGLE_STATES = frozenset({"sync", "exists", "not_exists"})
-SUPPORTED_PROVIDERS = frozenset({"google", "microsoft", "caldav"})
 _LIFECYCLE_EVENTS = frozenset({"missed", "subscriptionRemoved", "reauthorizationRequired"})
 BUSY_POLICY_SWITCHES = frozenset(switch.name for switch in fields(BusyPolicy))
 
@@ -122,27 +122,6 @@ def _busy_policy(value: object) -> dict[str, bool] | None:
     return {str(key): bool(flag) for key, flag in value.items()}
 
 
-def _check_caldav_url(url: str, networks: NetworkPolicy) -> None:
-    """Refuse a CalDAV URL with credentials in it, without a host, or naming a
-    non-public address literally (names are checked after resolution, at connect)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        raise RequestRejected(400, "calendar_id is not a valid URL", field="calendar_id") from None
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise RequestRejected(
-            400,
-            "calendar_id must not carry credentials (user:password@); put them in credentials",
-            field="calendar_id",
-        )
-    if not parts.hostname:
-        raise RequestRejected(400, "calendar_id has no host", field="calendar_id")
-    refusal = literal_address_refusal(parts.hostname, networks)
-    if refusal is not None:
-        raise RequestRejected(400, f"calendar_id: {refusal}", field="calendar_id")
-
-
 def validate_registration(
     body: object,
     secrets: SecretBox,
@@ -161,7 +140,7 @@ def validate_registration(
     ``caldav_networks`` (public only when ``None``); host names are checked after
     DNS resolution when the worker connects.
 
-    ``busy_policy`` is optional: an object of :class:`~calsync.busy.BusyPolicy`
+    ``busy_policy`` is optional: an object of :class:`~calsync.normalize.busy.BusyPolicy`
     switches (``declined_is_free``, ``unanswered_is_busy``, ``all_day_is_busy``,
     ``tentative_is_busy``), each a bool; a switch left out keeps its default.
 
@@ -178,10 +157,11 @@ def validate_registration(
             field="resource_id",
         )
     provider = body.get("provider")
-    if not isinstance(provider, str) or provider not in SUPPORTED_PROVIDERS:
+    provider_spec = REGISTRY.get(provider) if isinstance(provider, str) else None
+    if provider_spec is None:
         raise RequestRejected(
             400,
-            f"provider must be one of {sorted(SUPPORTED_PROVIDERS)}, got {provider!r}",
+            f"provider must be one of {sorted(REGISTRY)}, got {provider!r}",
             field="provider",
         )
     calendar_id = body.get("calendar_id")
@@ -207,19 +187,13 @@ def validate_registration(
     credentials = body.get("credentials")
     if not isinstance(credentials, Mapping):
         raise RequestRejected(400, "credentials must be an object", field="credentials")
-    needed: tuple[str, ...]
-    if provider == "caldav":
-        # calendar_id is the calendar collection URL, or the server's base URL
-        if not calendar_id.startswith(("https://", "http://")):
-            raise RequestRejected(
-                400, "calendar_id must be the CalDAV server or calendar URL", field="calendar_id"
-            )
-        _check_caldav_url(calendar_id, caldav_networks or NetworkPolicy())
-        needed = ("username", "password")
-    else:
-        needed = ("refresh_token",)
+    if provider_spec.check_calendar is not None:
+        try:
+            provider_spec.check_calendar(calendar_id, caldav_networks or NetworkPolicy())
+        except ValueError as exc:
+            raise RequestRejected(400, str(exc), field="calendar_id") from None
     secrets_in: dict[str, str] = {}
-    for name in needed:
+    for name in provider_spec.credential_fields:
         value = credentials.get(name)
         if not isinstance(value, str) or not value:
             raise RequestRejected(
@@ -239,7 +213,7 @@ def validate_registration(
         kind=CommandKind.REGISTER.value,
         resource_id=resource_id,
         issued_at=now,
-        provider=str(provider),
+        provider=provider_spec.name,
         calendar_id=calendar_id,
         time_zone=time_zone,
         credentials={name: secrets.encrypt(value) for name, value in secrets_in.items()},

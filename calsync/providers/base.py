@@ -11,71 +11,13 @@ resync. Pages hold :class:`~calsync.model.Occurrence` and
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from calsync.errors import ProviderError, RateLimited
-from calsync.model import Change, ProviderOrigin
-from calsync.ratelimit import RateLimiter
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """The sync horizon: occurrences that end after ``start`` and begin before ``end``."""
-
-    start: datetime
-    end: datetime
-
-    def overlaps(self, start: datetime, end: datetime) -> bool:
-        return end > self.start and start < self.end
-
-
-class AccountGate:
-    """One account's use of the worker's :class:`~calsync.ratelimit.RateLimiter`.
-
-    Every provider request goes through :meth:`slot`: it waits for a token (a wait
-    longer than ``max_inline_wait`` raises :class:`RateLimited` instead, so the work
-    goes through the retry topic rather than blocking its lane) and releases the
-    in-flight count afterwards; :meth:`observe` reports how the provider answered.
-    """
-
-    def __init__(
-        self, limiter: RateLimiter | None, provider: str, account: str, max_inline_wait: float
-    ) -> None:
-        self._limiter = limiter
-        self._provider = provider
-        self.account = account
-        self._max_inline_wait = max_inline_wait
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        limiter = self._limiter
-        if limiter is None:
-            yield
-            return
-        while (delay := limiter.reserve(self._provider, self.account)) > 0:
-            if delay > self._max_inline_wait:
-                raise RateLimited("local rate limit for this account", retry_after=delay)
-            await asyncio.sleep(delay)
-        try:
-            yield
-        finally:
-            limiter.release(self._provider, self.account)
-
-    def observe(self, status: int, error: ProviderError | None) -> None:
-        """Throttles (429, rate-limit 403s, 503) slow the account; successes restore it."""
-        if self._limiter is None:
-            return
-        if isinstance(error, RateLimited) or status == 503:
-            retry_after = error.retry_after if isinstance(error, RateLimited) else None
-            self._limiter.throttled(self._provider, self.account, retry_after)
-        elif status < 400:
-            self._limiter.succeeded(self._provider, self.account)
+from calsync.errors import MalformedProviderData
+from calsync.model import Change, ProviderOrigin, Window
 
 
 def hash_item_id(item_id: object) -> str:
@@ -105,6 +47,17 @@ class ChangePage:
     cursor: str | None = None
     time_zone: str | None = None
     quarantined: list[Quarantined] = field(default_factory=list)
+
+    def add(self, raw: object, normalize: Callable[[Mapping[str, Any]], Change]) -> None:
+        """Add ``normalize(raw)``, or quarantine ``raw`` (by its hashed ``id``) when it is
+        not an object or :class:`MalformedProviderData` says it cannot be represented."""
+        try:
+            if not isinstance(raw, Mapping):
+                raise MalformedProviderData("item is not an object")
+            self.changes.append(normalize(raw))
+        except MalformedProviderData as exc:
+            item_id = raw.get("id") if isinstance(raw, Mapping) else raw
+            self.quarantined.append(Quarantined(hash_item_id(item_id), str(exc)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ One :class:`CalDAVProvider` reads one calendar collection through an injected
 :class:`httpx.AsyncClient`, logging in with HTTP Basic (username and an
 app-specific password; iCloud accepts nothing else for third parties).
 
-Decisions (``provider-protocols.md`` §3):
+Decisions (each a reading of RFC 4791, RFC 6578 and the servers' behaviour):
 
 * **Discovery.** ``url`` may be a calendar collection (used as is) or any other
   DAV URL: then ``/.well-known/caldav`` is followed, ``DAV:current-user-principal``
@@ -32,8 +32,8 @@ Decisions (``provider-protocols.md`` §3):
   lacks ``sync-collection`` are read by ``getctag`` + a Depth 1 ``getetag`` listing
   diffed against the etags kept in the cursor.
 * **Occurrence ids.** A resource (href) yields occurrences from
-  :func:`calsync.recurrence.expand_object`, run in a worker thread (it is
-  CPU-bound, bounded by :class:`~calsync.recurrence.ExpansionLimits`); what it
+  :func:`calsync.normalize.recurrence.expand_object`, run in a worker thread (it is
+  CPU-bound, bounded by :class:`~calsync.normalize.recurrence.ExpansionLimits`); what it
   collapsed or dropped becomes one :class:`Quarantined` per notice, named by the
   href's hash like a refused resource. The cursor remembers which ids each href
   produced, so a removed href becomes a :class:`Deletion` per id and an edited
@@ -69,51 +69,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
-import icalendar
 import orjson
 
-from calsync import recurrence
-from calsync.busy import BusyPolicy
 from calsync.errors import (
-    AuthorizationRevoked,
     CursorExpired,
     MalformedProviderData,
     ProviderError,
     ProviderRejected,
-    RateLimited,
     ResponseTooLarge,
     TransientProviderError,
 )
 from calsync.model import (
     Change,
     Deletion,
-    Occurrence,
     ProviderOrigin,
-    StatusIntent,
-    Transparency,
-)
-from calsync.providers.base import (
-    AccountGate,
-    ChangePage,
-    Quarantined,
-    Subscription,
     Window,
-    hash_item_id,
 )
-from calsync.providers.http import CALDAV_RESPONSE_LIMIT, send_bounded
-from calsync.ratelimit import RateLimiter
-from calsync.retry import retry_after_from_headers
+from calsync.normalize import recurrence
+from calsync.normalize.busy import BusyPolicy
+from calsync.providers.base import ChangePage, Quarantined, Subscription, hash_item_id
+from calsync.providers.http import (
+    CALDAV_RESPONSE_LIMIT,
+    AccountGate,
+    ProviderHttp,
+    status_error,
+)
+from calsync.providers.netpolicy import NetworkPolicy, literal_address_refusal
+from calsync.providers.spec import BuildContext, ProviderSpec, PushKind, account_key
+from calsync.ratelimit import BucketSpec, RateLimiter
+from calsync.tables.records import Resource
 
 log = logging.getLogger(__name__)
 
+NAME = "caldav"
 #: The one message of every network failure (see the module docstring).
 UNREACHABLE = "caldav server unreachable"
 
@@ -128,99 +123,6 @@ _MAX_TRUNCATED_ROUNDS = 1000
 
 def _q(ns: str, name: str) -> str:
     return f"{{{ns}}}{name}"
-
-
-# -- normalization --------------------------------------------------------------
-
-
-def _as_utc(value: date | datetime, zone: tzinfo) -> tuple[datetime, bool]:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=zone)
-        return value.astimezone(UTC), False
-    return datetime.combine(value, time(0), tzinfo=zone).astimezone(UTC), True
-
-
-def expand_simple(
-    ics: bytes | str,
-    *,
-    window: Window,
-    default_zone: ZoneInfo,
-    policy: object = None,
-    own_address: str | None = None,
-) -> list[Occurrence]:
-    """A minimal, non-recurring reading of one CalDAV resource into occurrences.
-
-    Stand-in for ``calsync.recurrence.expand_calendar`` (same signature). Each
-    VEVENT is one occurrence: ``<UID>`` or, for an override, ``<UID>/<RECURRENCE-ID
-    as YYYYMMDDTHHMMSSZ>`` (recurrence.py's ids); a master with RRULE yields its
-    first instance only, with ``series_id = UID``. Cancelled events yield nothing.
-    Floating times and dates are read in ``default_zone``. ``window``, ``policy``
-    and ``own_address`` are accepted and unused. Raises
-    :class:`MalformedProviderData`.
-    """
-    try:
-        calendar = icalendar.Calendar.from_ical(ics)
-        events = list(calendar.walk("VEVENT"))
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise MalformedProviderData(f"unparsable iCalendar: {type(exc).__name__}") from exc
-    if not events:
-        raise MalformedProviderData("resource has no VEVENT")
-    out: list[Occurrence] = []
-    for event in events:
-        uid = str(event.get("UID") or "")
-        if not uid:
-            raise MalformedProviderData("VEVENT without UID")
-        try:
-            if "DTSTART" not in event:
-                raise MalformedProviderData("VEVENT without DTSTART", item_id=uid)
-            raw_start = event.decoded("DTSTART")
-            start, all_day = _as_utc(raw_start, default_zone)
-            if "DTEND" in event:
-                end, end_all_day = _as_utc(event.decoded("DTEND"), default_zone)
-                if end_all_day != all_day:
-                    raise MalformedProviderData("DTSTART and DTEND mix date and time", item_id=uid)
-            elif "DURATION" in event:
-                duration = event.decoded("DURATION")
-                if not isinstance(duration, timedelta):
-                    raise MalformedProviderData("DURATION is not a duration", item_id=uid)
-                end = start + duration
-            else:
-                end = start + timedelta(days=1) if all_day else start
-            rid_raw = event.decoded("RECURRENCE-ID") if "RECURRENCE-ID" in event else None
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise MalformedProviderData(f"bad VEVENT times: {type(exc).__name__}") from exc
-        if end < start:
-            raise MalformedProviderData("event ends before it starts", item_id=uid)
-        status = str(event.get("STATUS") or "").upper()
-        if status == "CANCELLED":
-            continue
-        transparent = str(event.get("TRANSP") or "").upper() == "TRANSPARENT"
-        if transparent:
-            intent = StatusIntent.FREE
-        elif status == "TENTATIVE":
-            intent = StatusIntent.TENTATIVE
-        else:
-            intent = StatusIntent.BUSY
-        series_id: str | None = None
-        native_id = uid
-        if rid_raw is not None:
-            rid, _ = _as_utc(rid_raw, default_zone)
-            native_id, series_id = f"{uid}/{rid:%Y%m%dT%H%M%SZ}", uid
-        elif "RRULE" in event:
-            native_id, series_id = f"{uid}/{start:%Y%m%dT%H%M%SZ}", uid
-        out.append(
-            Occurrence(
-                native_event_id=native_id,
-                start_utc=start,
-                end_utc=end,
-                is_all_day=all_day,
-                transparency=Transparency.TRANSPARENT if transparent else Transparency.OPAQUE,
-                status_intent=intent,
-                series_id=series_id,
-            )
-        )
-    return out
 
 
 # -- XML --------------------------------------------------------------------------
@@ -358,21 +260,20 @@ def _reachable_from(registered: tuple[str, str, int], target: tuple[str, str, in
 
 
 def _translate(response: httpx.Response, *, with_token: bool = False) -> ProviderError:
-    """The calsync error for a non-success response; ``with_token`` for a stored-token sync."""
+    """The calsync error for a non-success response (``with_token`` for a stored-token
+    sync): :func:`status_error` refined with the servers' sync-token refusals and
+    iCloud's 503 throttling (``Retry-After`` optional)."""
     status = response.status_code
-    if with_token and (
-        status in (412, 500)
-        or (status in (400, 403, 409) and _has_valid_sync_token_error(response.content))
-    ):
-        return CursorExpired(f"caldav sync token refused ({status})", status=status)
-    if status == 401:
-        return AuthorizationRevoked("caldav server refused the credentials", status=status)
-    if status in (429, 503):
-        retry_after = retry_after_from_headers(response.headers, now=datetime.now(UTC))
-        return RateLimited(f"caldav throttled ({status})", retry_after=retry_after, status=status)
-    if status >= 500:
-        return TransientProviderError(f"caldav {status}", status=status)
-    return ProviderRejected(f"caldav {status}", status=status)
+    return status_error(
+        response,
+        NAME,
+        cursor_expired=with_token
+        and (
+            status in (412, 500)
+            or (status in (400, 403, 409) and _has_valid_sync_token_error(response.content))
+        ),
+        throttled=status == 503,
+    )
 
 
 # -- cursor -----------------------------------------------------------------------
@@ -456,17 +357,19 @@ class CalDAVProvider:
         policy: BusyPolicy | None = None,
         max_response_bytes: int = CALDAV_RESPONSE_LIMIT,
     ) -> None:
-        self._client = client
+        self._max_response_bytes = max_response_bytes
         self._policy = BusyPolicy() if policy is None else policy
         self._auth = httpx.BasicAuth(username, password)
         self._url = url
-        self._max_response_bytes = max_response_bytes
         self._calendar_name = calendar
         self._default_zone = ZoneInfo(time_zone or "UTC")
         self._own_address = own_address
         self._batch_size = max(1, batch_size)
         self._use_sync = use_sync_collection
-        self._gate = AccountGate(limiter, "caldav", account, max_inline_wait)
+        gate = AccountGate(limiter, NAME, account, max_inline_wait)
+        self._http = ProviderHttp(
+            client, gate, NAME, _translate, max_response_bytes, unreachable=UNREACHABLE
+        )
         self.account = account
         self._resolved: CalendarInfo | None = None
 
@@ -482,29 +385,12 @@ class CalDAVProvider:
         """
         if not _reachable_from(_origin(self._url), _origin(url)):
             raise ProviderRejected("caldav server named a URL on another origin; not followed")
-        headers = {"Content-Type": _XML} if body is not None else {}
+        headers = [("Content-Type", _XML)] if body is not None else []
         if depth is not None:
-            headers["Depth"] = depth
-        async with self._gate.slot():
-            try:
-                response = await send_bounded(
-                    self._client,
-                    method,
-                    url,
-                    limit=self._max_response_bytes,
-                    what="caldav",
-                    content=body,
-                    headers=headers,
-                    auth=self._auth,
-                    follow_redirects=False,
-                )
-            except httpx.TransportError as exc:
-                # refused, timed out, TLS, DNS and policy-refused addresses look alike
-                log.debug("caldav %s %s failed: %r", method, url, exc)
-                raise TransientProviderError(UNREACHABLE) from exc
-        error = _translate(response) if response.status_code >= 400 else None
-        self._gate.observe(response.status_code, error)
-        return response
+            headers.append(("Depth", depth))
+        return await self._http.send(
+            method, url, headers=headers, content=body, auth=self._auth, follow_redirects=False
+        )
 
     async def _propfind(
         self, url: str, depth: str, *props: tuple[str, str]
@@ -820,3 +706,66 @@ def _calendar_info(base: str, member: _Member) -> CalendarInfo | None:
         supports_sync=supports_sync,
         supports_events=supports_events,
     )
+
+
+# -- registration -------------------------------------------------------------------
+
+
+def check_calendar_url(url: str, networks: NetworkPolicy) -> None:
+    """Refuse (:class:`ValueError`, its message for the registrant) a CalDAV URL that is
+    not http(s), carries credentials, has no host, or names a non-public address
+    literally (host names are checked after resolution, at connect)."""
+    # calendar_id is the calendar collection URL, or the server's base URL
+    if not url.startswith(("https://", "http://")):
+        raise ValueError("calendar_id must be the CalDAV server or calendar URL")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("calendar_id is not a valid URL") from None
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ValueError(
+            "calendar_id must not carry credentials (user:password@); put them in credentials"
+        )
+    if not parts.hostname:
+        raise ValueError("calendar_id has no host")
+    refusal = literal_address_refusal(parts.hostname, networks)
+    if refusal is not None:
+        raise ValueError(f"calendar_id: {refusal}")
+
+
+def _account(resource: Resource, credentials: Mapping[str, str]) -> str:
+    return account_key(NAME, f"{resource.calendar_id}\x1f{credentials['username']}")
+
+
+def _build(context: BuildContext) -> CalDAVProvider:
+    return CalDAVProvider(
+        client=context.client,
+        url=context.resource.calendar_id,
+        username=context.credentials["username"],
+        password=context.credentials["password"],
+        time_zone=context.resource.time_zone,
+        limiter=context.limiter,
+        account=context.account,
+        max_inline_wait=context.settings.max_inline_wait,
+        policy=context.policy,
+        own_address=context.resource.own_address,
+    )
+
+
+#: CalDAV servers publish no quota: a modest per-account rate keeps polling polite
+#: (iCloud throttles with 503).
+ACCOUNT_BUCKET = BucketSpec(rate=5.0, burst=10.0)
+APP_BUCKET = BucketSpec(rate=1_000.0, burst=1_000.0)
+
+SPEC = ProviderSpec(
+    name=NAME,
+    origin=ProviderOrigin.CALDAV,
+    credential_fields=("username", "password"),
+    push=PushKind.POLL,
+    rate_limits=lambda settings: (ACCOUNT_BUCKET, APP_BUCKET),
+    account=_account,
+    build=_build,
+    check_calendar=check_calendar_url,
+    user_supplied_urls=True,
+)

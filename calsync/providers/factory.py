@@ -1,31 +1,29 @@
-"""Builds the provider of a resource from its (encrypted) credentials, once per credential."""
+"""Builds the provider of a resource from its (encrypted) credentials, once per credential.
+
+Which provider, and how it is built, is its :class:`~calsync.providers.spec.ProviderSpec`
+in :mod:`calsync.providers.registry`; nothing here knows a provider by name.
+"""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
-from calsync.busy import BusyPolicy
 from calsync.clock import Clock
 from calsync.crypto import SecretBox
 from calsync.errors import CalsyncError
+from calsync.normalize.busy import BusyPolicy
+from calsync.providers import registry
 from calsync.providers.base import Provider
-from calsync.providers.caldav import CalDAVProvider
-from calsync.providers.google import GoogleProvider, GoogleTokenSource
-from calsync.providers.microsoft import MicrosoftProvider, MicrosoftTokenSource
 from calsync.providers.netpolicy import GuardedTransport, NetworkPolicy
+from calsync.providers.spec import BuildContext
 from calsync.ratelimit import RateLimiter
 from calsync.settings import Settings
 from calsync.tables.records import Resource
-
-
-def account_key(provider: str, secret: str) -> str:
-    """The rate-limit account of a credential: resources sharing a grant share a bucket."""
-    return f"{provider}:{hashlib.sha256(secret.encode()).hexdigest()[:16]}"
 
 
 def _fingerprint(resource: Resource) -> tuple[str, ...]:
@@ -98,8 +96,9 @@ class ProviderFactory:
         )
         self._client: httpx.AsyncClient | None = None
         self._caldav_client: httpx.AsyncClient | None = None
-        self._cache: dict[str, tuple[tuple[str, ...], Provider]] = {}
-        self._google_tokens: dict[str, GoogleTokenSource] = {}
+        self._cache: dict[str, tuple[tuple[str, ...], str, Provider]] = {}
+        #: token sources shared by the resources of one account (Google grants)
+        self._tokens: dict[str, Any] = {}
         self.limiter = limiter
 
     def _http(self) -> httpx.AsyncClient:
@@ -119,76 +118,30 @@ class ProviderFactory:
         fingerprint = _fingerprint(resource)
         cached = self._cache.get(resource_id)
         if cached is not None and cached[0] == fingerprint:
-            return cached[1]
-        settings = self._settings
+            return cached[2]
+        provider_spec = registry.spec(resource.provider)
         policy = busy_policy(resource)
-        provider: Provider
-        if resource.provider == "google":
-            refresh_token = self._secrets.decrypt(resource.credentials["refresh_token"])
-            account = account_key("google", refresh_token)
-            tokens = self._google_tokens.get(account)
-            if tokens is None:
-                tokens = self._google_tokens[account] = GoogleTokenSource(
-                    refresh_token=refresh_token,
-                    token_url=settings.google_token_url,
-                    client_id=settings.google_client_id,
-                    client_secret=settings.google_client_secret,
-                )
-            provider = GoogleProvider(
-                client=self._http(),
-                api_url=settings.google_api_url,
-                calendar_id=resource.calendar_id,
-                tokens=tokens,
-                time_zone=resource.time_zone,
-                limiter=self.limiter,
+        credentials = {
+            name: self._secrets.decrypt(resource.credentials[name])
+            for name in provider_spec.credential_fields
+        }
+        account = provider_spec.account(resource, credentials)
+        on_rotate = self._on_rotate
+        provider = provider_spec.build(
+            BuildContext(
+                resource=resource,
+                credentials=credentials,
                 account=account,
-                max_inline_wait=settings.max_inline_wait,
+                settings=self._settings,
+                client=self._caldav_http() if provider_spec.user_supplied_urls else self._http(),
+                limiter=self.limiter,
                 policy=policy,
-            )
-        elif resource.provider == "microsoft":
-            refresh_token = self._secrets.decrypt(resource.credentials["refresh_token"])
-            # Graph limits per mailbox, and the grant rotates its refresh token on every
-            # use, so the mailbox (not the token) is the account.
-            account = account_key("microsoft", resource.calendar_id.lower())
-            provider = MicrosoftProvider(
-                client=self._http(),
-                api_url=settings.graph_api_url,
-                user_id=resource.calendar_id,
-                tokens=MicrosoftTokenSource(
-                    refresh_token=refresh_token,
-                    authority=settings.microsoft_authority,
-                    client_id=settings.microsoft_client_id,
-                    client_secret=settings.microsoft_client_secret,
-                    ca_bundle=settings.microsoft_ca_bundle or None,
-                ),
-                time_zone=resource.time_zone,
-                limiter=self.limiter,
-                account=account,
-                max_inline_wait=settings.max_inline_wait,
                 clock=self._clock,
-                on_rotate=(
-                    functools.partial(self._on_rotate, resource_id) if self._on_rotate else None
-                ),
-                policy=policy,
+                on_rotate=functools.partial(on_rotate, resource_id) if on_rotate else None,
+                token_cache=self._tokens,
             )
-        elif resource.provider == "caldav":
-            username = self._secrets.decrypt(resource.credentials["username"])
-            password = self._secrets.decrypt(resource.credentials["password"])
-            provider = CalDAVProvider(
-                client=self._caldav_http(),
-                url=resource.calendar_id,
-                username=username,
-                password=password,
-                time_zone=resource.time_zone,
-                limiter=self.limiter,
-                account=account_key("caldav", f"{resource.calendar_id}\x1f{username}"),
-                max_inline_wait=settings.max_inline_wait,
-                policy=policy,
-                own_address=resource.own_address,
-            )
-        else:
-            raise CalsyncError(f"provider {resource.provider!r} is not supported")
-        self._cache[resource_id] = (fingerprint, provider)
+        )
+        self._cache[resource_id] = (fingerprint, account, provider)
         return provider
 
     def adopt(self, resource_id: str, resource: Resource) -> None:
@@ -196,22 +149,19 @@ class ProviderFactory:
         (rebuilding it would throw away the token source holding the newest token)."""
         cached = self._cache.get(resource_id)
         if cached is not None:
-            self._cache[resource_id] = (_fingerprint(resource), cached[1])
+            self._cache[resource_id] = (_fingerprint(resource), cached[1], cached[2])
 
     def forget(self, resource_id: str) -> None:
-        """Drop the cached provider (and, if unused, its token source)."""
+        """Drop the cached provider (and, if no other uses it, its shared token source)."""
         entry = self._cache.pop(resource_id, None)
-        if entry is not None and isinstance(entry[1], GoogleProvider):
-            account = entry[1].account
-            if not any(
-                isinstance(p, GoogleProvider) and p.account == account
-                for _, p in self._cache.values()
-            ):
-                self._google_tokens.pop(account, None)
+        if entry is not None:
+            account = entry[1]
+            if not any(cached_account == account for _, cached_account, _ in self._cache.values()):
+                self._tokens.pop(account, None)
 
     async def aclose(self) -> None:
         self._cache.clear()
-        self._google_tokens.clear()
+        self._tokens.clear()
         for client in (self._client, self._caldav_client):
             if client is not None:
                 await client.aclose()

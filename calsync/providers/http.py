@@ -1,4 +1,22 @@
-"""The providers' one way to send a request and read its response: with a size cap.
+"""The providers' one way to send a request: gate, send, translate, observe, refresh once.
+
+:class:`ProviderHttp` is the seam every provider request goes through, in this order:
+
+1. **token**: with a :class:`TokenSource`, an access token (refreshed by the source when
+   it is stale); credentials the source rotated meanwhile are handed to ``on_rotate``
+   *before* the request goes on (the old refresh token may already be dead);
+2. **gate**: a slot of the account's rate limit (:class:`AccountGate`); a wait longer
+   than ``max_inline_wait`` raises :class:`~calsync.errors.RateLimited` instead;
+3. **send**: :func:`send_bounded`; a network failure becomes
+   :class:`~calsync.errors.TransientProviderError` (``raise ... from``);
+4. **observe**: the status (and the error it means) slows or restores the account;
+5. **refresh once**: a ``401`` with a token source is retried once with a fresh token.
+
+A non-success status is turned into a calsync error by one ladder,
+:func:`status_error`, which each provider refines with what only it knows (its
+cursor-expiry and throttling codes) in its own ``_translate``.
+
+Bounded reads:
 
 A provider (or anything between it and us) can answer with a body of any size;
 reading it whole with ``response.content`` would let it take all the worker's
@@ -27,22 +45,43 @@ Limits (module constants; each provider takes its own as a constructor argument)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Iterable
-from typing import Any
+import contextlib
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import httpx
+import orjson
 import requests
 
-from calsync.errors import ResponseTooLarge
+from calsync.errors import (
+    AuthorizationRevoked,
+    CursorExpired,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    ResponseTooLarge,
+    TransientProviderError,
+)
+from calsync.ratelimit import RateLimiter
+from calsync.retry import retry_after_from_headers
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CALDAV_RESPONSE_LIMIT",
     "DEFAULT_DEADLINE",
     "JSON_PAGE_LIMIT",
     "TOKEN_RESPONSE_LIMIT",
+    "AccountGate",
     "BoundedSession",
+    "ProviderHttp",
+    "TokenSource",
+    "json_page",
     "read_bounded",
     "send_bounded",
+    "status_error",
 ]
 
 MiB = 1024 * 1024
@@ -127,6 +166,199 @@ async def send_bounded(
     return httpx.Response(
         response.status_code, headers=headers, content=body, request=response.request
     )
+
+
+class AccountGate:
+    """One account's use of the worker's :class:`~calsync.ratelimit.RateLimiter`.
+
+    Every provider request goes through :meth:`slot`: it waits for a token (a wait
+    longer than ``max_inline_wait`` raises :class:`RateLimited` instead, so the work
+    goes through the retry topic rather than blocking its lane) and releases the
+    in-flight count afterwards; :meth:`observe` reports how the provider answered.
+    """
+
+    def __init__(
+        self, limiter: RateLimiter | None, provider: str, account: str, max_inline_wait: float
+    ) -> None:
+        self._limiter = limiter
+        self._provider = provider
+        self.account = account
+        self._max_inline_wait = max_inline_wait
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        limiter = self._limiter
+        if limiter is None:
+            yield
+            return
+        while (delay := limiter.reserve(self._provider, self.account)) > 0:
+            if delay > self._max_inline_wait:
+                raise RateLimited("local rate limit for this account", retry_after=delay)
+            await asyncio.sleep(delay)
+        try:
+            yield
+        finally:
+            limiter.release(self._provider, self.account)
+
+    def observe(self, status: int, error: ProviderError | None) -> None:
+        """Throttles (429, rate-limit 403s, 503) slow the account; successes restore it."""
+        if self._limiter is None:
+            return
+        if isinstance(error, RateLimited) or status == 503:
+            retry_after = error.retry_after if isinstance(error, RateLimited) else None
+            self._limiter.throttled(self._provider, self.account, retry_after)
+        elif status < 400:
+            self._limiter.succeeded(self._provider, self.account)
+
+
+class TokenSource(Protocol):
+    """Access tokens of one grant (Google, Microsoft); see :class:`ProviderHttp`."""
+
+    async def access_token(self, *, force_refresh: bool = False) -> str:
+        """A valid access token; a new one when ``force_refresh``."""
+        ...
+
+    def rotated_credentials(self) -> dict[str, str] | None:
+        """Credentials the source rotated since last asked (once), else ``None``."""
+        ...
+
+
+def status_error(
+    response: httpx.Response,
+    service: str,
+    *,
+    label: str | None = None,
+    cursor_expired: bool = False,
+    throttled: bool = False,
+    retry_after_throttles: Callable[[int], bool] = lambda status: False,
+) -> ProviderError:
+    """The calsync error for a non-success response: the one status ladder.
+
+    In order: ``cursor_expired`` → :class:`CursorExpired`; ``throttled``, ``429``, or a
+    status for which ``retry_after_throttles`` holds that carries a delay
+    (``Retry-After`` or rate-limit headers) → :class:`RateLimited` with that delay;
+    ``401`` → :class:`AuthorizationRevoked`; other 5xx → :class:`TransientProviderError`;
+    the rest → :class:`ProviderRejected`. ``label`` (the status by default) names the
+    answer in the message; providers pass their error code with it.
+    """
+    status = response.status_code
+    label = label or str(status)
+    if cursor_expired:
+        return CursorExpired(f"{service} cursor expired ({label})", status=status)
+    retry_after = retry_after_from_headers(response.headers, now=datetime.now(UTC))
+    if throttled or status == 429 or (retry_after is not None and retry_after_throttles(status)):
+        return RateLimited(f"{service} throttled ({label})", retry_after=retry_after, status=status)
+    if status == 401:
+        return AuthorizationRevoked(f"{service} refused the credentials ({label})", status=status)
+    if status >= 500:
+        return TransientProviderError(f"{service} {label}", status=status)
+    return ProviderRejected(f"{service} {label}", status=status)
+
+
+def json_page(response: httpx.Response, items_key: str, what: str) -> tuple[Any, list[Any]]:
+    """A JSON page and its list of items under ``items_key`` (absent: empty); raises
+    :class:`TransientProviderError` (``"<what> returned a malformed page"``) otherwise."""
+    try:
+        body = orjson.loads(response.content)  # several times faster than json
+        items = body.get(items_key, [])
+        if not isinstance(items, list):
+            raise TypeError(f"{items_key} is not a list")
+    except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise TransientProviderError(f"{what} returned a malformed page") from exc
+    return body, items
+
+
+class ProviderHttp:
+    """The request seam of one provider instance (see the module docstring).
+
+    ``what`` names the service in messages; ``translate`` is the provider's refinement
+    of :func:`status_error`; ``limit`` caps every body; ``unreachable``, when set, is the
+    one message of every network failure (details go to the debug log only).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        gate: AccountGate,
+        what: str,
+        translate: Callable[[httpx.Response], ProviderError],
+        limit: int,
+        *,
+        tokens: TokenSource | None = None,
+        on_rotate: Callable[[dict[str, str]], Awaitable[None]] | None = None,
+        unreachable: str | None = None,
+    ) -> None:
+        self._client = client
+        self.gate = gate
+        self._what = what
+        self._translate = translate
+        self._limit = limit
+        self._tokens = tokens
+        self._on_rotate = on_rotate
+        self._unreachable = unreachable
+
+    async def _bearer(self, force_refresh: bool) -> list[tuple[str, str]]:
+        if self._tokens is None:
+            return []
+        token = await self._tokens.access_token(force_refresh=force_refresh)
+        if self._on_rotate is not None:
+            # The old refresh token may already be dead: store the new one before
+            # anything else can fail or the process can die.
+            rotated = self._tokens.rotated_credentials()
+            if rotated is not None:
+                await self._on_rotate(rotated)
+        return [("Authorization", f"Bearer {token}")]
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request (twice when a token source's token was refused with ``401``).
+
+        Returns the response whatever its status (callers decide what a status means
+        for them, with ``translate``). Raises :class:`RateLimited` (local limit),
+        :class:`TransientProviderError` (network), :class:`ResponseTooLarge`, and what
+        the token source raises.
+        """
+        response = await self._once(method, url, headers, kwargs, force_refresh=False)
+        if response.status_code == 401 and self._tokens is not None:
+            # the access token may have expired early: refresh once
+            response = await self._once(method, url, headers, kwargs, force_refresh=True)
+        return response
+
+    async def _once(
+        self,
+        method: str,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        kwargs: dict[str, Any],
+        *,
+        force_refresh: bool,
+    ) -> httpx.Response:
+        auth = await self._bearer(force_refresh)
+        async with self.gate.slot():
+            try:
+                response = await send_bounded(
+                    self._client,
+                    method,
+                    url,
+                    limit=self._limit,
+                    what=self._what,
+                    headers=[*headers, *auth],
+                    **kwargs,
+                )
+            except httpx.TransportError as exc:
+                if self._unreachable is not None:
+                    log.debug("%s %s %s failed: %r", self._what, method, url, exc)
+                    raise TransientProviderError(self._unreachable) from exc
+                raise TransientProviderError(f"{self._what} unreachable: {exc!r}") from exc
+        error = self._translate(response) if response.status_code >= 400 else None
+        self.gate.observe(response.status_code, error)
+        return response
 
 
 class BoundedSession(requests.Session):

@@ -1,40 +1,8 @@
 """Microsoft Graph (Outlook calendar): MSAL refresh, calendarView delta sync, subscriptions.
 
-Normalization (:func:`normalize_graph_event`) is the privacy boundary: it reads the
-id, times, ``isAllDay``, ``isCancelled``, ``showAs``, the user's own response, the
-item ``type`` and ``seriesMasterId``, and returns an :class:`~calsync.model.Occurrence`
-that carries none of subject, body, location, attendees or organizer.
-
-Decisions, each a reading of the Graph docs (``provider-protocols.md`` §2):
-
-* **Wall times.** ``dateTime`` is a wall time without offset (up to 7 fractional
-  digits; digits past microseconds are dropped) read in its ``timeZone`` (Windows or
-  IANA name, see :mod:`calsync.providers.windows_zones`; UTC when absent). A wall
-  time is read with ``fold=0``: in a DST overlap it is the *earlier* instant, in a
-  DST gap it takes the offset in force *before* the transition (02:30 on a
-  spring-forward day is 03:30 after it). :class:`MicrosoftProvider` asks Graph for
-  UTC (``Prefer: outlook.timezone="UTC"``), so on that path no wall time is ambiguous.
-* **All-day events** are dates, not instants. Graph sends them as midnight to
-  midnight in *some* zone: the one the response was asked in (UTC here) or the one
-  the event was created in; neither is the day the mailbox's owner is away. So the
-  start and end *dates* are taken from the wall times as sent and anchored at local
-  midnight of ``mailbox_zone``, whatever ``timeZone`` says (Google all-day events
-  are anchored in the calendar's zone the same way). The result then does not depend
-  on the ``Prefer`` zone. Should an all-day bound not be midnight, Graph converted it
-  from another zone; the date is then the day that instant falls on in
-  ``mailbox_zone``.
-* **showAs** and the user's own ``responseStatus.response`` (with ``isAllDay``) go
-  to :func:`calsync.busy.status_intent`, the one busy policy. With the default
-  :class:`~calsync.busy.BusyPolicy`: ``free`` → FREE (transparent); ``tentative`` →
-  TENTATIVE; ``busy`` → BUSY; ``oof`` → OUT_OF_OFFICE; ``workingElsewhere`` → FREE
-  (transparent): the person is working and can be booked, only not at the office,
-  so the slot is not busy; ``unknown``, missing or new values → BUSY (when unsure,
-  do not offer the slot). The response refines it: ``declined`` → FREE,
-  ``tentativelyAccepted`` turns BUSY into TENTATIVE; ``oof`` always stays. A
-  resource's policy can flip the declined, unanswered, all-day and tentative rules.
-* **Series masters** are not occurrences (calendarView delta expands series into
-  occurrences and exceptions); :func:`normalize_graph_event` refuses one and
-  :meth:`MicrosoftProvider.fetch_changes` drops any before normalizing.
+Each event goes through :func:`calsync.normalize.microsoft.normalize_graph_event`,
+the privacy boundary; its module docstring states how Graph's times and ``showAs``
+are read.
 """
 
 from __future__ import annotations
@@ -47,9 +15,8 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta, timezone
-from datetime import time as wall_clock
-from typing import Any, NotRequired, Protocol, TypedDict, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypedDict, TypeVar
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -58,46 +25,39 @@ import msal
 import orjson
 import requests
 
-from calsync.busy import BusyPolicy, status_intent
 from calsync.errors import (
     AuthorizationRevoked,
     CursorExpired,
     MalformedProviderData,
     ProviderError,
     ProviderRejected,
-    RateLimited,
     TransientProviderError,
 )
 from calsync.model import (
-    Change,
-    Deletion,
-    Occurrence,
     ProviderOrigin,
-    StatusIntent,
-    Transparency,
-)
-from calsync.providers.base import (
-    AccountGate,
-    ChangePage,
-    Quarantined,
-    Subscription,
     Window,
-    hash_item_id,
 )
+from calsync.normalize.busy import BusyPolicy
+from calsync.normalize.microsoft import normalize_graph_event, parse_wall
+from calsync.normalize.windows_zones import zone_for
+from calsync.providers.base import ChangePage, Subscription
 from calsync.providers.http import (
     JSON_PAGE_LIMIT,
     TOKEN_RESPONSE_LIMIT,
+    AccountGate,
     BoundedSession,
-    send_bounded,
+    ProviderHttp,
+    json_page,
+    status_error,
 )
-from calsync.providers.windows_zones import zone_for
-from calsync.ratelimit import RateLimiter
-from calsync.retry import retry_after_from_headers
+from calsync.providers.spec import BuildContext, ProviderSpec, PushKind, account_key
+from calsync.ratelimit import BucketSpec, RateLimiter
+from calsync.tables.records import Resource
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("https://graph.microsoft.com/Calendars.Read",)
-PROVIDER = "microsoft"  # the RateLimiter's name for Graph
+NAME = "microsoft"  # registrations', tables' and the RateLimiter's name for Graph
 
 #: Outlook event subscriptions live at most 10,080 minutes, measured by Graph's clock;
 #: five minutes of margin keep a request made with a fast clock (a minute or two ahead
@@ -109,53 +69,8 @@ _THROTTLE_CODES = frozenset({"toomanyrequests", "activitylimitreached", "applica
 _REVOKED_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required"})
 _TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
 _TRANSIENT_AADSTS = frozenset({90024})
-_WALL_TIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-    r"(Z|[+-]\d{2}:\d{2})?"
-)
 _AADSTS = re.compile(r"AADSTS(\d+)")
 _T = TypeVar("_T")
-
-
-class DateTimeTimeZone(TypedDict):
-    """Graph ``dateTimeTimeZone``: a wall time without offset, and the zone to read it in."""
-
-    dateTime: str
-    timeZone: NotRequired[str]
-
-
-class ResponseStatus(TypedDict, total=False):
-    response: str  # none, organizer, tentativelyAccepted, accepted, declined, notResponded
-    time: str
-
-
-class GraphEvent(TypedDict):
-    """The fields of a Graph ``event`` that calsync reads; all others are ignored."""
-
-    id: str
-    start: NotRequired[DateTimeTimeZone]
-    end: NotRequired[DateTimeTimeZone]
-    isAllDay: NotRequired[bool]
-    isCancelled: NotRequired[bool]
-    showAs: NotRequired[str]
-    responseStatus: NotRequired[ResponseStatus]
-    type: NotRequired[str]  # singleInstance, occurrence, exception, seriesMaster
-    seriesMasterId: NotRequired[str | None]
-
-
-class GraphRemoved(TypedDict):
-    reason: str  # deleted, changed
-
-
-GraphRemovedEvent = TypedDict("GraphRemovedEvent", {"id": str, "@removed": GraphRemoved})
-GraphDeltaPage = TypedDict(
-    "GraphDeltaPage",
-    {
-        "value": list[GraphEvent | GraphRemovedEvent],
-        "@odata.nextLink": NotRequired[str],
-        "@odata.deltaLink": NotRequired[str],
-    },
-)
 
 
 class GraphSubscription(TypedDict):
@@ -170,128 +85,6 @@ class GraphErrorBody(TypedDict, total=False):
     code: str
     message: str
     innerError: GraphErrorBody
-
-
-# --------------------------------------------------------------------------- normalization
-
-
-def _parse_wall(raw: object, which: str) -> datetime:
-    """A ``dateTime`` as a datetime: naive (a wall time), or aware if it carried an offset."""
-    match = _WALL_TIME.fullmatch(raw) if isinstance(raw, str) else None
-    if match is None:
-        raise MalformedProviderData(f"{which}.dateTime is not an ISO 8601 date-time")
-    year, month, day, hour, minute, second, fraction, offset = match.groups()
-    try:
-        moment = datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour),
-            int(minute),
-            int(second or 0),
-            int((fraction or "").ljust(6, "0")[:6]),  # 100 ns ticks: keep microseconds
-        )
-    except ValueError as exc:
-        raise MalformedProviderData(f"{which}.dateTime is out of range") from exc
-    if offset == "Z":
-        return moment.replace(tzinfo=UTC)
-    if offset:
-        sign = -1 if offset[0] == "-" else 1
-        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
-        return moment.replace(tzinfo=timezone(sign * delta))
-    return moment
-
-
-def _bound(value: object, which: str) -> tuple[datetime, ZoneInfo]:
-    """A start or end: its wall time (aware when Graph sent an offset) and its zone."""
-    if not isinstance(value, Mapping):
-        raise MalformedProviderData(f"{which} is missing")
-    zone_name = value.get("timeZone")
-    if zone_name is not None and not isinstance(zone_name, str):
-        raise MalformedProviderData(f"{which}.timeZone is not a string")
-    zone = zone_for(zone_name) if zone_name else ZoneInfo("UTC")
-    return _parse_wall(value.get("dateTime"), which), zone
-
-
-def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
-    """The UTC instant of a wall time in ``zone`` (``fold=0``: see the module docstring)."""
-    if wall.tzinfo is None:
-        wall = wall.replace(tzinfo=zone, fold=0)
-    return wall.astimezone(UTC)
-
-
-def _all_day_date(wall: datetime, zone: ZoneInfo, mailbox_zone: ZoneInfo) -> date:
-    if wall.tzinfo is None and wall.time() == wall_clock(0):
-        return wall.date()
-    return _instant(wall, zone).astimezone(mailbox_zone).date()
-
-
-def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
-    # fold=0: where midnight is skipped, the instant the day actually begins.
-    return datetime.combine(day, wall_clock(0), tzinfo=zone).astimezone(UTC)
-
-
-def _show_as(
-    raw: Mapping[str, Any], all_day: bool, policy: BusyPolicy
-) -> tuple[StatusIntent, Transparency]:
-    """``showAs`` (both status and transparency in Graph) and the owner's response, decided
-    by :func:`calsync.busy.status_intent`."""
-    show_as = raw.get("showAs")
-    response_status = raw.get("responseStatus")
-    response = response_status.get("response") if isinstance(response_status, Mapping) else None
-    return status_intent(
-        policy,
-        transparency=Transparency.OPAQUE,
-        status=show_as if isinstance(show_as, str) else None,
-        own_response=response if isinstance(response, str) else None,
-        all_day=all_day,
-    )
-
-
-def normalize_graph_event(
-    raw: Mapping[str, Any], mailbox_zone: ZoneInfo, policy: BusyPolicy | None = None
-) -> Change:
-    """Reduce a Graph event (or ``@removed`` entry) to an :class:`Occurrence` or :class:`Deletion`.
-
-    ``@removed`` and ``isCancelled`` are deletions. ``mailbox_zone`` is the
-    mailbox's zone: all-day events span local midnights there. The rules for wall
-    times, all-day events and ``showAs`` are in the module docstring; ``policy``
-    (the default :class:`BusyPolicy` when ``None``) sets the busy switches. Raises
-    :class:`MalformedProviderData` (with ``item_id`` when there is one) for anything
-    it cannot represent, including a series master, which is not an occurrence.
-    """
-    event_id = raw.get("id")
-    if not isinstance(event_id, str) or not event_id:
-        raise MalformedProviderData("event without an id")
-    if "@removed" in raw or raw.get("isCancelled") is True:
-        return Deletion(event_id)
-    if raw.get("type") == "seriesMaster":
-        raise MalformedProviderData("a series master is not an occurrence", item_id=event_id)
-    try:
-        start_wall, start_zone = _bound(raw.get("start"), "start")
-        end_wall, end_zone = _bound(raw.get("end"), "end")
-    except MalformedProviderData as exc:
-        exc.item_id = event_id
-        raise
-    all_day = raw.get("isAllDay") is True
-    if all_day:
-        start = _local_midnight(_all_day_date(start_wall, start_zone, mailbox_zone), mailbox_zone)
-        end = _local_midnight(_all_day_date(end_wall, end_zone, mailbox_zone), mailbox_zone)
-    else:
-        start, end = _instant(start_wall, start_zone), _instant(end_wall, end_zone)
-    if end < start:
-        raise MalformedProviderData("event ends before it starts", item_id=event_id)
-    intent, transparency = _show_as(raw, all_day, BusyPolicy() if policy is None else policy)
-    series_id = raw.get("seriesMasterId")
-    return Occurrence(
-        native_event_id=event_id,
-        start_utc=start,
-        end_utc=end,
-        is_all_day=all_day,
-        transparency=transparency,
-        status_intent=intent,
-        series_id=series_id if isinstance(series_id, str) and series_id else None,
-    )
 
 
 # --------------------------------------------------------------------------- tokens
@@ -419,6 +212,11 @@ class MicrosoftTokenSource:
             rotated, self._rotated = self._rotated, None
             return rotated
 
+    def rotated_credentials(self) -> dict[str, str] | None:
+        """:meth:`rotated_refresh_token` as credentials (see :class:`ProviderHttp`)."""
+        rotated = self.rotated_refresh_token()
+        return {"refresh_token": rotated} if rotated is not None else None
+
     async def aclose(self) -> None:
         """Close the HTTP session MSAL uses, if one was opened; idempotent."""
         session, self._session = self._session, None
@@ -521,25 +319,21 @@ def _error_codes(response: httpx.Response) -> list[str]:
 
 
 def _translate(response: httpx.Response, *, delta: bool = False) -> ProviderError:
-    """The calsync error for a non-success Graph response; ``delta`` for delta-link reads."""
+    """The calsync error for a non-success Graph response (``delta`` for delta-link
+    reads): :func:`status_error` refined with Graph's error codes (cursor expiry on delta
+    reads, throttling) and a ``Retry-After`` on 503/504."""
     status = response.status_code
     codes = _error_codes(response)
     folded = {code.casefold() for code in codes}
-    label = f"{status} {codes[0]}" if codes else str(status)
-    if delta and (status == 410 or (400 <= status < 500 and folded & _CURSOR_CODES)):
-        return CursorExpired(f"microsoft delta token expired ({label})", status=status)
-    retry_after = retry_after_from_headers(response.headers, now=datetime.now(UTC))
-    if (
-        status == 429
-        or (400 <= status < 500 and folded & _THROTTLE_CODES)
-        or (status in (503, 504) and retry_after is not None)
-    ):
-        return RateLimited(f"microsoft throttled ({label})", retry_after=retry_after, status=status)
-    if status == 401:
-        return AuthorizationRevoked(f"microsoft rejected the access token ({label})", status=status)
-    if status >= 500:
-        return TransientProviderError(f"microsoft {label}", status=status)
-    return ProviderRejected(f"microsoft {label}", status=status)
+    client_error = 400 <= status < 500
+    return status_error(
+        response,
+        NAME,
+        label=f"{status} {codes[0]}" if codes else str(status),
+        cursor_expired=delta and (status == 410 or (client_error and bool(folded & _CURSOR_CODES))),
+        throttled=client_error and bool(folded & _THROTTLE_CODES),
+        retry_after_throttles=lambda code: code in (503, 504),
+    )
 
 
 def _iso_z(moment: datetime) -> str:
@@ -595,11 +389,17 @@ class MicrosoftProvider:
         ``time_zone`` is the mailbox's zone (Windows or IANA name); when ``None`` the
         mailbox's own is asked for (see :meth:`mailbox_zone`). Raises
         :class:`MalformedProviderData` when it is unknown."""
-        self._client = client
-        self._max_response_bytes = max_response_bytes
         self._policy = BusyPolicy() if policy is None else policy
-        self._on_rotate = on_rotate
-        self._gate = AccountGate(limiter, PROVIDER, account, max_inline_wait)
+        gate = AccountGate(limiter, NAME, account, max_inline_wait)
+        self._http = ProviderHttp(
+            client,
+            gate,
+            "microsoft graph",
+            _translate,
+            max_response_bytes,
+            tokens=tokens,
+            on_rotate=on_rotate,
+        )
         self.account = account
         self._api_url = api_url.rstrip("/")
         self._user_id = user_id
@@ -620,44 +420,6 @@ class MicrosoftProvider:
             ("Prefer", 'outlook.timezone="UTC"'),
         ]
 
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        json: object = None,
-        headers: Sequence[tuple[str, str]] = (),
-    ) -> httpx.Response:
-        for attempt in range(2):
-            token = await self._tokens.access_token(force_refresh=attempt > 0)
-            if self._on_rotate is not None:
-                # The old refresh token may already be dead: store the new one before
-                # anything else can fail or the process can die.
-                rotated = self.rotated_credentials()
-                if rotated is not None:
-                    await self._on_rotate(rotated)
-            async with self._gate.slot():
-                try:
-                    response = await send_bounded(
-                        self._client,
-                        method,
-                        url,
-                        limit=self._max_response_bytes,
-                        what="microsoft graph",
-                        params=params,
-                        json=json,
-                        headers=[*headers, ("Authorization", f"Bearer {token}")],
-                    )
-                except httpx.TransportError as exc:
-                    raise TransientProviderError(f"microsoft graph unreachable: {exc!r}") from exc
-            error = _translate(response) if response.status_code >= 400 else None
-            self._gate.observe(response.status_code, error)
-            if response.status_code == 401 and attempt == 0:
-                continue  # the access token may have expired early: refresh once
-            return response
-        return response
-
     def _same_origin(self, url: str) -> bool:
         return _origin(url) == _origin(self._api_url)
 
@@ -676,7 +438,7 @@ class MicrosoftProvider:
             return self._registered_zone
         if self._mailbox_zone is not None and not refresh:
             return self._mailbox_zone
-        response = await self._request(
+        response = await self._http.send(
             "GET", f"{self._api_url}{self._user_path}/mailboxSettings/timeZone"
         )
         zone = ZoneInfo("UTC")
@@ -725,27 +487,17 @@ class MicrosoftProvider:
         else:
             url = cursor
         while True:
-            response = await self._request("GET", url, params=params, headers=self._delta_headers)
+            response = await self._http.send("GET", url, params=params, headers=self._delta_headers)
             if response.status_code != 200:
                 raise _translate(response, delta=True)
-            try:
-                body = orjson.loads(response.content)  # several times faster than json
-                items = body.get("value", [])
-                if not isinstance(items, list):
-                    raise TypeError("value is not a list")
-            except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
-                raise TransientProviderError("microsoft returned a malformed delta page") from exc
+            body, items = json_page(response, "value", NAME)
             page = ChangePage(changes=[], full=full, time_zone=mailbox_zone.key)
             for raw in _last_appearances(items):
                 if isinstance(raw, Mapping) and _is_series_master(raw):
                     continue
-                try:
-                    if not isinstance(raw, Mapping):
-                        raise MalformedProviderData("item is not an object")
-                    page.changes.append(normalize_graph_event(raw, mailbox_zone, self._policy))
-                except MalformedProviderData as exc:
-                    item_id = raw.get("id") if isinstance(raw, Mapping) else raw
-                    page.quarantined.append(Quarantined(hash_item_id(item_id), str(exc)))
+                page.add(
+                    raw, lambda event: normalize_graph_event(event, mailbox_zone, self._policy)
+                )
             next_link = body.get("@odata.nextLink")
             if isinstance(next_link, str) and next_link:
                 if not self._same_origin(next_link):
@@ -768,7 +520,7 @@ class MicrosoftProvider:
     def _subscription(response: httpx.Response, fallback_resource: str) -> Subscription:
         try:
             data = response.json()
-            expires = _parse_wall(data["expirationDateTime"], "expirationDateTime")
+            expires = parse_wall(data["expirationDateTime"], "expirationDateTime")
             if expires.tzinfo is None:
                 expires = expires.replace(tzinfo=UTC)  # Graph's subscription times are UTC
             resource = data.get("resource")
@@ -802,7 +554,7 @@ class MicrosoftProvider:
         }
         if lifecycle_address is not None:
             body["lifecycleNotificationUrl"] = lifecycle_address
-        response = await self._request("POST", f"{self._api_url}/subscriptions", json=body)
+        response = await self._http.send("POST", f"{self._api_url}/subscriptions", json=body)
         if response.status_code not in (200, 201):
             raise _translate(response)
         return self._subscription(response, resource)
@@ -812,21 +564,21 @@ class MicrosoftProvider:
         longer has raises :class:`ProviderRejected` with ``status == 404``."""
         url = f"{self._api_url}/subscriptions/{quote(subscription.channel_id, safe='')}"
         body = {"expirationDateTime": self._expiration(ttl_seconds)}
-        response = await self._request("PATCH", url, json=body)
+        response = await self._http.send("PATCH", url, json=body)
         if response.status_code != 200:
             raise _translate(response)
         return self._subscription(response, subscription.provider_resource_id)
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         url = f"{self._api_url}/subscriptions/{quote(subscription.channel_id, safe='')}"
-        response = await self._request("DELETE", url)
+        response = await self._http.send("DELETE", url)
         if response.status_code in (200, 204, 404):
             return
         raise _translate(response)
 
     def rotated_credentials(self) -> dict[str, str] | None:
-        rotated = self._tokens.rotated_refresh_token()
-        return {"refresh_token": rotated} if rotated is not None else None
+        """What the token source rotated and nobody took yet (with ``on_rotate`` unset)."""
+        return self._tokens.rotated_credentials()
 
     async def aclose(self) -> None:
         """The HTTP client and the (shared) token source belong to the caller."""
@@ -846,3 +598,52 @@ def _last_appearances(items: list[object]) -> list[object]:
         latest.pop(key, None)
         latest[key] = raw
     return list(latest.values())
+
+
+#: Graph's Outlook quotas: 10,000 requests per 10 minutes and 4 concurrent per app and
+#: mailbox; 130,000 requests per 10 s per app across all tenants.
+MAILBOX_BUCKET = BucketSpec(rate=10_000 / 600, burst=20.0, concurrency=4)
+APP_BUCKET = BucketSpec(rate=130_000 / 10, burst=1_000.0)
+
+
+def _account(resource: Resource, credentials: Mapping[str, str]) -> str:
+    # Graph limits per mailbox, and the grant rotates its refresh token on every use,
+    # so the mailbox (not the token) is the account.
+    return account_key(NAME, resource.calendar_id.lower())
+
+
+def _build(context: BuildContext) -> MicrosoftProvider:
+    settings = context.settings
+    return MicrosoftProvider(
+        client=context.client,
+        api_url=settings.graph_api_url,
+        user_id=context.resource.calendar_id,
+        tokens=MicrosoftTokenSource(
+            refresh_token=context.credentials["refresh_token"],
+            authority=settings.microsoft_authority,
+            client_id=settings.microsoft_client_id,
+            client_secret=settings.microsoft_client_secret,
+            ca_bundle=settings.microsoft_ca_bundle or None,
+        ),
+        time_zone=context.resource.time_zone,
+        limiter=context.limiter,
+        account=context.account,
+        max_inline_wait=settings.max_inline_wait,
+        clock=context.clock,
+        on_rotate=context.on_rotate,
+        policy=context.policy,
+    )
+
+
+SPEC = ProviderSpec(
+    name=NAME,
+    origin=ProviderOrigin.MICROSOFT,
+    credential_fields=("refresh_token",),
+    push=PushKind.SUBSCRIPTION,
+    rate_limits=lambda settings: (MAILBOX_BUCKET, APP_BUCKET),
+    account=_account,
+    build=_build,
+    subscription_ttl=lambda settings: settings.graph_subscription_minutes * 60,
+    webhook_path="/webhooks/microsoft",
+    shares_app_quota=True,
+)

@@ -1,1 +1,1 @@
-"""Topic definitions and the records that travel on them."""
+"""Topics (``topics.py``: declared and created) and their records (``records.py``)."""

@@ -76,7 +76,7 @@ class Command(faust.Record, serializer="json", include_metadata=False):
 
     ``credentials`` values are ciphertexts (:class:`calsync.crypto.SecretBox`): no
     plaintext secret is ever written to a topic. ``busy_policy`` (register only)
-    holds :class:`calsync.busy.BusyPolicy` switches by field name; ``None`` means
+    holds :class:`calsync.normalize.busy.BusyPolicy` switches by field name; ``None`` means
     the default policy.
     """
 

@@ -1,5 +1,7 @@
 """calsync's topics, all keyed by resource id with one partition count (DESIGN §3).
 
+:func:`declare_topics` declares the ones the worker's agents consume on the Faust app.
+
 :func:`ensure_topics` also creates the topics Faust would otherwise create itself
 on first use (each table's compacted changelog, the assignor's leader topic): two
 workers starting at the same instant then never race to create them, and never see
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 
+import faust
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -20,7 +24,7 @@ from calsync.settings import Settings
 #: The short names of calsync's topics; ``Settings.topic(name)`` gives the full name.
 TOPICS = ("notifications", "retries", "commands", "events", "status", "deadletter")
 
-#: The worker's tables (``calsync.app``); each has a changelog topic in Kafka.
+#: The worker's tables (:mod:`calsync.tables.declare`); each has a changelog topic in Kafka.
 TABLES = ("resources", "sync_state", "channels", "timers")
 
 
@@ -93,3 +97,37 @@ def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> None:
                 )
     finally:
         admin.close()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTopics:
+    """The topics a worker's agents consume (the others are written by the outbox and
+    the gateway through a plain producer, :mod:`calsync.agents.outbox`)."""
+
+    notifications: faust.TopicT
+    retries: faust.TopicT
+    commands: faust.TopicT
+
+
+def declare_topics(app: faust.App, settings: Settings) -> WorkerTopics:
+    """Declare the consumed topics on ``app``, all with ``settings.topic_partitions``.
+
+    Every one is read as raw bytes: the agents decode through the quarantine
+    (:mod:`calsync.agents.quarantine`), so a record Faust could not decode never raises
+    inside an agent (and again after every restart). The notifications topic also has
+    Faust's acks off: the dispatcher commits its offsets itself, only over finished work
+    (:mod:`calsync.agents.dispatch`).
+    """
+    partitions = settings.topic_partitions
+    return WorkerTopics(
+        notifications=app.topic(
+            settings.topic("notifications"),
+            value_serializer="raw",
+            partitions=partitions,
+            acks=False,
+        ),
+        retries=app.topic(settings.topic("retries"), value_serializer="raw", partitions=partitions),
+        commands=app.topic(
+            settings.topic("commands"), value_serializer="raw", partitions=partitions
+        ),
+    )

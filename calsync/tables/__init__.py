@@ -1,1 +1,1 @@
-"""Table values: resources, sync state and push channels, all keyed by resource id."""
+"""Tables: declared in ``declare.py``; their values in ``records.py``; all keyed by resource id."""

@@ -10,7 +10,7 @@ from calsync.streams.records import Notification
 class Resource(faust.Record, serializer="json", include_metadata=False):
     """A registered calendar. ``credentials`` holds ciphertexts only.
 
-    ``busy_policy`` holds the :class:`calsync.busy.BusyPolicy` switches that differ
+    ``busy_policy`` holds the :class:`calsync.normalize.busy.BusyPolicy` switches that differ
     from the defaults (field name to flag); ``None`` means the default policy.
     """
 
@@ -57,13 +57,18 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
 
 
 class Channel(faust.Record, serializer="json", include_metadata=False):
-    """A live provider push channel (Google watch channel)."""
+    """A live push channel: a Google watch channel or a Graph subscription.
+
+    ``provider`` is the resource's provider name (empty in channels recorded before it
+    was kept); ``last_message_number`` is the last push number seen (Google only).
+    """
 
     channel_id: str
     provider_resource_id: str
     expires_at_ms: int
     created_at: float
     last_message_number: int = 0
+    provider: str = ""
 
 
 class Timer(faust.Record, serializer="json", include_metadata=False):

@@ -3,24 +3,29 @@
 It keeps a change log like a real provider: the cursor is the log position, a
 delta walk returns what changed after it (deletions included), a full walk lists
 what exists, and :meth:`invalidate_cursors` makes every older cursor raise
-:class:`~calsync.errors.CursorExpired`, as Google's 410 does.
+:class:`~calsync.errors.CursorExpired`, as Google's 410 does; so does a cursor it
+did not make. It passes ``tests/providers/contract.py`` (except what needs HTTP or
+credentials: throttling, token refresh, revocation, malformed items).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from calsync.errors import CursorExpired, ProviderRejected
-from calsync.model import Change, Deletion, Occurrence, ProviderOrigin
-from calsync.providers.base import ChangePage, Subscription, Window
+from calsync.model import Change, Deletion, Occurrence, ProviderOrigin, Window
+from calsync.providers.base import ChangePage, Subscription
 
 
 class MemoryProvider:
     origin = ProviderOrigin.GOOGLE
     renewable = False
 
-    def __init__(self, *, page_size: int = 100) -> None:
+    def __init__(self, *, page_size: int = 100, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` (epoch seconds) dates subscription expiries."""
         self.page_size = page_size
+        self.clock = clock
         self.items: dict[str, Occurrence] = {}
         self._log: list[Change] = []
         self._epoch = 0
@@ -47,6 +52,8 @@ class MemoryProvider:
             ]
         else:
             epoch, _, since = cursor.partition(":")
+            if not (epoch.isdigit() and since.isdigit()) or int(since) > position:
+                raise CursorExpired("not a cursor of this provider", status=410)
             if int(epoch) != self._epoch:
                 raise CursorExpired("cursor invalidated", status=410)
             changes = list(self._log[int(since) : position])
@@ -71,7 +78,8 @@ class MemoryProvider:
     ) -> Subscription:
         if channel_id in self.subscriptions:
             raise ProviderRejected("duplicate channel id", status=409)
-        sub = Subscription(channel_id, f"res-{channel_id}", ttl_seconds * 1000)
+        expires_at_ms = int((self.clock() + ttl_seconds) * 1000)
+        sub = Subscription(channel_id, f"res-{channel_id}", expires_at_ms)
         self.subscriptions[channel_id] = sub
         return sub
 

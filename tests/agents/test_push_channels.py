@@ -86,7 +86,7 @@ async def test_pushes_of_a_replaced_channel_cost_nothing(synced) -> None:  # typ
     old = service.channels["r1"].channel_id
     await deliver(service, numbered(clock, old, 5))
     assert provider.fetches == 2
-    await service._ensure_channel("r1", service.resources["r1"], provider, force=True)
+    await service.subscriptions.ensure("r1", service.resources["r1"], provider, force=True)
     assert service.channels["r1"].channel_id != old
     sent = len(outbox.notifications)
     for number in (6, 5000, 2**53):  # a replayed token, with any number

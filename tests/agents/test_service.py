@@ -11,8 +11,8 @@ import pytest
 from calsync.agents.service import Lane, SyncService, lane_of
 from calsync.crypto import SecretBox
 from calsync.errors import AuthorizationRevoked, ProviderError, ProviderRejected, RateLimited
-from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency
-from calsync.providers.base import ChangePage, Provider, Subscription, Window
+from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency, Window
+from calsync.providers.base import ChangePage, Provider, Subscription
 from calsync.streams.records import Command, Notification
 from calsync.tables.records import Channel, Resource, SyncState
 from calsync.testing.memory_provider import MemoryProvider

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from calsync.busy import BusyPolicy
 from calsync.crypto import SecretBox
 from calsync.gateway.http import RequestRejected, validate_registration
+from calsync.normalize.busy import BusyPolicy
 
 BOX = SecretBox("k" * 32)
 GOOD = {

@@ -20,7 +20,7 @@ from calsync.emulators.microsoft import MicrosoftEmulator
 from calsync.gateway.http import build_gateway_app
 from calsync.gateway.publisher import KafkaPublisher
 from calsync.model import ChangeKind, UnifiedEvent
-from calsync.providers.windows_zones import zone_for
+from calsync.normalize.windows_zones import zone_for
 from calsync.settings import Settings
 from calsync.streams.records import StatusEvent
 from calsync.streams.topics import ensure_topics

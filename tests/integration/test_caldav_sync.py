@@ -191,8 +191,8 @@ async def test_shipped_calendars_never_crash_the_worker(kafka_settings) -> None:
     import recurring_ical_events
 
     from calsync.errors import MalformedProviderData
-    from calsync.providers.base import Window
-    from calsync.recurrence import expand_object
+    from calsync.model import Window
+    from calsync.normalize.recurrence import expand_object
 
     files = sorted(
         p

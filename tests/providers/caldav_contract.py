@@ -1,30 +1,32 @@
-"""The contract every CalDAV backend passes, against a real server.
+"""The provider contract for CalDAV, against a real server, plus what only CalDAV has.
 
 A test module subclasses :class:`CalDAVContract` and provides a ``dav_server``
 fixture (a started :class:`~calsync.testing.caldav_servers.DavServer`). Each test
-gets a fresh calendar collection, changes it "on the server" through
-:class:`~calsync.testing.caldav_servers.DavAdmin`, and reads it through
-:class:`~calsync.providers.caldav.CalDAVProvider`.
+gets a fresh calendar collection (:class:`CalDAVWorld`), changes it "on the server"
+through :class:`~calsync.testing.caldav_servers.DavAdmin`, and reads it through
+:class:`~calsync.providers.caldav.CalDAVProvider`, built by :func:`make_provider`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from calsync.errors import AuthorizationRevoked, CursorExpired
-from calsync.model import Deletion, Occurrence
-from calsync.providers.base import ChangePage, Window
+from calsync.model import Deletion, Occurrence, Window
+from calsync.providers.base import ChangePage
 from calsync.providers.caldav import CalDAVProvider
 from calsync.testing.caldav_servers import DavAdmin, DavServer
+from tests.providers.contract import SECRET, Cap, ProviderContract
 
 WINDOW = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2028, 1, 1, tzinfo=UTC))
 BASE = datetime(2026, 12, 1, 9, tzinfo=UTC)
+PAGE_SIZE = 3
 
 
 def _stamp(moment: datetime) -> str:
@@ -63,12 +65,105 @@ def recurring_ics(uid: str) -> str:
     )
 
 
-@dataclass
-class Env:
-    server: DavServer
-    http: httpx.AsyncClient
-    admin: DavAdmin
-    calendar: str
+def make_provider(
+    server: DavServer, client: httpx.AsyncClient, calendar_url: str, **options: object
+) -> CalDAVProvider:
+    """The one place the CalDAV tests build a CalDAVProvider (``options`` override)."""
+    values: dict[str, object] = {
+        "client": client,
+        "url": calendar_url,
+        "username": server.username,
+        "password": server.password,
+        "batch_size": PAGE_SIZE,
+    }
+    values.update(options)
+    return CalDAVProvider(**values)  # type: ignore[arg-type]
+
+
+class RevocableTransport(httpx.AsyncBaseTransport):
+    """Stands in for the user revoking the app-specific password: once ``revoked``,
+    every request reaches the real server with a password it refuses."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, username: str) -> None:
+        self.inner = inner
+        self.revoked = False
+        self._refused = httpx.BasicAuth(username, "revoked-password")
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.revoked:
+            request = next(self._refused.auth_flow(request))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class CalDAVWorld:
+    """A fresh collection on a real server; an event ``key`` is ``<key>.ics`` with UID
+    ``key``. The provider's client is its own (see :class:`RevocableTransport`)."""
+
+    page_size = PAGE_SIZE
+    push_address = ""  # Cap.PUSH is lacking
+
+    def __init__(
+        self,
+        server: DavServer,
+        admin: DavAdmin,
+        calendar: str,
+        client: httpx.AsyncClient,
+        transport: RevocableTransport,
+        use_sync_collection: bool | None,
+    ) -> None:
+        self.server, self.admin, self.calendar = server, admin, calendar
+        self.client, self.transport = client, transport
+        self.use_sync_collection = use_sync_collection
+
+    def provider(self, **options: object) -> CalDAVProvider:
+        options.setdefault("use_sync_collection", self.use_sync_collection)
+        return make_provider(self.server, self.client, self.calendar, **options)
+
+    def native_id(self, key: str) -> str:
+        return key
+
+    async def add(self, key: str, start: datetime, end: datetime) -> None:
+        ics = make_ics(key, start, end=end, body=f"DESCRIPTION:{SECRET}\r\n")
+        await self.admin.put(self.calendar, f"{key}.ics", ics)
+
+    async def move(self, key: str, start: datetime, end: datetime) -> None:
+        await self.add(key, start, end)
+
+    async def delete(self, key: str) -> None:
+        await self.admin.delete(self.calendar, f"{key}.ics")
+
+    async def expire_cursor(self, cursor: str) -> str:
+        # a sync-token the server never issued: what it answers for one it dropped
+        scheme, version, raw = cursor.split(":", 2)
+        body = json.loads(raw)
+        body["t"] = (body["t"] or "") + "0badc0ffee"
+        return f"{scheme}:{version}:{json.dumps(body)}"
+
+    async def revoke_grant(self) -> None:
+        self.transport.revoked = True
+
+    async def add_malformed(self, key: str) -> None:
+        # accepted by the server, refused by the normalizer: it ends before it starts
+        await self.admin.put(
+            self.calendar, f"{key}.ics", make_ics(key, end=BASE - timedelta(hours=1))
+        )
+
+
+@asynccontextmanager
+async def caldav_world(
+    server: DavServer, use_sync_collection: bool | None
+) -> AsyncIterator[CalDAVWorld]:
+    transport = RevocableTransport(httpx.AsyncHTTPTransport(verify=server.verify), server.username)
+    async with (
+        server.client() as admin_http,
+        httpx.AsyncClient(transport=transport, timeout=10.0) as client,
+    ):
+        admin = DavAdmin(admin_http)
+        calendar = await admin.make_calendar(server.home_url)
+        yield CalDAVWorld(server, admin, calendar, client, transport, use_sync_collection)
 
 
 async def collect(provider: CalDAVProvider, cursor: str | None) -> tuple[list[ChangePage], str]:
@@ -90,137 +185,61 @@ def deletions(pages: list[ChangePage]) -> set[str]:
     return {c.native_event_id for page in pages for c in page.changes if isinstance(c, Deletion)}
 
 
-class CalDAVContract:
+class CalDAVContract(ProviderContract):
     """Subclasses provide a ``dav_server`` fixture; ``use_sync_collection`` picks the method."""
 
     use_sync_collection: bool | None = None
+    lacks = {
+        Cap.RATE_LIMIT: "Radicale and Xandikos never throttle (503/429 forms: test_caldav.py)",
+        Cap.TOKEN_REFRESH: "HTTP Basic with an app-specific password: no access token",
+        Cap.PUSH: "CalDAV offers third parties no push (test_subscribe_is_refused)",
+    }
 
     @pytest.fixture
-    async def env(self, dav_server: DavServer) -> AsyncIterator[Env]:
-        async with dav_server.client() as http:
-            admin = DavAdmin(http)
-            calendar = await admin.make_calendar(dav_server.home_url)
-            yield Env(dav_server, http, admin, calendar)
+    async def world(self, dav_server: DavServer) -> AsyncIterator[CalDAVWorld]:
+        async with caldav_world(dav_server, self.use_sync_collection) as world:
+            yield world
 
-    def provider(
-        self, env: Env, *, password: str | None = None, url: str | None = None, **kw: object
-    ) -> CalDAVProvider:
-        options: dict[str, object] = {
-            "batch_size": 3,
-            "use_sync_collection": self.use_sync_collection,
-        }
-        options.update(kw)
-        return CalDAVProvider(
-            client=env.http,
-            url=url or env.calendar,
-            username=env.server.username,
-            password=env.server.password if password is None else password,
-            **options,  # type: ignore[arg-type]
-        )
-
-    async def test_full_listing_spans_several_multiget_batches(self, env: Env) -> None:
-        for n in range(7):
-            await env.admin.put(
-                env.calendar, f"ev{n}.ics", make_ics(f"uid-{n}", BASE + timedelta(hours=n))
-            )
-        pages, _ = await collect(self.provider(env), None)
-        assert len(pages) >= 3
-        assert all(page.full for page in pages)
-        found = upserts(pages)
-        assert set(found) == {f"uid-{n}" for n in range(7)}
-        assert found["uid-2"].start_utc == BASE + timedelta(hours=2)
-        assert found["uid-2"].end_utc == BASE + timedelta(hours=3)
-        assert not deletions(pages)
-        assert "secret" not in repr(pages)
-
-    async def test_cursor_round_trip_without_changes(self, env: Env) -> None:
-        await env.admin.put(env.calendar, "a.ics", make_ics("a"))
-        provider = self.provider(env)
-        _, cursor = await collect(provider, None)
-        pages, cursor2 = await collect(provider, cursor)
-        assert not any(page.full for page in pages)
-        assert [c for page in pages for c in page.changes] == []
-        pages, _ = await collect(provider, cursor2)
-        assert [c for page in pages for c in page.changes] == []
-
-    async def test_edits_deletes_and_inserts_appear_as_changes(self, env: Env) -> None:
-        for name in ("keep", "edit", "drop"):
-            await env.admin.put(env.calendar, f"{name}.ics", make_ics(name))
-        provider = self.provider(env)
-        _, cursor = await collect(provider, None)
-        moved = BASE + timedelta(days=2)
-        await env.admin.put(env.calendar, "edit.ics", make_ics("edit", moved, 30))
-        await env.admin.delete(env.calendar, "drop.ics")
-        await env.admin.put(env.calendar, "new.ics", make_ics("new"))
-        pages, cursor = await collect(provider, cursor)
-        assert not any(page.full for page in pages)
-        found = upserts(pages)
-        assert set(found) == {"edit", "new"}
-        assert found["edit"].start_utc == moved
-        assert found["edit"].end_utc == moved + timedelta(minutes=30)
-        assert deletions(pages) == {"drop"}
-        pages, _ = await collect(provider, cursor)
-        assert [c for page in pages for c in page.changes] == []
-
-    async def test_removed_resource_deletes_every_occurrence_it_produced(self, env: Env) -> None:
-        await env.admin.put(env.calendar, "series.ics", recurring_ics("series"))
-        provider = self.provider(env)
+    async def test_removed_resource_deletes_every_occurrence_it_produced(
+        self, world: CalDAVWorld
+    ) -> None:
+        await world.admin.put(world.calendar, "series.ics", recurring_ics("series"))
+        provider = world.provider()
         pages, cursor = await collect(provider, None)
         produced = set(upserts(pages))
         assert len(produced) >= 2  # the series and its moved instance
         assert all(o.series_id == "series" for o in upserts(pages).values())
-        await env.admin.delete(env.calendar, "series.ics")
+        await world.delete("series")
         pages, _ = await collect(provider, cursor)
         assert deletions(pages) == produced
 
-    async def test_garbage_sync_token_is_cursor_expired(self, env: Env) -> None:
-        await env.admin.put(env.calendar, "a.ics", make_ics("a"))
-        provider = self.provider(env)
-        _, cursor = await collect(provider, None)
-        scheme, version, raw = cursor.split(":", 2)
-        body = json.loads(raw)
-        body["t"] = (body["t"] or "") + "0badc0ffee"
-        forged = f"{scheme}:{version}:{json.dumps(body)}"
+    async def test_recreated_collection_invalidates_the_cursor(self, world: CalDAVWorld) -> None:
+        await world.admin.put(world.calendar, "a.ics", make_ics("a"))
+        _, cursor = await collect(world.provider(), None)
+        await recreate(world)
+        await world.admin.put(world.calendar, "b.ics", make_ics("b"))
         with pytest.raises(CursorExpired):
-            await collect(provider, forged)
-
-    async def test_recreated_collection_invalidates_the_cursor(self, env: Env) -> None:
-        await env.admin.put(env.calendar, "a.ics", make_ics("a"))
-        provider = self.provider(env)
-        _, cursor = await collect(provider, None)
-        await env.admin.delete_collection(env.calendar)
-        await env.admin.make_calendar(
-            env.server.home_url, env.calendar.rstrip("/").rsplit("/", 1)[-1]
-        )
-        await env.admin.put(env.calendar, "b.ics", make_ics("b"))
-        with pytest.raises(CursorExpired):
-            await collect(self.provider(env), cursor)
-        pages, _ = await collect(self.provider(env), None)
+            await collect(world.provider(), cursor)
+        pages, _ = await collect(world.provider(), None)
         assert set(upserts(pages)) == {"b"}
 
-    async def test_wrong_password_is_authorization_revoked(self, env: Env) -> None:
-        async with env.server.client(password="wrong") as http:
-            provider = CalDAVProvider(
-                client=http, url=env.calendar, username=env.server.username, password="wrong"
-            )
-            with pytest.raises(AuthorizationRevoked):
-                await collect(provider, None)
+    async def test_wrong_password_is_authorization_revoked(self, world: CalDAVWorld) -> None:
+        with pytest.raises(AuthorizationRevoked):
+            await collect(world.provider(password="wrong"), None)
 
-    async def test_malformed_resource_is_quarantined_and_the_rest_arrives(self, env: Env) -> None:
-        await env.admin.put(env.calendar, "good.ics", make_ics("good"))
-        # accepted by the server, refused by the normalizer: it ends before it starts
-        await env.admin.put(env.calendar, "bad.ics", make_ics("bad", end=BASE - timedelta(hours=1)))
-        pages, _ = await collect(self.provider(env), None)
-        assert set(upserts(pages)) == {"good"}
-        quarantined = [q for page in pages for q in page.quarantined]
-        assert len(quarantined) == 1
-        assert "bad" not in quarantined[0].item_hash
-
-    async def test_discovery_from_the_server_root(self, env: Env) -> None:
-        await env.admin.put(env.calendar, "a.ics", make_ics("a"))
-        name = env.calendar.rstrip("/").rsplit("/", 1)[-1]
-        provider = self.provider(env, url=env.server.url, calendar=name)
+    async def test_discovery_from_the_server_root(self, world: CalDAVWorld) -> None:
+        await world.admin.put(world.calendar, "a.ics", make_ics("a"))
+        name = world.calendar.rstrip("/").rsplit("/", 1)[-1]
+        provider = world.provider(url=world.server.url, calendar=name)
         calendars = await provider.discover_calendars()
-        assert env.calendar in {c.url for c in calendars}
+        assert world.calendar in {c.url for c in calendars}
         pages, _ = await collect(provider, None)
         assert set(upserts(pages)) == {"a"}
+
+
+async def recreate(world: CalDAVWorld) -> None:
+    """Delete the world's collection and make a new one at the same URL."""
+    await world.admin.delete_collection(world.calendar)
+    await world.admin.make_calendar(
+        world.server.home_url, world.calendar.rstrip("/").rsplit("/", 1)[-1]
+    )

@@ -1,10 +1,10 @@
-"""CalDAVProvider: the contract against real Radicale and Xandikos, plus MockTransport units
+"""CalDAVProvider: the provider contract against real Radicale and Xandikos (and Radicale
+read by the ctag/etag fallback), plus MockTransport units
 for server forms the two real servers do not produce (500 and 207 token errors, iCloud)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -13,13 +13,16 @@ from calsync.errors import CursorExpired, RateLimited, TransientProviderError
 from calsync.providers.caldav import CalDAVProvider
 from calsync.testing.caldav_servers import DavServer, RadicaleServer, XandikosServer
 from tests.providers.caldav_contract import (
+    BASE,
     CalDAVContract,
-    Env,
+    CalDAVWorld,
     collect,
     deletions,
     make_ics,
+    recreate,
     upserts,
 )
+from tests.providers.contract import HOUR, Cap
 
 
 @pytest.fixture(scope="session")
@@ -55,23 +58,25 @@ class TestRadicaleCtagEtagFallback(CalDAVContract):
     def dav_server(self, radicale_server: DavServer) -> DavServer:
         return radicale_server
 
-    async def test_garbage_sync_token_is_cursor_expired(self, env: Env) -> None:
-        # the fallback keeps no token; a cursor made by sync-collection is refused
-        await env.admin.put(env.calendar, "a.ics", make_ics("a"))
-        _, sync_cursor = await collect(self.provider(env, use_sync_collection=True), None)
-        with pytest.raises(CursorExpired):
-            await collect(self.provider(env), sync_cursor)
+    lacks = {
+        **CalDAVContract.lacks,
+        Cap.CURSOR_EXPIRY: "the cursor holds the etags themselves: nothing on the server expires",
+    }
 
-    async def test_recreated_collection_invalidates_the_cursor(self, env: Env) -> None:
+    async def test_a_sync_collection_cursor_is_cursor_expired(self, world: CalDAVWorld) -> None:
+        # the fallback keeps no token; a cursor made by sync-collection is refused
+        await world.add("a", BASE, BASE + HOUR)
+        _, sync_cursor = await collect(world.provider(use_sync_collection=True), None)
+        with pytest.raises(CursorExpired):
+            await collect(world.provider(), sync_cursor)
+
+    async def test_recreated_collection_invalidates_the_cursor(self, world: CalDAVWorld) -> None:
         # etags never expire: a recreated collection reads as deletions and inserts
-        await env.admin.put(env.calendar, "a.ics", make_ics("a"))
-        _, cursor = await collect(self.provider(env), None)
-        await env.admin.delete_collection(env.calendar)
-        await env.admin.make_calendar(
-            env.server.home_url, env.calendar.rstrip("/").rsplit("/", 1)[-1]
-        )
-        await env.admin.put(env.calendar, "b.ics", make_ics("b"))
-        pages, _ = await collect(self.provider(env), cursor)
+        await world.add("a", BASE, BASE + HOUR)
+        _, cursor = await collect(world.provider(), None)
+        await recreate(world)
+        await world.add("b", BASE, BASE + HOUR)
+        pages, _ = await collect(world.provider(), cursor)
         assert set(upserts(pages)) == {"b"}
         assert deletions(pages) == {"a"}
 
@@ -235,30 +240,3 @@ async def test_subscribe_is_refused() -> None:
         provider = CalDAVProvider(client=http, url=CAL, username="u", password="p")
         with pytest.raises(ProviderRejected):
             await provider.subscribe("c", "https://example.com/hook", "tok", 60)
-
-
-def test_expand_simple_reads_times_ids_and_refuses_nonsense() -> None:
-    from datetime import timedelta
-
-    from calsync.errors import MalformedProviderData
-    from calsync.providers.caldav import expand_simple
-    from tests.providers.caldav_contract import BASE, WINDOW, recurring_ics
-
-    zone = ZoneInfo("Europe/Berlin")
-    (plain,) = expand_simple(make_ics("a", BASE, 30), window=WINDOW, default_zone=zone)
-    assert (plain.native_event_id, plain.start_utc, plain.end_utc) == (
-        "a",
-        BASE,
-        BASE + timedelta(minutes=30),
-    )
-    ids = {
-        o.native_event_id
-        for o in expand_simple(recurring_ics("s"), window=WINDOW, default_zone=zone)
-    }
-    assert ids == {"s/20261201T090000Z", "s/20261202T090000Z"}
-    with pytest.raises(MalformedProviderData):
-        expand_simple(
-            make_ics("b", end=BASE - timedelta(hours=1)), window=WINDOW, default_zone=zone
-        )
-    with pytest.raises(MalformedProviderData):
-        expand_simple("BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", window=WINDOW, default_zone=zone)

@@ -1,4 +1,4 @@
-"""CalDAVProvider and :mod:`calsync.recurrence` together (MockTransport): what was
+"""CalDAVProvider and :mod:`calsync.normalize.recurrence` together (MockTransport): what was
 collapsed or dropped reaches the sync as quarantine reasons, and expansion leaves
 the event loop free."""
 
@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from calsync import recurrence
 from calsync.model import Deletion, Occurrence
+from calsync.normalize import recurrence
 from calsync.providers.base import hash_item_id
 from calsync.providers.caldav import CalDAVProvider
 from tests.providers.caldav_contract import collect

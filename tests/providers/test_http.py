@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from calsync.errors import ResponseTooLarge
-from calsync.providers.base import Window
+from calsync.model import Window
 from calsync.providers.google import GoogleProvider, GoogleTokenSource
 from calsync.providers.http import (
     JSON_PAGE_LIMIT,

@@ -20,7 +20,6 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
-from calsync.busy import BusyPolicy
 from calsync.errors import (
     AuthorizationRevoked,
     CursorExpired,
@@ -30,17 +29,19 @@ from calsync.errors import (
     ResponseTooLarge,
     TransientProviderError,
 )
-from calsync.model import Deletion, Occurrence, ProviderOrigin, StatusIntent, Transparency
-from calsync.providers.base import ChangePage, Provider, Subscription, Window
+from calsync.model import Deletion, Occurrence, ProviderOrigin, StatusIntent, Transparency, Window
+from calsync.normalize.busy import BusyPolicy
+from calsync.normalize.microsoft import normalize_graph_event
+from calsync.normalize.windows_zones import WINDOWS_ZONES
+from calsync.providers.base import ChangePage, Provider, Subscription, hash_item_id
 from calsync.providers.microsoft import (
+    APP_BUCKET,
+    MAILBOX_BUCKET,
     MAX_SUBSCRIPTION_SECONDS,
     MicrosoftProvider,
     MicrosoftTokenSource,
-    hash_item_id,
-    normalize_graph_event,
 )
-from calsync.providers.windows_zones import WINDOWS_ZONES
-from calsync.ratelimit import RateLimiter, default_specs
+from calsync.ratelimit import RateLimiter
 
 API = "https://graph.test/v1.0"
 USER = "ada@example.com"
@@ -664,7 +665,7 @@ async def test_a_next_link_to_another_origin_is_refused() -> None:
 
 
 async def test_429_with_fractional_retry_after_is_rate_limited() -> None:
-    limiter = RateLimiter(default_specs())
+    limiter = RateLimiter({"microsoft": (MAILBOX_BUCKET, APP_BUCKET)})
     throttled = graph_error(429, "TooManyRequests", {"Retry-After": "2.128"})
     provider = make_provider(lambda request: throttled, limiter=limiter, account="acct")
     with pytest.raises(RateLimited) as caught:
@@ -700,7 +701,7 @@ async def test_error_translation(
 
 
 async def test_503_without_retry_after_still_slows_the_limiter() -> None:
-    limiter = RateLimiter(default_specs())
+    limiter = RateLimiter({"microsoft": (MAILBOX_BUCKET, APP_BUCKET)})
     provider = make_provider(lambda request: httpx.Response(503), limiter=limiter, account="acct")
     with pytest.raises(TransientProviderError):
         await walk(provider)
@@ -755,7 +756,7 @@ async def test_malformed_pages_are_transient(response: httpx.Response) -> None:
 
 
 async def test_a_long_local_rate_limit_wait_is_raised_not_slept() -> None:
-    limiter = RateLimiter(default_specs())
+    limiter = RateLimiter({"microsoft": (MAILBOX_BUCKET, APP_BUCKET)})
     limiter.throttled("microsoft", "acct", 30.0)
     provider = make_provider(
         lambda request: page([], delta_link=f"{API}/d"), limiter=limiter, account="acct"

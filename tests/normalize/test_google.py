@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from calsync.busy import BusyPolicy
 from calsync.errors import MalformedProviderData
 from calsync.model import Deletion, Occurrence, StatusIntent, Transparency
-from calsync.providers.google import normalize_google_event
+from calsync.normalize.busy import BusyPolicy
+from calsync.normalize.google import normalize_google_event
 
 UTC_ZONE = ZoneInfo("UTC")
 ZONES = sorted(
@@ -102,7 +102,7 @@ def test_floating_datetime_uses_the_events_time_zone() -> None:
             StatusIntent.BUSY,
             Transparency.OPAQUE,
         ),
-        # eventType rows of calsync.busy.KIND_WORDS
+        # eventType rows of calsync.normalize.busy.KIND_WORDS
         ({"eventType": "focusTime"}, StatusIntent.BUSY, Transparency.OPAQUE),
         ({"eventType": "workingLocation"}, StatusIntent.FREE, Transparency.TRANSPARENT),
         ({"eventType": "birthday"}, StatusIntent.FREE, Transparency.TRANSPARENT),

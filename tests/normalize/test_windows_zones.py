@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from calsync.errors import MalformedProviderData
-from calsync.providers.windows_zones import WINDOWS_ZONES, zone_for
+from calsync.normalize.windows_zones import WINDOWS_ZONES, zone_for
 
 # CLDR common/supplemental/windowsZones.xml, territory "001" (unicode-org/cldr, otherVersion
 # 7e11800): the zone Windows id maps to when no territory is known.

@@ -1,4 +1,4 @@
-"""Hostile and lossy inputs to :mod:`calsync.recurrence`: caps, budgets, collapsing,
+"""Hostile and lossy inputs to :mod:`calsync.normalize.recurrence`: caps, budgets, collapsing,
 and partial expansion (what can be expanded is, what cannot is named in a notice)."""
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calsync.errors import MalformedProviderData
-from calsync.model import StatusIntent
-from calsync.providers.base import Window
-from calsync.recurrence import (
+from calsync.model import StatusIntent, Window
+from calsync.normalize.recurrence import (
     DEFAULT_LIMITS,
     ExpansionLimits,
     expand_calendar,
     expand_object,
 )
-from tests.test_recurrence import UTC_ZONE, _calendar, _oracle
+from tests.normalize.test_recurrence import UTC_ZONE, _calendar, _oracle
 
 #: The default sync horizon (30 days back, 365 ahead) around a fixed "now".
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

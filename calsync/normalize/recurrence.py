@@ -13,7 +13,7 @@ Decisions, each a reading of RFC 5545:
   for all-day series, the date (``YYYYMMDD``); its ``series_id`` is the UID. A
   component counts as a series when it has an RRULE or RDATE, or overrides.
 * **Zones.** A TZID names a VTIMEZONE of the object, an IANA zone, or a Windows
-  zone (:func:`calsync.providers.windows_zones.zone_for`); anything else raises
+  zone (:func:`calsync.normalize.windows_zones.zone_for`); anything else raises
   :class:`MalformedProviderData`. Floating times (no TZID, no ``Z``) and all-day
   dates are read in ``default_zone``.
 * **Expansion in wall time.** Rules are expanded on the wall clock of DTSTART's
@@ -31,7 +31,7 @@ Decisions, each a reading of RFC 5545:
   servers do); a STATUS:CANCELLED override removes it. ``RANGE=THISANDFUTURE``
   applies the override's wall-clock shift, duration and status to that instance
   and every later one, until a later THISANDFUTURE override takes over.
-* **Busy state** comes from :func:`calsync.busy.status_intent`; instances whose
+* **Busy state** comes from :func:`calsync.normalize.busy.status_intent`; instances whose
   intent is ``CANCELLED`` are left out (there is no busy time to report; the diff
   against the previous listing turns them into deletions).
 
@@ -55,10 +55,10 @@ from dateutil.relativedelta import relativedelta  # type: ignore[import-untyped]
 from dateutil.rrule import rrulestr  # type: ignore[import-untyped]  # no stubs installed
 from icalendar import Calendar, Component
 
-from calsync.busy import BusyPolicy, status_intent
 from calsync.errors import MalformedProviderData
-from calsync.model import Occurrence, StatusIntent, Transparency
-from calsync.providers.base import Window
+from calsync.model import Occurrence, StatusIntent, Transparency, Window
+from calsync.normalize.busy import BusyPolicy, status_intent
+from calsync.normalize.windows_zones import zone_for
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -304,8 +304,6 @@ class _Expander:
         return value
 
     def named_zone(self, tzid: str) -> tzinfo:
-        from calsync.providers.windows_zones import zone_for
-
         try:
             return zone_for(tzid)
         except MalformedProviderData:

@@ -1,4 +1,4 @@
-"""Tests of :mod:`calsync.recurrence`: a hand-computed golden corpus, property tests
+"""Tests of :mod:`calsync.normalize.recurrence`: a hand-computed golden corpus, property tests
 against a naive oracle, and every .ics file the icalendar libraries ship."""
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calsync.busy import BusyPolicy
 from calsync.errors import MalformedProviderData
-from calsync.model import StatusIntent, Transparency
-from calsync.providers.base import Window
-from calsync.recurrence import expand_calendar, wall_to_utc
+from calsync.model import StatusIntent, Transparency, Window
+from calsync.normalize.busy import BusyPolicy
+from calsync.normalize.recurrence import expand_calendar, wall_to_utc
 
-DATA = pathlib.Path(__file__).parent / "data" / "recurrence"
+DATA = pathlib.Path(__file__).parent.parent / "data" / "recurrence"
 CORPUS = sorted(DATA.glob("*.ics"))
 WIDE = Window(datetime(2000, 1, 1, tzinfo=UTC), datetime(2040, 1, 1, tzinfo=UTC))
 UTC_ZONE = ZoneInfo("Etc/UTC")

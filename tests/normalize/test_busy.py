@@ -1,4 +1,4 @@
-"""Tests of :mod:`calsync.busy`: every table row and every policy switch."""
+"""Tests of :mod:`calsync.normalize.busy`: every table row and every policy switch."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from calsync.busy import (
+from calsync.model import StatusIntent, Transparency
+from calsync.normalize.busy import (
     KIND_WORDS,
     RESPONSE_WORDS,
     STATUS_WORDS,
     BusyPolicy,
     status_intent,
 )
-from calsync.model import StatusIntent, Transparency
 
 B, T, F, OOO, C = (
     StatusIntent.BUSY,
