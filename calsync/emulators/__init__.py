@@ -1,8 +1,9 @@
 """Local, in-process emulators of the calendar providers calsync talks to.
 
-Each emulator is a real HTTP server (aiohttp) that follows the wire contract in
-``shared/reference/provider-protocols.md`` closely enough that the production
-provider adapters can run against it unchanged: same paths, query parameters,
+Each emulator is a real HTTP server (aiohttp) that follows the provider's public
+documentation (Google Calendar API v3 reference, Microsoft Graph calendar and change
+notifications docs, the two OAuth token endpoints' docs) closely enough that the
+production provider adapters can run against it unchanged: same paths, query parameters,
 status codes, headers and error bodies. Tests start one inside their own event
 loop, and so does the demo; ``calsync emulator google`` / ``calsync emulator microsoft``
 serve one as a process of its own.

@@ -50,7 +50,15 @@ import secrets
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -80,6 +88,7 @@ __all__ = [
     "parse_pair",
     "raw_resource",
     "read_json_object",
+    "run_until_interrupted",
     "serve_emulator",
     "serve_until_stopped",
 ]
@@ -917,6 +926,13 @@ async def serve_emulator(
     for client_id, secret in clients:
         emu.add_client(client_id, secret)
     await serve_until_stopped(start, emu.aclose, banner, stop)
+
+
+def run_until_interrupted(main: Coroutine[Any, Any, None]) -> int:
+    """``asyncio.run(main)``, Ctrl-C counting as a normal end; the CLI's exit status (0)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main)
+    return 0
 
 
 def parse_pair(value: str, default_second: str | None = None) -> tuple[str, str]:

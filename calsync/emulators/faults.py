@@ -2,7 +2,8 @@
 
 Each emulator owns one :class:`FaultInjector`, built with the fault kinds it
 knows and a function that renders a firing rule as that provider's error
-response (Google's §1.4 envelope, Graph's §2.6 one). Rules, their matching,
+response (Google's ``{"error": {"errors", "code", "message"}}`` envelope, Graph's
+``{"error": {"code", "message", "innerError"}}`` one). Rules, their matching,
 probability, ``count`` and ``Retry-After`` handling are the same everywhere, and
 so is the JSON a separate process sends to ``POST /_emulator/faults``.
 
@@ -26,6 +27,7 @@ from aiohttp import web
 __all__ = [
     "DROPPED",
     "LATENCY",
+    "DroppedMark",
     "FaultDecision",
     "FaultInjector",
     "FaultRule",
@@ -36,6 +38,21 @@ __all__ = [
 
 DROPPED: Final = "dropped"
 """``DeliveryRecord.error`` of a push the fault injector dropped."""
+
+
+class DroppedMark:
+    """What every emulator's ``DeliveryRecord`` tells of itself beyond its fields."""
+
+    __slots__ = ()
+
+    status: int | None
+    error: str | None
+
+    @property
+    def dropped(self) -> bool:
+        """Whether the fault injector dropped this push (it never left the emulator)."""
+        return self.status is None and self.error == DROPPED
+
 
 LATENCY: Final = "latency"
 """The one fault kind every emulator knows: delay the call, then let it go on."""

@@ -1,10 +1,10 @@
 """A local Google Calendar API v3 and Google OAuth token endpoint, on aiohttp.
 
-The emulator follows ``shared/reference/provider-protocols.md`` §1, §4.1 and the
-§6 fidelity checklist "to the header and status code": the production Google
-provider adapter is pointed at it with ``CALSYNC_GOOGLE_API_URL`` (``api_url``)
-and ``CALSYNC_GOOGLE_TOKEN_URL`` (``token_url``) and cannot tell the difference
-for the calls it makes.
+The emulator follows the Google Calendar API v3 reference (events, channels, sync
+tokens, errors) and Google's OAuth 2.0 docs for refreshing an access token "to the
+header and status code": the production Google provider adapter is pointed at it
+with ``CALSYNC_GOOGLE_API_URL`` (``api_url``) and ``CALSYNC_GOOGLE_TOKEN_URL``
+(``token_url``) and cannot tell the difference for the calls it makes.
 
 Served over HTTP (paths relative to ``base_url``)::
 
@@ -26,7 +26,7 @@ Contracts worth knowing before writing a test against it:
   clock and dies with its refresh token. A missing, unknown, expired or revoked
   token, or one whose grant does not cover the calendar, answers 401
   ``authError``. An unknown calendar answers 404 ``notFound``.
-- Every error body is the §1.4 envelope
+- Every error body is the Calendar API v3 error envelope
   ``{"error": {"errors": [{domain, reason, message, ...}], "code", "message"}}``;
   the token endpoint answers OAuth-style ``{"error", "error_description"}``.
 - Page and sync tokens are opaque, HMAC-sealed and bound to one emulator
@@ -61,7 +61,6 @@ import argparse
 import asyncio
 import base64
 import bisect
-import contextlib
 import copy
 import dataclasses
 import email.utils
@@ -97,6 +96,7 @@ from calsync.emulators import base as _base
 from calsync.emulators.base import jcopy as _jcopy
 from calsync.emulators.faults import (
     DROPPED,
+    DroppedMark,
     FaultInjector,
     FaultRule,
     RecordedRequest,
@@ -202,7 +202,7 @@ caller inserted (attendees, extendedProperties, conferenceData, ...)."""
 
 
 class ErrorDetail(TypedDict):
-    """One entry of ``error.errors`` in the §1.4 envelope."""
+    """One entry of ``error.errors`` in the Calendar API v3 error envelope."""
 
     domain: str
     reason: str
@@ -212,7 +212,7 @@ class ErrorDetail(TypedDict):
 
 
 class ErrorObject(TypedDict):
-    """The ``error`` member of the §1.4 envelope."""
+    """The ``error`` member of the Calendar API v3 error envelope."""
 
     errors: list[ErrorDetail]
     code: int
@@ -220,7 +220,7 @@ class ErrorObject(TypedDict):
 
 
 class ErrorEnvelope(TypedDict):
-    """The §1.4 error body: ``{"error": {"errors": [...], "code", "message"}}``."""
+    """The Calendar API v3 error body: ``{"error": {"errors": [...], "code", "message"}}``."""
 
     error: ErrorObject
 
@@ -249,7 +249,7 @@ class TokenResponse(TypedDict):
 
 
 class GoogleApiError(Exception):
-    """An error the emulator answers with the §1.4 envelope.
+    """An error the emulator answers with the Calendar API v3 error envelope.
 
     Raised by the Python control methods too, so a test sees the same ``status``
     and ``reason`` that an HTTP client would.
@@ -422,7 +422,7 @@ def _fault_response(rule: FaultRule[FaultKind], request: web.Request) -> web.Res
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryRecord:
+class DeliveryRecord(DroppedMark):
     """One push attempt: ``status`` is the receiver's HTTP status, or ``None``
     when ``error`` says why nothing was answered (exception text, ``"dropped"``,
     ``"channel expired"``, ``"channel stopped"``).
@@ -438,11 +438,6 @@ class DeliveryRecord:
     error: str | None = None
     attempt: int = 1
     time: float = 0.0
-
-    @property
-    def dropped(self) -> bool:
-        """Whether the fault injector dropped this push (it never left the emulator)."""
-        return self.status is None and self.error == DROPPED
 
 
 @dataclass(slots=True)
@@ -1803,7 +1798,7 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
                     if not self._instance_overlaps(cal, inst, slot, lower, upper):
                         continue
                     # Cancelled instances of a live series are listed even without
-                    # showDeleted when singleEvents is false (sheet §1.1).
+                    # showDeleted when singleEvents is false (events.list reference).
                     emit(inst, slot.start_utc, inst.get("status") == "cancelled")
         out.sort(key=lambda item: item[0])
         return out
@@ -2157,13 +2152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         max_channel_ttl=args.max_channel_ttl,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            serve_forever(
-                args.host, args.port, emulator=emu, calendars=args.calendar, clients=args.client
-            )
+    return _base.run_until_interrupted(
+        serve_forever(
+            args.host, args.port, emulator=emu, calendars=args.calendar, clients=args.client
         )
-    return 0
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

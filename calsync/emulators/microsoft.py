@@ -1,11 +1,12 @@
 """A local Microsoft Graph v1.0 (Outlook calendar) and Microsoft identity platform, on aiohttp.
 
-The emulator follows ``shared/reference/provider-protocols.md`` §2, §4.2 and the
-§6 fidelity checklist "to the header and status code": the production Microsoft
-provider adapter is pointed at it with ``CALSYNC_GRAPH_API_URL`` (``api_url``),
-``CALSYNC_MICROSOFT_AUTHORITY`` (``authority``) and
-``CALSYNC_MICROSOFT_CA_BUNDLE`` (``ca_bundle_path``) and cannot tell the
-difference for the calls it makes.
+The emulator follows the Microsoft Graph v1.0 reference (event delta, subscription,
+error responses), the Microsoft Graph change notifications docs and the Microsoft
+identity platform's OAuth 2.0 token endpoint docs "to the header and status code":
+the production Microsoft provider adapter is pointed at it with
+``CALSYNC_GRAPH_API_URL`` (``api_url``), ``CALSYNC_MICROSOFT_AUTHORITY``
+(``authority``) and ``CALSYNC_MICROSOFT_CA_BUNDLE`` (``ca_bundle_path``) and cannot
+tell the difference for the calls it makes.
 
 Two sites. Graph, over plain HTTP (paths relative to ``base_url``)::
 
@@ -44,10 +45,10 @@ Contracts worth knowing before writing a test against it:
   403 ``accessDenied``; an unknown mailbox 404 ``itemNotFound``. Revoking a
   refresh token does not kill the access tokens already minted from it (Entra
   access tokens are self-contained JWTs); :meth:`expire_access_tokens` does.
-- Every Graph error body is the §2.6 envelope ``{"error": {"code", "message",
+- Every Graph error body is the Graph error-response envelope ``{"error": {"code", "message",
   "innerError": {"date", "request-id", "client-request-id"}}}``; every Graph
   response carries ``request-id`` and ``client-request-id`` headers (the
-  latter echoes the caller's). The token endpoint answers the §4.2 body
+  latter echoes the caller's). The token endpoint answers the identity platform error body
   (``error``, ``error_description`` starting ``AADSTSnnnn:``, ``error_codes``,
   ``timestamp``, ``trace_id``, ``correlation_id``, ``error_uri``, and
   ``suberror`` for ``invalid_grant``).
@@ -83,7 +84,6 @@ import asyncio
 import base64
 import binascii
 import bisect
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -114,6 +114,7 @@ from calsync.emulators import base as _base
 from calsync.emulators.base import jcopy as _jcopy
 from calsync.emulators.faults import (
     DROPPED,
+    DroppedMark,
     FaultInjector,
     FaultRule,
     RecordedRequest,
@@ -240,7 +241,8 @@ LifecycleEvent = Literal["reauthorizationRequired", "subscriptionRemoved", "miss
 
 
 class InnerError(TypedDict, total=False):
-    """``error.innerError`` of the §2.6 envelope (the throttle shape adds code/message/status)."""
+    """``error.innerError`` of the Graph error envelope (the throttle shape adds
+    code/message/status)."""
 
     code: str
     date: str
@@ -255,13 +257,14 @@ class GraphErrorObject(TypedDict):
 
 
 class GraphErrorEnvelope(TypedDict):
-    """The §2.6 error body: ``{"error": {"code", "message", "innerError"}}``."""
+    """The Graph error body: ``{"error": {"code", "message", "innerError"}}``."""
 
     error: GraphErrorObject
 
 
 class TokenResponse(TypedDict, total=False):
-    """A successful refresh_token grant (§4.2); ``id_token``/``client_info`` when asked."""
+    """A successful refresh_token grant of the identity platform token endpoint;
+    ``id_token``/``client_info`` when asked."""
 
     token_type: str
     scope: str
@@ -274,7 +277,7 @@ class TokenResponse(TypedDict, total=False):
 
 
 class TokenError(TypedDict, total=False):
-    """The §4.2 token-endpoint error body."""
+    """The identity platform token-endpoint error body."""
 
     error: str
     error_description: str
@@ -314,12 +317,12 @@ SubscriptionResource = TypedDict(
 
 
 class GraphApiError(Exception):
-    """An error the emulator answers with the §2.6 envelope.
+    """An error the emulator answers with the Graph error envelope.
 
     Raised by the Python control methods too, so a test sees the same
     ``status`` and ``code`` that an HTTP client would. ``inner`` picks the
     ``innerError`` shape: ``"standard"`` (date, request-id, client-request-id)
-    or ``"throttle"`` (the §2.6 429 sample: code, date, message, request-id,
+    or ``"throttle"`` (the Graph throttling docs' 429 sample: code, date, message, request-id,
     status).
     """
 
@@ -443,7 +446,7 @@ def _fault_error(kind: FaultKind) -> GraphApiError:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryRecord:
+class DeliveryRecord(DroppedMark):
     """One outbound POST attempt for one notification.
 
     ``kind`` is ``"notification"`` (change notification), ``"lifecycle"`` or
@@ -466,11 +469,6 @@ class DeliveryRecord:
     attempt: int = 1
     time: float = 0.0
     batch: int = 1
-
-    @property
-    def dropped(self) -> bool:
-        """Whether the fault injector dropped this push (it never left the emulator)."""
-        return self.status is None and self.error == DROPPED
 
 
 @dataclass(slots=True)
@@ -1072,12 +1070,13 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
     ``clock`` (epoch seconds) drives timestamps, token and subscription expiry;
     :meth:`advance_clock` shifts it. ``seed`` makes ids and faults
     reproducible (token strings stay unpredictable). ``max_subscription_minutes``
-    is the longest subscription accepted (longer answers 400, §2.3);
+    is the longest subscription accepted (longer answers 400, as the subscription docs say);
     ``page_size_default`` the delta page size without ``Prefer:
     odata.maxpagesize``; ``tenant`` the authority's path segment.
     ``push_retry_delays`` are the waits before each retry of a notification
     answered non-2xx (Graph retries for 4 h; scaled down here);
-    ``validation_timeout`` how long the create handshake waits (10 s, §2.3);
+    ``validation_timeout`` how long the create handshake waits (10 s, as the change
+    notifications docs say);
     ``mailbox_concurrency`` the concurrent calls per app and mailbox before
     429 ``ApplicationThrottled`` (None: unlimited); ``reauthorize_within``
     (seconds, None = never) sends ``reauthorizationRequired`` once to a
@@ -1863,7 +1862,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 continue
             if changed:
                 # What the client may know from before, and is no longer shown, is removed;
-                # a changed event outside the window is reported @removed too (§2.2).
+                # a changed event outside the window is reported @removed too (event: delta docs).
                 for old in rec.relevant_timings(since):
                     if old.recurrence is None:
                         known = [event_id]
@@ -2726,7 +2725,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
     # ----------------------------------------------------------------- subscriptions
 
     def _expiry(self, raw: Any) -> float:
-        """The accepted expiry for a requested ``expirationDateTime`` (§2.3 rules)."""
+        """The accepted expiry for a requested ``expirationDateTime`` (the subscription
+        resource's rules)."""
         if not isinstance(raw, str) or not raw:
             raise _invalid_request("expirationDateTime is required.")
         try:
@@ -3100,18 +3100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         page_size_default=args.page_size_default,
         tenant=args.tenant,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            serve_forever(
-                args.host,
-                args.port,
-                authority_port=args.authority_port,
-                emulator=emu,
-                mailboxes=args.mailbox,
-                clients=args.client,
-            )
+    return _base.run_until_interrupted(
+        serve_forever(
+            args.host,
+            args.port,
+            authority_port=args.authority_port,
+            emulator=emu,
+            mailboxes=args.mailbox,
+            clients=args.client,
         )
-    return 0
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,10 +49,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from calsync.errors import ConfigurationError, KafkaBrokerError
+from calsync.testing.lifecycle import StartOnEnter, terminate
 
 __all__ = [
     "CLUSTER_ID",
@@ -437,7 +437,7 @@ def _stop_all_at_exit() -> None:
             broker.stop()
 
 
-class KafkaBroker:
+class KafkaBroker(StartOnEnter):
     """A single-node Kafka broker (KRaft, broker+controller) running as a child JVM.
 
     ``port`` fixes the client listener port (default: a free one); the controller port is
@@ -474,18 +474,6 @@ class KafkaBroker:
     def __repr__(self) -> str:
         state = f"running at {self._bootstrap_of(self._port)}" if self.running else "stopped"
         return f"<KafkaBroker {state}>"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ state
 
@@ -569,14 +557,7 @@ class KafkaBroker:
             if watchdog is not None:
                 _disarm_watchdog(watchdog)
             if process is not None:
-                if process.poll() is None:
-                    process.terminate()
-                    try:
-                        process.wait(timeout=_STOP_GRACE_SECONDS)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        with contextlib.suppress(subprocess.TimeoutExpired):
-                            process.wait(timeout=_STOP_GRACE_SECONDS)
+                terminate(process, _STOP_GRACE_SECONDS)
                 with _running_lock:
                     _running.discard(self)
             if self._owns_work_dir and self._work_dir is not None:

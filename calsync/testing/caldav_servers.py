@@ -47,10 +47,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import httpx
+
+from calsync.testing.lifecycle import StartOnEnter, terminate
 
 __all__ = ["DavAdmin", "DavServer", "RadicaleServer", "XandikosServer", "free_port"]
 
@@ -61,7 +61,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class DavServer:
+class DavServer(StartOnEnter):
     """A CalDAV server child process; subclasses say how to configure and run it."""
 
     name = "dav"
@@ -149,28 +149,11 @@ class DavServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            terminate(process, 10)
         work, self._dir = self._dir, None
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class RadicaleServer(DavServer):

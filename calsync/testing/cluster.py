@@ -11,10 +11,10 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from calsync.settings import Settings
+from calsync.testing.lifecycle import StopOnExit
 from calsync.testing.worker import WorkerProcess
 
 
@@ -24,7 +24,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class WorkerCluster:
+class WorkerCluster(StopOnExit):
     """``size`` workers built from ``settings`` (which name the app, topics and broker).
 
     Worker ``i`` keeps ``data_dir/worker-i`` and one web port across restarts, so a
@@ -83,14 +83,3 @@ class WorkerCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"group {state} with {members} of {running} workers")
             time.sleep(0.3)
-
-    def __enter__(self) -> WorkerCluster:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -9,14 +9,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
 from calsync.settings import Settings
+from calsync.testing.lifecycle import StartOnEnter
 
 
-class WorkerProcess:
+class WorkerProcess(StartOnEnter):
     """``calsync worker`` in a subprocess, configured only through ``CALSYNC_*`` variables.
 
     :meth:`start` returns once the worker's web server answers ``/healthz`` (which it
@@ -95,14 +95,3 @@ class WorkerProcess:
                 process.wait(timeout)
         self.kill()
         self._process = None
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -2,7 +2,8 @@
 
 Each test starts an in-process emulator on a free port (same event loop) and
 talks to it with ``httpx.AsyncClient``; pushes go to a small aiohttp receiver.
-Expected bodies and headers are the ones in provider-protocols.md §1 and §4.1.
+Expected bodies and headers are the ones in the Google Calendar API v3 reference and
+Google's OAuth 2.0 docs for refreshing an access token.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Each test starts an in-process emulator (Graph over HTTP, the identity platform
 over TLS from a throwaway CA) and talks to it with ``httpx.AsyncClient`` for
 Graph and MSAL (in a thread) for tokens; webhooks go to a small aiohttp
-receiver. Expected bodies and headers are the ones in provider-protocols.md §2
-and §4.2.
+receiver. Expected bodies and headers are the ones in the Microsoft Graph v1.0
+reference, the Graph change notifications docs and the Microsoft identity platform
+token docs.
 """
 
 from __future__ import annotations
@@ -653,7 +654,7 @@ async def test_daily_and_weekly_series_expand_into_occurrences(
         "2026-12-02T17:00:00.0000000",
     ]
     assert standups[0]["end"]["dateTime"] == "2026-12-01T17:15:00.0000000"
-    assert len({i["iCalUId"] for i in standups}) == 5  # different per occurrence (§0.4)
+    assert len({i["iCalUId"] for i in standups}) == 5  # different per occurrence (Graph event docs)
     assert len({i["id"] for i in standups}) == 5
     assert all(i["recurrence"] is None for i in standups)
     one_on_ones = sorted(
