@@ -62,6 +62,8 @@ class OffsetsPort(Protocol):
 
     async def seek(self, tp: Any, offset: int) -> None: ...
 
+    async def log_start(self, tp: Any) -> int | None: ...
+
 
 @dataclass(slots=True)
 class _Run:
@@ -131,6 +133,7 @@ class NotificationDispatcher:
             "duplicates": 0,
             "holes": 0,
             "seeks": 0,
+            "lost_to_retention": 0,
             "commits": 0,
             "undecodable": 0,
         }
@@ -321,6 +324,18 @@ class NotificationDispatcher:
         self._last_seek[tp] = now
         self._last_seek_wall[tp] = self._wall()
         self.counts["seeks"] += 1
+        # A hole is repaired by reading it again, never by jumping it; only offsets
+        # the broker has deleted (retention) are given up, loudly.
+        missing_from = ledger.expected
+        log_start = await self._offsets.log_start(tp)
+        if log_start is not None and ledger.skip_to(log_start):
+            self.counts["lost_to_retention"] += log_start - missing_from
+            log.error(
+                "%s: offsets %d..%d were deleted by retention before they were processed",
+                tp,
+                missing_from,
+                log_start - 1,
+            )
         log.info("seeking %s back to offset %d (hole or stall)", tp, ledger.expected)
         await self._offsets.seek(tp, ledger.expected)
 

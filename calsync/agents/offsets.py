@@ -44,13 +44,17 @@ class PartitionLedger:
     (records the consumer delivered to nobody) and is refused, so per-resource order
     is kept and nothing is skipped; the caller seeks back to ``expected``.
 
-    Offsets that do not exist at all (transaction markers, compaction) would look
-    like a hole forever; after ``hole_patience`` refusals of the same hole the
-    ledger believes the log and jumps it, logging a warning. A record dropped in
-    memory is re-delivered by the first seek, so this only fires for real gaps.
+    A hole is never jumped because records keep arriving past it: one fetched batch
+    holds many later records, so counting refusals says nothing about whether the
+    missing ones exist (an earlier rule that jumped after five refusals skipped real
+    notifications). The only offsets given up are those the broker no longer has
+    (deleted by retention before anyone processed them): the caller checks the
+    partition's log start and calls :meth:`skip_to`. calsync's notifications are
+    written without transactions to a topic that is not compacted, so there are no
+    other offsets without records.
     """
 
-    def __init__(self, base: int, *, hole_patience: int = 5) -> None:
+    def __init__(self, base: int) -> None:
         #: The committable offset: every offset below it is finished.
         self.committable = base
         #: The next offset to accept.
@@ -58,9 +62,6 @@ class PartitionLedger:
         self._finished: set[int] = set()
         #: start -> end of offset ranges the log does not have (jumped holes)
         self._absent: dict[int, int] = {}
-        self._hole_patience = hole_patience
-        self._hole_at: int | None = None
-        self._hole_refusals = 0
 
     @property
     def in_flight(self) -> int:
@@ -78,23 +79,20 @@ class PartitionLedger:
         if offset < self.expected:
             return Receipt.DUPLICATE
         if offset > self.expected:
-            if self._hole_at != self.expected:
-                self._hole_at, self._hole_refusals = self.expected, 0
-            self._hole_refusals += 1
-            if self._hole_refusals <= self._hole_patience:
-                return Receipt.HOLE
-            log.warning(
-                "offsets %d..%d never arrived after %d seeks: treating them as absent",
-                self.expected,
-                offset - 1,
-                self._hole_patience,
-            )
-            self._absent[self.expected] = offset
-            self.expected = offset
-            self._advance()
-        self._hole_at = None
+            return Receipt.HOLE
         self.expected = offset + 1
         return Receipt.ACCEPTED
+
+    def skip_to(self, log_start: int) -> bool:
+        """The broker's log of this partition now starts at ``log_start``: offsets
+        below it that were never received are gone for good (retention). Returns
+        whether anything was skipped; the caller logs it as the loss it is."""
+        if log_start <= self.expected:
+            return False
+        self._absent[self.expected] = log_start
+        self.expected = log_start
+        self._advance()
+        return True
 
     def finish(self, offset: int) -> None:
         """The run of an accepted ``offset`` is over (successfully or handed to a retry)."""
@@ -193,6 +191,25 @@ class ConsumerOffsets:
     async def seek(self, tp: Any, offset: int) -> None:
         """Make the fetcher read ``tp`` from ``offset`` again."""
         await self._app.consumer.seek(tp, offset)
+
+    async def log_start(self, tp: Any) -> int | None:
+        """The first offset the broker still has for ``tp`` (None: it could not say)."""
+        thread = self._thread()
+
+        async def read() -> int | None:
+            from aiokafka.structs import TopicPartition
+
+            consumer = thread._ensure_consumer()
+            ktp = TopicPartition(tp.topic, tp.partition)
+            beginning = await consumer.beginning_offsets([ktp])
+            value = beginning.get(ktp)
+            return int(value) if value is not None else None
+
+        try:
+            return cast("int | None", await thread.call_thread(read))
+        except Exception as exc:
+            log.info("log start of %s unknown: %r", tp, exc)
+            return None
 
 
 class OffsetsUnavailable(Exception):

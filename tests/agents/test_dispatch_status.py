@@ -22,6 +22,7 @@ class Offsets:
     def __init__(self) -> None:
         self.committed_at = {TP("n", 0): 10, TP("n", 1): 0}
         self.seeks: list[tuple[TP, int]] = []
+        self.log_starts: dict[TP, int] = {}
 
     def assignment(self) -> set[Any]:
         return set(self.committed_at)
@@ -38,6 +39,9 @@ class Offsets:
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.seeks.append((tp, offset))
+
+    async def log_start(self, tp: Any) -> int | None:
+        return self.log_starts.get(tp, 0)
 
 
 def note(rid: str, reason: Reason) -> Notification:
@@ -86,3 +90,45 @@ async def test_describe_shows_offsets_pending_runs_and_the_last_seek_back() -> N
     await dispatcher.commit()
     after = dispatcher.describe()["partitions"]["n:0"]
     assert (after["committed"], after["finished_uncommitted"]) == (13, 0)
+
+
+async def test_a_batch_past_a_hole_is_refused_until_the_hole_is_read_again() -> None:
+    """Many records past a missing one never make the dispatcher skip it (they once
+    did, after five): every one of them runs, the missing one first."""
+    ran: list[int] = []
+
+    async def handler(notification: Notification, lane: Lane) -> None:
+        ran.append(int(notification.resource_id[1:]))
+
+    offsets = Offsets()
+    now = [50.0]
+    dispatcher = NotificationDispatcher(handler, offsets, topic="n", monotonic=lambda: now[0])
+    p1 = TP("n", 1)
+    for offset in range(1, 40):  # offset 0 was dropped on the way in
+        await dispatcher.submit(p1, offset, note(f"r{offset}", Reason.PUSH), None)
+        now[0] += 0.3  # seeks happen, again and again
+    assert ran == []
+    assert {offset for _, offset in offsets.seeks} == {0}
+    for offset in range(0, 40):  # the seek delivers the partition again, in order
+        await dispatcher.submit(p1, offset, note(f"r{offset}", Reason.PUSH), None)
+    await asyncio.sleep(0.01)
+    assert sorted(ran) == list(range(40))
+    assert dispatcher.counts["lost_to_retention"] == 0
+
+
+async def test_only_records_deleted_by_retention_are_given_up() -> None:
+    ran: list[str] = []
+
+    async def handler(notification: Notification, lane: Lane) -> None:
+        ran.append(notification.resource_id)
+
+    offsets = Offsets()
+    p1 = TP("n", 1)
+    offsets.log_starts[p1] = 3  # 0..2 are gone from the broker
+    dispatcher = NotificationDispatcher(handler, offsets, topic="n")
+    await dispatcher.submit(p1, 3, note("late", Reason.PUSH), None)  # a hole: 0..2
+    assert offsets.seeks == [(p1, 3)]
+    await dispatcher.submit(p1, 3, note("late", Reason.PUSH), None)
+    await asyncio.sleep(0.01)
+    assert ran == ["late"]
+    assert dispatcher.counts["lost_to_retention"] == 3
