@@ -12,8 +12,9 @@ once, then times, best of three passes each:
   conversion from and to :class:`~calsync.model.UnifiedEvent` and its checks.
 
 It fails (``RuntimeError``) unless both libraries write identical bytes for every
-record and read back equal records. :func:`run` returns the numbers for
-``benchmarks/run.py``; ``python -m benchmarks.codec [-n N]`` prints a markdown table.
+record and read back equal records. :func:`run` returns the numbers, ``BENCHMARK`` is its
+section of ``python -m benchmarks.run``; ``python -m benchmarks.codec [-n N]`` prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import avro.io
 import avro.schema
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
+from benchmarks.harness.benchmark import Benchmark, Context
+from benchmarks.harness.report import Section
 from calsync.codecs.avro import SCHEMA_PATH, decode_event, encode_event, load_schema, to_record
 from calsync.model import (
     Occurrence,
@@ -239,6 +242,35 @@ def markdown(results: dict[str, float]) -> str:
         f"decode {results['decode_speedup']:.1f}x",
     ]
     return "\n".join(lines)
+
+
+async def section(ctx: Context) -> Section:
+    r = run(ctx.opts.codec_records)
+    body = [
+        "`benchmarks.codec.run()`: the events in memory, no broker; best of "
+        f"{int(r['repeats'])} passes. Informational, no target.",
+        "",
+        *markdown(r).splitlines(),
+    ]
+    row = (
+        f"| fastavro vs avro encode | {r['encode_speedup']:.1f}x "
+        f"({r['fastavro_encode_us_per_record']:.1f} vs {r['avro_encode_us_per_record']:.1f} "
+        "µs/record) | — | — |"
+    )
+    return Section(body, [row])
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--codec-records", type=int, default=DEFAULT_N, help="(%(default)s)")
+
+
+def check(opts: argparse.Namespace) -> str | None:
+    return "--codec-records must be ≥ 1" if opts.codec_records < 1 else None
+
+
+BENCHMARK = Benchmark(
+    "codec", "Avro codec: avro vs fastavro per record", section, add_arguments, check, broker=False
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
