@@ -374,6 +374,8 @@ def create_app(
         app.sync_service.on_notification,
         ConsumerOffsets(app),
         topic=settings.topic("notifications"),
+        live_slots=settings.live_concurrency,
+        bulk_slots=settings.bulk_concurrency,
         ready=lambda: not app.rebalancing,
         on_fatal=lambda exc: fatal(app, health, "calsync.sync", exc),
         quarantine=quarantine,

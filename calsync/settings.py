@@ -113,6 +113,12 @@ class Settings:
     google_app_burst: float = 100.0
     #: A rate-limit wait longer than this goes through the retry topic instead of sleeping.
     max_inline_wait: float = 0.25
+    #: Syncs of different resources that may run at once per worker: live work (pushes
+    #: needing a delta, renewals) and bulk work (full syncs, reconciliations, polls).
+    #: A full sync spends much of its time waiting on the provider and the broker, so
+    #: two overlap well; more compete for the CPU with the live lane.
+    live_concurrency: int = 8
+    bulk_concurrency: int = 2
     #: Consumer-group session timeout in seconds: how long a killed worker keeps its
     #: partitions before the others take them over (brokers refuse less than
     #: ``group.min.session.timeout.ms``, 6 s by default). Shorter means a faster
@@ -145,6 +151,10 @@ class Settings:
             )
         if self.topic_partitions < 1 or self.replication_factor < 1:
             raise ConfigurationError("topic partitions and replication factor must be >= 1")
+        if self.live_concurrency < 1 or self.bulk_concurrency < 1:
+            raise ConfigurationError(
+                "CALSYNC_LIVE_CONCURRENCY and CALSYNC_BULK_CONCURRENCY must be >= 1"
+            )
         parse_networks(self.caldav_allowed_networks)  # raises ConfigurationError naming it
 
     @property

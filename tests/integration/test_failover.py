@@ -155,10 +155,21 @@ async def cluster(
 
 
 async def kill_and_change(
-    world: Cluster, names: list[str], victim: int, round_: int, *, deadline: float = DEADLINE
+    world: Cluster,
+    names: list[str],
+    victim: int,
+    round_: int,
+    *,
+    deadline: float = DEADLINE,
+    in_flight: bool = False,
 ) -> float:
     """SIGKILL ``victim``, push one change per calendar, wait for all of them; returns
-    the seconds from the kill to convergence (asserted within ``deadline``)."""
+    the seconds from the kill to convergence (asserted within ``deadline``).
+
+    ``in_flight``: syncs were running at the kill, so events listed before the change
+    may still arrive after it (then the change follows): each event must carry the
+    content before or after the change, and the last one the content after it."""
+    earlier = world.truth() if in_flight else None
     mark = len(world.events.values)
     world.workers.workers[victim].kill()
     killed = time.monotonic()
@@ -166,7 +177,7 @@ async def kill_and_change(
     await world.converge(deadline=killed + deadline + 30)  # the report below says by how much
     took = time.monotonic() - killed
     assert took <= deadline, f"round {round_}: converged {took:.1f}s after the kill"
-    world.agree_since(mark)
+    world.agree_since(mark, earlier=earlier)
     return took
 
 
@@ -192,9 +203,11 @@ async def test_sigkill_during_an_initial_sync_loses_nothing(kafka_settings) -> N
         await world.register(names)
         await world.events.wait_for(lambda r: len(r.values) >= 1000, timeout=90)
         assert len(world.events.values) < 20 * 500, "the sync finished before the kill: void"
-        # The whole backfill (10,000 events, half of it redone by the survivor) must
-        # finish too, so the deadline is longer than for pushes alone.
-        took = await kill_and_change(world, names, 0, 0, deadline=45.0)
+        # The pushed changes land with the backfill (a calendar without a cursor needs
+        # its full sync first), and the whole backfill must finish too: the takeover
+        # (about 8 s) plus the survivor's share of 10,000 events. Measured 12-17 s on
+        # the loaded 2-core CI machine (docs/architecture.md, "Failover").
+        took = await kill_and_change(world, names, 0, 0, deadline=30.0, in_flight=True)
         print(f"kill during initial sync -> converged in {took:.1f}s")
 
 
