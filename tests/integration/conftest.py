@@ -87,6 +87,20 @@ def ms_event_body(n: int, *, hours: float = 0.5, zone: str = "UTC") -> dict[str,
     }
 
 
+def fold(
+    events: list[UnifiedEvent],
+) -> dict[tuple[str, str], tuple[datetime | None, str | None]]:
+    """Fold events as a consumer does: (resource, id) -> (start, intent); deletes remove."""
+    view: dict[tuple[str, str], tuple[datetime | None, str | None]] = {}
+    for e in events:
+        key = (e.resource_id, e.native_event_id)
+        if e.change is ChangeKind.DELETE:
+            view.pop(key, None)
+        else:
+            view[key] = (e.start_utc, e.status_intent.value if e.status_intent else None)
+    return view
+
+
 @dataclass
 class GoogleWorld:
     """The emulators, one worker and readers of its topics; ``emulator`` is Google's,
@@ -155,14 +169,7 @@ class GoogleWorld:
 
     def view(self) -> dict[tuple[str, str], tuple[datetime | None, str | None]]:
         """What a consumer that folds the topic believes: (resource, id) -> (start, intent)."""
-        view: dict[tuple[str, str], tuple[datetime | None, str | None]] = {}
-        for e in self.decoded():
-            key = (e.resource_id, e.native_event_id)
-            if e.change is ChangeKind.DELETE:
-                view.pop(key, None)
-            else:
-                view[key] = (e.start_utc, e.status_intent.value if e.status_intent else None)
-        return view
+        return fold(self.decoded())
 
     def truth(self, names: list[str]) -> dict[tuple[str, str], tuple[datetime | None, str | None]]:
         """The emulator's current events of those calendars, as the consumer should see them."""

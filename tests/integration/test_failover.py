@@ -25,7 +25,13 @@ from calsync.settings import Settings
 from calsync.testing.cluster import WorkerCluster
 from calsync.testing.topics import TopicReader
 from tests.conftest import ADMIN_TOKEN
-from tests.integration.conftest import CLIENT_ID, CLIENT_SECRET, event_body, serve_gateway
+from tests.integration.conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    event_body,
+    fold,
+    serve_gateway,
+)
 
 #: From the kill to the last pushed change on calsync.events (the requirement).
 DEADLINE = 15.0
@@ -87,14 +93,7 @@ class Cluster:
             )
 
     def view(self) -> View:
-        view: View = {}
-        for e in self.events.events():
-            key = (e.resource_id, e.native_event_id)
-            if e.change is ChangeKind.DELETE:
-                view.pop(key, None)
-            else:
-                view[key] = (e.start_utc, e.status_intent.value if e.status_intent else None)
-        return view
+        return fold(self.events.events())
 
     def truth(self) -> View:
         truth: View = {}

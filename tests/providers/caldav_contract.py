@@ -18,11 +18,11 @@ import httpx
 import pytest
 
 from calsync.errors import AuthorizationRevoked, CursorExpired
-from calsync.model import Deletion, Occurrence, Window
+from calsync.model import Window
 from calsync.providers.base import ChangePage
 from calsync.providers.caldav import CalDAVProvider
 from calsync.testing.caldav_servers import DavAdmin, DavServer
-from tests.providers.contract import SECRET, Cap, ProviderContract
+from tests.providers.contract import SECRET, Cap, ProviderContract, deletions, upserts
 
 WINDOW = Window(datetime(2026, 1, 1, tzinfo=UTC), datetime(2028, 1, 1, tzinfo=UTC))
 BASE = datetime(2026, 12, 1, 9, tzinfo=UTC)
@@ -173,16 +173,6 @@ async def collect(provider: CalDAVProvider, cursor: str | None) -> tuple[list[Ch
     last = pages[-1].cursor
     assert last is not None
     return pages, last
-
-
-def upserts(pages: list[ChangePage]) -> dict[str, Occurrence]:
-    return {
-        c.native_event_id: c for page in pages for c in page.changes if isinstance(c, Occurrence)
-    }
-
-
-def deletions(pages: list[ChangePage]) -> set[str]:
-    return {c.native_event_id for page in pages for c in page.changes if isinstance(c, Deletion)}
 
 
 class CalDAVContract(ProviderContract):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import httpcore
 import httpx
 import pytest
 
@@ -14,6 +13,7 @@ from calsync.providers.caldav import UNREACHABLE, CalDAVProvider
 from calsync.providers.netpolicy import GuardedTransport, NetworkPolicy
 from tests.providers.caldav_contract import collect, upserts
 from tests.providers.test_caldav import CAL, CALENDAR_PROPS, PATH, multiget_body, sync_body
+from tests.providers.test_netpolicy import RecordingBackend
 
 Handler = Callable[[httpx.Request], httpx.Response]
 ROOT = "https://dav.example.com/"
@@ -208,27 +208,15 @@ async def test_network_failures_all_say_the_same(failure: httpx.TransportError) 
     assert str(caught.value) == UNREACHABLE
 
 
-class _Backend(httpcore.AsyncNetworkBackend):
-    """Refuses every connection the way a closed port does."""
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: object = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("[Errno 111] Connection refused")
-
-
 async def test_a_refused_address_reads_like_a_closed_port() -> None:
     async def resolve(host: str, port: int) -> Sequence[str]:
         return {"metadata.example.com": ["169.254.169.254"]}.get(host, ["93.184.215.14"])
 
     messages = []
     for url in ("https://metadata.example.com/cal/", "https://closed.example.com/cal/"):
-        transport = GuardedTransport(NetworkPolicy(), resolver=resolve, backend=_Backend())
+        transport = GuardedTransport(
+            NetworkPolicy(), resolver=resolve, backend=RecordingBackend(refuse={"93.184.215.14"})
+        )
         async with httpx.AsyncClient(transport=transport) as client:
             dav = CalDAVProvider(client=client, url=url, username="u", password="pw")
             with pytest.raises(TransientProviderError) as caught:
