@@ -27,7 +27,8 @@ def is_public_path(path: str) -> bool:
     return path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIX)
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
+    """What :func:`bearer_matches` compares against."""
     # Comparing digests keeps the comparison constant-time in the token's length too.
     return hashlib.sha256(token.encode("utf-8", "replace")).digest()
 
@@ -39,7 +40,7 @@ def bearer_matches(authorization: str | None, expected_digest: bytes) -> bool:
     whatever the presented token is.
     """
     scheme, _, token = (authorization or "").strip().partition(" ")
-    presented = _digest(token.strip())
+    presented = token_digest(token.strip())
     return hmac.compare_digest(presented, expected_digest) and scheme.lower() == "bearer"
 
 
@@ -56,7 +57,7 @@ def admin_token_middleware(admin_token: str) -> Middleware:
 
     Authenticated requests to unknown paths get aiohttp's usual 404 or 405.
     """
-    expected = _digest(admin_token)
+    expected = token_digest(admin_token)
 
     @web.middleware
     async def require_admin_token(request: web.Request, handler: Handler) -> web.StreamResponse:
