@@ -26,9 +26,11 @@ from aiohttp import web
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.web.drivers import aiohttp as aiohttp_driver
 from mode import ServiceT
+from yarl import URL
 
 from calsync.agents.commands import install_command_agent
 from calsync.agents.dispatch import NotificationDispatcher
+from calsync.agents.holds import HoldService, install_holds_agent
 from calsync.agents.offsets import ConsumerOffsets
 from calsync.agents.outbox import KafkaOutbox
 from calsync.agents.quarantine import Quarantine
@@ -38,16 +40,18 @@ from calsync.agents.sync import install_sync_agent
 from calsync.agents.timers import TimerDispatcher, install_retry_agent, install_timer_task
 from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
+from calsync.gateway.holds import HoldFollower
 from calsync.gateway.http import Gateway, server_options
 from calsync.gateway.publisher import KafkaPublisher
 from calsync.providers.factory import ProviderFactory
 from calsync.providers.registry import REGISTRY, rate_limit_specs
 from calsync.ratelimit import RateLimiter
 from calsync.settings import Settings
-from calsync.streams.topics import declare_topics
+from calsync.streams.topics import changelog_topic, declare_topics
 from calsync.tables.declare import declare_tables
 from calsync.tables.records import Resource, SyncState
 from calsync.web.auth import admin_token_middleware
+from calsync.web.availability import ROUTED, AvailabilityApi, IndexTables
 from calsync.web.sites import Site, SiteServer, Surface, new_application, select_routes
 
 log = logging.getLogger(__name__)
@@ -100,6 +104,8 @@ class CalsyncApp(faust.App):
     notification_dispatcher: NotificationDispatcher
     quarantine: Quarantine
     health: Health
+    holds: HoldService
+    availability: AvailabilityApi
 
     def _new_producer_transport(self) -> Any:
         return IdempotentTransport(self.conf.broker_producer, self)
@@ -120,7 +126,7 @@ class CalsyncApp(faust.App):
     async def on_shutdown(self) -> None:
         # After every agent, task and child service stopped: nothing sends any more.
         await super().on_shutdown()
-        for close in (self.gateway.aclose, self.publisher.aclose):
+        for close in (self.availability.aclose, self.gateway.aclose, self.publisher.aclose):
             try:
                 await close()
             except Exception:
@@ -130,6 +136,7 @@ class CalsyncApp(faust.App):
         web_server.web_app.middlewares.append(self.health.middleware)
         surface = Surface.ALL if self.settings.admin_address is None else Surface.ADMIN
         web_server.web_app.add_routes(select_routes(self.gateway.routes(), surface))
+        web_server.web_app.add_routes(select_routes(self.availability.routes(), surface))
         web_server.web_app.add_routes(
             [
                 web.get("/status/", self.status_page),
@@ -138,9 +145,34 @@ class CalsyncApp(faust.App):
             ]
         )
 
+    def owner(self, resource_id: str) -> str | None:
+        """The base URL of the worker that owns ``resource_id``; ``None`` for this one.
+
+        Faust's table routing: the URLs the workers announced in the group, by active
+        partition of the ``resources`` table (``app.router.table_metadata``). The
+        partition is the one the gateway's producer picks for the raw resource id
+        (Faust's own ``key_store`` would hash the table's JSON-encoded key instead).
+        Raises :class:`LookupError` while the partition has no owner (a rebalance).
+        """
+        topic = self.settings.topic("notifications")
+        partition = self.producer.key_partition(topic, resource_id.encode()).partition
+        changelog = changelog_topic(self.settings, "resources")
+        for url, topics in self.router.table_metadata("resources").items():
+            if partition in topics.get(changelog, ()):
+                if _urlident(str(url)) == _urlident(str(self.conf.canonical_url)):
+                    return None
+                return str(url)
+        raise LookupError(resource_id)
+
     async def resource_status(self, request: web.Request) -> web.Response:
-        """JSON sync state of one resource owned by this worker (no secrets)."""
+        """JSON sync state of one resource (no secrets), from the worker that owns it."""
         rid = request.match_info["resource_id"]
+        try:
+            owner = self.owner(rid)
+        except LookupError:
+            owner = None
+        if owner is not None and not request.headers.get(ROUTED):
+            return await self.availability.forward(request, owner)
         resource = self.sync_service.resources.get(rid)
         if resource is None:
             return web.json_response({"error": f"unknown resource {rid!r}"}, status=404)
@@ -192,6 +224,11 @@ class CalsyncApp(faust.App):
         return web.Response(text=page, content_type="text/html")
 
 
+def _urlident(url: str) -> tuple[str, int]:
+    parsed = URL(url)
+    return parsed.host or "", parsed.port or 80
+
+
 def _span(seconds: float) -> str:
     """A duration as people read it: 12.6s, 4m 03s, 6d 23h."""
     if seconds < 60:
@@ -220,6 +257,9 @@ def _describe(rid: str, resource: Resource, service: SyncService) -> dict[str, A
         "occurrences": len(state.index or {}),
         "fetches": state.fetches,
         "has_cursor": state.cursor is not None,
+        "failures": state.failures,
+        "last_error": state.last_error or None,
+        "last_change_latency_ms": state.last_change_latency_ms or None,
         "channel_expires_in": (
             _span(channel.expires_at_ms / 1000 - now) if channel is not None else "none"
         ),
@@ -358,8 +398,29 @@ def create_app(
         providers=providers,
         clock=clock,
         on_timer=dispatcher.schedule,
+        busy=tables.busy,
+        on_busy=lambda rid, changed: app.holds.on_busy(rid, changed),
+        on_holds_due=lambda rid: app.holds.housekeep(rid),
+    )
+    app.holds = HoldService(
+        busy=tables.busy,
+        holds=tables.holds,
+        resources=resources,
+        outbox=outbox,
+        scheduler=app.sync_service.scheduler,
+        clock=clock,
     )
     app.gateway = Gateway(settings, publisher, clock=clock)
+    app.availability = AvailabilityApi(
+        settings,
+        app.gateway,
+        IndexTables(resources, sync_state, channels, tables.busy, tables.holds),
+        app,
+        lambda: HoldFollower(
+            settings.kafka_bootstrap, settings.topic("holds"), client_id=f"{settings.app_id}-holds"
+        ),
+        clock=clock,
+    )
     health = Health()
     app.health = health
     if settings.admin_address is not None:
@@ -386,5 +447,8 @@ def create_app(
     install_sync_agent(app, health, topics.notifications, sync_dispatcher, settings)
     install_retry_agent(app, health, topics.retries, service.on_retry, quarantine, settings)
     install_command_agent(app, health, topics.commands, service.on_command, quarantine, settings)
+    install_holds_agent(
+        app, health, topics.hold_requests, app.holds.on_request, quarantine, settings
+    )
     install_timer_task(app, dispatcher)
     return app

@@ -38,6 +38,8 @@ class SyncOutcome:
     deletes: int = 0
     cursor_expired: bool = False
     quarantined: list[Quarantined] = field(default_factory=list)
+    #: ``latency_ms`` of the last event emitted (0: nothing emitted)
+    last_latency_ms: int = 0
 
 
 def diff_page(
@@ -135,6 +137,8 @@ async def _walk(
     def events_for(changes: list[Change], token: str | None) -> list[UnifiedEvent]:
         emitted_at = now()
         latency = max(0, int((emitted_at - caused_at).total_seconds() * 1000))
+        if changes:
+            outcome.last_latency_ms = latency
         upsert = functools.partial(
             UnifiedEvent.upsert,
             emitted_at=emitted_at,

@@ -11,7 +11,13 @@ from typing import Any, Protocol
 from calsync.codecs.avro import encode_event
 from calsync.model import UnifiedEvent
 from calsync.settings import Settings
-from calsync.streams.records import Command, Notification, RetryEnvelope, StatusEvent
+from calsync.streams.records import (
+    Command,
+    HoldRequest,
+    Notification,
+    RetryEnvelope,
+    StatusEvent,
+)
 
 #: ``send(topic, key, value)`` schedules a record and returns its delivery future.
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
@@ -25,6 +31,11 @@ class Outbox(Protocol):
     async def command(self, command: Command) -> None: ...
     async def status(self, event: StatusEvent) -> None: ...
     async def deadletter(self, resource_id: str, payload: dict[str, Any]) -> None: ...
+    async def holds(self, records: list[tuple[str, bytes]]) -> None:
+        """Avro hold events (:mod:`calsync.codecs.holds`), each with its resource id."""
+        ...
+
+    async def hold_requests(self, requests: list[HoldRequest]) -> None: ...
 
 
 class KafkaOutbox:
@@ -42,6 +53,8 @@ class KafkaOutbox:
         self._commands = settings.topic("commands")
         self._status = settings.topic("status")
         self._deadletter = settings.topic("deadletter")
+        self._holds = settings.topic("holds")
+        self._hold_requests = settings.topic("hold-requests")
 
     async def _send_all(self, topic: str, key: str, values: list[bytes]) -> None:
         await self._send_keyed(topic, [(key, value) for value in values])
@@ -74,3 +87,9 @@ class KafkaOutbox:
     async def deadletter(self, resource_id: str, payload: dict[str, Any]) -> None:
         value = json.dumps(payload, sort_keys=True).encode()
         await self._send_all(self._deadletter, resource_id, [value])
+
+    async def holds(self, records: list[tuple[str, bytes]]) -> None:
+        await self._send_keyed(self._holds, records)
+
+    async def hold_requests(self, requests: list[HoldRequest]) -> None:
+        await self._send_keyed(self._hold_requests, [(r.resource_id, r.dumps()) for r in requests])

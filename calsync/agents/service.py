@@ -26,19 +26,20 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 from calsync.agents.commands import Commands
 from calsync.agents.context import ProviderSource, ServiceContext
 from calsync.agents.outbox import Outbox
 from calsync.agents.subscriptions import Subscriptions
 from calsync.agents.timers import Scheduler
+from calsync.availability.index import BusyIndex, Entry
 from calsync.crypto import SecretBox, WebhookSigner
 from calsync.errors import (
     AuthorizationRevoked,
     CalsyncError,
+    CodecError,
     CursorExpired,
     InternalError,
     RateLimited,
@@ -62,7 +63,9 @@ class Lane(enum.StrEnum):
     BULK = "bulk"
 
 
-_LIVE_REASONS = frozenset({Reason.PUSH.value, Reason.RENEW.value, Reason.LIFECYCLE.value})
+_LIVE_REASONS = frozenset(
+    {Reason.PUSH.value, Reason.RENEW.value, Reason.LIFECYCLE.value, Reason.HOLDS.value}
+)
 
 
 def lane_of(notification: Notification) -> Lane:
@@ -101,6 +104,9 @@ class SyncService:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_timer: Callable[[str, Timer], None] | None = None,
+        busy: MutableMapping[str, bytes] | None = None,
+        on_busy: Callable[[str, list[Entry]], Awaitable[None]] | None = None,
+        on_holds_due: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.context = ServiceContext(
             settings=settings,
@@ -117,6 +123,10 @@ class SyncService:
         self.sync_state = sync_state
         self.channels = channels
         self.timers = timers
+        #: the availability index (:mod:`calsync.availability.index`), by resource id
+        self.busy: MutableMapping[str, bytes] = busy if busy is not None else {}
+        self._on_busy = on_busy
+        self._on_holds_due = on_holds_due
         self.outbox = outbox
         self.providers = providers
         self.clock = clock
@@ -153,6 +163,10 @@ class SyncService:
             return
         rid = notification.resource_id
         self.scheduler.released(notification.timer_key)
+        if notification.reason == Reason.HOLDS.value:
+            if self._on_holds_due is not None:
+                await self._on_holds_due(rid)  # holds keep their own per-resource order
+            return
         if lane is Lane.LIVE and rid in self._bulk_running:
             # Waiting for the lock would hold every other resource's pushes behind this
             # resource's backfill or resync. The bulk lane handles this notification
@@ -251,6 +265,21 @@ class SyncService:
         rid = notification.resource_id
         started = self.clock()
         cursor = None if notification.full else state.cursor
+        known = dict(state.index or {})
+        busy, complete = self._busy_index(rid, known)
+        if not complete:
+            # No index of this resource's busy time (kept since calsync 0.3, or lost):
+            # rebuild it from a full listing that re-emits every occurrence. Consumers
+            # see upserts of versions they already have, which changes nothing for them.
+            cursor, known = None, {}
+        changed: list[Entry] = []
+
+        async def emit(events: list[UnifiedEvent]) -> None:
+            # The index takes exactly what the broker acknowledged, in order, so that
+            # stored with the cursor (or the progress) it never disagrees with the topic.
+            await self.outbox.events(rid, events)
+            changed.extend(busy.apply(events, synced_at=int(self.clock())))
+
         progress: dict[str, str] = {}
         try:
             provider = self.providers.get(rid, resource)
@@ -262,9 +291,9 @@ class SyncService:
                 provider,
                 resource_id=rid,
                 cursor=cursor,
-                index=dict(state.index or {}),
+                index=known,
                 window=self.window(started),
-                emit=partial(self.outbox.events, rid),
+                emit=emit,
                 now=self.context.now,
                 caused_at=datetime.fromtimestamp(notification.received_at, UTC),
                 # A full listing in the live lane would hold up every other resource's
@@ -273,20 +302,43 @@ class SyncService:
                 progress=progress,
             )
         except CursorExpired as exc:
+            kept = self._keep_progress(rid, progress, busy)
+            await self._indexed(rid, changed)
             if lane is Lane.BULK or cursor is None:
-                await self._failed(notification, resource, self._keep_progress(rid, progress), exc)
+                await self._failed(notification, resource, kept, exc)
                 return
-            await self._hand_over_resync(notification, progress, exc)
+            await self._hand_over_resync(notification, progress, busy, exc)
             return
         except CalsyncError as exc:
-            await self._failed(notification, resource, self._keep_progress(rid, progress), exc)
+            kept = self._keep_progress(rid, progress, busy)
+            await self._indexed(rid, changed)
+            await self._failed(notification, resource, kept, exc)
             return
         except Exception as exc:  # a bug must not kill the worker or block the partition
             log.exception("sync of %s failed unexpectedly", rid)
             internal = InternalError(f"internal error: {exc!r}")
-            await self._failed(notification, resource, self._keep_progress(rid, progress), internal)
+            kept = self._keep_progress(rid, progress, busy)
+            await self._indexed(rid, changed)
+            await self._failed(notification, resource, kept, internal)
             return
+        if changed or rid not in self.busy:
+            self.busy[rid] = busy.encode()
         await self._synced(notification, lane, resource, state, outcome, started)
+        await self._indexed(rid, changed)
+
+    def _busy_index(self, rid: str, known: dict[str, str]) -> tuple[BusyIndex, bool]:
+        """The stored index of ``rid``, and whether it covers what the sync state knows."""
+        try:
+            busy = BusyIndex.decode(self.busy.get(rid))
+        except CodecError:
+            log.warning("availability index of %s cannot be read; rebuilding it", rid)
+            return BusyIndex(), False
+        return busy, len(busy) == len(known) or not known
+
+    async def _indexed(self, rid: str, changed: list[Entry]) -> None:
+        """Tell the holds about busy time that changed (conflicts with accepted holds)."""
+        if changed and self._on_busy is not None:
+            await self._on_busy(rid, changed)
 
     async def _synced(
         self,
@@ -314,6 +366,7 @@ class SyncService:
             time_zone=outcome.time_zone,
             fetches=state.fetches + 1,
             poll_interval=poll_interval,
+            last_change_latency_ms=outcome.last_latency_ms or current.last_change_latency_ms,
             subscribe_failures=current.subscribe_failures,
             subscribe_retry_at=current.subscribe_retry_at,
         )
@@ -328,13 +381,15 @@ class SyncService:
             await self.context.status(rid, "resync_finished", cursor_expired=expired, counts=counts)
         await self.context.status(rid, "synced", counts=counts, lane=lane.value)
 
-    def _keep_progress(self, rid: str, progress: dict[str, str]) -> SyncState:
+    def _keep_progress(self, rid: str, progress: dict[str, str], busy: BusyIndex) -> SyncState:
         """After a failed walk, store the index as of its last acknowledged emission
-        (with the old cursor), so the retry does not emit those changes again.
+        (with the old cursor), so the retry does not emit those changes again; the
+        availability index ``busy`` holds the same emissions and is stored with it.
 
         Safe with any cursor: the index is exactly what consumers were told, and a
         full listing still deletes what it does not find, once it completes.
         """
+        self.busy[rid] = busy.encode()
         state = self.sync_state.get(rid) or SyncState()
         if progress != (state.index or {}):
             state = state.derive(index=dict(progress))
@@ -342,7 +397,11 @@ class SyncService:
         return state
 
     async def _hand_over_resync(
-        self, notification: Notification, progress: dict[str, str], exc: CursorExpired
+        self,
+        notification: Notification,
+        progress: dict[str, str],
+        busy: BusyIndex,
+        exc: CursorExpired,
     ) -> None:
         """The live lane found the cursor expired: the full resync goes to the bulk lane.
 
@@ -351,7 +410,7 @@ class SyncService:
         for whatever vanished. ``cursor_expired_at`` sends further pushes the same way.
         """
         rid = notification.resource_id
-        state = self._keep_progress(rid, progress)
+        state = self._keep_progress(rid, progress, busy)
         self.sync_state[rid] = state.derive(cursor_expired_at=self.clock())
         await self.outbox.notify(notification.derive(full=True, timer_key=None))
         await self.context.status(rid, "cursor_expired", str(exc), handed_to=Lane.BULK.value)
@@ -428,6 +487,8 @@ class SyncService:
             await self.context.status(rid, "reauth_required", str(exc))
             return
         attempt = notification.attempt + 1
+        state = state.derive(failures=state.failures + 1, last_error=str(exc)[:300])
+        self.sync_state[rid] = state
         if getattr(exc, "retriable", False) and attempt < self.settings.max_attempts:
             requested = exc.retry_after if isinstance(exc, RateLimited) else None
             delay = retry_delay(
@@ -473,6 +534,7 @@ class SyncService:
                 ],
             )
         self.sync_state.pop(rid, None)
+        self.busy.pop(rid, None)
         self.scheduler.forget(rid)
 
     # -- retries and commands ----------------------------------------------------

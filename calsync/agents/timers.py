@@ -1,9 +1,9 @@
 """Timers: the :class:`Scheduler` writes them, the :class:`TimerDispatcher` releases them.
 
 Keys of the ``timers`` table: ``retry:<envelope key>``, ``reconcile:<resource id>``,
-``renew:<resource id>`` and ``poll:<resource id>``. When each is due is a plain
-function of :mod:`calsync.retry`; the :class:`Scheduler` only stores the notification
-to release then.
+``renew:<resource id>``, ``poll:<resource id>`` and ``holds:<resource id>``. When
+each is due is a plain function of :mod:`calsync.retry` (of the holds, for
+``holds:``); the :class:`Scheduler` only stores the notification to release then.
 
 The :class:`TimerDispatcher` runs as a worker task (not a Faust timer: it needs a
 50 ms cadence, and it must survive its own errors). It never writes a table: it
@@ -36,7 +36,7 @@ from calsync.tables.records import Channel, Timer
 log = logging.getLogger(__name__)
 
 #: Timers a released notification clears (reconciliations reschedule themselves).
-_CLEARED_ON_RELEASE = ("retry:", "renew:", "poll:")
+_CLEARED_ON_RELEASE = ("retry:", "renew:", "poll:", "holds:")
 
 
 def retry_timer_key(envelope_key: str) -> str:
@@ -53,6 +53,10 @@ def renew_timer_key(resource_id: str) -> str:
 
 def poll_timer_key(resource_id: str) -> str:
     return f"poll:{resource_id}"
+
+
+def holds_timer_key(resource_id: str) -> str:
+    return f"holds:{resource_id}"
 
 
 class Scheduler:
@@ -129,6 +133,16 @@ class Scheduler:
         )
         self._schedule(Reason.POLL, poll_timer_key(rid), rid, provider, due)
         return interval
+
+    def holds(self, rid: str, provider: str, due: float | None) -> None:
+        """Wake the holds of ``rid`` at ``due`` (expiry, a vote deadline); ``None``: never."""
+        key = holds_timer_key(rid)
+        if due is None:
+            self.timers.pop(key, None)
+            return
+        current = self.timers.get(key)
+        if current is None or current.due_at != due:
+            self._schedule(Reason.HOLDS, key, rid, provider, due)
 
     def retry(self, envelope: RetryEnvelope) -> None:
         """Keep a retry envelope as a timer, due when the envelope says."""

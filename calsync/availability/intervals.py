@@ -325,7 +325,7 @@ class Timeline:
         return b"".join((header, starts.tobytes(), ends.tobytes(), bytes(self._flags)))
 
     @classmethod
-    def decode(cls, data: bytes | bytearray) -> Timeline:
+    def decode(cls, data: bytes | bytearray | memoryview) -> Timeline:
         """The timeline :meth:`encode` wrote, without copying the columns (little-endian hosts).
 
         Checks the frame (magic, version, length) and raises

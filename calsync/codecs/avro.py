@@ -238,25 +238,27 @@ def from_record(record: Mapping[str, Any]) -> UnifiedEvent:
 # -- bytes -------------------------------------------------------------------------
 
 
-def _write(schema: Schema, record: UnifiedEventRecord) -> bytes:
+def write_record(schema: Schema, record: Mapping[str, Any], *, key: str) -> bytes:
+    """The Avro body of ``record``; ``key`` names its id field in an error."""
     buf = io.BytesIO()
     try:
         schemaless_writer(buf, schema, record)
     except _FASTAVRO_ERRORS as exc:
-        raise CodecError(f"cannot encode {record.get('system_event_id')!r}: {exc}") from exc
+        raise CodecError(f"cannot encode {record.get(key)!r}: {exc}") from exc
     return buf.getvalue()
 
 
-def _read(schema: Schema, data: bytes) -> dict[str, Any]:
+def read_record(
+    schema: Schema, data: bytes, *, name: str = "calsync.v1.UnifiedEvent"
+) -> dict[str, Any]:
+    """The record an Avro body of ``schema`` holds, all of it and nothing after it."""
     try:
         buf = io.BytesIO(data)
         record = schemaless_reader(buf, schema, None)
     except _FASTAVRO_ERRORS as exc:
-        raise CodecError(f"not a calsync.v1.UnifiedEvent: {exc!r}") from exc
+        raise CodecError(f"not a {name}: {exc!r}") from exc
     if buf.tell() != len(data):
-        raise CodecError(
-            f"not a calsync.v1.UnifiedEvent: {len(data) - buf.tell()} bytes after the record"
-        )
+        raise CodecError(f"not a {name}: {len(data) - buf.tell()} bytes after the record")
     assert isinstance(record, dict)  # the schema's top level is a record
     return record
 
@@ -267,13 +269,13 @@ def encode_event(event: UnifiedEvent) -> bytes:
     Raises :class:`CodecError` (see :func:`to_record`, plus values Avro cannot hold,
     such as a ``latency_ms`` outside a signed 64-bit long).
     """
-    return _write(_SCHEMA, to_record(event))
+    return write_record(_SCHEMA, to_record(event), key="system_event_id")
 
 
 def decode_event(data: bytes) -> UnifiedEvent:
     """The event an Avro body holds. Raises :class:`CodecError` for anything else,
     including a valid record followed by extra bytes."""
-    return from_record(_read(_SCHEMA, data))
+    return from_record(read_record(_SCHEMA, data))
 
 
 # -- Faust -------------------------------------------------------------------------
@@ -306,10 +308,10 @@ class UnifiedEventCodec(codecs.Codec):
             record = to_record(from_record(obj))
         else:
             raise CodecError(f"cannot encode a {type(obj).__name__} as a UnifiedEvent")
-        return _write(self._schema, record)
+        return write_record(self._schema, record, key="system_event_id")
 
     def _loads(self, s: bytes) -> Any:
-        record = _read(self._schema, s)
+        record = read_record(self._schema, s)
         from_record(record)  # validate: a reader of this codec gets a meaningful dict
         return record
 

@@ -426,6 +426,14 @@ class Gateway:
         if not bearer_matches(request.headers.get("Authorization"), self._admin_digest):
             raise RequestRejected(401, "a valid 'Authorization: Bearer <admin token>' is required")
 
+    async def json_body(self, request: web.Request) -> Any:
+        """The request's JSON body, bounded like every body (:class:`RequestRejected`)."""
+        return await self._json_body(request)
+
+    async def publish(self, topic: str, key: str, value: bytes) -> None:
+        """Write one record; a broker that does not acknowledge it is a 503."""
+        await self._publish(topic, key, value)
+
     async def _json_body(self, request: web.Request) -> Any:
         body = await self._read_body(request)
         try:

@@ -27,15 +27,12 @@ earlier is taken for this one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
+from calsync.streams.follower import TopicFollower
 from calsync.streams.records import StatusEvent
 
 log = logging.getLogger(__name__)
@@ -47,8 +44,6 @@ FAILED = frozenset({"reauth_required", "failed", "removed"})
 WARNINGS = frozenset({"subscription_lost", "quarantined", "retry_scheduled", "rate_limited"})
 #: Seconds a worker's clock may run behind the gateway's (see the module docstring).
 CLOCK_SKEW = 2.0
-#: Seconds :meth:`StatusFollower.ready` waits for the look-back to be read.
-_CATCH_UP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,13 +281,6 @@ def _decode(value: bytes | None) -> StatusEvent | None:
     return event if valid else None
 
 
-async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return False
-    return True
-
-
 class StatusFollower(StatusBoard):
     """A :class:`StatusBoard` fed by a group-less aiokafka consumer of the status topic.
 
@@ -314,87 +302,20 @@ class StatusFollower(StatusBoard):
         per_resource: int = 4,
     ) -> None:
         super().__init__(max_resources=max_resources, per_resource=per_resource)
-        self._bootstrap = bootstrap
         self._topic = topic
-        self._lookback = lookback
-        self._client_id = client_id
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._starting = asyncio.Lock()
-        self._caught_up = asyncio.Event()
+        self._follower = TopicFollower(
+            bootstrap, topic, self._on_record, lookback=lookback, client_id=client_id
+        )
+
+    def _on_record(self, value: bytes | None) -> None:
+        event = _decode(value)
+        if event is None:
+            log.warning("undecodable record on %s ignored", self._topic)
+            return
+        self.feed(event)
 
     async def ready(self) -> None:
-        async with self._starting:
-            if self._task is not None:
-                return
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._bootstrap,
-                client_id=self._client_id,
-                group_id=None,
-                enable_auto_commit=False,
-            )
-            await consumer.start()
-            try:
-                ends = await self._position(consumer)
-            except BaseException:
-                await consumer.stop()
-                raise
-            self._consumer = consumer
-            self._task = asyncio.create_task(self._follow(consumer, ends), name="calsync-status")
-            try:  # the look-back first, so that a lookup right after this finds it
-                await asyncio.wait_for(self._caught_up.wait(), _CATCH_UP_TIMEOUT)
-            except TimeoutError:
-                log.warning(
-                    "%s: still reading the last %gs of statuses", self._topic, self._lookback
-                )
-
-    async def _position(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
-        """Seek to ``lookback`` ago; returns the end offsets there were then."""
-        deadline = time.monotonic() + 10.0
-        partitions = consumer.partitions_for_topic(self._topic)
-        while not partitions:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {self._topic} has no partitions")
-            await asyncio.sleep(0.1)
-            # aiokafka has no public call that refreshes the metadata it reads below
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(self._topic)
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        since_ms = int((time.time() - self._lookback) * 1000)
-        found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            at = found.get(tp)
-            consumer.seek(tp, at.offset if at is not None else ends[tp])
-        return dict(ends)
-
-    async def _follow(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:
-        while True:
-            if not self._caught_up.is_set() and await _reached(consumer, ends):
-                self._caught_up.set()
-            try:
-                batches = await consumer.getmany(timeout_ms=1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the consumer reconnects by itself; keep following
-                log.warning("reading %s failed: %r", self._topic, exc)
-                await asyncio.sleep(1.0)
-                continue
-            for messages in batches.values():
-                for message in messages:
-                    event = _decode(message.value)
-                    if event is None:
-                        log.warning("undecodable record on %s ignored", self._topic)
-                        continue
-                    self.feed(event)
+        await self._follower.ready()
 
     async def aclose(self) -> None:
-        task, self._task = self._task, None
-        consumer, self._consumer = self._consumer, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if consumer is not None:
-            await consumer.stop()
+        await self._follower.aclose()

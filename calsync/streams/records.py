@@ -1,4 +1,5 @@
-"""The JSON records of ``calsync.notifications``, ``.retries``, ``.commands``, ``.status``.
+"""The JSON records of ``calsync.notifications``, ``.retries``, ``.commands``, ``.status``
+and ``.hold-requests``.
 
 They are Faust records without Faust metadata (``include_metadata=False``), so any
 Kafka client (the standalone gateway, the CLI, a consumer in another language) can
@@ -24,6 +25,8 @@ class Reason(enum.StrEnum):
     COMMAND = "command"
     RENEW = "renew"
     LIFECYCLE = "lifecycle"
+    #: a timer: the resource's holds have something due (expiry, a vote deadline)
+    HOLDS = "holds"
 
 
 class CommandKind(enum.StrEnum):
@@ -100,3 +103,42 @@ class StatusEvent(faust.Record, serializer="json", include_metadata=False):
     at: float
     detail: str = ""
     data: dict[str, Any] | None = None
+
+
+class HoldRequestKind(enum.StrEnum):
+    """What a record of ``calsync.hold-requests`` asks of one resource's holds."""
+
+    PREPARE = "prepare"  # decide a new hold for this resource
+    VOTE = "vote"  # to the home: a participant's yes or no
+    COMMIT = "commit"  # from the home: every participant said yes
+    ABORT = "abort"  # from the home: drop the reservation
+    RELEASE = "release"
+    CONFIRM = "confirm"
+    EXPIRE = "expire"  # from the home: the TTL ran out
+    RESOLVE = "resolve"  # to the home: a participant asks what was decided
+
+
+class HoldRequest(faust.Record, serializer="json", include_metadata=False):
+    """One request to the holds of ``resource_id`` (the Kafka key), decided in that
+    resource's partition order (:mod:`calsync.availability.holds`).
+
+    ``start``/``end`` are epoch seconds, ``ttl`` seconds; ``blocking`` is the
+    :class:`~calsync.availability.intervals.Flag` mask of busy time that refuses the
+    hold; ``fingerprint`` ties an idempotency key to one request.
+    """
+
+    kind: str
+    hold_id: str
+    resource_id: str
+    issued_at: float
+    home: str = ""
+    participants: list[str] | None = None
+    start: int = 0
+    end: int = 0
+    ttl: float = 0.0
+    fingerprint: str = ""
+    blocking: int = 5  # Flag.BUSY | Flag.OUT_OF_OFFICE
+    voter: str | None = None
+    ok: bool = False
+    conflict: dict[str, Any] | None = None
+    expires_at: float = 0.0

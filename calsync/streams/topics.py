@@ -22,10 +22,19 @@ from calsync.errors import ConfigurationError
 from calsync.settings import Settings
 
 #: The short names of calsync's topics; ``Settings.topic(name)`` gives the full name.
-TOPICS = ("notifications", "retries", "commands", "events", "status", "deadletter")
+TOPICS = (
+    "notifications",
+    "retries",
+    "commands",
+    "events",
+    "status",
+    "deadletter",
+    "holds",
+    "hold-requests",
+)
 
 #: The worker's tables (:mod:`calsync.tables.declare`); each has a changelog topic in Kafka.
-TABLES = ("resources", "sync_state", "channels", "timers")
+TABLES = ("resources", "sync_state", "channels", "timers", "busy", "holds")
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
@@ -107,6 +116,7 @@ class WorkerTopics:
     notifications: faust.TopicT
     retries: faust.TopicT
     commands: faust.TopicT
+    hold_requests: faust.TopicT
 
 
 def declare_topics(app: faust.App, settings: Settings) -> WorkerTopics:
@@ -129,5 +139,8 @@ def declare_topics(app: faust.App, settings: Settings) -> WorkerTopics:
         retries=app.topic(settings.topic("retries"), value_serializer="raw", partitions=partitions),
         commands=app.topic(
             settings.topic("commands"), value_serializer="raw", partitions=partitions
+        ),
+        hold_requests=app.topic(
+            settings.topic("hold-requests"), value_serializer="raw", partitions=partitions
         ),
     )

@@ -9,7 +9,9 @@ writer of every resource in it.
 * ``channels``: :class:`~calsync.tables.records.Channel` (Google channels, Graph
   subscriptions);
 * ``timers``: :class:`~calsync.tables.records.Timer` (keys ``retry:``, ``reconcile:``,
-  ``renew:``, ``poll:``).
+  ``renew:``, ``poll:``, ``holds:``);
+* ``busy``: the availability index, raw bytes (:mod:`calsync.availability.index`);
+* ``holds``: the holds of each resource, raw bytes (:mod:`calsync.availability.holds`).
 """
 
 from __future__ import annotations
@@ -30,13 +32,17 @@ class WorkerTables:
     sync_state: Any
     channels: Any
     timers: Any
+    busy: Any
+    holds: Any
 
 
 def declare_tables(app: faust.App, partitions: int) -> WorkerTables:
-    """Declare the four tables on ``app`` (names as in :data:`calsync.streams.topics.TABLES`)."""
+    """Declare the six tables on ``app`` (names as in :data:`calsync.streams.topics.TABLES`)."""
     return WorkerTables(
         resources=app.Table("resources", value_type=Resource, partitions=partitions),
         sync_state=app.Table("sync_state", value_type=SyncState, partitions=partitions),
         channels=app.Table("channels", value_type=Channel, partitions=partitions),
         timers=app.Table("timers", value_type=Timer, partitions=partitions),
+        busy=app.Table("busy", value_type=bytes, partitions=partitions),
+        holds=app.Table("holds", value_type=bytes, partitions=partitions),
     )

@@ -40,7 +40,9 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
     the same way without asking the provider. ``subscribe_failures`` counts the
     consecutive failed attempts to create (or renew) the resource's push
     subscription, and ``subscribe_retry_at`` is when the next one is due (0: none
-    pending); the bulk lane does not try before then.
+    pending); the bulk lane does not try before then. ``failures`` and
+    ``last_error`` describe syncs that failed since the last good one (a retry is
+    pending while ``failures`` is not 0); a successful sync resets them.
     """
 
     cursor: str | None = None
@@ -54,6 +56,11 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
     cursor_expired_at: float = 0.0
     subscribe_failures: int = 0
     subscribe_retry_at: float = 0.0
+    #: syncs that failed since the last one that went through, and the last error
+    failures: int = 0
+    last_error: str = ""
+    #: ``latency_ms`` of the last change emitted (notification received -> emitted)
+    last_change_latency_ms: int = 0
 
 
 class Channel(faust.Record, serializer="json", include_metadata=False):

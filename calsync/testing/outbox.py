@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from calsync.model import UnifiedEvent
-from calsync.streams.records import Command, Notification, RetryEnvelope, StatusEvent
+from calsync.streams.records import (
+    Command,
+    HoldRequest,
+    Notification,
+    RetryEnvelope,
+    StatusEvent,
+)
 
 
 class ListOutbox:
@@ -16,6 +22,8 @@ class ListOutbox:
         self.statuses: list[StatusEvent] = []
         self.dead: list[tuple[str, dict[str, Any]]] = []
         self.commands: list[Command] = []
+        self.hold_events: list[tuple[str, bytes]] = []
+        self.requests: list[HoldRequest] = []
 
     async def events(self, resource_id: str, events: list[UnifiedEvent]) -> None:
         self.emitted.extend(events)
@@ -37,6 +45,12 @@ class ListOutbox:
 
     async def deadletter(self, resource_id: str, payload: dict[str, Any]) -> None:
         self.dead.append((resource_id, payload))
+
+    async def holds(self, records: list[tuple[str, bytes]]) -> None:
+        self.hold_events.extend(records)
+
+    async def hold_requests(self, requests: list[HoldRequest]) -> None:
+        self.requests.extend(requests)
 
     def status_names(self) -> list[str]:
         return [s.status for s in self.statuses]

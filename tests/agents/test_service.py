@@ -242,7 +242,9 @@ async def test_cursor_is_stored_only_after_emission(world) -> None:
 
     outbox.events = broken  # type: ignore[method-assign]
     await deliver(service, outbox.notifications[-1])
-    assert "r1" not in service.sync_state  # nothing stored: the replay starts over
+    state = service.sync_state["r1"]  # no cursor, no index: the replay starts over
+    assert state.cursor is None and not state.index and state.synced_at == 0
+    assert state.failures == 1 and "broker down" in state.last_error  # the as_of says why
     assert outbox.retries and not outbox.dead  # retried, not given up
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from calsync.normalize.windows_zones import zone_for
 from calsync.settings import Settings
 from calsync.streams.records import StatusEvent
 from calsync.streams.topics import ensure_topics
+from calsync.testing.cluster import WorkerCluster
 from calsync.testing.topics import TopicReader
 from calsync.testing.worker import WorkerProcess
 from tests.conftest import ADMIN_TOKEN, free_port
@@ -261,3 +263,120 @@ async def google_world(  # type: ignore[no-untyped-def]
         events = await TopicReader(settings.kafka_bootstrap, settings.topic("events")).start()
         stack.push_async_callback(events.aclose)
         yield GoogleWorld(emulator, settings, worker, events, ms=ms)
+
+
+# -- several workers of one app behind a standalone gateway (failover, availability) ----
+
+View = dict[tuple[str, str], tuple[datetime | None, str | None]]
+
+
+@dataclass
+class Cluster:
+    emulator: GoogleEmulator
+    settings: Settings
+    gateway: str
+    workers: WorkerCluster
+    events: TopicReader
+    ids: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def notifications(self) -> str:
+        return self.settings.topic("notifications")
+
+    def add_calendars(self, count: int, events: int) -> list[str]:
+        names = [f"cal{n:02d}" for n in range(len(self.ids), len(self.ids) + count)]
+        for name in names:
+            calendar = f"{name}@example.com"
+            self.emulator.add_calendar(calendar)
+            self.ids[name] = [
+                str(e["id"])
+                for e in self.emulator.insert_events(
+                    calendar, (event_body(n % 24, day_offset=n // 24) for n in range(events))
+                )
+            ]
+        return names
+
+    async def register(self, names: list[str]) -> None:
+        async with httpx.AsyncClient() as client:
+            for name in names:
+                body = {
+                    "resource_id": name,
+                    "provider": "google",
+                    "calendar_id": f"{name}@example.com",
+                    "credentials": {"refresh_token": self.emulator.issue_refresh_token(CLIENT_ID)},
+                }
+                response = await client.post(
+                    f"{self.gateway}/api/resources",
+                    json=body,
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                )
+                assert response.status_code == 202, response.text
+
+    def change(self, names: list[str], round_: int) -> None:
+        """One pushed change per calendar: its first event moves to a new hour."""
+        for name in names:
+            self.emulator.patch_event(
+                f"{name}@example.com",
+                self.ids[name][0],
+                event_body(round_ % 24, day_offset=60 + round_ // 24),
+            )
+
+    def view(self) -> View:
+        return fold(self.events.events())
+
+    def truth(self) -> View:
+        truth: View = {}
+        for name in self.ids:
+            for event in self.emulator.list_live_events(f"{name}@example.com"):
+                start = datetime.fromisoformat(event["start"]["dateTime"]).astimezone(UTC)
+                truth[(name, event["id"])] = (start, "busy")
+        return truth
+
+    async def converge(self, *, deadline: float) -> None:
+        """Poll calsync.events until its view equals the emulator (``deadline`` monotonic)."""
+        while self.view() != self.truth():
+            if time.monotonic() > deadline:
+                view, truth = self.view(), self.truth()
+                missing = sorted(k for k, v in truth.items() if view.get(k) != v)
+                logs = "\n".join(w.tail(25) for w in self.workers.workers)
+                raise AssertionError(f"not converged, {len(missing)} missing {missing[:8]}\n{logs}")
+            await self.events.poll(0.2)
+
+    def agree_since(self, mark: int, *, earlier: View | None = None) -> None:
+        """Every event emitted since ``mark`` says what the emulator says now (or said
+        in ``earlier``, for changes still in flight at the mark): a replay repeats an
+        event, it never emits one with other content."""
+        truth = self.truth()
+        for e in self.events.events()[mark:]:
+            key = (e.resource_id, e.native_event_id)
+            assert e.change is ChangeKind.UPSERT, e
+            state = (e.start_utc, e.status_intent.value if e.status_intent else None)
+            allowed = {truth.get(key), (earlier or {}).get(key)}
+            assert state in allowed, f"{key}: emitted {state}, truth {truth.get(key)}"
+
+
+@asynccontextmanager
+async def cluster(
+    kafka_settings: Any, *, workers: int = 2, start: bool = True, **overrides: Any
+) -> AsyncIterator[Cluster]:
+    async with contextlib.AsyncExitStack() as stack:
+        emulator = GoogleEmulator(seed=4321)
+        await emulator.start()
+        stack.push_async_callback(emulator.aclose)
+        emulator.add_client(CLIENT_ID, CLIENT_SECRET)
+        base: Settings = kafka_settings(
+            google_api_url=emulator.api_url,
+            google_token_url=emulator.token_url,
+            google_client_id=CLIENT_ID,
+            google_client_secret=CLIENT_SECRET,
+            **{"kafka_session_timeout": 6.0, **overrides},
+        )
+        gateway = await stack.enter_async_context(serve_gateway(base))
+        settings = dataclasses.replace(base, public_url=gateway)
+        group = WorkerCluster(settings, workers)
+        stack.push_async_callback(asyncio.to_thread, group.stop)
+        if start:
+            await asyncio.to_thread(group.start)
+        events = await TopicReader(settings.kafka_bootstrap, settings.topic("events")).start()
+        stack.push_async_callback(events.aclose)
+        yield Cluster(emulator, settings, gateway, group, events)

@@ -1,0 +1,213 @@
+"""The holds agent (``calsync.holds``) and the service behind it: holds decided in
+partition order, written with their effects through a transactional outbox.
+
+Every request of ``calsync.hold-requests`` is keyed by the resource whose
+:class:`~calsync.availability.holds.HoldBook` it is for, so the worker that owns the
+resource's partition decides it, one at a time (a per-resource lock also orders the
+holds timer and the sync's conflict reports). For each request the service
+
+1. reads the book (table ``holds``) and the resource's busy index (table ``busy``);
+2. lets the book decide (pure), then stores the book **with its effects** (records
+   for ``calsync.holds``, requests for other resources) in ``unsent``;
+3. writes the effects, then stores the book with ``unsent`` emptied.
+
+A crash between 2 and 3 leaves the effects in the book; whoever handles the
+resource next (the replayed request, on any worker) writes them first. So an effect
+is written at least once, and a request is decided exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import faust
+
+from calsync.agents.outbox import Outbox
+from calsync.agents.quarantine import Quarantine, decoded
+from calsync.agents.supervision import Health, install_agent
+from calsync.agents.timers import Scheduler
+from calsync.availability.holds import (
+    Conflict,
+    Effects,
+    HoldBook,
+    HoldEvent,
+    HoldEventKind,
+)
+from calsync.availability.index import BusyIndex, Entry
+from calsync.codecs.holds import encode_hold_event
+from calsync.model import system_event_id
+from calsync.providers import registry
+from calsync.settings import Settings
+from calsync.streams.records import HoldRequest, StatusEvent
+from calsync.tables.records import Resource
+
+__all__ = ["HoldService", "install_holds_agent"]
+
+log = logging.getLogger(__name__)
+
+NAME = "calsync.holds"
+
+
+class HoldService:
+    """Decides hold requests for the resources a worker owns (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        busy: MutableMapping[str, bytes],
+        holds: MutableMapping[str, bytes],
+        resources: MutableMapping[str, Resource],
+        outbox: Outbox,
+        scheduler: Scheduler,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.busy = busy
+        self.holds = holds
+        self.resources = resources
+        self.outbox = outbox
+        self.scheduler = scheduler
+        self.clock = clock
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def book(self, rid: str) -> HoldBook:
+        return HoldBook.decode(rid, self.holds.get(rid))
+
+    def _busy_conflict(self, rid: str) -> Callable[[int, int, int], Conflict | None]:
+        resource = self.resources.get(rid)
+
+        def find(start: int, end: int, mask: int) -> Conflict | None:
+            if resource is None or resource.state == "removed":
+                return Conflict(rid, "request", start, end, detail="not a registered resource")
+            index = BusyIndex.decode(self.busy.get(rid))
+            found = sorted(index.overlapping(start, end, mask), key=lambda e: e.start)
+            if not found:
+                return None
+            entry = found[0]
+            origin = registry.spec(resource.provider).origin
+            return Conflict(
+                rid,
+                "busy",
+                entry.start,
+                entry.end,
+                flags=entry.flags,
+                system_event_id=system_event_id(origin, rid, entry.native_event_id),
+                detail="busy at the provider",
+            )
+
+        return find
+
+    async def on_request(self, request: HoldRequest) -> None:
+        """Decide one request of ``calsync.hold-requests`` (the agent's handler)."""
+        rid = request.resource_id
+        busy = self._busy_conflict(rid)
+        await self._run(rid, lambda book, now: book.handle(request, now, busy))
+
+    async def housekeep(self, rid: str) -> None:
+        """The holds timer of ``rid`` fired: expire, abort and ask what is due."""
+        await self._run(rid, lambda book, now: book.housekeep(now))
+
+    async def on_busy(self, rid: str, changed: list[Entry]) -> None:
+        """The sync indexed new busy time for ``rid``: report what lands on a hold."""
+        book = self.book(rid)
+        resource = self.resources.get(rid)
+        if not book.holds or resource is None:
+            return
+        origin = registry.spec(resource.provider).origin
+        now = self.clock()
+        records: list[tuple[str, bytes]] = []
+        for entry in changed:
+            if not entry.flags & 5:  # busy or out of office: what a hold promised against
+                continue
+            for hold in book.conflicts_with(entry.start, entry.end):
+                conflict = Conflict(
+                    rid,
+                    "busy",
+                    entry.start,
+                    entry.end,
+                    flags=entry.flags,
+                    system_event_id=system_event_id(origin, rid, entry.native_event_id),
+                    detail="a provider event landed on this hold",
+                )
+                event = HoldEvent(
+                    hold_id=hold.hold_id,
+                    resource_id=rid,
+                    kind=HoldEventKind.CONFLICT,
+                    start=hold.start,
+                    end=hold.end,
+                    home=hold.home,
+                    participants=hold.participants,
+                    emitted_at=now,
+                    expires_at=hold.expires_at or None,
+                    conflict=conflict,
+                )
+                records.append((rid, encode_hold_event(event)))
+                await self.outbox.status(
+                    StatusEvent(
+                        resource_id=rid,
+                        status="hold_conflict",
+                        at=now,
+                        detail="a provider event landed on an accepted hold",
+                        data={"hold_id": hold.hold_id, "conflict": conflict.to_json()},
+                    )
+                )
+        if records:
+            await self.outbox.holds(records)
+
+    async def _run(self, rid: str, decide: Callable[[HoldBook, float], Effects]) -> None:
+        async with self._locks[rid]:
+            before = self.holds.get(rid)
+            book = HoldBook.decode(rid, before)
+            if book.unsent:  # left by a crash between storing and writing: write them first
+                await self._write(book.unsent)
+                book.unsent = []
+            effects = decide(book, self.clock())
+            if effects:
+                book.unsent = _serialize(effects)
+                self.holds[rid] = book.encode()
+                await self._write(book.unsent)
+                book.unsent = []
+            after = book.encode()
+            if after != before:
+                self.holds[rid] = after
+            resource = self.resources.get(rid)
+            self.scheduler.holds(rid, resource.provider if resource else "", book.next_due())
+
+    async def _write(self, unsent: list[dict[str, Any]]) -> None:
+        events = [(u["k"], base64.b64decode(u["v"])) for u in unsent if u["t"] == "event"]
+        requests = [HoldRequest.loads(u["v"]) for u in unsent if u["t"] == "request"]
+        pending: list[Awaitable[None]] = []
+        if events:
+            pending.append(self.outbox.holds(events))
+        if requests:
+            pending.append(self.outbox.hold_requests(requests))
+        await asyncio.gather(*pending)
+
+
+def _serialize(effects: Effects) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {"t": "event", "k": e.resource_id, "v": base64.b64encode(encode_hold_event(e)).decode()}
+        for e in effects.events
+    ]
+    out += [{"t": "request", "k": r.resource_id, "v": r.dumps().decode()} for r in effects.requests]
+    return out
+
+
+def install_holds_agent(
+    app: faust.App,
+    health: Health,
+    topic: faust.TopicT,
+    on_request: Callable[[HoldRequest], Awaitable[None]],
+    quarantine: Quarantine,
+    settings: Settings,
+) -> None:
+    """Register the ``calsync.holds`` agent: each request that decodes goes to
+    ``on_request`` (:meth:`HoldService.on_request`)."""
+    install_agent(
+        app, health, topic, NAME, settings.fail_agent, on_request, decoded(quarantine, HoldRequest)
+    )

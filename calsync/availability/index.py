@@ -1,0 +1,184 @@
+"""The availability index of one resource: its occurrences by native id, and their timeline.
+
+One table value per resource (table ``busy``, raw bytes) holds both halves:
+
+* the **timeline** (:class:`~calsync.availability.intervals.Timeline`): the merged
+  segments every query reads. It sits first in the value, so a query decodes a
+  12-byte header and casts two ``memoryview``\\ s (:func:`timeline_of`), whatever the
+  number of occurrences: a few microseconds for one resource and one week;
+* the **entries**: each occurrence in the horizon as ``native id -> (start, end,
+  flags, synced_at)``. The sync applies each acknowledged batch of unified events to
+  them (:meth:`BusyIndex.apply`); ``explain`` reads them.
+
+The index is written in the same handling that emits the events, from exactly the
+events the broker acknowledged (see :meth:`calsync.agents.service.SyncService`): a
+crash replays both, so the index never disagrees with ``calsync.events``.
+
+Value format (little-endian): header ``<2sBxII`` (magic ``b"bx"``, version ``1``, pad,
+entry count ``n``, timeline length ``t``), the ``t`` timeline bytes, then ``n`` int64
+starts, ``n`` int64 ends, ``n`` int64 synced-at seconds, ``n`` uint8 flags, ``n``
+uint16 id lengths and the ids, UTF-8, back to back.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from calsync.availability.intervals import Timeline, epoch_seconds, flags_for
+from calsync.errors import CodecError
+from calsync.model import ChangeKind, UnifiedEvent
+
+__all__ = ["BusyIndex", "Entry", "timeline_of"]
+
+_HEADER = struct.Struct("<2sBxII")
+_MAGIC = b"bx"
+_VERSION = 1
+_LITTLE = sys.byteorder == "little"
+#: A native id longer than this is stored cut (ids are opaque; none comes close).
+_MAX_ID_BYTES = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One occurrence in the index: ``[start, end)`` epoch seconds, its flags, when synced."""
+
+    native_event_id: str
+    start: int
+    end: int
+    flags: int
+    synced_at: int
+
+
+def timeline_of(value: bytes | None) -> Timeline:
+    """The timeline of a stored index value, without decoding its entries."""
+    if value is None:
+        return Timeline.EMPTY
+    count, length = _frame(value)
+    del count
+    return Timeline.decode(memoryview(value)[_HEADER.size : _HEADER.size + length])
+
+
+def _frame(value: bytes) -> tuple[int, int]:
+    if len(value) < _HEADER.size:
+        raise CodecError(f"index value too short: {len(value)} bytes")
+    magic, version, count, length = _HEADER.unpack_from(value)
+    if magic != _MAGIC or version != _VERSION:
+        raise CodecError(f"not an index value (magic {magic!r}, version {version})")
+    if len(value) < _HEADER.size + length + 27 * count:
+        raise CodecError(f"index value of {len(value)} bytes cannot hold {count} entries")
+    return count, length
+
+
+def _column(data: memoryview, at: int, count: int, code: str) -> tuple[list[int], int]:
+    size = array(code).itemsize * count
+    column = array(code, bytes(data[at : at + size]))
+    if not _LITTLE:
+        column.byteswap()
+    return column.tolist(), at + size
+
+
+class BusyIndex:
+    """One resource's occurrences, mutable; :meth:`encode` gives the table value.
+
+    ``entries`` maps a native event id to its :class:`Entry`. The timeline is
+    rebuilt from the entries on :meth:`encode` (O(n log n)), so it is canonical and
+    never drifts from them.
+    """
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: dict[str, Entry] | None = None) -> None:
+        self.entries: dict[str, Entry] = entries if entries is not None else {}
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> BusyIndex:
+        """The index a stored value holds (an empty one for ``None``)."""
+        if value is None:
+            return cls()
+        count, length = _frame(value)
+        data = memoryview(value)
+        at = _HEADER.size + length
+        starts, at = _column(data, at, count, "q")
+        ends, at = _column(data, at, count, "q")
+        synced, at = _column(data, at, count, "q")
+        flags = list(data[at : at + count])
+        at += count
+        lengths, at = _column(data, at, count, "H")
+        entries: dict[str, Entry] = {}
+        for i in range(count):
+            raw = bytes(data[at : at + lengths[i]])
+            at += lengths[i]
+            if at > len(value):
+                raise CodecError("index value ends inside its ids")
+            native = raw.decode("utf-8", "replace")
+            entries[native] = Entry(native, starts[i], ends[i], flags[i], synced[i])
+        return cls(entries)
+
+    def encode(self) -> bytes:
+        """The table value: the rebuilt timeline first, then the entries (module doc)."""
+        ordered = sorted(self.entries.values(), key=lambda e: (e.start, e.end, e.native_event_id))
+        timeline = Timeline.from_segments((e.start, e.end, e.flags) for e in ordered).encode()
+        ids = [e.native_event_id.encode()[:_MAX_ID_BYTES] for e in ordered]
+        columns = [
+            array("q", (e.start for e in ordered)),
+            array("q", (e.end for e in ordered)),
+            array("q", (e.synced_at for e in ordered)),
+        ]
+        lengths = array("H", (len(i) for i in ids))
+        if not _LITTLE:
+            for column in columns:
+                column.byteswap()
+            lengths.byteswap()
+        header = _HEADER.pack(_MAGIC, _VERSION, len(ordered), len(timeline))
+        return b"".join(
+            (
+                header,
+                timeline,
+                *(c.tobytes() for c in columns),
+                bytes(e.flags for e in ordered),
+                lengths.tobytes(),
+                *ids,
+            )
+        )
+
+    def apply(self, events: Iterable[UnifiedEvent], *, synced_at: int) -> list[Entry]:
+        """Apply unified events in order; returns the entries they added or changed."""
+        changed: list[Entry] = []
+        for event in events:
+            native = event.native_event_id
+            if event.change is ChangeKind.DELETE:
+                self.entries.pop(native, None)
+                continue
+            if event.start_utc is None or event.end_utc is None or event.status_intent is None:
+                continue  # an upsert always has them (UnifiedEvent.upsert); be safe anyway
+            entry = Entry(
+                native,
+                epoch_seconds(event.start_utc),
+                epoch_seconds(event.end_utc, ceil=True),
+                flags_for(event.status_intent, all_day=bool(event.is_all_day)),
+                synced_at,
+            )
+            self.entries[native] = entry
+            changed.append(entry)
+        return changed
+
+    def timeline(self) -> Timeline:
+        return Timeline.from_segments((e.start, e.end, e.flags) for e in self.entries.values())
+
+    def covering(self, moment: int) -> list[Entry]:
+        """The entries whose interval holds ``moment``, by start (for ``explain``)."""
+        found = [e for e in self.entries.values() if e.start <= moment < e.end]
+        return sorted(found, key=lambda e: (e.start, e.native_event_id))
+
+    def overlapping(self, start: int, end: int, mask: int) -> Iterator[Entry]:
+        """The entries sharing an instant with ``[start, end)`` whose flags meet ``mask``."""
+        for entry in self.entries.values():
+            if entry.start < end and start < entry.end and entry.flags & mask:
+                yield entry
+
+    def __len__(self) -> int:
+        return len(self.entries)
