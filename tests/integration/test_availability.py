@@ -109,7 +109,9 @@ async def hold(
     )
 
 
-async def settled_hold(client: httpx.AsyncClient, url: str, *args: Any, **kw: Any) -> httpx.Response:
+async def settled_hold(
+    client: httpx.AsyncClient, url: str, *args: Any, **kw: Any
+) -> httpx.Response:
     """A hold request retried while the answer is 'pending' (202) or a 503 (rebalance)."""
     key = kw.pop("key", None) or uuid.uuid4().hex
     deadline = time.monotonic() + 90
@@ -200,7 +202,9 @@ async def test_holds_on_two_workers(kafka_settings) -> None:
         await world.converge(deadline=time.monotonic() + 90)
         await asyncio.to_thread(world.workers.wait_balanced)
         urls = [w.url for w in world.workers.workers]
-        holds = await TopicReader(world.settings.kafka_bootstrap, world.settings.topic("holds")).start()
+        holds = await TopicReader(
+            world.settings.kafka_bootstrap, world.settings.topic("holds")
+        ).start()
         free = BASE + timedelta(days=3, hours=10)  # event_body puts events on days 0 and 1
         async with httpx.AsyncClient(timeout=60.0) as client:
             # 100 requests for overlapping slots on one resource, over both workers
@@ -259,7 +263,9 @@ async def test_holds_on_two_workers(kafka_settings) -> None:
             assert response.status_code == 200 and response.json()["status"] == "confirmed"
             response = await client.get(hold_url, headers=AUTH)
             assert response.json()["state"] == "confirmed"
-            response = await client.delete(f"{urls[0]}/api/holds/{accepted['hold_id']}", headers=AUTH)
+            response = await client.delete(
+                f"{urls[0]}/api/holds/{accepted['hold_id']}", headers=AUTH
+            )
             assert response.status_code == 200 and response.json()["status"] == "released"
             response = await settled_hold(client, urls[0], [names[0]], at)
             assert response.status_code == 201, "a released hold frees its slot"
@@ -269,3 +275,82 @@ async def test_holds_on_two_workers(kafka_settings) -> None:
         assert {HoldEventKind.ACCEPTED, HoldEventKind.REJECTED, HoldEventKind.EXPIRED} <= set(kinds)
         assert {HoldEventKind.CONFIRMED, HoldEventKind.RELEASED} <= set(kinds)
         await holds.aclose()
+
+
+async def test_sigkill_of_the_owner_while_holds_are_decided(kafka_settings) -> None:
+    """Holds keep being asked for (over both workers, some across three resources) while
+    the worker that owns the contended resource is SIGKILLed: afterwards no resource
+    has two overlapping holds, every accepted hold is still there, and every
+    multi-resource hold is on all of its resources or on none."""
+    async with cluster(kafka_settings) as world:
+        names = world.add_calendars(6, 1)
+        await world.register(names)
+        await world.converge(deadline=time.monotonic() + 90)
+        await asyncio.to_thread(world.workers.wait_balanced)
+        workers = world.workers.workers
+        contended = names[0]
+        async with httpx.AsyncClient(timeout=60.0) as client:
+            probe = await client.get(f"{workers[0].url}/api/availability/{contended}", headers=AUTH)
+            victim = 1 if "X-Calsync-Answered-By" in probe.headers else 0
+            survivor = 1 - victim
+            slot0 = BASE + timedelta(days=10)
+            asks: list[tuple[list[str], datetime, str]] = []
+            for n in range(60):
+                if n % 3 == 0:  # across three resources, overlapping each other
+                    group = sorted({contended, names[1 + n % 5], names[1 + (n + 2) % 5]})
+                else:
+                    group = [contended]
+                asks.append((group, slot0 + timedelta(minutes=20 * (n % 9)), uuid.uuid4().hex))
+            outcomes: dict[str, int] = {}
+            accepted: dict[str, str] = {}
+
+            async def ask(index: int) -> None:
+                group, at, key = asks[index]
+                await asyncio.sleep(index * 0.05)
+                url = workers[index % 2].url
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        response = await hold(client, url, group, at, minutes=30, ttl=3600, key=key)
+                        if response.status_code in (201, 409):
+                            outcomes[key] = response.status_code
+                            if response.status_code == 201:
+                                accepted[key] = response.json()["hold_id"]
+                            return
+                    except httpx.HTTPError:
+                        pass
+                    assert time.monotonic() < deadline, f"no decision for {key}"
+                    url = workers[survivor].url  # the same key again: idempotent
+                    await asyncio.sleep(0.5)
+
+            tasks = [asyncio.ensure_future(ask(n)) for n in range(len(asks))]
+            await asyncio.sleep(1.0)
+            workers[victim].kill()
+            await asyncio.gather(*tasks)
+            await asyncio.to_thread(world.workers.start, victim)
+            await asyncio.to_thread(world.workers.wait_balanced)
+            assert len(outcomes) == len(asks)
+            assert accepted, "some holds were accepted"
+
+            async def settled() -> dict[str, list[dict[str, Any]]]:
+                held: dict[str, list[dict[str, Any]]] = {}
+                for name in names:
+                    answer = await availability(client, workers[survivor].url, name)
+                    assert all(h["state"] != "pending" for h in answer["holds"]), answer["holds"]
+                    held[name] = answer["holds"]
+                return held
+
+            held = await eventually(settled, timeout=90, every=1.0)
+        for name, holds in held.items():
+            spans = sorted((parse(h["start"]), parse(h["end"]), h["hold_id"]) for h in holds)
+            for (_, e1, h1), (s2, _, h2) in itertools.pairwise(spans):
+                assert e1 <= s2, f"{name}: {h1} and {h2} overlap"
+        on = {name: {h["hold_id"] for h in holds} for name, holds in held.items()}
+        for key, hold_id in accepted.items():
+            group = next(g for g, _, k in asks if k == key)
+            assert all(hold_id in on[n] for n in group), f"accepted {hold_id} lost"
+        every = {h for ids in on.values() for h in ids}
+        for hold_id in every:
+            holders = {n for n in names if hold_id in on[n]}
+            ask_group = next((g for g, _, k in asks if accepted.get(k) == hold_id), sorted(holders))
+            assert holders == set(ask_group), f"{hold_id} partial: on {holders}"
