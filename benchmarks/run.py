@@ -12,6 +12,9 @@ command and one section per benchmark, numbered in this order:
 4. :mod:`benchmarks.codec`: avro vs fastavro per record (no broker).
 5. :mod:`benchmarks.takeover`: SIGKILL one of two workers; kill → first event from a
    moved partition and kill → converged, with and without standby replicas.
+6. :mod:`benchmarks.availability`: the availability index of 10,000 resources x 200
+   intervals: free-slot query p99 (target ≤ 5 ms on the owning worker), hold decisions/s,
+   memory per million intervals, index build time from the changelog.
 
 Each module declares a :class:`~benchmarks.harness.benchmark.Benchmark`; what they share
 (processes, readers, baselines' producers, the machine's load, the report) is
@@ -36,7 +39,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import codec, fullsync, gateway, push, takeover
+from benchmarks import availability, codec, fullsync, gateway, push, takeover
 from benchmarks.harness.benchmark import Benchmark, Context
 from benchmarks.harness.env import CLIENT_ID, CLIENT_SECRET, ROOT, Env
 from benchmarks.harness.google import TimedGoogleEmulator
@@ -62,6 +65,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         fullsync.BENCHMARK,
         codec.BENCHMARK,
         takeover.BENCHMARK,
+        availability.BENCHMARK,
     )
 }
 

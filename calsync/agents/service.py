@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
 import random
 import time
@@ -54,6 +55,11 @@ from calsync.sync import SyncOutcome, sync_resource
 from calsync.tables.records import Channel, Resource, SyncState, Timer
 
 __all__ = ["Lane", "ProviderSource", "SyncService", "lane_of"]
+
+
+def _digest(value: bytes) -> str:
+    return hashlib.blake2b(value, digest_size=16).hexdigest()
+
 
 log = logging.getLogger(__name__)
 
@@ -266,19 +272,21 @@ class SyncService:
         started = self.clock()
         cursor = None if notification.full else state.cursor
         known = dict(state.index or {})
-        busy, complete = self._busy_index(rid, known)
+        busy, complete = self._busy_index(rid, known, state)
         if not complete:
             # No index of this resource's busy time (kept since calsync 0.3, or lost):
             # rebuild it from a full listing that re-emits every occurrence. Consumers
             # see upserts of versions they already have, which changes nothing for them.
             cursor, known = None, {}
         changed: list[Entry] = []
+        applied = [not complete]  # whether the index differs from the stored one
 
         async def emit(events: list[UnifiedEvent]) -> None:
             # The index takes exactly what the broker acknowledged, in order, so that
             # stored with the cursor (or the progress) it never disagrees with the topic.
             await self.outbox.events(rid, events)
             changed.extend(busy.apply(events, synced_at=int(self.clock())))
+            applied[0] = True
 
         progress: dict[str, str] = {}
         try:
@@ -321,19 +329,35 @@ class SyncService:
             await self._indexed(rid, changed)
             await self._failed(notification, resource, kept, internal)
             return
-        if changed or rid not in self.busy:
-            self.busy[rid] = busy.encode()
-        await self._synced(notification, lane, resource, state, outcome, started)
+        digest = state.busy_digest
+        if applied[0] or rid not in self.busy:
+            digest = self._store_busy(rid, busy)
+        await self._synced(notification, lane, resource, state, outcome, started, digest)
         await self._indexed(rid, changed)
 
-    def _busy_index(self, rid: str, known: dict[str, str]) -> tuple[BusyIndex, bool]:
-        """The stored index of ``rid``, and whether it covers what the sync state knows."""
+    def _busy_index(
+        self, rid: str, known: dict[str, str], state: SyncState
+    ) -> tuple[BusyIndex, bool]:
+        """The stored index of ``rid``, and whether it is the one stored with ``state``.
+
+        The sync state keeps the digest of the index value stored with it: the two
+        tables' changelogs are written separately, so after a crash one may be newer
+        than the other; then the index is rebuilt rather than trusted.
+        """
+        value = self.busy.get(rid)
         try:
-            busy = BusyIndex.decode(self.busy.get(rid))
+            busy = BusyIndex.decode(value)
         except CodecError:
             log.warning("availability index of %s cannot be read; rebuilding it", rid)
             return BusyIndex(), False
-        return busy, len(busy) == len(known) or not known
+        if state.busy_digest:
+            return busy, value is not None and _digest(value) == state.busy_digest
+        return busy, len(busy) == len(known) or not known  # stored before digests were
+
+    def _store_busy(self, rid: str, busy: BusyIndex) -> str:
+        value = busy.encode()
+        self.busy[rid] = value
+        return _digest(value)
 
     async def _indexed(self, rid: str, changed: list[Entry]) -> None:
         """Tell the holds about busy time that changed (conflicts with accepted holds)."""
@@ -348,6 +372,7 @@ class SyncService:
         state: SyncState,
         outcome: SyncOutcome,
         started: float,
+        busy_digest: str,
     ) -> None:
         """Store the new cursor and index, schedule what follows, say what happened."""
         rid = notification.resource_id
@@ -369,6 +394,7 @@ class SyncService:
             last_change_latency_ms=outcome.last_latency_ms or current.last_change_latency_ms,
             subscribe_failures=current.subscribe_failures,
             subscribe_retry_at=current.subscribe_retry_at,
+            busy_digest=busy_digest,
         )
         self._deferred_until.pop(rid, None)
         for item in outcome.quarantined:
@@ -389,10 +415,10 @@ class SyncService:
         Safe with any cursor: the index is exactly what consumers were told, and a
         full listing still deletes what it does not find, once it completes.
         """
-        self.busy[rid] = busy.encode()
+        digest = self._store_busy(rid, busy)
         state = self.sync_state.get(rid) or SyncState()
-        if progress != (state.index or {}):
-            state = state.derive(index=dict(progress))
+        if progress != (state.index or {}) or digest != state.busy_digest:
+            state = state.derive(index=dict(progress), busy_digest=digest)
             self.sync_state[rid] = state
         return state
 

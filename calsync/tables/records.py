@@ -61,6 +61,8 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
     last_error: str = ""
     #: ``latency_ms`` of the last change emitted (notification received -> emitted)
     last_change_latency_ms: int = 0
+    #: digest of the availability index value stored with this state (``busy`` table)
+    busy_digest: str = ""
 
 
 class Channel(faust.Record, serializer="json", include_metadata=False):

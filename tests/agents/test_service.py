@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from calsync.agents.service import Lane, SyncService, lane_of
+from calsync.availability.index import BusyIndex, timeline_of
+from calsync.availability.intervals import Flag
 from calsync.crypto import SecretBox
 from calsync.errors import AuthorizationRevoked, ProviderError, ProviderRejected, RateLimited
 from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency, Window
@@ -544,3 +547,61 @@ async def test_re_registration_stops_the_old_channel_with_the_new_credentials(
     assert old_channel not in grants.channels  # stopped, not left pinging until it expires
     await deliver(service, outbox.notifications[-1])
     assert len(grants.channels) == 1 and old_channel not in grants.channels
+
+
+def index_ids(service: SyncService) -> set[str]:
+    return set(BusyIndex.decode(service.busy.get("r1")).entries)
+
+
+async def test_the_availability_index_follows_what_was_emitted(world) -> None:
+    """Mid-walk failures store the index as of the last acknowledged emission, like the
+    sync state's own index; a completed sync stores exactly the provider's events."""
+    service, provider, outbox, clock = world
+    provider.page_size = 50
+    await service.on_command(register(service))
+    for n in range(350):
+        provider.put(occ(n))
+    provider.throttle_at = 4
+    await deliver(service, outbox.notifications[-1])
+    emitted = {e.native_event_id for e in outbox.emitted}
+    assert len(emitted) == 100 and index_ids(service) == emitted
+    provider.items.pop("ev7")
+    await release(service, outbox, clock)
+    assert index_ids(service) == set(provider.items) == set(service.sync_state["r1"].index or {})
+    timeline = timeline_of(service.busy["r1"])
+    start = occ(8).start_utc
+    assert timeline.flags_at(int(start.timestamp())) == Flag.BUSY
+    assert timeline.flags_at(int(occ(7).start_utc.timestamp())) == 0  # deleted
+
+
+async def test_a_resource_without_an_index_is_rebuilt_by_a_full_listing(world) -> None:
+    service, provider, outbox, clock = world
+    await service.on_command(register(service))
+    for n in range(3):
+        provider.put(occ(n))
+    await deliver(service, outbox.notifications[-1])
+    del service.busy["r1"]  # as after an upgrade from a version without the index
+    provider.put(occ(5))
+    await deliver(service, push(clock[0]))
+    assert provider.cursors[-1] is None  # a full listing, not a delta
+    assert index_ids(service) == {"ev0", "ev1", "ev2", "ev5"}
+
+
+async def test_an_index_older_than_its_sync_state_is_rebuilt(world) -> None:
+    """The two tables' changelogs are written separately: after a crash the index may
+    lag the sync state with the same number of entries; the digest notices."""
+    service, provider, outbox, clock = world
+    await service.on_command(register(service))
+    for n in range(3):
+        provider.put(occ(n))
+    await deliver(service, outbox.notifications[-1])
+    stale = service.busy["r1"]
+    provider.put(dataclasses.replace(occ(1), start_utc=occ(4).start_utc, end_utc=occ(4).end_utc))
+    clock[0] += 1
+    await deliver(service, push(clock[0] - 0.5))
+    service.busy["r1"] = stale  # the index's changelog record of that sync was lost
+    clock[0] += 1
+    await deliver(service, push(clock[0] - 0.5))
+    assert provider.cursors[-1] is None  # rebuilt by a full listing
+    at = int(occ(4).start_utc.timestamp())
+    assert timeline_of(service.busy["r1"]).flags_at(at) == Flag.BUSY
