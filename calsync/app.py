@@ -51,7 +51,9 @@ from calsync.streams.topics import changelog_topic, declare_topics
 from calsync.tables.declare import declare_tables
 from calsync.tables.records import Resource, SyncState
 from calsync.web.auth import admin_token_middleware
-from calsync.web.availability import ROUTED, AvailabilityApi, IndexTables
+from calsync.web.availability import AvailabilityApi, IndexTables
+from calsync.web.holds import HoldsApi
+from calsync.web.routing import ROUTED, Router
 from calsync.web.sites import Site, SiteServer, Surface, new_application, select_routes
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,10 @@ class CalsyncApp(faust.App):
     quarantine: Quarantine
     health: Health
     holds: HoldService
+    #: forwards requests about a resource to its owner (Faust's own ``router`` finds it)
+    routing: Router
     availability: AvailabilityApi
+    holds_api: HoldsApi
 
     def _new_producer_transport(self) -> Any:
         return IdempotentTransport(self.conf.broker_producer, self)
@@ -126,7 +131,12 @@ class CalsyncApp(faust.App):
     async def on_shutdown(self) -> None:
         # After every agent, task and child service stopped: nothing sends any more.
         await super().on_shutdown()
-        for close in (self.availability.aclose, self.gateway.aclose, self.publisher.aclose):
+        for close in (
+            self.holds_api.aclose,
+            self.routing.aclose,
+            self.gateway.aclose,
+            self.publisher.aclose,
+        ):
             try:
                 await close()
             except Exception:
@@ -136,7 +146,8 @@ class CalsyncApp(faust.App):
         web_server.web_app.middlewares.append(self.health.middleware)
         surface = Surface.ALL if self.settings.admin_address is None else Surface.ADMIN
         web_server.web_app.add_routes(select_routes(self.gateway.routes(), surface))
-        web_server.web_app.add_routes(select_routes(self.availability.routes(), surface))
+        for api in (self.availability, self.holds_api):
+            web_server.web_app.add_routes(select_routes(api.routes(), surface))
         web_server.web_app.add_routes(
             [
                 web.get("/status/", self.status_page),
@@ -152,8 +163,12 @@ class CalsyncApp(faust.App):
         partition of the ``resources`` table (``app.router.table_metadata``). The
         partition is the one the gateway's producer picks for the raw resource id
         (Faust's own ``key_store`` would hash the table's JSON-encoded key instead).
-        Raises :class:`LookupError` while the partition has no owner (a rebalance).
+        Raises :class:`LookupError` while the partition has no owner, and while this
+        worker is rebalancing or recovering its tables: a table still being restored
+        from its changelog would answer from an old state.
         """
+        if self.rebalancing or getattr(self, "in_recovery", False):
+            raise LookupError(resource_id)
         topic = self.settings.topic("notifications")
         partition = self.producer.key_partition(topic, resource_id.encode()).partition
         changelog = changelog_topic(self.settings, "resources")
@@ -172,7 +187,7 @@ class CalsyncApp(faust.App):
         except LookupError:
             owner = None
         if owner is not None and not request.headers.get(ROUTED):
-            return await self.availability.forward(request, owner)
+            return await self.routing.forward(request, owner)
         resource = self.sync_service.resources.get(rid)
         if resource is None:
             return web.json_response({"error": f"unknown resource {rid!r}"}, status=404)
@@ -409,13 +424,22 @@ def create_app(
         outbox=outbox,
         scheduler=app.sync_service.scheduler,
         clock=clock,
+        durable=tables.holds.written,
     )
     app.gateway = Gateway(settings, publisher, clock=clock)
+    app.routing = Router(settings, app)
     app.availability = AvailabilityApi(
         settings,
         app.gateway,
         IndexTables(resources, sync_state, channels, tables.busy, tables.holds),
-        app,
+        app.routing,
+        clock=clock,
+    )
+    app.holds_api = HoldsApi(
+        settings,
+        app.gateway,
+        tables.holds,
+        app.routing,
         lambda: HoldFollower(
             settings.kafka_bootstrap, settings.topic("holds"), client_id=f"{settings.app_id}-holds"
         ),

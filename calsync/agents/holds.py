@@ -8,7 +8,9 @@ holds timer and the sync's conflict reports). For each request the service
 
 1. reads the book (table ``holds``) and the resource's busy index (table ``busy``);
 2. lets the book decide (pure), then stores the book **with its effects** (records
-   for ``calsync.holds``, requests for other resources) in ``unsent``;
+   for ``calsync.holds``, requests for other resources) in ``unsent``, and waits
+   until the broker acknowledged that table write (Faust's own commit does not
+   guarantee it: :class:`~calsync.tables.declare.AckedTable`);
 3. writes the effects, then stores the book with ``unsent`` emptied.
 
 A crash between 2 and 3 leaves the effects in the book; whoever handles the
@@ -66,6 +68,7 @@ class HoldService:
         outbox: Outbox,
         scheduler: Scheduler,
         clock: Callable[[], float] = time.time,
+        durable: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.busy = busy
         self.holds = holds
@@ -73,6 +76,7 @@ class HoldService:
         self.outbox = outbox
         self.scheduler = scheduler
         self.clock = clock
+        self._durable = durable
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def book(self, rid: str) -> HoldBook:
@@ -106,7 +110,23 @@ class HoldService:
         """Decide one request of ``calsync.hold-requests`` (the agent's handler)."""
         rid = request.resource_id
         busy = self._busy_conflict(rid)
-        await self._run(rid, lambda book, now: book.handle(request, now, busy))
+
+        def decide(book: HoldBook, now: float) -> Effects:
+            effects = book.handle(request, now, busy)
+            live = book.holds.get(request.hold_id)
+            ended = book.ended.get(request.hold_id)
+            state = live.state.value if live else (ended.outcome.value if ended else "-")
+            log.info(
+                "hold %s on %s: %s%s -> %s",
+                request.hold_id,
+                rid,
+                request.kind,
+                f" from {request.voter}" if request.voter else "",
+                state,
+            )
+            return effects
+
+        await self._run(rid, decide)
 
     async def housekeep(self, rid: str) -> None:
         """The holds timer of ``rid`` fired: expire, abort and ask what is due."""
@@ -170,6 +190,9 @@ class HoldService:
             if effects:
                 book.unsent = _serialize(effects)
                 self.holds[rid] = book.encode()
+                if self._durable is not None:
+                    # nobody hears of a decision that a crash could still take back
+                    await self._durable(rid)
                 await self._write(book.unsent)
                 book.unsent = []
             after = book.encode()

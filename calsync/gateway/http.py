@@ -457,7 +457,7 @@ class Gateway:
     async def register_resource(self, request: web.Request) -> web.Response:
         try:
             self._check_admin(request)
-            wait = _wait_seconds(request)
+            wait = wait_seconds(request)
             # Milliseconds, so the status URL's ``since`` names it exactly.
             now = round(self._clock(), 3)
             command = validate_registration(
@@ -498,7 +498,7 @@ class Gateway:
                 raise RequestRejected(
                     400, "since must be the registration's issued_at (epoch seconds)"
                 )
-            wait = _wait_seconds(request)
+            wait = wait_seconds(request)
             try:
                 statuses = await self._status_source()
             except Exception as exc:
@@ -531,7 +531,7 @@ class Gateway:
         return await self._simple_command(request, CommandKind.RESYNC)
 
 
-def _wait_seconds(request: web.Request) -> float:
+def wait_seconds(request: web.Request) -> float:
     """``?wait=`` in seconds (``10``, ``10s``, ``500ms``); 0 when absent."""
     raw = request.query.get("wait")
     if raw is None:

@@ -20,8 +20,47 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.types import EventT
+from faust.types.tuples import FutureMessage
 
 from calsync.tables.records import Channel, Resource, SyncState, Timer
+
+
+class AckedTable(faust.Table[Any, Any]):
+    """A table whose writes can be awaited until the broker acknowledged them.
+
+    Faust sends a table write to its changelog later, from a buffer, and commits
+    consumer offsets after a flush that gives up when the buffer does not move for
+    0.1 s (``ProducerBuffer.flush_atmost``): under load an offset can be committed
+    before the write it covers is durable, and a crash then loses the write. Where
+    that matters (a hold decision must be durable before anyone hears of it),
+    :meth:`written` waits for the changelog record of a key.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sent: dict[Any, FutureMessage] = {}
+
+    def _send_changelog(
+        self,
+        event: EventT[Any] | None,
+        key: Any,
+        value: Any,
+        key_serializer: Any = None,
+        value_serializer: Any = None,
+    ) -> None:
+        if event is None:
+            raise RuntimeError("Cannot modify table outside of agent/stream.")
+        future = self.send_changelog(
+            event.message.partition, key, value, key_serializer, value_serializer
+        )
+        self._sent[key] = future
+
+    async def written(self, key: Any) -> None:
+        """Return once the last write of ``key`` is acknowledged by the broker."""
+        future = self._sent.pop(key, None)
+        if future is not None:
+            await future
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,5 +83,13 @@ def declare_tables(app: faust.App, partitions: int) -> WorkerTables:
         channels=app.Table("channels", value_type=Channel, partitions=partitions),
         timers=app.Table("timers", value_type=Timer, partitions=partitions),
         busy=app.Table("busy", value_type=bytes, partitions=partitions),
-        holds=app.Table("holds", value_type=bytes, partitions=partitions),
+        holds=app.tables.add(
+            AckedTable(
+                app,
+                name="holds",
+                beacon=app.tables.beacon,
+                value_type=bytes,
+                partitions=partitions,
+            )
+        ),
     )

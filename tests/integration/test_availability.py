@@ -277,6 +277,18 @@ async def test_holds_on_two_workers(kafka_settings) -> None:
         await holds.aclose()
 
 
+async def hold_records(world: Cluster, hold_id: str) -> list[tuple[str, str, str]]:
+    reader = await TopicReader(
+        world.settings.kafka_bootstrap, world.settings.topic("holds")
+    ).start()
+    try:
+        await reader.settle(quiet=1.0)
+        events = [decode_hold_event(v) for v in reader.values]
+        return [(e.resource_id, e.kind.value, e.detail) for e in events if e.hold_id == hold_id]
+    finally:
+        await reader.aclose()
+
+
 async def test_sigkill_of_the_owner_while_holds_are_decided(kafka_settings) -> None:
     """Holds keep being asked for (over both workers, some across three resources) while
     the worker that owns the contended resource is SIGKILLed: afterwards no resource
@@ -348,7 +360,17 @@ async def test_sigkill_of_the_owner_while_holds_are_decided(kafka_settings) -> N
         on = {name: {h["hold_id"] for h in holds} for name, holds in held.items()}
         for key, hold_id in accepted.items():
             group = next(g for g, _, k in asks if k == key)
-            assert all(hold_id in on[n] for n in group), f"accepted {hold_id} lost"
+            if not all(hold_id in on[n] for n in group):
+                records = await hold_records(world, hold_id)
+                logs = [
+                    f"worker {i}: {line}"
+                    for i, w in enumerate(world.workers.workers)
+                    for line in w.log_path.read_text(errors="replace").splitlines()
+                    if hold_id in line or "Recovery" in line or "Worker ready" in line
+                ]
+                raise AssertionError(
+                    f"accepted {hold_id} of {group} lost; on {on}; {records}\n" + "\n".join(logs)
+                )
         every = {h for ids in on.values() for h in ids}
         for hold_id in every:
             holders = {n for n in names if hold_id in on[n]}

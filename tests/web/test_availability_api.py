@@ -22,7 +22,9 @@ from calsync.gateway.holds import HoldBoard
 from calsync.gateway.http import Gateway
 from calsync.streams.records import HoldRequest
 from calsync.tables.records import Channel, Resource, SyncState
-from calsync.web.availability import ROUTED, AvailabilityApi, IndexTables
+from calsync.web.availability import AvailabilityApi, IndexTables
+from calsync.web.holds import HoldsApi
+from calsync.web.routing import ROUTED, Router
 from calsync.web.sites import new_application
 from tests.conftest import ADMIN_TOKEN, SettingsFactory
 
@@ -102,18 +104,17 @@ def tables() -> IndexTables:
 async def client(make_settings: SettingsFactory) -> AsyncIterator[TestClient[Any, Any]]:
     settings = make_settings()
     gateway = Gateway(settings, NullPublisher())
-    api = AvailabilityApi(
-        settings,
-        gateway,
-        tables(),
-        Here({"far-away": "http://127.0.0.1:9"}),
-        HoldBoard,
-        clock=lambda: float(T),
+    router = Router(settings, Here({"far-away": "http://127.0.0.1:9"}))
+    data = tables()
+    apis = (
+        AvailabilityApi(settings, gateway, data, router, clock=lambda: float(T)),
+        HoldsApi(settings, gateway, data.holds, router, HoldBoard, clock=lambda: float(T)),
     )
-    app: web.Application = new_application(settings, api.routes())
+    app: web.Application = new_application(settings, [r for a in apis for r in a.routes()])
     async with TestClient(TestServer(app)) as test_client:
         yield test_client
-    await api.aclose()
+    await apis[1].aclose()
+    await router.aclose()
 
 
 async def test_one_resource_with_its_freshness(client: TestClient[Any, Any]) -> None:
