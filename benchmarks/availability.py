@@ -9,7 +9,7 @@ left them, into the partition the gateway's producer gives each raw resource id
 :class:`~calsync.tables.records.SyncState` synced a minute ago, with each occurrence's
 version and the digest of the index value) and ``busy`` (a
 :class:`~calsync.availability.index.BusyIndex` of ``I`` occurrences over ten weeks,
-weekdays 07:00-19:00 UTC, 15 to 120 minutes, mostly busy, some tentative or out of
+weekdays, starting 07:00-17:45 UTC, 15 to 120 minutes, mostly busy, some tentative or out of
 office). Then a ``calsync worker`` starts on the loaded changelogs: **build time** runs
 from the process start to ``/healthz`` answering and then to every resource readable
 (the last resource written to each partition answers with its busy intervals), next to
@@ -20,7 +20,8 @@ worker's data dir, and the worker's resident set (``VmRSS``) after the build min
 empty worker's, each per million intervals loaded.
 
 **Latency.** A second worker joins (the production default of one standby replica, so it
-also restores the other half); once the group is stable and both are idle, an open-loop
+also restores the other half); once the group is stable and both workers have logged
+``Worker ready`` after the rebalance, an open-loop
 load generator in its own process sends ``POST /api/availability/query`` (10 resources
 all owned by the first worker, one week, 30-minute meetings on a 15-minute grid in
 working hours Mon-Fri 09:00-17:00 Europe/Berlin; the resource sets rotate over
@@ -29,10 +30,11 @@ routes it (one ``_snapshot`` request to the owner), each next to ``GET /healthz`
 the same worker: aiohttp's constant JSON handler in the same process, the floor.
 Target: p99 ≤ 5 ms on the owning worker.
 
-**Holds.** Closed loop, ``--hold-concurrency`` requests in flight, alternately to either
-worker: ``POST /api/holds`` for non-overlapping 30-minute slots (past the busy
-intervals) on one resource, then across 100 resources; accepted holds per second of
-wall time, and each request's latency.
+**Holds.** Closed loop, alternately to either worker: ``POST /api/holds`` for
+non-overlapping 30-minute slots (past the busy intervals) on one resource one at a time
+(a decision's own latency), then ``--hold-concurrency`` in flight on one resource and
+across 100 resources; accepted holds per second of wall time, each request's latency,
+and the two workers' CPU per decision.
 
 ``python -m benchmarks.availability`` is the load generator's process (JSON spec on
 stdin: ``url``, ``method``, ``bodies`` used in turn, ``headers``, ``expect``, ``rate``,
@@ -84,6 +86,10 @@ QUERY_WEEK = 2
 #: Holds start this many days after the Monday of the current week (past the busy time).
 HOLDS_FROM_DAY = WEEKS * 7 + 7
 ROUTED_HEADER = "X-Calsync-Answered-By"
+#: Seconds the worker's idle CPU is measured over, before its latency runs.
+IDLE_S = 5.0
+#: Holds sent one at a time (the decision's own latency, no queue).
+SERIAL_HOLDS = 40
 
 
 def iso(moment: datetime) -> str:
@@ -107,7 +113,8 @@ def partition_of(rid: str, partitions: int) -> int:
 
 def busy_index(i: int, intervals: int, week0: datetime, synced_at: int) -> BusyIndex:
     """Resource ``i``'s occurrences: ``intervals`` of them over :data:`WEEKS` weeks of
-    weekdays, 07:00-19:00 UTC, 15-120 minutes; 85 % busy, 10 % tentative, 5 % out of office."""
+    weekdays, starting 07:00-17:45 UTC, 15-120 minutes; 85 % busy, 10 % tentative, 5 % out
+    of office."""
     rng = random.Random(i)
     base = int(week0.timestamp())
     entries: dict[str, Entry] = {}
@@ -316,6 +323,12 @@ class LatencyRun:
     targeted: bool
     floor: bool
     load: Load | None = None  # the machine meanwhile
+    idle_ms_per_s: float = math.nan  # the worker's CPU with no request (timers, consumers)
+
+    @property
+    def net_cpu_ms(self) -> float:
+        """CPU per request net of what the worker spends idle over the same time."""
+        return self.cpu_ms_per_request - self.idle_ms_per_s / self.result.rate
 
     @property
     def p99(self) -> float:
@@ -386,6 +399,13 @@ class HoldRun:
     statuses: Counter[str]
     wall_s: float
     latencies_ms: list[float]
+    cpu_s: float = math.nan  # both workers' CPU over the run
+    load: Load | None = None
+
+    @property
+    def cpu_ms_per_decision(self) -> float:
+        decided = self.statuses.get("201", 0) + self.statuses.get("409", 0)
+        return self.cpu_s / decided * 1000 if decided else math.nan
 
     @property
     def accepted(self) -> int:
@@ -404,6 +424,7 @@ async def hold_run(
     concurrency: int,
     token: str,
     first_slot: datetime,
+    pids: tuple[int, ...] = (),
 ) -> HoldRun:
     """``requests`` holds, request ``k`` on ``rids[k % n]`` at slot ``k // n`` (30 minutes
     each, back to back: none overlaps another), sent alternately to ``urls``."""
@@ -448,10 +469,12 @@ async def hold_run(
                     return
                 await one(k)
 
-        began = time.monotonic()
+        cpu, sample, began = sum(map(process_cpu, pids)), cpu_sample(), time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.monotonic() - began
-    return HoldRun(label, n, requests, concurrency, statuses, wall, latencies)
+        load = load_between(sample, cpu_sample(), wall)
+        cpu = sum(map(process_cpu, pids)) - cpu
+    return HoldRun(label, n, requests, concurrency, statuses, wall, latencies, cpu, load)
 
 
 # --------------------------------------------------------------------------- the run
@@ -590,6 +613,9 @@ async def run(ctx: Context) -> Section:
             (other, "other worker", False),
         ):
             assert worker.pid is not None
+            before = process_cpu(worker.pid)
+            await asyncio.sleep(IDLE_S)
+            idle = (process_cpu(worker.pid) - before) / IDLE_S * 1000
             floor_spec = {
                 **schedule,
                 "url": f"{worker.url}/healthz",
@@ -607,32 +633,56 @@ async def run(ctx: Context) -> Section:
                 "expect": 200,
             }
             label = "query, owning worker" if targeted else "query, routed (other worker → owner)"
-            results.latency.append(
+            runs = [
                 await measured(
                     f"floor: `GET /healthz`, {where}",
                     floor_spec,
                     worker.pid,
                     targeted=False,
                     floor=True,
-                )
-            )
-            results.latency.append(
-                await measured(label, query_spec, worker.pid, targeted=targeted, floor=False)
-            )
+                ),
+                await measured(label, query_spec, worker.pid, targeted=targeted, floor=False),
+            ]
+            for one_run in runs:
+                one_run.idle_ms_per_s = idle
+            results.latency += runs
 
         urls = [owner.url, other.url]
+        assert owner.pid is not None and other.pid is not None
+        pids = (owner.pid, other.pid)
         first_slot = monday() + timedelta(days=HOLDS_FROM_DAY)
         # Warm-up: each worker starts following the holds topic on its first hold.
         warm = [resource_id(opts.index_resources - 1)]
         await hold_run("warm-up", urls, warm, 4, 2, token, first_slot)
         first_slot += timedelta(days=2)
+        serial = [resource_id(opts.index_resources - 2)]
+        results.holds.append(
+            await hold_run(
+                "one resource, one at a time",
+                urls,
+                serial,
+                SERIAL_HOLDS,
+                1,
+                token,
+                first_slot,
+                pids,
+            )
+        )
         one = [resource_id(0)]
         results.holds.append(
             await hold_run(
-                "one resource", urls, one, opts.holds_one, opts.hold_concurrency, token, first_slot
+                "one resource",
+                urls,
+                one,
+                opts.holds_one,
+                opts.hold_concurrency,
+                token,
+                first_slot,
+                pids,
             )
         )
-        many = [resource_id(i) for i in range(1, 1 + min(MANY_RESOURCES, opts.index_resources - 2))]
+        count = min(MANY_RESOURCES, opts.index_resources - 3)
+        many = [resource_id(i) for i in range(1, 1 + count)]
         results.holds.append(
             await hold_run(
                 f"{len(many)} resources",
@@ -642,6 +692,7 @@ async def run(ctx: Context) -> Section:
                 opts.hold_concurrency,
                 token,
                 first_slot,
+                pids,
             )
         )
     finally:
@@ -668,7 +719,7 @@ def report(r: Results) -> list[str]:
         "occurrence's version and the index digest; "
         f"{loaded.records:,} records, {mib(loaded.bytes)}, of which {mib(loaded.busy_bytes)} "
         f"`busy` values, written in {loaded.seconds:.1f} s). Intervals: ten weeks of "
-        "weekdays, 07:00-19:00 UTC, 15-120 minutes, 85 % busy, 10 % tentative, 5 % out of "
+        "weekdays, starting 07:00-17:45 UTC, 15-120 minutes, 85 % busy, 10 % tentative, 5 % out of "
         "office.",
         "",
         "**Index build from the changelog** (one `calsync worker` restoring every "
@@ -713,10 +764,14 @@ def report(r: Results) -> list[str]:
         f"{r.response_bytes / 1024:.1f} KiB. The routed request goes to the other worker, which "
         "asks the owner for a snapshot of the 10 resources (one HTTP request) and finds the "
         "slots itself. The floor is `GET /healthz` on the same worker (a constant JSON "
-        "handler in the same aiohttp app, same middlewares).",
+        "handler in the same aiohttp app, same middlewares). CPU per request is the serving "
+        "worker's user + system time over the run (warm-up included) divided by the requests "
+        f"sent; in brackets net of its idle CPU (measured over {IDLE_S:g} s without requests "
+        "just before: Faust's consumers, timers, the standby's fetches). The routed row's "
+        "CPU is the receiving worker's; the owner spends its snapshot on top.",
         "",
         "| path | measured | p50 ms | p95 ms | p99 ms | max ms | failed | p99 / floor p99 "
-        "| CPU ms / request | machine busy (others) | target | result |",
+        "| CPU ms / request (net of idle) | machine busy (others) | target | result |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for run in r.latency:
@@ -728,7 +783,7 @@ def report(r: Results) -> list[str]:
         lines.append(
             f"| {run.label} | {len(run.result.latencies_ms)}/{run.result.sent} "
             f"| {latency_cells(run.result.latencies_ms)} | {run.failed} | {ratio} "
-            f"| {run.cpu_ms_per_request:.2f} | {busy} | {target} "
+            f"| {run.cpu_ms_per_request:.2f} ({run.net_cpu_ms:.2f}) | {busy} | {target} "
             f"| {verdict(run.ok) if run.targeted else '—'} |"
         )
     lines.append("")
@@ -744,11 +799,13 @@ def report(r: Results) -> list[str]:
         "**Hold decisions**, closed loop, requests alternately to either worker, each "
         "`POST /api/holds` for its own 30-minute slot (none overlaps another, none a busy "
         "interval), TTL 1 h, answered once the owner's decision is on `calsync.holds`; "
-        "accepted per second of wall time:",
+        "accepted per second of wall time. The first row sends one request at a time: the "
+        "latency of one decision with no queue in front of it.",
         "",
         "| resources | requests | in flight | 201 accepted | other answers | wall s "
-        "| accepted / s | p50 ms | p99 ms | max ms |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| accepted / s | p50 ms | p99 ms | max ms | workers' CPU ms / decision "
+        "| machine busy (others) |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for h in r.holds:
         others = ", ".join(f"{k}: {v}" for k, v in sorted(h.statuses.items()) if k != "201")
@@ -756,14 +813,17 @@ def report(r: Results) -> list[str]:
         lines.append(
             f"| {h.label} | {h.requests} | {h.concurrency} | {h.accepted} | {others or 'none'} "
             f"| {h.wall_s:.1f} | {h.per_second:,.0f} | {ms(lat['p50'])} | {ms(lat['p99'])} "
-            f"| {ms(lat['max'])} |"
+            f"| {ms(lat['max'])} | {h.cpu_ms_per_decision:.1f} "
+            f"| {f'{h.load.busy:.0%} ({h.load.others:.0%})' if h.load else 'n/a'} |"
         )
     lines += [
         "",
         "One resource is decided in its partition's order, one request at a time, each "
         "reading and rewriting the resource's hold book (which grows with every accepted "
         "hold) and writing the decision with `acks=all`; across resources the partitions "
-        "decide in parallel.",
+        "decide in parallel. Workers' CPU per decision is both workers' user + system time "
+        "over the run divided by the decisions: the receiving worker's request and wait, the "
+        "owner's decision and writes, and both workers following `calsync.holds`.",
     ]
     return lines
 
@@ -781,7 +841,11 @@ def summary(r: Results) -> list[str]:
             f"| {verdict(run.ok) if run.targeted else '—'} |"
         )
     for h in r.holds:
-        rows.append(f"| hold decisions, {h.label} | {h.per_second:,.0f} accepted/s | — | — |")
+        if h.concurrency == 1:
+            p50 = summarize(h.latencies_ms)["p50"]
+            rows.append(f"| hold decision, {h.label} | p50 {ms(p50)} ms | — | — |")
+        else:
+            rows.append(f"| hold decisions, {h.label} | {h.per_second:,.0f} accepted/s | — | — |")
     rows.append(
         f"| index memory per million intervals | {mib(r.busy_disk / r.millions)} on disk "
         f"(`busy`), {mib((r.built.rss - r.empty.rss) / r.millions)} resident | — | — |"
@@ -822,8 +886,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def check(opts: argparse.Namespace) -> str | None:
-    if opts.index_resources < 2 * QUERY_RESOURCES + 2 or opts.index_intervals < 1:
-        return f"--index-resources ≥ {2 * QUERY_RESOURCES + 2}, --index-intervals ≥ 1"
+    if opts.index_resources < 2 * QUERY_RESOURCES + 3 or opts.index_intervals < 1:
+        return f"--index-resources ≥ {2 * QUERY_RESOURCES + 3}, --index-intervals ≥ 1"
     if opts.query_rate <= 0 or opts.query_duration <= 0 or opts.query_warmup < 0:
         return "--query-rate and --query-duration must be positive, --query-warmup not negative"
     if min(opts.query_sets, opts.holds_one, opts.holds_many, opts.hold_concurrency) < 1:

@@ -144,6 +144,10 @@ async def test_every_worker_answers_for_every_resource_and_changes_show_up(kafka
             for name in names:
                 response = await client.get(f"{urls[0]}/api/availability/{name}", headers=AUTH)
                 owners.add(response.headers.get("X-Calsync-Answered-By", "self"))
+                for url in urls:  # the sync state is routed the same way
+                    response = await client.get(f"{url}/api/resources/{name}", headers=AUTH)
+                    assert response.status_code == 200, response.text
+                    assert response.json()["resource_id"] == name
             assert len(owners) == 2, "both workers own some resources (routing was exercised)"
 
             before = (await availability(client, urls[1], names[0]))["as_of"]["synced_at"]
@@ -270,7 +274,25 @@ async def test_holds_on_two_workers(kafka_settings) -> None:
             response = await settled_hold(client, urls[0], [names[0]], at)
             assert response.status_code == 201, "a released hold frees its slot"
 
+            # a provider event on top of an accepted hold is a conflict, reported
+            booked = BASE + timedelta(days=8, hours=10)
+            response = await settled_hold(client, urls[1], [names[2]], booked)
+            assert response.status_code == 201, response.text
+            clash = response.json()["hold_id"]
+            world.emulator.insert_event(f"{names[2]}@example.com", event_body(10, day_offset=8))
+
+            async def reported() -> bool:
+                answer = await availability(client, urls[0], names[2])
+                return any(c["hold_id"] == clash for c in answer["conflicts"])
+
+            await eventually(reported, timeout=30)
+
         await holds.settle(quiet=1.0)
+        conflicts = [
+            e for e in map(decode_hold_event, holds.values) if e.kind is HoldEventKind.CONFLICT
+        ]
+        assert [e.hold_id for e in conflicts] == [clash]
+        assert conflicts[0].conflict is not None and conflicts[0].conflict.system_event_id
         kinds = [decode_hold_event(v).kind for v in holds.values]
         assert {HoldEventKind.ACCEPTED, HoldEventKind.REJECTED, HoldEventKind.EXPIRED} <= set(kinds)
         assert {HoldEventKind.CONFIRMED, HoldEventKind.RELEASED} <= set(kinds)
