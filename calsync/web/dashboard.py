@@ -146,7 +146,8 @@ def resource_row(view: ResourceView, now: float) -> str:
     return (
         f'<tr data-id="{_e(view.resource_id)}" data-provider="{_e(view.provider)}" '
         f'data-state="{_e(view.state)}" data-problem="{int(view.problem)}" '
-        f'data-age="{age:.0f}" data-lag="{view.lag_ms or 0}" data-retries="{view.retries}">'
+        f'data-age="{age:.0f}" data-lag="{view.lag_ms or 0}" data-retries="{view.retries}" '
+        f'data-synced="{view.synced_at or 0:.3f}">'
         f"{tds}</tr>"
     )
 
@@ -172,7 +173,7 @@ def header_html(figures: dict[str, Any]) -> str:
     workers = (
         "".join(
             f'<li class="{"silent" if w["silent"] else ""}">{_e(w["name"])}: partitions '
-            f"{_e(', '.join(str(p) for p in w['partitions']) or 'none')}, "
+            f"{_e(', '.join(str(p) for p in w['partitions']) or 'none')} · "
             f"{w['resources']} resources"
             f"{', silent ' + span(w['heard_ago']) if w['silent'] else ''}</li>"
             for w in figures["workers"]
