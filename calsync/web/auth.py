@@ -166,6 +166,13 @@ def _unauthorized(request: web.Request) -> web.Response:
     return web.json_response(_UNAUTHORIZED, status=401, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _self_checked(request: web.Request) -> bool:
+    if request.match_info.http_exception is not None:
+        return False
+    resource = request.match_info.route.resource
+    return resource is not None and (request.method, resource.canonical) in _SELF_CHECKED
+
+
 def role_of(request: web.Request) -> Role | None:
     """The role the middleware found for ``request`` (``None`` on public routes)."""
     role = request.get(ROLE_KEY)
@@ -191,7 +198,7 @@ def admin_token_middleware(
 
     @web.middleware
     async def require_admin_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if _is_public(request):
+        if _is_public(request) or _self_checked(request):
             return await handler(request)
         header = request.headers.get("Authorization")
         role: Role | None = None
@@ -203,9 +210,6 @@ def admin_token_middleware(
             session = signer.check(request.cookies.get(SESSION_COOKIE))
             role = session.role if session is not None else None
         if role is None:
-            resource = request.match_info.route.resource
-            if resource is not None and (request.method, resource.canonical) in _SELF_CHECKED:
-                return await handler(request)
             return _unauthorized(request)
         request[ROLE_KEY] = role
         if session is not None:

@@ -20,7 +20,13 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -43,6 +49,8 @@ class Metrics:
     """The counters and histograms calsync updates as it works, in one registry."""
 
     def __init__(self) -> None:
+        # ``*_created`` series (one per labelled child) say nothing Prometheus needs
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.webhook_requests = Counter(
