@@ -56,6 +56,7 @@ from calsync.web.dashboard import Dashboard
 from calsync.web.fleet import Fleet, FleetFollower
 from calsync.web.heartbeat import Heartbeat
 from calsync.web.metrics import MeteredOutbox, Metrics, WorkerFigures
+from calsync.web.openapi import body_validation, serve_document
 from calsync.web.sites import Site, SiteServer, Surface, new_application, select_routes
 
 log = logging.getLogger(__name__)
@@ -149,9 +150,22 @@ class CalsyncApp(faust.App):
                 web.get("/api/resources/{resource_id}", self.resource_status),
                 web.get("/api/status", self.worker_status),
                 web.get("/metrics", self.metrics.handle),
+                web.get("/openapi.json", serve_document),
+                web.post("/api/deadletters/replay", self.replay_deadletters),
                 *self.dashboard.routes(),
             ]
         )
+
+    async def replay_deadletters(self, request: web.Request) -> web.Response:
+        """Replay every dead letter not replayed before (admin; see :mod:`calsync.deadletters`)."""
+        try:
+            replayed = await replay_deadletters(self.settings, self.publisher)
+        except Exception as exc:
+            log.warning("replaying dead letters failed: %r", exc)
+            return web.json_response(
+                {"error": "the dead-letter topic cannot be read now"}, status=503
+            )
+        return web.json_response({"replayed": replayed})
 
     async def resource_status(self, request: web.Request) -> web.Response:
         """JSON sync state of one resource owned by this worker (no secrets)."""
@@ -464,7 +478,10 @@ def create_app(
         web_host="127.0.0.1" if web_bind in ("127.0.0.1", "0.0.0.0") else web_bind,
         web_application_options={
             "client_max_size": settings.gateway_max_body,
-            "middlewares": [access_middleware(settings)],
+            "middlewares": [
+                access_middleware(settings),
+                body_validation(settings.gateway_read_timeout),
+            ],
         },
         # Faust's pages show table contents and the cluster's layout: off unless asked.
         web_tables_enabled=pages,
