@@ -25,7 +25,7 @@ async def replay_deadletters(
     publisher: Publisher,
     *,
     resource_id: str | None = None,
-    idle: float = 2.0,
+    idle: float = 1.0,
 ) -> int:
     """Replay every dead letter not replayed before (only ``resource_id``'s if given);
     stops once nothing arrived for ``idle`` seconds. Returns how many were replayed.
