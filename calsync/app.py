@@ -338,10 +338,7 @@ def _install_operator_views(
             "partitions": [tp.partition for tp in owned()],
             "resources": sum(1 for _ in app.sync_service.resources),
             "consumer_lag": {f"{t}:{p}": n for (t, p), n in consumer_lag().items()},
-            "rate_limits": {
-                k: {"tokens": round(v["tokens"], 2), "held_for": round(v["held_for"], 2)}
-                for k, v in app_buckets().items()
-            },
+            "rate_limits": rate_limit_levels(app.limiter.snapshot()),
             "counters": dict(app.metrics.totals),
             "quarantined": dict(app.quarantine.counts),
         }
@@ -422,6 +419,25 @@ def _install_operator_views(
             except Exception as exc:
                 log.warning("the dashboard cannot follow the status topic yet: %r", exc)
                 await asyncio.sleep(5.0)
+
+
+#: Account buckets a heartbeat names: the emptiest ones (a deployment has thousands).
+_ACCOUNT_BUCKETS_SHOWN = 10
+
+
+def rate_limit_levels(snapshot: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Every provider's application bucket, and the emptiest account buckets (held
+    ones first), for the heartbeat: ``{"google": ..., "google/<account>": ...}``."""
+    levels = {
+        name: {"tokens": round(b["tokens"], 2), "held_for": round(b["held_for"], 2)}
+        for name, b in snapshot.items()
+    }
+    apps = {name: level for name, level in levels.items() if "/" not in name}
+    accounts = sorted(
+        (name for name in levels if "/" in name),
+        key=lambda name: (-levels[name]["held_for"], levels[name]["tokens"]),
+    )
+    return {**apps, **{name: levels[name] for name in accounts[:_ACCOUNT_BUCKETS_SHOWN]}}
 
 
 def _share_updater(

@@ -285,10 +285,6 @@ class Fleet:
         known = self.workers.get(name)
         previous = (known.at, known.data) if known is not None else None
         self.workers[name] = WorkerView(name, event.at, data, previous)
-        for rid in data.get("stopped_resources", ()):
-            view = self.resources.get(str(rid))
-            if view is not None:
-                view.worker = ""
 
     def header(self, now: float | None = None) -> dict[str, Any]:
         """The deployment's figures: resources per state, rates, buckets, lag, workers."""
