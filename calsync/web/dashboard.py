@@ -239,7 +239,8 @@ def detail_html(view: ResourceView, now: float) -> str:
         for err in reversed(view.errors)
     )
     timeline = "".join(
-        f'<li data-status="{_e(entry["status"])}"><time>{_e(_ago(entry["at"], now))}</time> '
+        f'<li data-status="{_e(entry["status"])}" data-at="{entry["at"]:.3f}">'
+        f"<time>{_e(_ago(entry['at'], now))}</time> "
         f"<b>{_e(entry['status'])}</b> {_e(entry['detail'])}"
         f"{_e(_timeline_data(entry['data']))}</li>"
         for entry in reversed(view.timeline)
