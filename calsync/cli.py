@@ -292,40 +292,24 @@ def deadletter() -> None:
 def deadletter_replay(resource_id: str | None, timeout: float) -> None:
     """Put dead-lettered work back on the notifications topic, attempts reset.
 
-    A consumer group remembers what was replayed, so each dead letter is replayed once.
+    A consumer group remembers what was replayed, so each dead letter is replayed once
+    (the admin API's ``POST /api/deadletters/replay`` and the dashboard share it).
     """
-    from kafka import KafkaConsumer, KafkaProducer
-
-    from calsync.streams.records import Notification
+    from calsync.deadletters import replay_deadletters
+    from calsync.gateway.publisher import KafkaPublisher
 
     settings = _settings()
-    consumer = KafkaConsumer(
-        settings.topic("deadletter"),
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"{settings.app_id}-deadletter-replay",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout * 1000),
-    )
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    replayed = 0
-    try:
-        for message in consumer:
-            entry = json.loads(message.value)
-            notification = Notification.from_data(entry["notification"]).derive(
-                attempt=0, timer_key=None
+
+    async def replay() -> int:
+        publisher = KafkaPublisher(settings.kafka_bootstrap, client_id="calsync-cli")
+        try:
+            return await replay_deadletters(
+                settings, publisher, resource_id=resource_id, idle=timeout
             )
-            if resource_id is None or notification.resource_id == resource_id:
-                producer.send(
-                    settings.topic("notifications"),
-                    value=notification.dumps(),
-                    key=notification.resource_id.encode(),
-                ).get(timeout=30)
-                replayed += 1
-            consumer.commit()
-    finally:
-        producer.close()
-        consumer.close()
+        finally:
+            await publisher.aclose()
+
+    replayed = asyncio.run(replay())
     click.echo(f"replayed {replayed} dead letter(s)")
 
 
