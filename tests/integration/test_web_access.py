@@ -42,9 +42,23 @@ READ_ROUTES = [
     "/api/status",
     "/api/resources/alice",
     "/api/resources/alice/registration",
+    "/dashboard/",
+    "/dashboard/resources/alice",
+    "/dashboard/api/fleet",
+    "/dashboard/api/resources/alice",
+    "/metrics",
+    "/openapi.json",
     "/no/such/page",
 ]
-ADMIN_PAGES = ["/status/", "/api/status", "/api/resources/alice"]
+ADMIN_PAGES = [
+    "/status/",
+    "/api/status",
+    "/api/resources/alice",
+    "/dashboard/",
+    "/dashboard/api/fleet",
+    "/metrics",
+    "/openapi.json",
+]
 FAUST_PAGES = ["/table/", "/table/resources/alice/", "/router/", "/assignment/"]
 
 
