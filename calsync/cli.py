@@ -83,6 +83,7 @@ def gateway() -> None:
     from calsync.gateway.http import build_gateway_app, server_options
     from calsync.gateway.publisher import KafkaPublisher
     from calsync.streams.topics import ensure_topics
+    from calsync.web.metrics import Metrics
     from calsync.web.sites import Site, Surface, serve_until_signalled
 
     settings = _settings()
@@ -93,9 +94,12 @@ def gateway() -> None:
     publisher = KafkaPublisher(settings.kafka_bootstrap)
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     options = server_options(settings)
+    metrics = Metrics()  # one per process: the webhooks on one site, /metrics on the other
 
     def site(surface: Surface, host: str, port: int) -> Site:
-        app = build_gateway_app(settings, publisher, clock=clock, surface=surface.value)
+        app = build_gateway_app(
+            settings, publisher, clock=clock, surface=surface.value, metrics=metrics
+        )
         return Site(app, host, port, options)
 
     if settings.admin_address is None:

@@ -62,6 +62,8 @@ from calsync.providers.registry import REGISTRY
 from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind, Notification, Reason
 from calsync.web.auth import Role, bearer_matches, role_of, token_digest
+from calsync.web.metrics import Metrics
+from calsync.web.openapi import serve_document
 from calsync.web.sites import Surface, new_application, select_routes
 
 log = logging.getLogger(__name__)
@@ -588,19 +590,29 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 
 def build_gateway_app(
-    settings: Settings, publisher: Publisher, *, clock: Clock = time.time, surface: str = "all"
+    settings: Settings,
+    publisher: Publisher,
+    *,
+    clock: Clock = time.time,
+    surface: str = "all",
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """A standalone aiohttp application serving the gateway routes of ``surface``.
 
     ``surface`` is a :class:`calsync.web.Surface` value: ``"all"`` (one address),
-    ``"public"`` (the webhooks and ``/healthz``) or ``"admin"`` (the API and
-    ``/healthz``); anything else raises :class:`ValueError`. Every route but the
+    ``"public"`` (the webhooks and ``/healthz``) or ``"admin"`` (the API, ``/metrics``,
+    ``/openapi.json`` and ``/healthz``); anything else raises :class:`ValueError`.
+    ``metrics`` (shared by the sites of one process) counts the webhooks. Every route but the
     webhooks and ``/healthz`` answers only to the admin token (:mod:`calsync.web`).
     Cleanup stops the gateway's status follower.
     """
 
     gateway = Gateway(settings, publisher, clock=clock)
-    app = new_application(settings, select_routes(gateway.routes(), Surface(surface)))
+    metrics = metrics or Metrics()
+    extra = [web.get("/metrics", metrics.handle), web.get("/openapi.json", serve_document)]
+    routes = select_routes([*gateway.routes(), *extra], Surface(surface))
+    app = new_application(settings, routes)
+    app.middlewares.append(metrics.middleware())
 
     async def close_gateway(_: web.Application) -> None:
         await gateway.aclose()
