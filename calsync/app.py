@@ -144,6 +144,8 @@ class CalsyncApp(faust.App):
         web_server.web_app.middlewares.append(self.metrics.middleware())
         surface = Surface.ALL if self.settings.admin_address is None else Surface.ADMIN
         web_server.web_app.add_routes(select_routes(self.gateway.routes(), surface))
+        if not self.settings.faust_pages:  # else "/" is Faust's index
+            web_server.web_app.add_routes([web.get("/", _to_dashboard)])
         web_server.web_app.add_routes(
             [
                 web.get("/status/", self.status_page),
@@ -221,6 +223,10 @@ class CalsyncApp(faust.App):
         return web.Response(text=page, content_type="text/html")
 
 
+async def _to_dashboard(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/dashboard/")
+
+
 def _span(seconds: float) -> str:
     """A duration as people read it: 12.6s, 4m 03s, 6d 23h."""
     if seconds < 60:
@@ -276,7 +282,12 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}</style></head
 
 def _status_links(*, faust_pages: bool) -> str:
     """The status page's links: only to pages this worker serves on the same address."""
-    links = [("/api/status", "timers and rate limits"), ("/healthz", "health")]
+    links = [
+        ("/dashboard/", "the dashboard (every worker's resources)"),
+        ("/api/status", "timers and rate limits"),
+        ("/metrics", "metrics"),
+        ("/healthz", "health"),
+    ]
     if faust_pages:
         links = [("/table/", "tables"), ("/router/", "router"), *links]
     return ", ".join(f'<a href="{href}">{text}</a>' for href, text in links)

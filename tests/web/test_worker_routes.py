@@ -54,8 +54,13 @@ def build(make_settings: SettingsFactory, **overrides: object) -> CalsyncApp:
 
 
 async def test_faust_pages_are_off_by_default(make_settings: SettingsFactory) -> None:
-    mounted = routes(web_app(build(make_settings)))
-    assert not [path for _, path in mounted if path == "/" or path.startswith(FAUST_PREFIXES)]
+    application = web_app(build(make_settings))
+    mounted = routes(application)
+    assert not [path for _, path in mounted if path.startswith(FAUST_PREFIXES)]
+    async with served(application) as client:  # "/" is calsync's way to the dashboard
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        index = await client.get("/", headers=auth, allow_redirects=False)
+        assert (index.status, index.headers["Location"]) == (302, "/dashboard/")
     assert mounted >= WEBHOOKS | HEALTH
     assert {("GET", "/status/"), ("GET", "/api/status"), ("POST", "/api/resources")} <= mounted
 
