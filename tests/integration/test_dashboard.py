@@ -133,6 +133,7 @@ async def sign_in(page: Page, base_url: str, token: str) -> None:
     """Open the dashboard without a session: the 401 page is the login form."""
     response = await page.goto(f"{base_url}/dashboard/")
     assert response is not None and response.status == 401
+    await page.screenshot(path=str(SCREENSHOTS / "login.png"))
     await page.fill("#token", token)
     await page.click("button[type=submit]")
     await expect(page.locator("#resources")).to_be_visible(timeout=WAIT_MS)
@@ -223,6 +224,9 @@ async def test_dashboard_in_a_browser(kafka_settings, tmp_path: Path) -> None:
             )
             assert overflow <= 0, overflow
             await page.screenshot(path=str(SCREENSHOTS / "dashboard-phone.png"), full_page=True)
+            await page.goto(f"{world.url(0)}/dashboard/resources/{REVOKED}")
+            await expect(page.locator("#detail .errors")).to_contain_text("Reconnect the calendar")
+            await page.screenshot(path=str(SCREENSHOTS / "resource-phone.png"), full_page=True)
 
         # the read-only token sees everything and can change nothing
         async with browser(tmp_path / "chromium-profile-read") as context:
