@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from calsync.agents.outbox import Outbox
 from calsync.model import UnifiedEvent
+from calsync.providers.registry import REGISTRY
 from calsync.streams.records import Command, Notification, RetryEnvelope, StatusEvent
 
 #: Webhook → response: the gateway only checks and writes one record, so milliseconds.
@@ -41,6 +42,8 @@ EVENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 #: Ages of the last successful sync.
 AGE_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 24 * 3600.0, 7 * 24 * 3600.0)
 
+#: Events name their origin (``google_calendar_v3``); metrics use the provider's name.
+_PROVIDER_OF_ORIGIN = {spec.origin.value: name for name, spec in REGISTRY.items()}
 #: What a scrape-time collector reads from the worker; see :class:`WorkerFigures`.
 Snapshot = Callable[[], Mapping[str, Any]]
 
@@ -116,7 +119,8 @@ class Metrics:
 
     def observe_events(self, events: Iterable[UnifiedEvent]) -> None:
         for event in events:
-            provider = event.provider_origin.value
+            origin = event.provider_origin
+            provider = _PROVIDER_OF_ORIGIN.get(origin.value, origin.value)
             self.events.labels(provider, event.change.value).inc()
             self.totals["events"] += 1
             if event.latency_ms is not None:

@@ -64,6 +64,7 @@ async def test_metrics_parse_and_move_with_webhooks(kafka_settings) -> None:
                 await asyncio.sleep(0.5)
             google = (("provider", "google"),)
             assert after[("calsync_webhook_response_seconds_count", google)] >= 1
+            assert after[("calsync_webhook_to_event_seconds_count", google)] >= 3
             accepted = (("provider", "google"), ("status", "202"))
             assert after[("calsync_webhook_requests_total", accepted)] >= 1
             assert after[("calsync_resources", (("state", "active"),))] == 1
