@@ -14,8 +14,10 @@ the public routes on ``CALSYNC_WEB_PORT``.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -34,12 +36,13 @@ from calsync.agents.holds import HoldService, install_holds_agent
 from calsync.agents.offsets import ConsumerOffsets
 from calsync.agents.outbox import KafkaOutbox
 from calsync.agents.quarantine import Quarantine
-from calsync.agents.service import SyncService
+from calsync.agents.service import Lane, SyncService, lane_of
 from calsync.agents.supervision import Health, fatal
 from calsync.agents.sync import install_sync_agent
 from calsync.agents.timers import TimerDispatcher, install_retry_agent, install_timer_task
 from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
+from calsync.deadletters import replay_deadletters
 from calsync.gateway.holds import HoldFollower
 from calsync.gateway.http import Gateway, server_options
 from calsync.gateway.publisher import KafkaPublisher
@@ -47,12 +50,18 @@ from calsync.providers.factory import ProviderFactory
 from calsync.providers.registry import REGISTRY, rate_limit_specs
 from calsync.ratelimit import RateLimiter
 from calsync.settings import Settings
+from calsync.streams.records import CommandKind, Notification
 from calsync.streams.topics import changelog_topic, declare_topics
 from calsync.tables.declare import declare_tables
 from calsync.tables.records import Resource, SyncState
-from calsync.web.auth import admin_token_middleware
+from calsync.web.auth import access_middleware, session_signer
 from calsync.web.availability import AvailabilityApi, IndexTables
+from calsync.web.dashboard import Dashboard
+from calsync.web.fleet import Fleet, FleetFollower
+from calsync.web.heartbeat import Heartbeat
 from calsync.web.holds import HoldsApi
+from calsync.web.metrics import MeteredOutbox, Metrics, WorkerFigures
+from calsync.web.openapi import body_validation, serve_document
 from calsync.web.routing import ROUTED, Router
 from calsync.web.sites import Site, SiteServer, Surface, new_application, select_routes
 
@@ -111,6 +120,10 @@ class CalsyncApp(faust.App):
     routing: Router
     availability: AvailabilityApi
     holds_api: HoldsApi
+    metrics: Metrics
+    fleet_follower: FleetFollower
+    dashboard: Dashboard
+    heartbeat: Heartbeat
 
     def _new_producer_transport(self) -> Any:
         return IdempotentTransport(self.conf.broker_producer, self)
@@ -132,6 +145,7 @@ class CalsyncApp(faust.App):
         # After every agent, task and child service stopped: nothing sends any more.
         await super().on_shutdown()
         for close in (
+            self.fleet_follower.aclose,
             self.holds_api.aclose,
             self.routing.aclose,
             self.gateway.aclose,
@@ -144,15 +158,22 @@ class CalsyncApp(faust.App):
 
     def on_webserver_init(self, web_server: Any) -> None:
         web_server.web_app.middlewares.append(self.health.middleware)
+        web_server.web_app.middlewares.append(self.metrics.middleware())
         surface = Surface.ALL if self.settings.admin_address is None else Surface.ADMIN
         web_server.web_app.add_routes(select_routes(self.gateway.routes(), surface))
         for api in (self.availability, self.holds_api):
             web_server.web_app.add_routes(select_routes(api.routes(), surface))
+        if not self.settings.faust_pages:  # else "/" is Faust's index
+            web_server.web_app.add_routes([web.get("/", _to_dashboard)])
         web_server.web_app.add_routes(
             [
                 web.get("/status/", self.status_page),
                 web.get("/api/resources/{resource_id}", self.resource_status),
                 web.get("/api/status", self.worker_status),
+                web.get("/metrics", self.metrics.handle),
+                web.get("/openapi.json", serve_document),
+                web.post("/api/deadletters/replay", self.replay_deadletters),
+                *self.dashboard.routes(),
             ]
         )
 
@@ -178,6 +199,17 @@ class CalsyncApp(faust.App):
                     return None
                 return str(url)
         raise LookupError(resource_id)
+
+    async def replay_deadletters(self, request: web.Request) -> web.Response:
+        """Replay every dead letter not replayed before (admin; see :mod:`calsync.deadletters`)."""
+        try:
+            replayed = await replay_deadletters(self.settings, self.publisher)
+        except Exception as exc:
+            log.warning("replaying dead letters failed: %r", exc)
+            return web.json_response(
+                {"error": "the dead-letter topic cannot be read now"}, status=503
+            )
+        return web.json_response({"replayed": replayed})
 
     async def resource_status(self, request: web.Request) -> web.Response:
         """JSON sync state of one resource (no secrets), from the worker that owns it."""
@@ -244,6 +276,10 @@ def _urlident(url: str) -> tuple[str, int]:
     return parsed.host or "", parsed.port or 80
 
 
+async def _to_dashboard(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/dashboard/")
+
+
 def _span(seconds: float) -> str:
     """A duration as people read it: 12.6s, 4m 03s, 6d 23h."""
     if seconds < 60:
@@ -302,10 +338,173 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}</style></head
 
 def _status_links(*, faust_pages: bool) -> str:
     """The status page's links: only to pages this worker serves on the same address."""
-    links = [("/api/status", "timers and rate limits"), ("/healthz", "health")]
+    links = [
+        ("/dashboard/", "the dashboard (every worker's resources)"),
+        ("/api/status", "timers and rate limits"),
+        ("/metrics", "metrics"),
+        ("/healthz", "health"),
+    ]
     if faust_pages:
         links = [("/table/", "tables"), ("/router/", "router"), *links]
     return ", ".join(f'<a href="{href}">{text}</a>' for href, text in links)
+
+
+def _install_operator_views(
+    app: CalsyncApp, settings: Settings, offsets: ConsumerOffsets, clock: Callable[[], float]
+) -> None:
+    """The dashboard (fed from the status topic), its heartbeat and ``/metrics``."""
+    notifications = settings.topic("notifications")
+    fleet = Fleet(heartbeat_interval=settings.heartbeat_interval)
+    follower = FleetFollower(
+        settings.kafka_bootstrap,
+        settings.topic("status"),
+        fleet,
+        lookback=settings.dashboard_lookback,
+    )
+    app.fleet_follower = follower
+    name = f"{socket.gethostname()}:{settings.web_port}"
+
+    async def send_command(kind: CommandKind, resource_id: str) -> None:
+        await app.gateway.send_command(kind, resource_id)
+
+    async def replay() -> int:
+        return await replay_deadletters(settings, app.publisher)
+
+    app.dashboard = Dashboard(
+        fleet,
+        signer=session_signer(settings),
+        send_command=send_command,
+        replay=replay,
+        ready=follower.ready,
+        app_id=settings.app_id,
+        secure_cookie=settings.public_url.startswith("https://"),
+    )
+
+    def owned() -> list[Any]:
+        return sorted(
+            (tp for tp in app.assignor.assigned_actives() if tp.topic == notifications),
+            key=lambda tp: tp.partition,
+        )
+
+    def consumer_lag() -> dict[tuple[str, int], int]:
+        described = app.notification_dispatcher.describe()["partitions"]
+        lag: dict[tuple[str, int], int] = {}
+        for tp in owned():
+            highwater = offsets.highwater(tp)
+            committed = described.get(f"{tp.topic}:{tp.partition}", {}).get("committed")
+            if highwater is not None and committed is not None:
+                lag[(tp.topic, tp.partition)] = max(0, highwater - committed)
+        return lag
+
+    def app_buckets() -> dict[str, dict[str, float]]:
+        return {k: v for k, v in app.limiter.snapshot().items() if "/" not in k}
+
+    def describe() -> dict[str, Any]:
+        return {
+            "url": f"http://{app.conf.web_host}:{app.conf.web_port}",
+            "partitions": [tp.partition for tp in owned()],
+            "resources": sum(1 for _ in app.sync_service.resources),
+            "consumer_lag": {f"{t}:{p}": n for (t, p), n in consumer_lag().items()},
+            "rate_limits": rate_limit_levels(app.limiter.snapshot()),
+            "counters": dict(app.metrics.totals),
+            "quarantined": dict(app.quarantine.counts),
+        }
+
+    def summaries() -> list[tuple[str, dict[str, Any]]]:
+        service = app.sync_service
+        retries: dict[str, list[float]] = {}
+        for key, timer in service.timers.items():
+            if key.startswith("retry:"):
+                retries.setdefault(timer.notification.resource_id, []).append(timer.due_at)
+        out = []
+        for rid, resource in service.resources.items():
+            state = service.sync_state.get(rid) or SyncState()
+            channel = service.channels.get(rid)
+            due = retries.get(rid, [])
+            out.append(
+                (
+                    rid,
+                    {
+                        "provider": resource.provider,
+                        "calendar_id": resource.calendar_id,
+                        "state": resource.state,
+                        "synced_at": state.synced_at or None,
+                        "channel_expires_at": (
+                            channel.expires_at_ms / 1000 if channel is not None else None
+                        ),
+                        "poll_interval": state.poll_interval or None,
+                        "retries": len(due),
+                        "next_retry_at": min(due) if due else None,
+                        "worker": name,
+                    },
+                )
+            )
+        return out
+
+    def figures() -> dict[str, Any]:
+        service = app.sync_service
+        now = clock()
+        states: dict[str, int] = {}
+        ages: list[float] = []
+        for rid, resource in service.resources.items():
+            states[resource.state] = states.get(resource.state, 0) + 1
+            if resource.state == "active":
+                synced = (service.sync_state.get(rid) or SyncState()).synced_at
+                ages.append(max(0.0, now - synced) if synced else now - resource.registered_at)
+        return {
+            "states": states,
+            "sync_ages": ages,
+            "consumer_lag": consumer_lag(),
+            "rate_limits": {k: v["tokens"] for k, v in app_buckets().items()},
+        }
+
+    app.metrics.add(WorkerFigures(figures))
+
+    async def publish(key: str, value: bytes) -> None:
+        await app.publisher.publish(settings.topic("status"), key, value)
+
+    heartbeat = Heartbeat(
+        name,
+        publish,
+        describe,
+        summaries,
+        interval=settings.heartbeat_interval,
+        summary_interval=settings.summary_interval,
+    )
+    app.heartbeat = heartbeat
+
+    @app.task  # type: ignore[untyped-decorator]  # faust types task() loosely
+    async def beat() -> None:
+        await heartbeat.run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def follow_status() -> None:
+        while True:  # the dashboard's picture: start following, retry until it works
+            try:
+                await follower.ready()
+                return
+            except Exception as exc:
+                log.warning("the dashboard cannot follow the status topic yet: %r", exc)
+                await asyncio.sleep(5.0)
+
+
+#: Account buckets a heartbeat names: the emptiest ones (a deployment has thousands).
+_ACCOUNT_BUCKETS_SHOWN = 10
+
+
+def rate_limit_levels(snapshot: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Every provider's application bucket, and the emptiest account buckets (held
+    ones first), for the heartbeat: ``{"google": ..., "google/<account>": ...}``."""
+    levels = {
+        name: {"tokens": round(b["tokens"], 2), "held_for": round(b["held_for"], 2)}
+        for name, b in snapshot.items()
+    }
+    apps = {name: level for name, level in levels.items() if "/" not in name}
+    accounts = sorted(
+        (name for name in levels if "/" in name),
+        key=lambda name: (-levels[name]["held_for"], levels[name]["tokens"]),
+    )
+    return {**apps, **{name: levels[name] for name in accounts[:_ACCOUNT_BUCKETS_SHOWN]}}
 
 
 def _share_updater(
@@ -362,7 +561,10 @@ def create_app(
         web_host="127.0.0.1" if web_bind in ("127.0.0.1", "0.0.0.0") else web_bind,
         web_application_options={
             "client_max_size": settings.gateway_max_body,
-            "middlewares": [admin_token_middleware(settings.admin_token)],
+            "middlewares": [
+                access_middleware(settings),
+                body_validation(settings.gateway_read_timeout),
+            ],
         },
         # Faust's pages show table contents and the cluster's layout: off unless asked.
         web_tables_enabled=pages,
@@ -384,9 +586,13 @@ def create_app(
 
     publisher = KafkaPublisher(settings.kafka_bootstrap, client_id=f"{settings.app_id}-out")
     app.publisher = publisher
-    outbox = KafkaOutbox(settings, publisher.send)
+    metrics = Metrics()
+    app.metrics = metrics
+    outbox = MeteredOutbox(KafkaOutbox(settings, publisher.send), metrics)
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     limiter = RateLimiter(rate_limit_specs(settings))
+    limiter.on_response = metrics.observe_response
+    limiter.on_wait = metrics.observe_wait
     app.limiter = limiter
     dispatcher = TimerDispatcher(
         timers=timers,
@@ -450,14 +656,23 @@ def create_app(
     if settings.admin_address is not None:
         public = new_application(settings, select_routes(app.gateway.routes(), Surface.PUBLIC))
         public.middlewares.append(health.middleware)  # a load balancer's /healthz is here
+        public.middlewares.append(metrics.middleware())
         app.public_server = SiteServer(
             Site(public, settings.web_bind, settings.web_port, server_options(settings))
         )
     quarantine = Quarantine(outbox.status, clock=clock)
     app.quarantine = quarantine
+    service = app.sync_service
+
+    async def handle(notification: Notification, lane: Lane) -> None:
+        if lane_of(notification) is lane:
+            metrics.observe_notification(notification.reason)
+        await service.on_notification(notification, lane)
+
+    offsets = ConsumerOffsets(app)
     sync_dispatcher = NotificationDispatcher(
-        app.sync_service.on_notification,
-        ConsumerOffsets(app),
+        handle,
+        offsets,
         topic=settings.topic("notifications"),
         live_slots=settings.live_concurrency,
         bulk_slots=settings.bulk_concurrency,
@@ -466,8 +681,8 @@ def create_app(
         quarantine=quarantine,
     )
     app.notification_dispatcher = sync_dispatcher
+    _install_operator_views(app, settings, offsets, clock)
 
-    service = app.sync_service
     install_sync_agent(app, health, topics.notifications, sync_dispatcher, settings)
     install_retry_agent(app, health, topics.retries, service.on_retry, quarantine, settings)
     install_command_agent(app, health, topics.commands, service.on_command, quarantine, settings)

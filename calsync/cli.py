@@ -83,6 +83,7 @@ def gateway() -> None:
     from calsync.gateway.http import build_gateway_app, server_options
     from calsync.gateway.publisher import KafkaPublisher
     from calsync.streams.topics import ensure_topics
+    from calsync.web.metrics import Metrics
     from calsync.web.sites import Site, Surface, serve_until_signalled
 
     settings = _settings()
@@ -93,9 +94,12 @@ def gateway() -> None:
     publisher = KafkaPublisher(settings.kafka_bootstrap)
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     options = server_options(settings)
+    metrics = Metrics()  # one per process: the webhooks on one site, /metrics on the other
 
     def site(surface: Surface, host: str, port: int) -> Site:
-        app = build_gateway_app(settings, publisher, clock=clock, surface=surface.value)
+        app = build_gateway_app(
+            settings, publisher, clock=clock, surface=surface.value, metrics=metrics
+        )
         return Site(app, host, port, options)
 
     if settings.admin_address is None:
@@ -292,40 +296,24 @@ def deadletter() -> None:
 def deadletter_replay(resource_id: str | None, timeout: float) -> None:
     """Put dead-lettered work back on the notifications topic, attempts reset.
 
-    A consumer group remembers what was replayed, so each dead letter is replayed once.
+    A consumer group remembers what was replayed, so each dead letter is replayed once
+    (the admin API's ``POST /api/deadletters/replay`` and the dashboard share it).
     """
-    from kafka import KafkaConsumer, KafkaProducer
-
-    from calsync.streams.records import Notification
+    from calsync.deadletters import replay_deadletters
+    from calsync.gateway.publisher import KafkaPublisher
 
     settings = _settings()
-    consumer = KafkaConsumer(
-        settings.topic("deadletter"),
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"{settings.app_id}-deadletter-replay",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout * 1000),
-    )
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    replayed = 0
-    try:
-        for message in consumer:
-            entry = json.loads(message.value)
-            notification = Notification.from_data(entry["notification"]).derive(
-                attempt=0, timer_key=None
+
+    async def replay() -> int:
+        publisher = KafkaPublisher(settings.kafka_bootstrap, client_id="calsync-cli")
+        try:
+            return await replay_deadletters(
+                settings, publisher, resource_id=resource_id, idle=timeout
             )
-            if resource_id is None or notification.resource_id == resource_id:
-                producer.send(
-                    settings.topic("notifications"),
-                    value=notification.dumps(),
-                    key=notification.resource_id.encode(),
-                ).get(timeout=30)
-                replayed += 1
-            consumer.commit()
-    finally:
-        producer.close()
-        consumer.close()
+        finally:
+            await publisher.aclose()
+
+    replayed = asyncio.run(replay())
     click.echo(f"replayed {replayed} dead letter(s)")
 
 

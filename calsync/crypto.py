@@ -26,6 +26,11 @@ def _derive(secret_key: str, label: bytes) -> bytes:
     )
 
 
+def derive_key(secret_key: str, label: bytes) -> bytes:
+    """32 bytes for one purpose (``label``) from the secret key (HKDF-SHA256)."""
+    return _derive(secret_key, label)
+
+
 class SecretBox:
     """Encrypts and decrypts short secrets (refresh tokens, passwords)."""
 

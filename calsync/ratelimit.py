@@ -282,6 +282,10 @@ class RateLimiter:
         }
         self._accounts: dict[tuple[str, str], TokenBucket] = {}
         self._last_throttle: dict[str, tuple[str, float]] = {}
+        #: Told of every provider response (provider, HTTP status): ``/metrics``.
+        self.on_response: Callable[[str, int], None] | None = None
+        #: Told of every inline wait for a token (provider, seconds): ``/metrics``.
+        self.on_wait: Callable[[str, float], None] | None = None
 
     def _account(self, provider: str, account: str, now: float) -> TokenBucket:
         key = (provider, account)

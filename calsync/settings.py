@@ -16,7 +16,13 @@ from calsync.errors import ConfigurationError
 from calsync.providers.netpolicy import parse_networks
 
 _SECRET_FIELDS = frozenset(
-    {"secret_key", "admin_token", "google_client_secret", "microsoft_client_secret"}
+    {
+        "secret_key",
+        "admin_token",
+        "read_token",
+        "google_client_secret",
+        "microsoft_client_secret",
+    }
 )
 
 
@@ -31,6 +37,9 @@ class Settings:
 
     secret_key: str = field(repr=False)
     admin_token: str = field(repr=False)
+    #: A token that may look (the dashboard, every GET route) but change nothing;
+    #: empty: no read-only access. Same rules as the admin token, and not equal to it.
+    read_token: str = field(default="", repr=False)
     kafka_bootstrap: str = "127.0.0.1:9092"
     data_dir: Path = Path("./calsync-data")
     web_port: int = 6066
@@ -132,6 +141,15 @@ class Settings:
     #: Standby replicas per table partition: warm copies on other workers that make a
     #: takeover replay seconds of changelog instead of all of it.
     standby_replicas: int = 1
+    #: Seconds between a worker's heartbeats on ``calsync.status`` (its partitions,
+    #: consumer lag, rate-limit buckets, counters), which the dashboard shows.
+    heartbeat_interval: float = 5.0
+    #: Seconds between a worker's summaries of every resource it owns (sync state,
+    #: channel expiry, retry backlog) on ``calsync.status``, so the dashboard knows
+    #: resources whose last status change is older than the topic's retention.
+    summary_interval: float = 60.0
+    #: Seconds of ``calsync.status`` the dashboard reads when a worker starts.
+    dashboard_lookback: float = 24 * 3600.0
     log_level: str = "info"
     #: Test only: the worker's clock runs this many times faster than real time from
     #: ``clock_origin`` on (so days of subscription life pass in seconds).
@@ -144,6 +162,10 @@ class Settings:
     def __post_init__(self) -> None:
         _check_secret_key(self.secret_key)
         _check_admin_token(self.admin_token)
+        if self.read_token:
+            _check_admin_token(self.read_token, name="CALSYNC_READ_TOKEN")
+            if self.read_token == self.admin_token:
+                raise ConfigurationError("CALSYNC_READ_TOKEN must differ from CALSYNC_ADMIN_TOKEN")
         if self.admin_address is not None and self.admin_address[1] == self.web_port:
             raise ConfigurationError(
                 f"CALSYNC_ADMIN_BIND={self.admin_bind!r} must use another port than "
@@ -228,7 +250,7 @@ def _check_secret_key(key: str) -> None:
         )
 
 
-def _check_admin_token(token: str) -> None:
+def _check_admin_token(token: str, *, name: str = "CALSYNC_ADMIN_TOKEN") -> None:
     """Refuse an admin token that is short, patterned or cannot travel in a header.
 
     At least 24 characters, at least :data:`_MIN_DISTINCT` different ones, all visible
@@ -238,7 +260,7 @@ def _check_admin_token(token: str) -> None:
     printable = all("!" <= c <= "~" for c in token)
     if len(token) < 24 or len(set(token)) < _MIN_DISTINCT or not printable:
         raise ConfigurationError(
-            "CALSYNC_ADMIN_TOKEN must be at least 24 random characters of visible ASCII "
+            f"{name} must be at least 24 random characters of visible ASCII "
             "(no spaces, not one or a few characters repeated; it guards the admin API "
             f"and the status pages); {_GENERATE}"
         )

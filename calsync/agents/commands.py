@@ -1,6 +1,6 @@
 """Commands from the admin API and CLI (``calsync.commands``), and credential rotation.
 
-Register, remove, rotate and resync each change the ``resources`` table and, where
+Register, remove, rotate, resync, pause and resume each change the ``resources`` table and, where
 the resource must be synced, write a notification. Credential rotation has one path:
 a provider's request seam hands rotated credentials to :meth:`Commands.on_rotated`
 (through the provider factory) before the request goes on; they are stored at once
@@ -50,6 +50,8 @@ class Commands:
             CommandKind.REMOVE.value: self._remove,
             CommandKind.ROTATE.value: self._rotate,
             CommandKind.RESYNC.value: self._resync,
+            CommandKind.PAUSE.value: self._pause,
+            CommandKind.RESUME.value: self._resume,
         }
 
     async def apply(self, command: Command) -> None:
@@ -76,6 +78,27 @@ class Commands:
         resource = self._context.resources.get(command.resource_id)
         if resource is not None:
             await self._context.outbox.notify(_notification(command, resource.provider, full=True))
+
+    async def _pause(self, command: Command) -> None:
+        """No provider calls for the resource until it is resumed (its channel stays;
+        pushes on it are dropped by the sync service, which skips inactive resources)."""
+        context, rid = self._context, command.resource_id
+        resource = context.resources.get(rid)
+        if resource is None or resource.state != "active":
+            return
+        context.resources[rid] = resource.derive(state="paused")
+        await context.status(rid, "paused")
+
+    async def _resume(self, command: Command) -> None:
+        """A paused resource becomes active and is resynced in full (changes made while
+        it was paused are found by the listing)."""
+        context, rid = self._context, command.resource_id
+        resource = context.resources.get(rid)
+        if resource is None or resource.state != "paused":
+            return
+        context.resources[rid] = resource.derive(state="active")
+        await context.status(rid, "resumed")
+        await context.outbox.notify(_notification(command, resource.provider, full=True))
 
     async def on_rotated(self, rid: str, credentials: dict[str, str]) -> None:
         """A provider rotated its credentials mid-request: store them now, twice over.
@@ -147,7 +170,11 @@ class Commands:
             await context.status(rid, "recovered", "new credentials")
         await context.outbox.notify(_notification(command, resource.provider, full=True))
         await context.status(
-            rid, "registered", provider=resource.provider, issued_at=command.issued_at
+            rid,
+            "registered",
+            provider=resource.provider,
+            calendar_id=resource.calendar_id,
+            issued_at=command.issued_at,
         )
 
 

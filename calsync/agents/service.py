@@ -29,6 +29,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from calsync.agents.commands import Commands
 from calsync.agents.context import ProviderSource, ServiceContext
@@ -405,7 +406,13 @@ class SyncService:
                 self.scheduler.reconcile(rid, resource.provider)
             expired = outcome.cursor_expired or bool(state.cursor_expired_at)
             await self.context.status(rid, "resync_finished", cursor_expired=expired, counts=counts)
-        await self.context.status(rid, "synced", counts=counts, lane=lane.value)
+        extra: dict[str, Any] = {}
+        if outcome.upserts or outcome.deletes:
+            # end-to-end: from the notification's cause to the events being acknowledged
+            extra["lag_ms"] = max(0, int((self.clock() - notification.received_at) * 1000))
+        await self.context.status(
+            rid, "synced", counts=counts, lane=lane.value, reason=notification.reason, **extra
+        )
 
     def _keep_progress(self, rid: str, progress: dict[str, str], busy: BusyIndex) -> SyncState:
         """After a failed walk, store the index as of its last acknowledged emission

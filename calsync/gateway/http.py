@@ -31,7 +31,8 @@ body does not arrive within ``gateway_read_timeout`` gets 408. Status codes:
   (bearer): the same outcome body; 200 known, 202 pending; 400 bad parameters.
   It reads the status topic, so it works in the standalone gateway (which has no
   tables), for registrations of the last ten minutes or made since it started.
-* ``DELETE /api/resources/{id}``, ``POST /api/resources/{id}/resync``: 202.
+* ``DELETE /api/resources/{id}``, ``POST /api/resources/{id}/resync``,
+  ``.../pause`` (no provider calls until resumed), ``.../resume`` (and a full resync): 202.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ from calsync.providers.netpolicy import NetworkPolicy
 from calsync.providers.registry import REGISTRY
 from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind, Notification, Reason
-from calsync.web.auth import bearer_matches, token_digest
+from calsync.web.auth import Role, bearer_matches, role_of, token_digest
+from calsync.web.metrics import Metrics
+from calsync.web.openapi import serve_document
 from calsync.web.sites import Surface, new_application, select_routes
 
 log = logging.getLogger(__name__)
@@ -259,6 +262,8 @@ class Gateway:
             web.get("/api/resources/{resource_id}/registration", self.registration_status),
             web.delete("/api/resources/{resource_id}", self.remove_resource),
             web.post("/api/resources/{resource_id}/resync", self.resync_resource),
+            web.post("/api/resources/{resource_id}/pause", self.pause_resource),
+            web.post("/api/resources/{resource_id}/resume", self.resume_resource),
             web.get("/healthz", self.health),
         ]
 
@@ -422,7 +427,12 @@ class Gateway:
             return exc.response()
 
     def _check_admin(self, request: web.Request) -> None:
-        # The middleware already checked; this keeps the handlers safe on any app.
+        # The middleware already checked; this keeps the handlers safe on any app. A
+        # role it granted (the read token, or a session) is enough for a GET: the
+        # middleware refuses the read role anything else.
+        granted = role_of(request)
+        if granted is Role.ADMIN or (granted is Role.READ and request.method == "GET"):
+            return
         if not bearer_matches(request.headers.get("Authorization"), self._admin_digest):
             raise RequestRejected(401, "a valid 'Authorization: Bearer <admin token>' is required")
 
@@ -513,10 +523,7 @@ class Gateway:
         try:
             self._check_admin(request)
             resource_id = request.match_info["resource_id"]
-            if not RESOURCE_ID.fullmatch(resource_id):
-                raise RequestRejected(400, "resource_id is not valid", field="resource_id")
-            command = Command(kind=kind.value, resource_id=resource_id, issued_at=self._clock())
-            await self._publish(self._commands, resource_id, command.dumps())
+            await self.send_command(kind, resource_id)
             return web.json_response(
                 {"status": "accepted", "resource_id": resource_id, "command": kind.value},
                 status=202,
@@ -529,6 +536,21 @@ class Gateway:
 
     async def resync_resource(self, request: web.Request) -> web.Response:
         return await self._simple_command(request, CommandKind.RESYNC)
+
+    async def pause_resource(self, request: web.Request) -> web.Response:
+        return await self._simple_command(request, CommandKind.PAUSE)
+
+    async def resume_resource(self, request: web.Request) -> web.Response:
+        return await self._simple_command(request, CommandKind.RESUME)
+
+    async def send_command(self, kind: CommandKind, resource_id: str) -> None:
+        """Write one command of ``kind`` (no payload) for ``resource_id``: the path the
+        admin API, the dashboard's buttons and the CLI share. Raises
+        :class:`RequestRejected` (400 bad id, 503 broker down)."""
+        if not RESOURCE_ID.fullmatch(resource_id):
+            raise RequestRejected(400, "resource_id is not valid", field="resource_id")
+        command = Command(kind=kind.value, resource_id=resource_id, issued_at=self._clock())
+        await self._publish(self._commands, resource_id, command.dumps())
 
 
 def wait_seconds(request: web.Request) -> float:
@@ -576,19 +598,29 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 
 def build_gateway_app(
-    settings: Settings, publisher: Publisher, *, clock: Clock = time.time, surface: str = "all"
+    settings: Settings,
+    publisher: Publisher,
+    *,
+    clock: Clock = time.time,
+    surface: str = "all",
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """A standalone aiohttp application serving the gateway routes of ``surface``.
 
     ``surface`` is a :class:`calsync.web.Surface` value: ``"all"`` (one address),
-    ``"public"`` (the webhooks and ``/healthz``) or ``"admin"`` (the API and
-    ``/healthz``); anything else raises :class:`ValueError`. Every route but the
+    ``"public"`` (the webhooks and ``/healthz``) or ``"admin"`` (the API, ``/metrics``,
+    ``/openapi.json`` and ``/healthz``); anything else raises :class:`ValueError`.
+    ``metrics`` (shared by the sites of one process) counts the webhooks. Every route but the
     webhooks and ``/healthz`` answers only to the admin token (:mod:`calsync.web`).
     Cleanup stops the gateway's status follower.
     """
 
     gateway = Gateway(settings, publisher, clock=clock)
-    app = new_application(settings, select_routes(gateway.routes(), Surface(surface)))
+    metrics = metrics or Metrics()
+    extra = [web.get("/metrics", metrics.handle), web.get("/openapi.json", serve_document)]
+    routes = select_routes([*gateway.routes(), *extra], Surface(surface))
+    app = new_application(settings, routes)
+    app.middlewares.append(metrics.middleware())
 
     async def close_gateway(_: web.Application) -> None:
         await gateway.aclose()

@@ -42,6 +42,8 @@ SUCCEEDED = frozenset({"synced"})
 FAILED = frozenset({"reauth_required", "failed", "removed"})
 #: Statuses worth telling whoever registered, though they end nothing.
 WARNINGS = frozenset({"subscription_lost", "quarantined", "retry_scheduled", "rate_limited"})
+#: Periodic records of the dashboard (:mod:`calsync.web.heartbeat`), not status changes.
+PERIODIC = frozenset({"heartbeat", "summary"})
 #: Seconds a worker's clock may run behind the gateway's (see the module docstring).
 CLOCK_SKEW = 2.0
 
@@ -182,6 +184,8 @@ class StatusBoard:
         """Take one status event (in topic order for its resource) and wake its waiters."""
         rid = event.resource_id
         self._fed += 1
+        if event.status in PERIODIC:
+            return  # the dashboard's heartbeats and summaries say nothing about a registration
         if event.status == "registered":
             attempts = self._attempts.get(rid)
             if attempts is None:

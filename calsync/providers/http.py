@@ -194,6 +194,8 @@ class AccountGate:
         while (delay := limiter.reserve(self._provider, self.account)) > 0:
             if delay > self._max_inline_wait:
                 raise RateLimited("local rate limit for this account", retry_after=delay)
+            if limiter.on_wait is not None:
+                limiter.on_wait(self._provider, delay)
             await asyncio.sleep(delay)
         try:
             yield
@@ -204,6 +206,8 @@ class AccountGate:
         """Throttles (429, rate-limit 403s, 503) slow the account; successes restore it."""
         if self._limiter is None:
             return
+        if self._limiter.on_response is not None:
+            self._limiter.on_response(self._provider, status)
         if isinstance(error, RateLimited) or status == 503:
             retry_after = error.retry_after if isinstance(error, RateLimited) else None
             self._limiter.throttled(self._provider, self.account, retry_after)

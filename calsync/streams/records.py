@@ -34,6 +34,8 @@ class CommandKind(enum.StrEnum):
     REMOVE = "remove"
     RESYNC = "resync"
     ROTATE = "rotate"
+    PAUSE = "pause"
+    RESUME = "resume"
 
 
 class Notification(faust.Record, serializer="json", include_metadata=False):

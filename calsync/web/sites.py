@@ -20,7 +20,8 @@ from aiohttp import web
 from mode import Service
 
 from calsync.settings import Settings
-from calsync.web.auth import admin_token_middleware, is_public_path
+from calsync.web.auth import access_middleware, is_public_path
+from calsync.web.openapi import body_validation
 
 
 class Surface(enum.Enum):
@@ -51,7 +52,10 @@ def new_application(
     """An aiohttp application guarded by the admin token, bodies capped at the gateway's limit."""
     app = web.Application(
         client_max_size=settings.gateway_max_body,
-        middlewares=[admin_token_middleware(settings.admin_token)],
+        middlewares=[
+            access_middleware(settings),
+            body_validation(settings.gateway_read_timeout),
+        ],
         **options,
     )
     app.add_routes(list(routes))

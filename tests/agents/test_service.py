@@ -605,3 +605,41 @@ async def test_an_index_older_than_its_sync_state_is_rebuilt(world) -> None:
     assert provider.cursors[-1] is None  # rebuilt by a full listing
     at = int(occ(4).start_utc.timestamp())
     assert timeline_of(service.busy["r1"]).flags_at(at) == Flag.BUSY
+
+
+async def test_pause_stops_provider_calls_and_resume_resyncs(world) -> None:
+    service, provider, outbox, clock = world
+    await service.on_command(register(service))
+    provider.put(occ(1))
+    await deliver(service, outbox.notifications[-1])
+    fetches = provider.fetches
+    await service.on_command(Command(kind="pause", resource_id="r1", issued_at=clock[0]))
+    assert service.resources["r1"].state == "paused"
+    assert outbox.status_names()[-1] == "paused"
+    provider.put(occ(2))
+    await deliver(service, push(clock[0] + 5))
+    assert provider.fetches == fetches  # paused: the provider is not called
+    await service.on_command(Command(kind="resume", resource_id="r1", issued_at=clock[0] + 6))
+    assert service.resources["r1"].state == "active"
+    resumed = outbox.notifications[-1]
+    assert resumed.full and outbox.status_names()[-1] == "resumed"
+    await deliver(service, resumed)
+    assert {e.native_event_id for e in outbox.emitted} == {"ev1", "ev2"}
+    # resuming what is not paused changes nothing
+    written = (len(outbox.statuses), len(outbox.notifications))
+    await service.on_command(Command(kind="resume", resource_id="r1", issued_at=clock[0] + 7))
+    assert (len(outbox.statuses), len(outbox.notifications)) == written
+    assert service.resources["r1"].state == "active"
+
+
+async def test_synced_statuses_carry_the_lag_of_a_change(world) -> None:
+    service, provider, outbox, clock = world
+    await service.on_command(register(service))
+    provider.put(occ(1))
+    await deliver(service, outbox.notifications[-1])
+    provider.put(occ(2))
+    clock[0] += 3.0
+    await deliver(service, push(clock[0] - 1.5))
+    synced = [s for s in outbox.statuses if s.status == "synced"][-1]
+    assert synced.data is not None
+    assert synced.data["lag_ms"] == 1500 and synced.data["reason"] == "push"

@@ -452,3 +452,11 @@ async def test_a_connection_without_a_complete_request_head_is_closed(
         assert silent < 2.0 and partial < 2.0
     finally:
         await runner.cleanup()
+
+
+def test_the_status_board_ignores_heartbeats_and_summaries() -> None:
+    board = StatusBoard()
+    board.feed(StatusEvent(resource_id="room-1", status="registered", at=NOW))
+    board.feed(StatusEvent(resource_id="room-1", status="summary", at=NOW + 1, data={"x": 1}))
+    found = board.lookup("room-1", NOW)
+    assert found.registered and found.last_status == "registered" and found.counts == {}

@@ -42,9 +42,23 @@ READ_ROUTES = [
     "/api/status",
     "/api/resources/alice",
     "/api/resources/alice/registration",
+    "/dashboard/",
+    "/dashboard/resources/alice",
+    "/dashboard/api/fleet",
+    "/dashboard/api/resources/alice",
+    "/metrics",
+    "/openapi.json",
     "/no/such/page",
 ]
-ADMIN_PAGES = ["/status/", "/api/status", "/api/resources/alice"]
+ADMIN_PAGES = [
+    "/status/",
+    "/api/status",
+    "/api/resources/alice",
+    "/dashboard/",
+    "/dashboard/api/fleet",
+    "/metrics",
+    "/openapi.json",
+]
 FAUST_PAGES = ["/table/", "/table/resources/alice/", "/router/", "/assignment/"]
 
 
@@ -162,6 +176,13 @@ def test_calsync_gateway_with_admin_bind(kafka_settings, tmp_path) -> None:
             assert client.delete(admin_url + delete).status_code == 401
             assert client.delete(admin_url + delete, headers=AUTH).status_code == 202
             assert client.post(f"{admin_url}/webhooks/google").status_code == 401
+            # the gateway counted the push it refused; its metrics are on the admin port
+            metrics = client.get(f"{admin_url}/metrics", headers=AUTH)
+            assert metrics.status_code == 200
+            assert 'calsync_webhook_requests_total{provider="google",status="400"} 1.0' in (
+                metrics.text
+            )
+            assert client.get(f"{public_url}/metrics", headers=AUTH).status_code == 404
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0, log_path.read_text()
         assert "Unclosed" not in log_path.read_text()

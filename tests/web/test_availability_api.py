@@ -187,14 +187,15 @@ async def test_slots_across_resources_in_working_hours(client: TestClient[Any, A
 @pytest.mark.parametrize(
     ("body", "words"),
     [
-        ({"resources": []}, "resources"),
-        ({"resources": ["dr-lee"], "start": "tomorrow"}, "ISO 8601"),
+        ({"resources": [], "start": iso(T), "end": iso(T + 60)}, "resources"),
+        ({"resources": ["dr-lee"], "start": "tomorrow", "end": iso(T)}, "ISO 8601"),
+        ({"resources": ["dr-lee"], "start": iso(T)}, "'end' is a required property"),
         ({"resources": ["dr-lee"], "start": "2026-12-07T08:00:00", "end": "x"}, "offset"),
         ({"resources": ["dr-lee"], "start": iso(T), "end": iso(T - 1)}, "after start"),
         ({"resources": ["dr-lee"], "start": iso(T), "end": iso(T + 90 * 86400)}, "62 days"),
         (
             {"resources": ["dr-lee"], "start": iso(T), "end": iso(T + 3600), "blocking": ["x"]},
-            "unknown busy state",
+            "is not one of",
         ),
         ({"resources": ["dr-lee", "dr-lee"], "start": iso(T), "end": iso(T + 3600)}, "twice"),
         (

@@ -54,8 +54,13 @@ def build(make_settings: SettingsFactory, **overrides: object) -> CalsyncApp:
 
 
 async def test_faust_pages_are_off_by_default(make_settings: SettingsFactory) -> None:
-    mounted = routes(web_app(build(make_settings)))
-    assert not [path for _, path in mounted if path == "/" or path.startswith(FAUST_PREFIXES)]
+    application = web_app(build(make_settings))
+    mounted = routes(application)
+    assert not [path for _, path in mounted if path.startswith(FAUST_PREFIXES)]
+    async with served(application) as client:  # "/" is calsync's way to the dashboard
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        index = await client.get("/", headers=auth, allow_redirects=False)
+        assert (index.status, index.headers["Location"]) == (302, "/dashboard/")
     assert mounted >= WEBHOOKS | HEALTH
     assert {("GET", "/status/"), ("GET", "/api/status"), ("POST", "/api/resources")} <= mounted
 
@@ -108,3 +113,30 @@ async def test_without_admin_bind_there_is_one_server(make_settings: SettingsFac
     app = build(make_settings)
     assert app.public_server is None
     assert (app.conf.web_bind, app.conf.web_port) == (app.settings.web_bind, app.settings.web_port)
+
+
+READ_TOKEN = "test-read-token-9876543210zyxwvu"
+#: Routes that check the credential themselves (the login form) or end a session.
+SESSION_ROUTES = {("POST", "/login"), ("POST", "/logout")}
+
+
+async def test_the_read_token_reads_every_route_and_changes_none(
+    make_settings: SettingsFactory,
+) -> None:
+    """Walks every mounted route: GETs pass the guard, everything else is refused (403)."""
+    application = web_app(build(make_settings, read_token=READ_TOKEN))
+    mounted = routes(application)
+    changing = sorted(
+        (method, path)
+        for method, path in mounted - WEBHOOKS - HEALTH - SESSION_ROUTES
+        if method not in ("GET", "HEAD")
+    )
+    assert ("POST", "/api/resources") in changing
+    assert ("POST", "/dashboard/resources/{resource_id}/{action}") in changing
+    read = {"Authorization": f"Bearer {READ_TOKEN}"}
+    async with served(application) as client:
+        for method, path in changing:
+            response = await client.request(method, concrete(path), headers=read)
+            assert response.status == 403, (method, path, response.status)
+        for path in ("/openapi.json", "/dashboard/static/dashboard.js"):
+            assert (await client.get(path, headers=read)).status == 200, path

@@ -1,0 +1,79 @@
+"""A worker's periodic writes to ``calsync.status`` that the dashboard folds
+(:mod:`calsync.web.fleet`): a heartbeat of the worker, and a summary of each resource.
+
+It runs as a worker task, not a Faust timer: it only reads tables and writes through
+the producer, and an exception (a table recovering, the broker away) is logged and
+the next beat tried; an exception escaping a Faust timer would stop the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from calsync.streams.records import StatusEvent
+from calsync.web.fleet import HEARTBEAT, SUMMARY, WORKER_PREFIX
+
+log = logging.getLogger(__name__)
+
+#: ``publish(key, value)`` writes one record to the status topic (acknowledged).
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class Heartbeat:
+    """Every ``interval`` seconds: the worker's heartbeat; every ``summary_interval``:
+    one summary per resource it owns.
+
+    ``describe()`` returns the heartbeat's data (JSON-ready); ``summaries()`` yields
+    ``(resource id, data)`` for each owned resource. Both are called on the event loop.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        publish: Publish,
+        describe: Callable[[], Mapping[str, Any]],
+        summaries: Callable[[], Iterable[tuple[str, dict[str, Any]]]],
+        *,
+        interval: float,
+        summary_interval: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self._publish = publish
+        self._describe = describe
+        self._summaries = summaries
+        self._interval = interval
+        self._summary_interval = summary_interval
+        self._clock = clock
+        self._last_summary = 0.0
+
+    async def beat(self) -> None:
+        """One heartbeat, and the summaries if they are due."""
+        now = self._clock()
+        event = StatusEvent(
+            resource_id=f"{WORKER_PREFIX}{self.name}",
+            status=HEARTBEAT,
+            at=now,
+            data=dict(self._describe()),
+        )
+        await self._publish(event.resource_id, event.dumps())
+        if now - self._last_summary >= self._summary_interval:
+            self._last_summary = now
+            for rid, data in list(self._summaries()):
+                summary = StatusEvent(resource_id=rid, status=SUMMARY, at=now, data=data)
+                await self._publish(rid, summary.dumps())
+
+    async def run(self) -> None:
+        """Beat forever; never raises but for cancellation."""
+        while True:
+            try:
+                await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("heartbeat %s failed: %r", self.name, exc)
+            await asyncio.sleep(self._interval)
