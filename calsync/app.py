@@ -125,6 +125,18 @@ class CalsyncApp(faust.App):
     dashboard: Dashboard
     heartbeat: Heartbeat
 
+    #: set once the first assignment's tables are restored (Faust's ``on_rebalance_end``)
+    _restored_once = False
+
+    def on_rebalance_end(self) -> None:
+        super().on_rebalance_end()
+        self._restored_once = True
+
+    def tables_ready(self) -> bool:
+        """Whether this worker's tables can answer: assigned, and not being restored."""
+        restoring = self.rebalancing or getattr(self, "in_recovery", False)
+        return self._restored_once and not restoring
+
     def _new_producer_transport(self) -> Any:
         return IdempotentTransport(self.conf.broker_producer, self)
 
@@ -188,7 +200,7 @@ class CalsyncApp(faust.App):
         worker is rebalancing or recovering its tables: a table still being restored
         from its changelog would answer from an old state.
         """
-        if self.rebalancing or getattr(self, "in_recovery", False):
+        if not self.tables_ready():
             raise LookupError(resource_id)
         topic = self.settings.topic("notifications")
         partition = self.producer.key_partition(topic, resource_id.encode()).partition
@@ -652,6 +664,7 @@ def create_app(
         clock=clock,
     )
     health = Health()
+    health.tables_ready = app.tables_ready
     app.health = health
     if settings.admin_address is not None:
         public = new_application(settings, select_routes(app.gateway.routes(), Surface.PUBLIC))

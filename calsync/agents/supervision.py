@@ -36,6 +36,8 @@ class Health:
     def __init__(self) -> None:
         self.problems: dict[str, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()  # strong references to crash tasks
+        #: whether the tables are ready to answer (assigned and restored); ``None``: no tables
+        self.tables_ready: Callable[[], bool] | None = None
 
     @property
     def ok(self) -> bool:
@@ -50,10 +52,21 @@ class Health:
         request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
-        """Answer ``/healthz`` with 503 and the problems while there are any."""
-        if request.path == "/healthz" and self.problems:
+        """Answer ``/healthz`` with 503 and the problems while there are any; else 200,
+        with ``"tables": "ready"`` or ``"restoring"`` on a worker.
+
+        Liveness, not readiness: a worker whose tables are being restored (after a start
+        or a rebalance) still takes webhooks, so it stays 200; what reads tables (the
+        availability API) answers 503 meanwhile, and ``"tables"`` says when it will not.
+        """
+        if request.path != "/healthz":
+            return await handler(request)
+        if self.problems:
             return web.json_response({"status": "unhealthy", "problems": self.problems}, status=503)
-        return await handler(request)
+        if self.tables_ready is None:
+            return await handler(request)
+        tables = "ready" if self.tables_ready() else "restoring"
+        return web.json_response({"status": "ok", "tables": tables})
 
 
 def fatal(app: Any, health: Health, name: str, exc: BaseException) -> None:

@@ -63,9 +63,11 @@ class WorkerProcess(StartOnEnter):
             if self._process.poll() is not None:
                 raise RuntimeError(f"worker exited with {self._process.returncode}:\n{self.tail()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                answer = httpx.get(f"{self.url}/healthz", timeout=1.0)
+                # up, and its tables assigned and restored (the first rebalance is over)
+                if answer.status_code == 200 and answer.json().get("tables") == "ready":
                     return self
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.25)
         self.kill()
