@@ -8,7 +8,9 @@ with ``CALSYNC_GOOGLE_API_URL`` (``api_url``) and ``CALSYNC_GOOGLE_TOKEN_URL``
 
 Served over HTTP (paths relative to ``base_url``)::
 
-    POST   /token                                        OAuth refresh_token grant
+    POST   /token                                        OAuth refresh_token, authorization_code
+    GET    /o/oauth2/v2/auth                             consent page (POST: the Allow/Deny form)
+    GET    /calendar/v3/users/me/calendarList            the consenting user's calendars
     GET    /calendar/v3/calendars/{cal}/events           events.list (paging, sync tokens)
     POST   /calendar/v3/calendars/{cal}/events           events.insert
     GET    /calendar/v3/calendars/{cal}/events/{id}      events.get (instance ids too)
@@ -86,13 +88,14 @@ from typing import (
     cast,
     get_args,
 )
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 
 from calsync.emulators import base as _base
+from calsync.emulators import oauth as _oauth
 from calsync.emulators.base import jcopy as _jcopy
 from calsync.emulators.faults import (
     DROPPED,
@@ -126,6 +129,7 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/calendar/v3"
 TOKEN_PATH: Final = "/token"  # noqa: S105  (a URL path, not a secret)
+AUTH_PATH: Final = "/o/oauth2/v2/auth"
 DEFAULT_PORT: Final = 8710  # the port `calsync emulator google` defaults to
 
 DEFAULT_CHANNEL_TTL: Final = 604_800.0
@@ -237,12 +241,14 @@ class ChannelResource(TypedDict):
 
 
 class TokenResponse(TypedDict):
-    """A successful refresh_token grant (no ``refresh_token`` member, like Google)."""
+    """A successful grant; ``refresh_token`` only from an offline authorization code
+    (a refresh answers none, like Google)."""
 
     access_token: str
     expires_in: int
     scope: str
     token_type: str
+    refresh_token: NotRequired[str]
 
 
 # --------------------------------------------------------------------------- errors
@@ -528,6 +534,8 @@ class _RefreshGrant:
     scope: str
     account: str
     revoked: bool = False
+    #: the user who consented (authorization-code grants); None for issued grants
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -864,6 +872,25 @@ CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
 """Every control route: (method, path, contract). Not part of Google's API."""
 
 
+_NO_STORE: Final = {"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"}
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response(
+        {"error": error, "error_description": description}, status=status, headers=_NO_STORE
+    )
+
+
+def _auth_page(status: int, title: str, detail: str) -> web.Response:
+    return web.Response(
+        text=_oauth.error_page(title, detail), status=status, content_type="text/html"
+    )
+
+
+def _with_query(url: str, params: Mapping[str, str]) -> str:
+    return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
 class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]):
     """Google Calendar API v3 + OAuth token endpoint, served on 127.0.0.1.
 
@@ -916,6 +943,11 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
             _LISTING_CACHE_SIZE
         )
         self._stamp: tuple[float, str] = (math.nan, "")
+        self._owners: dict[str, str] = {}
+        self._redirect_uris: dict[str, set[str]] = {}
+        self._codes: dict[str, _oauth.AuthCode] = {}
+        #: refuse ``code_challenge_method=plain`` (and a missing method, which means plain)
+        self.reject_plain_pkce = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -940,12 +972,25 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         """``base_url + "/token"`` (what ``CALSYNC_GOOGLE_TOKEN_URL`` is set to)."""
         return self.base_url + TOKEN_PATH
 
+    @property
+    def auth_url(self) -> str:
+        """``base_url + "/o/oauth2/v2/auth"`` (what ``CALSYNC_GOOGLE_AUTH_URL`` is set to)."""
+        return self.base_url + AUTH_PATH
+
     # ----------------------------------------------------------------- control: identity
 
     def add_calendar(
-        self, calendar_id: str, *, time_zone: str = "UTC", summary: str | None = None
+        self,
+        calendar_id: str,
+        *,
+        time_zone: str = "UTC",
+        summary: str | None = None,
+        owner: str | None = None,
     ) -> None:
-        """Create an empty calendar. 409 duplicate if it exists; 400 on a bad zone."""
+        """Create an empty calendar. 409 duplicate if it exists; 400 on a bad zone.
+
+        ``owner`` is the user whose calendar list shows it (default: the calendar id,
+        which is then that user's primary calendar)."""
         if calendar_id in self._calendars:
             raise _duplicate()
         try:
@@ -967,6 +1012,7 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
             resource_id=resource_id,
             updated=_rfc3339_ms(self.now()),
         )
+        self._owners[calendar_id] = owner or calendar_id
 
     def issue_refresh_token(self, client_id: str, calendar_ids: list[str] | None = None) -> str:
         """A new refresh token for ``client_id``, covering ``calendar_ids`` (None = all).
@@ -985,6 +1031,20 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         grant = self._refresh.get(refresh_token)
         if grant is not None:
             grant.revoked = True
+
+    def add_redirect_uri(self, client_id: str, redirect_uri: str) -> None:
+        """Register an authorized redirect URI of ``client_id`` (byte-exact matching)."""
+        self._check_client(client_id)
+        self._redirect_uris.setdefault(client_id, set()).add(redirect_uri)
+
+    def calendars_of(self, user: str) -> list[str]:
+        """The ids of the calendars ``user`` owns (their calendar list), primary first."""
+        owned = [cid for cid, owner in self._owners.items() if owner == user]
+        return sorted(owned, key=lambda cid: (cid != user, cid))
+
+    def grants_of(self, user: str) -> list[str]:
+        """The refresh tokens ``user`` granted through the consent page, oldest first."""
+        return [t for t, g in self._refresh.items() if g.user == user]
 
     # ----------------------------------------------------------------- control: events
 
@@ -1444,6 +1504,9 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         api = API_PREFIX
         r = router
         r.add_post(TOKEN_PATH, self._h_token)
+        r.add_get(AUTH_PATH, self._h_authorize)
+        r.add_post(AUTH_PATH, self._h_consent)
+        r.add_get(api + "/users/me/calendarList", self._h_calendar_list)
         r.add_get(api + "/calendars/{calendar_id}/events", self._h_list)
         r.add_post(api + "/calendars/{calendar_id}/events", self._h_insert)
         r.add_post(api + "/calendars/{calendar_id}/events/watch", self._h_watch)
@@ -1509,42 +1572,182 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
 
     async def _h_token(self, request: web.Request) -> web.Response:
         form = await _base.TokenForm.read(request)
-
-        def oauth_error(status: int, error: str, description: str) -> web.Response:
-            return web.json_response(
-                {"error": error, "error_description": description},
-                status=status,
-                headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"},
-            )
-
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
         if client_id is None and form.basic is not None:
             client_id, client_secret = form.basic[0], form.basic[1] or None
         grant_type = form.get("grant_type") or ""
-        if grant_type != "refresh_token":
-            return oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
+        if grant_type not in ("refresh_token", "authorization_code"):
+            return _oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
         known_secret = self._clients.get(client_id or "")
         if known_secret is None or client_secret is None or client_secret != known_secret:
-            return oauth_error(401, "invalid_client", "Unauthorized")
+            return _oauth_error(401, "invalid_client", "Unauthorized")
+        assert client_id is not None
+        if grant_type == "authorization_code":
+            return self._redeem_code(form, client_id)
         refresh_token = form.get("refresh_token")
         if refresh_token is None:
-            return oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
+            return _oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
         grant = self._refresh.get(refresh_token)
         if grant is None or grant.revoked:
-            return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+            return _oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
         if grant.client_id != client_id:
-            return oauth_error(401, "unauthorized_client", "Unauthorized")
+            return _oauth_error(401, "unauthorized_client", "Unauthorized")
+        return self._token_response(grant, form.get("scope") or grant.scope, None)
+
+    def _token_response(
+        self, grant: _RefreshGrant, scope: str, refresh_token: str | None
+    ) -> web.Response:
         access_token = "ya29.emu-" + secrets.token_urlsafe(32)
         self._mint(access_token, grant, ACCESS_TOKEN_LIFETIME)
         body: TokenResponse = {
             "access_token": access_token,
             "expires_in": ACCESS_TOKEN_LIFETIME,
-            "scope": form.get("scope") or grant.scope,
+            "scope": scope,
             "token_type": "Bearer",
         }
-        return web.json_response(
-            body, headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"}
+        if refresh_token is not None:
+            body["refresh_token"] = refresh_token
+        return web.json_response(body, headers=_NO_STORE)
+
+    def _redeem_code(self, form: _base.TokenForm, client_id: str) -> web.Response:
+        """``grant_type=authorization_code``: single-use, unexpired, same client, same
+        redirect URI, PKCE verifier matching; else ``invalid_grant`` (400)."""
+        raw_code = form.get("code")
+        if raw_code is None:
+            return _oauth_error(400, "invalid_request", "Missing required parameter: code")
+        code = self._codes.pop(raw_code, None)  # single use, whatever happens next
+        if code is None or code.expires_at <= self.now():
+            return _oauth_error(400, "invalid_grant", "Malformed auth code.")
+        if code.client_id != client_id:
+            return _oauth_error(400, "invalid_grant", "Unauthorized")
+        if form.get("redirect_uri") != code.redirect_uri:
+            return _oauth_error(400, "redirect_uri_mismatch", "Bad Request")
+        verifier = form.get("code_verifier")
+        if not _oauth.pkce_matches(verifier, code.code_challenge, code.code_challenge_method):
+            if verifier is None:
+                return _oauth_error(400, "invalid_grant", "Missing code verifier.")
+            return _oauth_error(400, "invalid_grant", "Invalid code verifier.")
+        token = "1//emu-" + secrets.token_urlsafe(30)
+        grant = _RefreshGrant(
+            token,
+            client_id,
+            self.calendars_of(code.user),
+            code.scope,
+            self._account_for(token),
+            user=code.user,
         )
+        if code.offline:
+            self._refresh[token] = grant
+        return self._token_response(grant, code.scope, token if code.offline else None)
+
+    # ----------------------------------------------------------------- /o/oauth2/v2/auth
+
+    def _auth_params(self, params: Mapping[str, str]) -> dict[str, str] | web.Response:
+        """The checked authorize parameters, or the error page / error redirect."""
+        client_id = params.get("client_id", "")
+        redirect_uri = params.get("redirect_uri", "")
+        if client_id not in self._clients:
+            return _auth_page(401, "Error 401: invalid_client", "The OAuth client was not found.")
+        if redirect_uri not in self._redirect_uris.get(client_id, set()):
+            return _auth_page(
+                400,
+                "Error 400: redirect_uri_mismatch",
+                "You can't sign in to this app because it doesn't comply with Google's "
+                "OAuth 2.0 policy.",
+            )
+        state = params.get("state")
+
+        def refuse(error: str) -> web.Response:
+            query = {"error": error, **({"state": state} if state is not None else {})}
+            raise web.HTTPFound(_with_query(redirect_uri, query))
+
+        if params.get("response_type") != "code":
+            refuse("unsupported_response_type")
+        scope = params.get("scope", "")
+        if not scope:
+            refuse("invalid_scope")
+        method = params.get("code_challenge_method") or "plain"
+        challenge = params.get("code_challenge")
+        if method not in ("plain", "S256") or (
+            challenge is not None and not 43 <= len(challenge) <= 128
+        ):
+            return _auth_page(400, "Error 400: invalid_request", "Invalid code_challenge_method.")
+        if challenge is not None and method == "plain" and self.reject_plain_pkce:
+            return _auth_page(400, "Error 400: invalid_request", "code_challenge_method=plain.")
+        return {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": scope,
+            "state": state or "",
+            "has_state": "1" if state is not None else "",
+            "code_challenge": challenge or "",
+            "code_challenge_method": method,
+            "offline": "1" if params.get("access_type") == "offline" else "",
+        }
+
+    async def _h_authorize(self, request: web.Request) -> web.Response:
+        checked = self._auth_params(request.query)
+        if isinstance(checked, web.Response):
+            return checked
+        user = request.query.get("login_hint") or next(iter(self._owners.values()), "")
+        page = _oauth.consent_page(
+            action=AUTH_PATH,
+            hidden={"request": self._seal({"t": "authz", **checked})},
+            client_id=checked["client_id"],
+            scope=checked["scope"],
+            user=user,
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _h_consent(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        sealed = form.get("request")
+        params = self._unseal(sealed, "authz") if isinstance(sealed, str) else None
+        if params is None:
+            return _auth_page(400, "Error 400: invalid_request", "The request was tampered with.")
+        redirect_uri = str(params["redirect_uri"])
+        echo = {"state": str(params["state"])} if params.get("has_state") else {}
+        if form.get("decision") != "allow":
+            raise web.HTTPFound(_with_query(redirect_uri, {"error": "access_denied", **echo}))
+        user = str(form.get("user") or "")
+        if not self.calendars_of(user):
+            return _auth_page(400, "Couldn't find your Google Account", f"No account {user!r}.")
+        code = "4/emu-" + secrets.token_urlsafe(32)
+        self._codes[code] = _oauth.AuthCode(
+            client_id=str(params["client_id"]),
+            redirect_uri=redirect_uri,
+            scope=str(params["scope"]),
+            user=user,
+            code_challenge=str(params["code_challenge"]) or None,
+            code_challenge_method=str(params["code_challenge_method"]),
+            offline=bool(params["offline"]),
+            expires_at=self.now() + _oauth.CODE_LIFETIME,
+        )
+        query = {"code": code, **echo, "scope": str(params["scope"])}
+        raise web.HTTPFound(_with_query(redirect_uri, query))
+
+    # ----------------------------------------------------------------- calendarList
+
+    async def _h_calendar_list(self, request: web.Request) -> web.Response:
+        """calendarList.list of the grant's user (one page; the emulator's lists are short)."""
+        grant = self._live_grant(request)
+        ids = grant.calendar_ids if grant.calendar_ids is not None else list(self._calendars)
+        items = []
+        for calendar_id in ids:
+            cal = self._calendars.get(calendar_id)
+            if cal is None:
+                continue
+            item: dict[str, Any] = {
+                "kind": "calendar#calendarListEntry",
+                "id": cal.id,
+                "summary": cal.summary,
+                "timeZone": cal.time_zone,
+                "accessRole": "owner",
+            }
+            if grant.user is not None and cal.id == grant.user:
+                item["primary"] = True
+            items.append(item)
+        return web.json_response({"kind": "calendar#calendarList", "items": items})
 
     # ----------------------------------------------------------------- events.list
 

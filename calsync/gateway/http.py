@@ -32,6 +32,9 @@ body does not arrive within ``gateway_read_timeout`` gets 408. Status codes:
   It reads the status topic, so it works in the standalone gateway (which has no
   tables), for registrations of the last ten minutes or made since it started.
 * ``DELETE /api/resources/{id}``, ``POST /api/resources/{id}/resync``: 202.
+* ``POST /api/connect`` (bearer): 201 a one-time connect link for a calendar's owner
+  (``{"resource_id", "provider", "calendar_id"?, "time_zone"?, "busy_policy"?}``);
+  the ``/connect/*`` pages it leads to are in :mod:`calsync.gateway.connect`.
 """
 
 from __future__ import annotations
@@ -47,11 +50,14 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 from aiohttp import web
 
 from calsync.clock import Clock
+from calsync.connect.store import StoreFull
 from calsync.crypto import SecretBox, WebhookSigner
 from calsync.errors import MalformedProviderData
+from calsync.gateway.connect import CONNECT_PROVIDERS, ConnectFlows
 from calsync.gateway.publisher import Publisher
 from calsync.gateway.status import Registration, StatusFollower, StatusSource
 from calsync.normalize.busy import BusyPolicy
@@ -123,6 +129,69 @@ def _busy_policy(value: object) -> dict[str, bool] | None:
     return {str(key): bool(flag) for key, flag in value.items()}
 
 
+def _time_zone(time_zone: object) -> str | None:
+    """An IANA name as given, or the IANA zone of a Windows name (as Graph's mailbox
+    settings show them; CalDAV and Google read IANA names only); None stays None."""
+    if time_zone is None:
+        return None
+    try:
+        if not isinstance(time_zone, str):
+            raise ValueError(time_zone)
+        try:
+            ZoneInfo(time_zone)
+            return time_zone
+        except (ZoneInfoNotFoundError, ValueError):
+            return zone_for(time_zone).key
+    except (MalformedProviderData, ValueError):
+        raise RequestRejected(
+            400,
+            f"time_zone {time_zone!r} is neither an IANA nor a Windows time zone"[:300],
+            field="time_zone",
+        ) from None
+
+
+def _resource_id(body: Mapping[str, Any]) -> str:
+    resource_id = body.get("resource_id")
+    if not isinstance(resource_id, str) or not RESOURCE_ID.fullmatch(resource_id):
+        raise RequestRejected(
+            400,
+            "resource_id must be 1-128 characters of letters, digits and ._:@+=- "
+            "starting with a letter or digit",
+            field="resource_id",
+        )
+    return resource_id
+
+
+def validate_connect(body: object) -> dict[str, Any]:
+    """The keyword arguments of :meth:`ConnectFlows.create_link` from a ``POST
+    /api/connect`` body: ``resource_id``, ``provider`` (``google``), optional
+    ``calendar_id`` (else the owner picks), ``time_zone`` (IANA or Windows; else each
+    calendar's own) and ``busy_policy``. Raises :class:`RequestRejected` (400)."""
+    if not isinstance(body, Mapping):
+        raise RequestRejected(400, "the body must be a JSON object")
+    resource_id = _resource_id(body)
+    provider = body.get("provider")
+    if provider not in CONNECT_PROVIDERS:
+        raise RequestRejected(
+            400,
+            f"provider must be one of {list(CONNECT_PROVIDERS)} (CalDAV has no consent "
+            "screen: register it with its app password)",
+            field="provider",
+        )
+    calendar_id = body.get("calendar_id")
+    if calendar_id is not None and (
+        not isinstance(calendar_id, str) or not 0 < len(calendar_id) <= 1024
+    ):
+        raise RequestRejected(400, "calendar_id must be a non-empty string", field="calendar_id")
+    return {
+        "resource_id": resource_id,
+        "provider": str(provider),
+        "calendar_id": calendar_id,
+        "time_zone": _time_zone(body.get("time_zone")),
+        "busy_policy": _busy_policy(body.get("busy_policy")),
+    }
+
+
 def validate_registration(
     body: object,
     secrets: SecretBox,
@@ -149,14 +218,7 @@ def validate_registration(
     """
     if not isinstance(body, Mapping):
         raise RequestRejected(400, "the body must be a JSON object")
-    resource_id = body.get("resource_id")
-    if not isinstance(resource_id, str) or not RESOURCE_ID.fullmatch(resource_id):
-        raise RequestRejected(
-            400,
-            "resource_id must be 1-128 characters of letters, digits and ._:@+=- "
-            "starting with a letter or digit",
-            field="resource_id",
-        )
+    resource_id = _resource_id(body)
     provider = body.get("provider")
     provider_spec = REGISTRY.get(provider) if isinstance(provider, str) else None
     if provider_spec is None:
@@ -168,23 +230,7 @@ def validate_registration(
     calendar_id = body.get("calendar_id")
     if not isinstance(calendar_id, str) or not 0 < len(calendar_id) <= 1024:
         raise RequestRejected(400, "calendar_id must be a non-empty string", field="calendar_id")
-    time_zone = body.get("time_zone")
-    if time_zone is not None:
-        # IANA names as given, or the Windows names Graph's mailbox settings show,
-        # stored as their IANA zone (CalDAV and Google read IANA names only)
-        try:
-            if not isinstance(time_zone, str):
-                raise ValueError(time_zone)
-            try:
-                ZoneInfo(time_zone)
-            except (ZoneInfoNotFoundError, ValueError):
-                time_zone = zone_for(time_zone).key
-        except (MalformedProviderData, ValueError):
-            raise RequestRejected(
-                400,
-                f"time_zone {time_zone!r} is neither an IANA nor a Windows time zone",
-                field="time_zone",
-            ) from None
+    time_zone = _time_zone(body.get("time_zone"))
     credentials = body.get("credentials")
     if not isinstance(credentials, Mapping):
         raise RequestRejected(400, "credentials must be an object", field="credentials")
@@ -238,6 +284,7 @@ class Gateway:
         *,
         clock: Clock = time.time,
         statuses: StatusSource | None = None,
+        connect_client: httpx.AsyncClient | None = None,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
@@ -249,9 +296,13 @@ class Gateway:
         self._notifications = settings.topic("notifications")
         self._commands = settings.topic("commands")
         self._statuses = statuses
+        self.connect = ConnectFlows(
+            settings, self._publish, self._secrets, clock=clock, client=connect_client
+        )
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            *self.connect.routes(self.create_connect_link),
             web.post("/webhooks/google", self.google_push),
             web.post("/webhooks/microsoft", self.graph_push),
             web.post("/webhooks/microsoft/lifecycle", self.graph_lifecycle),
@@ -264,6 +315,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Stop the status follower if one was started. Idempotent."""
+        await self.connect.aclose()
         statuses, self._statuses = self._statuses, None
         if statuses is not None:
             await statuses.aclose()
@@ -475,6 +527,19 @@ class Gateway:
                 return web.json_response({**body, "status_url": url}, status=202, headers=headers)
             found = await statuses.registration(rid, now, wait=wait, after=mark)
             return _registration_response(found, url, headers)
+        except RequestRejected as exc:
+            return exc.response()
+
+    async def create_connect_link(self, request: web.Request) -> web.Response:
+        """``POST /api/connect``: 201 with the link's ``connect_url``; 400 a bad body."""
+        try:
+            self._check_admin(request)
+            options = validate_connect(await self._json_body(request))
+            try:
+                body = self.connect.create_link(**options)
+            except StoreFull:
+                raise RequestRejected(503, "too many connect links are pending") from None
+            return web.json_response(body, status=201)
         except RequestRejected as exc:
             return exc.response()
 
