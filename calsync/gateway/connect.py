@@ -46,6 +46,7 @@ from calsync.connect.store import (
     new_token,
 )
 from calsync.crypto import SecretBox
+from calsync.providers.registry import REGISTRY
 from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind
 
@@ -57,7 +58,7 @@ MAX_CODE = 2048
 MAX_PICKED = 50
 #: The providers a connect link can be made for (CalDAV has no consent: ``calsync
 #: connect caldav`` or ``POST /api/resources`` with an app password).
-CONNECT_PROVIDERS = ("google",)
+CONNECT_PROVIDERS = tuple(name for name, each in REGISTRY.items() if each.connect)
 _HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -220,14 +221,25 @@ class ConnectFlows:
             return page("This sign-in cannot be used", ["Google sent no usable code."], status=400)
         try:
             tokens = await google_consent.redeem(self._settings, code, consent.code_verifier)
-            if link.calendar_id is not None:
-                calendars = [CalendarChoice(link.calendar_id, link.calendar_id, None, True)]
-            else:
-                calendars = await google_consent.list_calendars(
-                    self._settings, self._http(), tokens["access_token"]
-                )
+            calendars = await google_consent.list_calendars(
+                self._settings, self._http(), tokens["access_token"]
+            )
         except google_consent.ConsentFailed as exc:
             return page("Nothing was connected", [str(exc)], status=502)
+        if link.calendar_id is not None:
+            # a reconnect (or a link for one calendar): the account signed in must be
+            # the one that can read it, or the resource would sync nothing
+            calendars = [c for c in calendars if c.calendar_id == link.calendar_id]
+            if not calendars:
+                return page(
+                    "Nothing was connected",
+                    [
+                        f"The account you signed in with cannot read the calendar "
+                        f"{link.calendar_id}.",
+                        "Open the link again and sign in with the account that owns it.",
+                    ],
+                    status=400,
+                )
         if not calendars:
             return page("Nothing was connected", ["Your account has no calendars to share."])
         credentials = {"refresh_token": self._secrets.encrypt(tokens["refresh_token"])}

@@ -298,4 +298,5 @@ SPEC = ProviderSpec(
     subscription_ttl=lambda settings: settings.google_channel_ttl,
     webhook_path="/webhooks/google",
     shares_app_quota=True,
+    connect=True,
 )

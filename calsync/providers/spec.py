@@ -91,6 +91,8 @@ class ProviderSpec:
       deployment, so each worker takes the share of it its partitions own;
     * ``user_supplied_urls``: the provider connects where the registrant says, so it
       gets the network-guarded client;
+    * ``connect``: a calendar's owner can grant access through a connect link
+      (an OAuth consent, :mod:`calsync.gateway.connect`);
     * ``account``: the rate-limit account of a resource, from its plaintext credentials;
     * ``build``: the provider of one resource.
     """
@@ -107,3 +109,4 @@ class ProviderSpec:
     check_calendar: Callable[[str, NetworkPolicy], None] | None = None
     shares_app_quota: bool = False
     user_supplied_urls: bool = False
+    connect: bool = False

@@ -22,6 +22,7 @@ import pytest
 
 from calsync.crypto import SecretBox
 from calsync.emulators.google import GoogleEmulator
+from calsync.gateway.connect import extra_resource_id
 from calsync.settings import Settings
 from calsync.streams.records import Command
 from calsync.testing.topics import TopicReader
@@ -196,15 +197,13 @@ async def test_a_link_registers_the_calendars_the_owner_picks(kafka_settings) ->
             again = await owner.get(link)
             assert again.status_code == 404  # spent
         commands = [c for c in await registrations(settings) if c.kind == "register"]
-        assert sorted((c.resource_id, c.calendar_id) for c in commands) == sorted(
-            [
-                ("alice", "alice@example.com"),
-                (commands[1].resource_id, "team@group.example.com"),
-            ]
-        )
-        assert {c.resource_id for c in commands} == {"alice", commands[1].resource_id}
-        assert commands[1].resource_id.startswith("alice.")
-        assert commands[0].time_zone == "Europe/Berlin"  # the calendar's own zone
+        by_id = {c.resource_id: c for c in commands}
+        extra = extra_resource_id("alice", "team@group.example.com")
+        assert {rid: c.calendar_id for rid, c in by_id.items()} == {
+            "alice": "alice@example.com",
+            extra: "team@group.example.com",
+        }
+        assert by_id["alice"].time_zone == "Europe/Berlin"  # the calendar's own zone
         (refresh_token,) = emulator.grants_of("alice@example.com")
         box = SecretBox(settings.secret_key)
         for command in commands:
@@ -341,6 +340,7 @@ async def test_connected_calendar_syncs_and_reconnects_after_revocation(kafka_se
     ) as world:
         emulator = world.emulator
         emulator.add_calendar("carol@example.com")
+        emulator.add_calendar("bob@example.com")
         emulator.add_redirect_uri(CLIENT_ID, f"http://127.0.0.1:{port}/connect/google/callback")
         emulator.insert_event("carol@example.com", event_body(1))
 
@@ -379,7 +379,35 @@ async def test_connected_calendar_syncs_and_reconnects_after_revocation(kafka_se
             assert time.monotonic() < deadline, world.worker.tail()
             await asyncio.sleep(1)
 
-        await connect()  # a new link for the same resource id
+        reauth = [s for s in status if s.status == "reauth_required"][-1]
+        assert reauth.data == {"reconnect": "/api/resources/carol/reconnect"}
+        async with httpx.AsyncClient(base_url=world.admin_url, headers=ADMIN) as api:
+            described = await api.get("/api/resources/carol")
+            assert described.json()["reconnect"] == "/api/resources/carol/reconnect"
+            made = await api.post("/api/resources/carol/reconnect")
+            assert made.status_code == 201, made.text
+            assert (await api.post("/api/resources/nobody/reconnect")).status_code == 404
+        relink = made.json()["connect_url"]
+        async with httpx.AsyncClient(follow_redirects=True) as client:
+            owner = Owner(client)
+            # someone else signs in: their grant cannot read carol's calendar
+            opened = await owner.get(relink)
+            wrong = await owner.post(
+                emulator.auth_url,
+                data={**hidden_fields(opened.text), "user": "bob@example.com", "decision": "allow"},
+            )
+            assert wrong.status_code == 400 and "cannot read the calendar" in wrong.text
+            # carol herself: no picker, the calendar is the resource's
+            opened = await owner.get(relink)
+            done = await owner.post(
+                emulator.auth_url,
+                data={
+                    **hidden_fields(opened.text),
+                    "user": "carol@example.com",
+                    "decision": "allow",
+                },
+            )
+            assert "Your calendar is connected" in done.text, done.text
         emulator.insert_event("carol@example.com", event_body(4))
         await world.wait_converged(["carol"])
         await world.events.settle(quiet=2.0)
@@ -390,6 +418,7 @@ async def test_connected_calendar_syncs_and_reconnects_after_revocation(kafka_se
         # every event once per content version: the reconnect re-emitted nothing
         assert len(upserts) == sum(len(v) for v in per_event.values()) == 4
         second_grant = [g for g in emulator.grants_of("carol@example.com") if g != first_grant]
+        assert (await world.api_status())["resources"] == 1
         assert len(second_grant) == 1
         log = world.worker.log_path.read_text(errors="replace")
         for token in (first_grant, second_grant[0]):
