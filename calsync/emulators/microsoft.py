@@ -87,6 +87,7 @@ import bisect
 import functools
 import hashlib
 import hmac
+import html
 import json
 import logging
 import re
@@ -101,7 +102,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, TypedDict, cast, get_args
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
@@ -111,6 +112,7 @@ from dateutil import rrule as _rr  # type: ignore[import-untyped]
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 from calsync.emulators import base as _base
+from calsync.emulators import oauth as _oauth
 from calsync.emulators.base import jcopy as _jcopy
 from calsync.emulators.faults import (
     DROPPED,
@@ -870,6 +872,8 @@ class _Grant:
     current: str
     scopes: tuple[str, ...] = _DEFAULT_SCOPES
     revoked_code: int | None = None
+    #: made by the consent page (authorization-code grant)
+    consented: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1130,6 +1134,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             _LISTING_CACHE_SIZE
         )
         self._auth_origin: str | None = None
+        self._redirect_uris: dict[str, set[str]] = {}
+        self._codes: dict[str, _oauth.AuthCode] = {}
         self._ca_dir: str | None = None
         self._ca_pem: bytes = b""
 
@@ -1286,6 +1292,19 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         )
         self._refresh[token] = grant
         return token
+
+    def add_redirect_uri(self, client_id: str, redirect_uri: str) -> None:
+        """Register a redirect URI of the app registration ``client_id`` (byte-exact)."""
+        self._check_client(client_id)
+        self._redirect_uris.setdefault(client_id, set()).add(redirect_uri)
+
+    def grants_of(self, user_id: str) -> list[str]:
+        """The live refresh tokens of the grants ``user_id`` consented to, oldest first."""
+        return [
+            g.current
+            for t, g in self._refresh.items()
+            if g.home_user.lower() == user_id.lower() and t == g.current and g.consented
+        ]
 
     @staticmethod
     def _new_refresh_token() -> str:
@@ -2105,6 +2124,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         r.add_get("/common/discovery/instance", self._a_instance_discovery)
         r.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._a_openid_configuration)
         r.add_post("/{tenant}/oauth2/v2.0/token", self._a_token)
+        r.add_get("/{tenant}/oauth2/v2.0/authorize", self._a_authorize)
+        r.add_post("/{tenant}/oauth2/v2.0/authorize", self._a_consent)
         r.add_get("/{tenant}/discovery/v2.0/keys", self._a_keys)
 
     def _state(self, request: web.Request) -> _RequestState:
@@ -2304,6 +2325,197 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             },
         )
 
+    def _authorize_error(self, title: str, code: int, message: str) -> web.Response:
+        return web.Response(
+            text=_oauth.error_page(title, f"AADSTS{code}: {message}"),
+            status=400,
+            content_type="text/html",
+        )
+
+    async def _a_authorize(self, request: web.Request) -> web.Response:
+        """The sign-in and consent page of the authorization-code flow.
+
+        Unknown client (AADSTS700016) or a redirect URI not registered byte for byte
+        (AADSTS50011): an error page, no redirect. Otherwise only ``response_type=code``
+        and ``response_mode=query|form_post``; errors go back to the redirect URI with
+        ``error``, ``error_description`` and the ``state``."""
+        tenant = request.match_info["tenant"]
+        params = request.query
+        client_id = params.get("client_id", "")
+        redirect_uri = params.get("redirect_uri", "")
+        if not self._tenant_ok(tenant):
+            return self._authorize_error("Sign in", 90002, f"Tenant '{tenant}' not found.")
+        if client_id not in self._clients:
+            return self._authorize_error(
+                "Sign in", 700016, f"Application with identifier '{client_id}' was not found."
+            )
+        if redirect_uri not in self._redirect_uris.get(client_id, set()):
+            return self._authorize_error(
+                "Sign in",
+                50011,
+                f"The redirect URI '{redirect_uri}' specified in the request does not match "
+                f"the redirect URIs configured for the application '{client_id}'.",
+            )
+        state = params.get("state")
+        echo = {"state": state} if state is not None else {}
+        mode = params.get("response_mode") or "query"
+
+        def refuse(error: str, code: int, message: str) -> web.Response:
+            query = {"error": error, "error_description": f"AADSTS{code}: {message}", **echo}
+            raise web.HTTPFound(redirect_uri + "?" + urlencode(query))
+
+        if params.get("response_type") != "code":
+            refuse("unsupported_response_type", 70005, "response_type must be 'code'.")
+        if mode not in ("query", "form_post"):
+            refuse("invalid_request", 900144, "response_mode must be 'query' or 'form_post'.")
+        challenge = params.get("code_challenge")
+        method = params.get("code_challenge_method") or "plain"
+        if method not in ("plain", "S256"):
+            refuse("invalid_request", 501491, "Invalid code_challenge_method.")
+        scope = params.get("scope", "")
+        hidden = {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": scope,
+            "state": state or "",
+            "has_state": "1" if state is not None else "",
+            "mode": mode,
+            "code_challenge": challenge or "",
+            "code_challenge_method": method,
+            "nonce": params.get("nonce") or "",
+        }
+        user = params.get("login_hint") or next((m.user_id for m in self._mailboxes.values()), "")
+        page = _oauth.consent_page(
+            action=request.path,
+            hidden={"request": self._seal({"t": "authz", **hidden})},
+            client_id=client_id,
+            scope=scope,
+            user=user,
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _a_consent(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        sealed = form.get("request")
+        params = self._unseal(sealed, "authz") if isinstance(sealed, str) else None
+        if params is None:
+            return self._authorize_error("Sign in", 90015, "The request was tampered with.")
+        redirect_uri = str(params["redirect_uri"])
+        echo = {"state": str(params["state"])} if params.get("has_state") else {}
+        if form.get("decision") != "allow":
+            query = {
+                "error": "access_denied",
+                "error_description": "AADSTS65004: User declined to consent to access the app.",
+                **echo,
+            }
+            return self._redirect_back(redirect_uri, str(params["mode"]), query)
+        user = str(form.get("user") or "")
+        if user.lower() not in self._mailboxes:
+            return self._authorize_error(
+                "Sign in", 50034, f"The user account {user!r} does not exist."
+            )
+        code = "1.AXoA-emu-code-" + secrets.token_urlsafe(32)
+        self._codes[code] = _oauth.AuthCode(
+            client_id=str(params["client_id"]),
+            redirect_uri=redirect_uri,
+            scope=str(params["scope"]),
+            user=self._mailboxes[user.lower()].user_id,
+            code_challenge=str(params["code_challenge"]) or None,
+            code_challenge_method=str(params["code_challenge_method"]),
+            offline="offline_access" in str(params["scope"]).split(),
+            expires_at=self.now() + _oauth.CODE_LIFETIME,
+            nonce=str(params["nonce"]) or None,
+        )
+        query = {"code": code, **echo, "session_state": self._uuid()}
+        return self._redirect_back(redirect_uri, str(params["mode"]), query)
+
+    @staticmethod
+    def _redirect_back(redirect_uri: str, mode: str, query: Mapping[str, str]) -> web.Response:
+        if mode == "form_post":
+            fields = "".join(
+                f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                for k, v in query.items()
+            )
+            return web.Response(
+                text=(
+                    '<html><body><form method="POST" name="hiddenform" '
+                    f'action="{html.escape(redirect_uri)}">{fields}'
+                    '<noscript><input type="submit" value="Continue"></noscript>'
+                    "</form></body></html>"
+                ),
+                content_type="text/html",
+            )
+        raise web.HTTPFound(redirect_uri + "?" + urlencode(query))
+
+    def _redeem_code(
+        self, request: web.Request, form: _base.TokenForm, client_id: str
+    ) -> web.Response:
+        """``grant_type=authorization_code`` for an authenticated client."""
+        raw_code = form.get("code")
+        if raw_code is None:
+            return self._aad_error(
+                request,
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'code'.",
+            )
+        code = self._codes.pop(raw_code, None)  # single use
+        if code is None or code.expires_at <= self.now():
+            return self._aad_error(
+                request,
+                400,
+                "invalid_grant",
+                70008,
+                "The provided authorization code or refresh token has expired due to "
+                "inactivity. Send a new interactive authorization request for this user "
+                "and resource.",
+            )
+        if code.client_id != client_id:
+            return self._aad_error(
+                request,
+                400,
+                "invalid_grant",
+                70000,
+                "The provided value for the 'code' parameter is not valid. The code was "
+                "issued to another application.",
+            )
+        if form.get("redirect_uri") != code.redirect_uri:
+            return self._aad_error(
+                request,
+                400,
+                "invalid_grant",
+                50011,
+                "The redirect URI specified in the request does not match the redirect URI "
+                "used to obtain the authorization code.",
+            )
+        if not _oauth.pkce_matches(
+            form.get("code_verifier"), code.code_challenge, code.code_challenge_method
+        ):
+            return self._aad_error(
+                request,
+                400,
+                "invalid_grant",
+                501481,
+                "The Code_Verifier does not match the code_challenge supplied in the "
+                "authorization request.",
+            )
+        token = self._new_refresh_token()
+        mailbox = self._mailboxes[code.user.lower()]
+        grant = _Grant(
+            client_id=client_id,
+            user_ids=[mailbox.user_id],
+            account=self._account_for(token),
+            home_object_id=mailbox.object_id,
+            home_user=mailbox.user_id,
+            current=token,
+            consented=True,
+        )
+        requested = (form.get("scope") or code.scope).split()
+        return self._grant_response(
+            request, form, grant, requested, rotate=False, nonce=code.nonce, offline=code.offline
+        )
+
     async def _a_instance_discovery(self, request: web.Request) -> web.Response:
         host = urlsplit(self.authority_origin).netloc
         return web.json_response(
@@ -2414,7 +2626,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             return missing("grant_type")
         if client_id is None:
             return missing("client_id")
-        if grant_type != "refresh_token":
+        if grant_type not in ("refresh_token", "authorization_code"):
             return self._aad_error(
                 request,
                 400,
@@ -2453,6 +2665,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 "the client secret value, not the client secret ID, for a secret added to app "
                 f"'{client_id}'.",
             )
+        if grant_type == "authorization_code":
+            return self._redeem_code(request, form, client_id)
         refresh_token = field_("refresh_token")
         if refresh_token is None:
             return missing("refresh_token")
@@ -2492,6 +2706,23 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             return self._aad_error(
                 request, 400, "invalid_grant", 70008, _AADSTS_MESSAGES[70008], suberror="bad_token"
             )
+        return self._grant_response(request, form, grant, requested, rotate=True)
+
+    def _grant_response(
+        self,
+        request: web.Request,
+        form: _base.TokenForm,
+        grant: _Grant,
+        requested: list[str],
+        *,
+        rotate: bool,
+        nonce: str | None = None,
+        offline: bool = True,
+    ) -> web.Response:
+        """The token response of a grant: an access token, a (new) refresh token when
+        ``offline``, an ID token when ``openid`` was asked (with ``nonce``)."""
+        field_ = form.get
+        client_id = grant.client_id
         scopes: list[str] = []
         for scope in requested:
             if scope.lower() in _OIDC_SCOPES:
@@ -2522,17 +2753,18 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             }
         )
         self._mint(access_token, grant, ACCESS_TOKEN_LIFETIME)
-        new_refresh = self._new_refresh_token()
-        grant.current = new_refresh
-        self._refresh[new_refresh] = grant
         body: TokenResponse = {
             "token_type": "Bearer",
             "scope": " ".join(scopes),
             "expires_in": ACCESS_TOKEN_LIFETIME,
             "ext_expires_in": ACCESS_TOKEN_LIFETIME,
             "access_token": access_token,
-            "refresh_token": new_refresh,
         }
+        if offline:
+            new_refresh = self._new_refresh_token() if rotate else grant.current
+            grant.current = new_refresh
+            self._refresh[new_refresh] = grant
+            body["refresh_token"] = new_refresh
         if "openid" in {s.lower() for s in requested}:
             body["id_token"] = self._jwt(
                 {
@@ -2549,6 +2781,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                     ),
                     "tid": self.tenant_id,
                     "ver": "2.0",
+                    **({"nonce": nonce} if nonce is not None else {}),
                 }
             )
         if field_("client_info") == "1":

@@ -6,6 +6,7 @@ by an unguessable one-time token in its URL or form, see docs/security.md)::
     POST /api/connect                      (admin) make a link: 201 {connect_url, ...}
     GET  /connect/{link}                   302 to the provider's consent screen
     GET  /connect/google/callback          redeem the code; the calendar picker page
+    GET  /connect/microsoft/callback       redeem the code (msal); register the mailbox
     POST /connect/{link}/calendars         register the picked calendars; success page
 
 Status codes of the owner's pages: 200 a page saying what happened; 302 on to the
@@ -24,6 +25,7 @@ per form; bodies are capped by the application's ``client_max_size``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html
 import logging
@@ -36,6 +38,7 @@ from aiohttp import web
 
 from calsync.clock import Clock
 from calsync.connect import google as google_consent
+from calsync.connect import microsoft as microsoft_consent
 from calsync.connect.store import (
     CalendarChoice,
     ConnectLink,
@@ -117,6 +120,7 @@ class ConnectFlows:
         return [
             web.post("/api/connect", admin),
             web.get("/connect/google/callback", self.google_callback),
+            web.get("/connect/microsoft/callback", self.microsoft_callback),
             web.get("/connect/{link}", self.open_link),
             web.post("/connect/{link}/calendars", self.choose_calendars),
         ]
@@ -180,8 +184,18 @@ class ConnectFlows:
         self.store.consents.discard_where(lambda c: c.link_token == token)
         expires_at = self._clock() + self._settings.connect_state_ttl
         state = new_token()
-        url, verifier = google_consent.authorization_url(self._settings, state)
-        consent = PendingConsent(link_token=token, expires_at=expires_at, code_verifier=verifier)
+        if link.provider == "microsoft":
+            try:
+                flow = await microsoft_consent.begin(self._settings, state)
+            except microsoft_consent.ConsentFailed as exc:
+                return page("Please try again later", [str(exc)], status=502)
+            url = str(flow["auth_uri"])
+            consent = PendingConsent(link_token=token, expires_at=expires_at, msal_flow=flow)
+        else:
+            url, verifier = google_consent.authorization_url(self._settings, state)
+            consent = PendingConsent(
+                link_token=token, expires_at=expires_at, code_verifier=verifier
+            )
         try:
             self.store.consents.add(consent, state)
         except StoreFull:
@@ -192,6 +206,29 @@ class ConnectFlows:
 
     async def google_callback(self, request: web.Request) -> web.Response:
         """Google sent the owner back: check ``state`` (single use), redeem, list calendars."""
+        return await self._callback(request, "google")
+
+    async def microsoft_callback(self, request: web.Request) -> web.Response:
+        """Microsoft sent the owner back (``response_mode=query``)."""
+        return await self._callback(request, "microsoft")
+
+    async def _grant(
+        self, provider: str, consent: PendingConsent, query: Mapping[str, str]
+    ) -> tuple[dict[str, str], list[CalendarChoice]]:
+        """Redeem the callback: plaintext credentials and the calendars they can read.
+        Raises :class:`ConsentFailed` of either provider module."""
+        code = query["code"]
+        if provider == "microsoft":
+            assert consent.msal_flow is not None
+            response = {k: query[k] for k in ("code", "state", "session_state") if k in query}
+            return await microsoft_consent.complete(self._settings, consent.msal_flow, response)
+        tokens = await google_consent.redeem(self._settings, code, consent.code_verifier)
+        calendars = await google_consent.list_calendars(
+            self._settings, self._http(), tokens["access_token"]
+        )
+        return {"refresh_token": tokens["refresh_token"]}, calendars
+
+    async def _callback(self, request: web.Request, provider: str) -> web.Response:
         query = request.query
         state = query.get("state", "")
         consent = self.store.consents.take(state) if TOKEN.fullmatch(state) else None
@@ -206,7 +243,7 @@ class ConnectFlows:
                 status=400,
             )
         link = self.store.links.get(consent.link_token)
-        if link is None:
+        if link is None or link.provider != provider:
             return page("This link does not work", ["The link has expired."], status=404)
         if "error" in query:
             return page(
@@ -218,18 +255,16 @@ class ConnectFlows:
             )
         code = query.get("code", "")
         if not code or len(code) > MAX_CODE or not code.isprintable():
-            return page("This sign-in cannot be used", ["Google sent no usable code."], status=400)
+            return page("This sign-in cannot be used", ["No usable code came back."], status=400)
         try:
-            tokens = await google_consent.redeem(self._settings, code, consent.code_verifier)
-            calendars = await google_consent.list_calendars(
-                self._settings, self._http(), tokens["access_token"]
-            )
-        except google_consent.ConsentFailed as exc:
+            plaintext, calendars = await self._grant(provider, consent, query)
+        except (google_consent.ConsentFailed, microsoft_consent.ConsentFailed) as exc:
             return page("Nothing was connected", [str(exc)], status=502)
         if link.calendar_id is not None:
             # a reconnect (or a link for one calendar): the account signed in must be
             # the one that can read it, or the resource would sync nothing
-            calendars = [c for c in calendars if c.calendar_id == link.calendar_id]
+            wanted = link.calendar_id.lower()
+            calendars = [c for c in calendars if c.calendar_id.lower() == wanted]
             if not calendars:
                 return page(
                     "Nothing was connected",
@@ -240,10 +275,11 @@ class ConnectFlows:
                     ],
                     status=400,
                 )
+            calendars = [dataclasses.replace(calendars[0], calendar_id=link.calendar_id)]
         if not calendars:
             return page("Nothing was connected", ["Your account has no calendars to share."])
-        credentials = {"refresh_token": self._secrets.encrypt(tokens["refresh_token"])}
-        if link.calendar_id is not None:
+        credentials = {name: self._secrets.encrypt(value) for name, value in plaintext.items()}
+        if len(calendars) == 1:
             return await self._register(consent.link_token, link, credentials, calendars)
         try:
             choice = self.store.choices.add(
@@ -364,8 +400,9 @@ class ConnectFlows:
             [
                 "From now on only your busy and free times are shared; titles, places and "
                 "people never leave your calendar.",
-                "You can close this page. To stop sharing, remove the access in your "
-                "Google Account (Security, Third-party access).",
+                "You can close this page. To stop sharing, remove calsync's access in your "
+                "account's security settings (Google Account: Security, Third-party "
+                "access; Microsoft: My Apps or myaccount.microsoft.com, App permissions).",
             ],
             body=f"<ul>{items}</ul>",
         )

@@ -646,4 +646,5 @@ SPEC = ProviderSpec(
     subscription_ttl=lambda settings: settings.graph_subscription_minutes * 60,
     webhook_path="/webhooks/microsoft",
     shares_app_quota=True,
+    connect=True,
 )

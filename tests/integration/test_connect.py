@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,7 @@ from tests.integration.conftest import (
     CLIENT_SECRET,
     event_body,
     google_world,
+    ms_event_body,
     serve_gateway,
 )
 
@@ -349,7 +351,8 @@ async def test_connected_calendar_syncs_and_reconnects_after_revocation(kafka_se
             async with httpx.AsyncClient(follow_redirects=True) as client:
                 owner = Owner(client)
                 opened = await owner.get(link)
-                picker = await owner.post(
+                # carol has one calendar: no picker, it is registered at once
+                done = await owner.post(
                     emulator.auth_url,
                     data={
                         **hidden_fields(opened.text),
@@ -357,7 +360,6 @@ async def test_connected_calendar_syncs_and_reconnects_after_revocation(kafka_se
                         "decision": "allow",
                     },
                 )
-                done = await owner.pick(picker)
                 assert "Your calendar is connected" in done.text, done.text
 
         await connect()
@@ -424,3 +426,82 @@ async def test_connected_calendar_syncs_and_reconnects_after_revocation(kafka_se
         for token in (first_grant, second_grant[0]):
             assert token not in log
             assert token.encode() not in await raw_topics(world.settings)
+
+
+# -- Microsoft: msal's auth-code flow against the emulator's /authorize ---------------------
+
+
+async def test_microsoft_link_registers_the_mailbox_and_events_flow(kafka_settings) -> None:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    async with google_world(
+        kafka_settings, microsoft=True, web_port=port, public_url=public
+    ) as world:
+        ms = world.ms
+        assert ms is not None
+        ms.add_mailbox("dana@contoso.com", time_zone="W. Europe Standard Time")
+        ms.add_mailbox("erin@contoso.com")
+        ms.add_redirect_uri(CLIENT_ID, f"{public}/connect/microsoft/callback")
+        ms.create_event("dana@contoso.com", ms_event_body(1))
+        async with httpx.AsyncClient(
+            follow_redirects=True, verify=ssl.create_default_context(cafile=ms.ca_bundle_path)
+        ) as client:
+            owner = Owner(client)
+            # a forged state is refused before anything reaches Microsoft
+            forged = await owner.get(f"{public}/connect/microsoft/callback?state={'E' * 43}&code=x")
+            assert forged.status_code == 400
+            # two consents; the first one's callback carries the second one's code: the
+            # PKCE verifier (and msal's state and nonce) belong to another flow
+            first = await make_link(world.admin_url, resource_id="dana", provider="microsoft")
+            second = await make_link(world.admin_url, resource_id="erin", provider="microsoft")
+            screens = [await owner.get(first), await owner.get(second)]
+            callbacks = []
+            for screen, user in zip(screens, ("dana@contoso.com", "erin@contoso.com"), strict=True):
+                assert "wants to access your account" in screen.text
+                assert "code_challenge_method=S256" in str(screen.url)
+                assert "offline_access" in str(screen.url)
+                answer = await client.post(
+                    str(screen.url).split("?")[0],
+                    data={**hidden_fields(screen.text), "user": user, "decision": "allow"},
+                    follow_redirects=False,
+                )
+                assert answer.status_code == 302, answer.text
+                callbacks.append(answer.headers["Location"])
+            q1 = parse_qs(urlsplit(callbacks[0]).query)
+            q2 = parse_qs(urlsplit(callbacks[1]).query)
+            swapped = (
+                f"{public}/connect/microsoft/callback?state={q1['state'][0]}&code={q2['code'][0]}"
+            )
+            refused = await owner.get(swapped)
+            assert refused.status_code == 502, refused.text
+            assert "Nothing was connected" in refused.text
+            # that attempt spent erin's code: her genuine callback cannot redeem it now
+            spent = await owner.get(callbacks[1])
+            assert spent.status_code == 502, spent.text
+            # both open their links again and complete them
+            for link, user in ((first, "dana@contoso.com"), (second, "erin@contoso.com")):
+                screen = await owner.get(link)
+                done = await owner.post(
+                    str(screen.url).split("?")[0],
+                    data={**hidden_fields(screen.text), "user": user, "decision": "allow"},
+                )
+                assert "Your calendar is connected" in done.text, done.text
+            # the callback replayed registers nothing more
+            assert (await owner.get(str(done.url))).status_code == 400
+        world.providers["dana"] = world.providers["erin"] = "microsoft"
+        await world.wait_converged(["dana", "erin"])
+        ms.create_event("dana@contoso.com", ms_event_body(2))
+        await world.wait_converged(["dana", "erin"])
+        commands = [c for c in await registrations(world.settings) if c.kind == "register"]
+        assert sorted((c.resource_id, c.calendar_id) for c in commands) == [
+            ("dana", "dana@contoso.com"),
+            ("erin", "erin@contoso.com"),
+        ]
+        log = world.worker.log_path.read_text(errors="replace")
+        topics = await raw_topics(world.settings)
+        for user in ("dana@contoso.com", "erin@contoso.com"):
+            grants = ms.grants_of(user)
+            assert grants
+            for token in grants:
+                assert token not in log and token.encode() not in topics
+                assert not any(token in p for p in owner.pages)

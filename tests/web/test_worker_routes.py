@@ -23,6 +23,8 @@ HEALTH = {("GET", "/healthz"), ("HEAD", "/healthz")}
 CONNECT = {
     ("GET", "/connect/google/callback"),
     ("HEAD", "/connect/google/callback"),
+    ("GET", "/connect/microsoft/callback"),
+    ("HEAD", "/connect/microsoft/callback"),
     ("GET", "/connect/{link}"),
     ("HEAD", "/connect/{link}"),
     ("POST", "/connect/{link}/calendars"),
