@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import binascii
 import bisect
 import copy
 import dataclasses
@@ -69,6 +70,7 @@ import email.utils
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import math
 import re
@@ -130,6 +132,9 @@ logger = logging.getLogger(__name__)
 API_PREFIX: Final = "/calendar/v3"
 TOKEN_PATH: Final = "/token"  # noqa: S105  (a URL path, not a secret)
 AUTH_PATH: Final = "/o/oauth2/v2/auth"
+GOOGLE_TOKEN_AUDIENCE: Final = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
+JWT_BEARER: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+READONLY_SCOPE: Final = "https://www.googleapis.com/auth/calendar.readonly"
 DEFAULT_PORT: Final = 8710  # the port `calsync emulator google` defaults to
 
 DEFAULT_CHANNEL_TTL: Final = 604_800.0
@@ -887,6 +892,21 @@ def _auth_page(status: int, title: str, detail: str) -> web.Response:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _ServiceAccount:
+    email: str
+    client_id: str
+    public_key: Any  # an RSA public key (cryptography)
+    delegated_scopes: frozenset[str]
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64url") from exc
+
+
 def _with_query(url: str, params: Mapping[str, str]) -> str:
     return url + ("&" if "?" in url else "?") + urlencode(params)
 
@@ -946,6 +966,9 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         self._owners: dict[str, str] = {}
         self._redirect_uris: dict[str, set[str]] = {}
         self._codes: dict[str, _oauth.AuthCode] = {}
+        self._service_accounts: dict[str, _ServiceAccount] = {}
+        #: (service account, impersonated user) of every token minted by assertion
+        self.impersonations: list[tuple[str, str]] = []
         #: refuse ``code_challenge_method=plain`` (and a missing method, which means plain)
         self.reject_plain_pkce = False
 
@@ -1041,6 +1064,36 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         """The ids of the calendars ``user`` owns (their calendar list), primary first."""
         owned = [cid for cid, owner in self._owners.items() if owner == user]
         return sorted(owned, key=lambda cid: (cid != user, cid))
+
+    def create_service_account(
+        self, email: str, *, delegated_scopes: Sequence[str] = (READONLY_SCOPE,)
+    ) -> dict[str, str]:
+        """A service account with a new RSA key, allowed domain-wide delegation for
+        ``delegated_scopes`` (the admin console's list); returns its JSON key (the
+        ``info`` google-auth reads)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        client_id = str(10**20 + self._rng.getrandbits(60))
+        key_id = secrets.token_hex(20)
+        self._service_accounts[email] = _ServiceAccount(
+            email, client_id, key.public_key(), frozenset(delegated_scopes)
+        )
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        return {
+            "type": "service_account",
+            "project_id": "emulator",
+            "private_key_id": key_id,
+            "private_key": pem,
+            "client_email": email,
+            "client_id": client_id,
+            "token_uri": self.token_url,
+        }
 
     def grants_of(self, user: str) -> list[str]:
         """The refresh tokens ``user`` granted through the consent page, oldest first."""
@@ -1576,6 +1629,8 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         if client_id is None and form.basic is not None:
             client_id, client_secret = form.basic[0], form.basic[1] or None
         grant_type = form.get("grant_type") or ""
+        if grant_type == JWT_BEARER:
+            return self._jwt_bearer(request, form)
         if grant_type not in ("refresh_token", "authorization_code"):
             return _oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
         known_secret = self._clients.get(client_id or "")
@@ -1593,6 +1648,75 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         if grant.client_id != client_id:
             return _oauth_error(401, "unauthorized_client", "Unauthorized")
         return self._token_response(grant, form.get("scope") or grant.scope, None)
+
+    def _jwt_bearer(self, request: web.Request, form: _base.TokenForm) -> web.Response:
+        """RFC 7523 with a service account's RS256 assertion: signature by the key of
+        ``iss``, ``aud`` this token URL, a lifetime of at most an hour, scopes inside the
+        delegation list (else ``unauthorized_client``), ``sub`` a known user."""
+        assertion = form.get("assertion") or ""
+        parts = assertion.split(".")
+        invalid = _oauth_error(400, "invalid_grant", "Invalid JWT Signature.")
+        if len(parts) != 3:
+            return invalid
+        try:
+            header = json.loads(_b64decode(parts[0]))
+            claims = json.loads(_b64decode(parts[1]))
+            signature = _b64decode(parts[2])
+        except ValueError:
+            return invalid
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            return invalid
+        account = self._service_accounts.get(str(claims.get("iss")))
+        if header.get("alg") != "RS256" or account is None:
+            return _oauth_error(401, "invalid_client", "The OAuth client was not found.")
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        try:
+            account.public_key.verify(
+                signature, f"{parts[0]}.{parts[1]}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except InvalidSignature:
+            return invalid
+        now = self.now()
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if not isinstance(iat, int) or not isinstance(exp, int):
+            return _oauth_error(400, "invalid_grant", "Invalid JWT: missing iat or exp.")
+        if exp - iat > 3600 or exp <= now or iat > now + 300:
+            return _oauth_error(
+                400,
+                "invalid_grant",
+                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+                "reasonable timeframe. Check your iat and exp values in the JWT claim.",
+            )
+        audience = f"{request.scheme}://{request.host}{TOKEN_PATH}"
+        # google-auth always names Google's token endpoint, as Google expects
+        if claims.get("aud") not in (GOOGLE_TOKEN_AUDIENCE, audience, self.token_url):
+            return _oauth_error(400, "invalid_grant", "Invalid JWT: aud is not the token URL.")
+        scopes = str(claims.get("scope") or "").split()
+        if not scopes or not set(scopes) <= account.delegated_scopes:
+            return _oauth_error(
+                401,
+                "unauthorized_client",
+                "Client is unauthorized to retrieve access tokens using this method, or "
+                "client not authorized for any of the scopes requested.",
+            )
+        subject = claims.get("sub")
+        user = subject if isinstance(subject, str) and subject else account.email
+        calendars = self.calendars_of(user)
+        if not calendars:
+            return _oauth_error(400, "invalid_grant", "Invalid email or User ID")
+        grant = _RefreshGrant(
+            "",
+            account.client_id,
+            calendars,
+            " ".join(scopes),
+            self._account_for(f"{account.email}\x1f{user}"),
+            user=user,
+        )
+        self.impersonations.append((account.email, user))
+        return self._token_response(grant, " ".join(scopes), None)
 
     def _token_response(
         self, grant: _RefreshGrant, scope: str, refresh_token: str | None

@@ -82,6 +82,8 @@ MAX_MESSAGE_NUMBER = 2**53
 #: one is refused unread rather than verified item by item.
 MAX_GRAPH_ITEMS = 100
 MAX_VALIDATION_TOKEN = 1024
+#: The longest credential field (a service account's JSON key is about 2,400 bytes).
+MAX_CREDENTIAL = 16 * 1024
 #: The longest ``?wait=`` of the registration endpoints, in seconds.
 MAX_WAIT = 30.0
 _WAIT = re.compile(r"([0-9]{1,5}(?:\.[0-9]{1,3})?)(s|ms)?")
@@ -239,12 +241,23 @@ def validate_registration(
             provider_spec.check_calendar(calendar_id, caldav_networks or NetworkPolicy())
         except ValueError as exc:
             raise RequestRejected(400, str(exc), field="calendar_id") from None
+    kind = provider_spec.credential_kind(credentials)
+    if kind is None:
+        kinds = " or ".join(str(list(k)) for k in provider_spec.credential_kinds)
+        raise RequestRejected(
+            400,
+            f"{provider_spec.name} credentials must have the fields {kinds}",
+            field="credentials",
+        )
     secrets_in: dict[str, str] = {}
-    for name in provider_spec.credential_fields:
+    for name in kind:
         value = credentials.get(name)
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or len(value) > MAX_CREDENTIAL:
             raise RequestRejected(
-                400, f"credentials.{name} must be a non-empty string", field="credentials"
+                400,
+                f"credentials.{name} must be a non-empty string of at most "
+                f"{MAX_CREDENTIAL} characters",
+                field="credentials",
             )
         secrets_in[name] = value
     busy_policy = _busy_policy(body.get("busy_policy"))
