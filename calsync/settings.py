@@ -58,6 +58,11 @@ class Settings:
     microsoft_authority: str = "https://login.microsoftonline.com/common"
     microsoft_client_id: str = ""
     microsoft_client_secret: str = field(default="", repr=False)
+    #: A PEM file with the app registration's certificate and its private key: the
+    #: client credential of application (client-credentials) access instead of the
+    #: secret; ``..._THUMBPRINT`` is the certificate's SHA-1 thumbprint (hex).
+    microsoft_client_certificate: str = ""
+    microsoft_client_certificate_thumbprint: str = ""
     #: A PEM file of extra CAs to trust for the Microsoft authority (corporate proxies, tests).
     microsoft_ca_bundle: str = ""
     #: A connect link (``POST /api/connect``) can be opened this many seconds after it

@@ -160,6 +160,7 @@ _DEFAULT_SCOPES: Final = (
     f"{GRAPH_RESOURCE}/User.Read",
 )
 _MULTI_TENANT: Final = ("common", "organizations", "consumers")
+CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _LISTING_CACHE_SIZE: Final = 64
 _MAX_BATCH: Final = 20
 _MAX_OCCURRENCES: Final = 20_000
@@ -874,6 +875,8 @@ class _Grant:
     revoked_code: int | None = None
     #: made by the consent page (authorization-code grant)
     consented: bool = False
+    #: an application (client-credentials) token: no user, policy-scoped mailboxes
+    app_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1136,6 +1139,10 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         self._auth_origin: str | None = None
         self._redirect_uris: dict[str, set[str]] = {}
         self._codes: dict[str, _oauth.AuthCode] = {}
+        self._app_access: dict[str, list[str] | None] = {}
+        self._client_certificates: dict[str, dict[str, Any]] = {}
+        #: app-only (client-credentials) tokens minted so far
+        self.app_tokens_issued = 0
         self._ca_dir: str | None = None
         self._ca_pem: bytes = b""
 
@@ -2279,6 +2286,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         if grant.user_ids is not None and mailbox.user_id.lower() not in {
             u.lower() for u in grant.user_ids
         }:
+            if grant.app_only:  # outside the application access policy
+                raise GraphApiError(403, "ErrorAccessDenied", "Access to OData is disabled.")
             raise _access_denied()
         return mailbox, grant
 
@@ -2446,6 +2455,134 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 content_type="text/html",
             )
         raise web.HTTPFound(redirect_uri + "?" + urlencode(query))
+
+    def _check_client_assertion(
+        self,
+        request: web.Request,
+        form: _base.TokenForm,
+        client_id: str,
+        assertion: str,
+        tenant: str,
+    ) -> web.Response | None:
+        """A certificate credential (RFC 7523 client assertion): the JWT must be RS256
+        or PS256, signed by a certificate registered for the app (``x5t`` or
+        ``x5t#S256`` its thumbprint), ``aud`` the token URL, ``iss`` = ``sub`` = the
+        client id, unexpired, lifetime at most ten minutes. None when it holds."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def refuse(code: int, message: str) -> web.Response:
+            return self._aad_error(request, 401, "invalid_client", code, message)
+
+        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+            return refuse(7000218, "Invalid client_assertion_type.")
+        parts = assertion.split(".")
+        try:
+            if len(parts) != 3:
+                raise ValueError("not a JWT")
+            header = json.loads(_unb64url(parts[0]))
+            claims = json.loads(_unb64url(parts[1]))
+            signature = _unb64url(parts[2])
+            if not isinstance(header, dict) or not isinstance(claims, dict):
+                raise ValueError("not objects")
+        except ValueError:
+            return refuse(50027, "JWT token is invalid or malformed.")
+        certs = self._client_certificates.get(client_id, {})
+        thumbprint = header.get("x5t#S256") or header.get("x5t")
+        public_key = certs.get(str(thumbprint).rstrip("="))  # padded or not
+        if public_key is None:
+            return refuse(
+                700027,
+                "The certificate with identifier used to sign the client assertion is not "
+                "registered on application.",
+            )
+        algorithm = header.get("alg")
+        pad: Any = (
+            padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=hashes.SHA256.digest_size)
+            if algorithm == "PS256"
+            else padding.PKCS1v15()
+        )
+        if algorithm not in ("RS256", "PS256"):
+            return refuse(50027, "JWT token is invalid or malformed.")
+        try:
+            public_key.verify(signature, f"{parts[0]}.{parts[1]}".encode(), pad, hashes.SHA256())
+        except InvalidSignature:
+            return refuse(700027, "Client assertion failed signature validation.")
+        now = self.now()
+        exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
+        audiences = {
+            f"{self.authority_origin}/{tenant}/oauth2/v2.0/token",
+            f"{self.authority_origin}/{self.tenant_id}/oauth2/v2.0/token",
+        }
+        if claims.get("aud") not in audiences:
+            return refuse(700212, "No matching federated identity record found (aud).")
+        if claims.get("iss") != client_id or claims.get("sub") != client_id:
+            return refuse(700021, "Client assertion application identifier doesn't match.")
+        if not isinstance(exp, (int, float)) or exp <= now:
+            return refuse(700024, "Client assertion is not within its valid time range.")
+        if isinstance(nbf, (int, float)) and (nbf > now + 300 or exp - nbf > 600 + 300):
+            return refuse(700024, "Client assertion is not within its valid time range.")
+        return None
+
+    def _client_credentials(
+        self, request: web.Request, form: _base.TokenForm, client_id: str, tenant: str
+    ) -> web.Response:
+        """App-only tokens: a tenant-specific authority, the ``/.default`` scope; the
+        token reaches the mailboxes the application access policy allows (all, if none)."""
+        if tenant.lower() in _MULTI_TENANT:
+            return self._aad_error(
+                request,
+                400,
+                "invalid_request",
+                50059,
+                "No tenant-identifying information found in either the request or implied "
+                "by any provided credentials.",
+            )
+        scopes = (form.get("scope") or "").split()
+        if len(scopes) != 1 or not scopes[0].endswith("/.default"):
+            return self._aad_error(
+                request,
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {' '.join(scopes)} is not valid. Client "
+                "credential flows must have a scope value with /.default suffixed to the "
+                "resource identifier (application ID URI).",
+            )
+        allowed = self._app_access.get(client_id, [])
+        grant = _Grant(
+            client_id=client_id,
+            user_ids=None if allowed is None else list(allowed),
+            account=self._account_for("app:" + client_id),
+            home_object_id=self._uuid(),
+            home_user="",
+            current="",
+            app_only=True,
+        )
+        self.app_tokens_issued += 1
+        return self._grant_response(request, form, grant, scopes, rotate=False, offline=False)
+
+    def consent_application(self, client_id: str, mailboxes: Sequence[str] | None = None) -> None:
+        """An administrator consents the app's application permission ``Calendars.Read``;
+        ``mailboxes`` is an application access policy (None: every mailbox). Before
+        this, app-only tokens read no mailbox (403)."""
+        self._check_client(client_id)
+        self._app_access[client_id] = None if mailboxes is None else list(mailboxes)
+
+    def add_client_certificate(self, client_id: str, certificate_pem: bytes) -> str:
+        """Register a certificate credential of ``client_id``; returns its SHA-1
+        thumbprint (hex), the one ``CALSYNC_MICROSOFT_CLIENT_CERTIFICATE_THUMBPRINT`` names."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        self._check_client(client_id)
+        cert = x509.load_pem_x509_certificate(certificate_pem)
+        sha1 = cert.fingerprint(hashes.SHA1())  # noqa: S303 - the thumbprint Entra shows
+        sha256 = cert.fingerprint(hashes.SHA256())
+        keys = self._client_certificates.setdefault(client_id, {})
+        keys[_b64url(sha1)] = keys[_b64url(sha256)] = cert.public_key()
+        return sha1.hex().upper()
 
     def _redeem_code(
         self, request: web.Request, form: _base.TokenForm, client_id: str
@@ -2626,7 +2763,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             return missing("grant_type")
         if client_id is None:
             return missing("client_id")
-        if grant_type not in ("refresh_token", "authorization_code"):
+        if grant_type not in ("refresh_token", "authorization_code", "client_credentials"):
             return self._aad_error(
                 request,
                 400,
@@ -2646,7 +2783,12 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 "by the administrator of the tenant or consented to by any user in the tenant. "
                 "You may have sent your authentication request to the wrong tenant.",
             )
-        if client_secret is None:
+        assertion = field_("client_assertion")
+        if client_secret is None and assertion is not None:
+            refused = self._check_client_assertion(request, form, client_id, assertion, tenant)
+            if refused is not None:
+                return refused
+        elif client_secret is None:
             return self._aad_error(
                 request,
                 401,
@@ -2655,7 +2797,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 "The request body must contain the following parameter: 'client_assertion' or "
                 "'client_secret'.",
             )
-        if not hmac.compare_digest(client_secret.encode(), known_secret.encode()):
+        elif not hmac.compare_digest(client_secret.encode(), known_secret.encode()):
             return self._aad_error(
                 request,
                 401,
@@ -2665,6 +2807,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 "the client secret value, not the client secret ID, for a secret added to app "
                 f"'{client_id}'.",
             )
+        if grant_type == "client_credentials":
+            return self._client_credentials(request, form, client_id, tenant)
         if grant_type == "authorization_code":
             return self._redeem_code(request, form, client_id)
         refresh_token = field_("refresh_token")

@@ -6,13 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from calsync.streams.records import StatusEvent
 from tests.conftest import ADMIN_TOKEN
-from tests.integration.conftest import GoogleWorld, event_body, google_world
+from tests.integration.conftest import (
+    CLIENT_ID,
+    GoogleWorld,
+    event_body,
+    google_world,
+    ms_event_body,
+)
 from tests.integration.test_connect import raw_topics
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -111,3 +120,84 @@ async def test_google_domain_wide_delegation_syncs_rooms_and_users(kafka_setting
         private_key = key["private_key"].split("\n")[1]  # a line of the PEM body
         assert private_key not in world.worker.log_path.read_text(errors="replace")
         assert private_key.encode() not in await raw_topics(world.settings)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, bytes]:
+    """A PEM file with a new private key and its self-signed certificate; and the cert."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "calsync test app")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path = directory / "app.pem"
+    path.write_bytes(key_pem + cert_pem)
+    return path, cert_pem
+
+
+@pytest.mark.parametrize("credential", ["secret", "certificate"])
+async def test_microsoft_application_access_syncs_and_policy_refusal_is_clear(
+    kafka_settings, tmp_path: Path, credential: str
+) -> None:
+    overrides: dict[str, Any] = {}
+    cert_pem = b""
+    if credential == "certificate":
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        path, cert_pem = self_signed_certificate(tmp_path)
+        sha1 = x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA1())  # noqa: S303
+        overrides = {
+            "microsoft_client_certificate": str(path),
+            "microsoft_client_certificate_thumbprint": sha1.hex(),
+        }
+    async with google_world(kafka_settings, microsoft=True, **overrides) as world:
+        ms = world.ms
+        assert ms is not None
+        if credential == "certificate":
+            # the worker signs client assertions with the key; the secret is not used
+            assert ms.add_client_certificate(CLIENT_ID, cert_pem) == sha1.hex().upper()
+            ms.add_client(CLIENT_ID, "a-secret-the-worker-does-not-know")
+        ms.add_mailbox("room-1@contoso.com")
+        ms.add_mailbox("room-2@contoso.com")
+        ms.consent_application(CLIENT_ID, mailboxes=["room-1@contoso.com"])
+        ms.create_event("room-1@contoso.com", ms_event_body(1))
+        ms.create_event("room-2@contoso.com", ms_event_body(2))
+        for rid in ("room-1", "room-2"):
+            await register(
+                world,
+                {
+                    "resource_id": rid,
+                    "provider": "microsoft",
+                    "calendar_id": f"{rid}@contoso.com",
+                    "credentials": {"tenant": ms.tenant_id},
+                },
+            )
+        world.providers["room-1"] = "microsoft"
+        await world.wait_converged(["room-1"])
+        ms.create_event("room-1@contoso.com", ms_event_body(3))
+        await world.wait_converged(["room-1"])
+        assert ms.app_tokens_issued >= 1
+        failed = await wait_status(world, "room-2", "failed")
+        assert "application access policy" in failed.detail
+        await asyncio.sleep(3)
+        room2 = [s.status for s in await world.statuses() if s.resource_id == "room-2"]
+        assert "retry_scheduled" not in room2, room2
+        assert room2.count("failed") == 1, room2
+        assert not [e for e in world.decoded() if e.resource_id == "room-2"]
