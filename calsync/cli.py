@@ -368,6 +368,51 @@ def resources_add(
     _report(_register(settings, [command], wait))
 
 
+@resources.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="Default: from the file name (.csv, else JSON lines).",
+)
+@_WAIT_OPTION
+def resources_import(path: str, file_format: str | None, wait: float) -> None:
+    """Register many calendars from a CSV or JSON-lines file (see docs/connecting.md).
+
+    The whole file is checked first: a bad row is named and nothing is registered.
+    Idempotent on the resource id: applying a file again registers the same
+    resources again. Exit status as for ``resources add``.
+    """
+    from calsync.crypto import SecretBox
+    from calsync.gateway.bulk import BulkRejected, parse_rows, validate_rows
+    from calsync.providers.netpolicy import NetworkPolicy
+
+    settings = _settings()
+    with click.open_file(path, "rb") as handle:
+        content = handle.read()
+    csv_format = file_format == "csv" or (file_format is None and path.endswith(".csv"))
+    now = round(make_clock(settings.clock_rate, settings.clock_origin)(), 3)
+    try:
+        commands = validate_rows(
+            parse_rows(content, csv_format=csv_format),
+            SecretBox(settings.secret_key),
+            now=now,
+            caldav_networks=NetworkPolicy.from_setting(settings.caldav_allowed_networks),
+        )
+    except BulkRejected as exc:
+        where = f"line {exc.line}: " if exc.line is not None else ""
+        raise click.ClickException(
+            f"{path}: {where}{exc.message}; nothing was registered"
+        ) from None
+    outcomes = _register(settings, commands, wait)
+    if not wait:
+        click.echo(f"registered {len(commands)} resources (not waiting for the outcome)")
+        return
+    _report(outcomes)
+
+
 @main.group()
 def connect() -> None:
     """Connect a calendar: find it, check its credentials, register it."""

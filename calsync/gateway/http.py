@@ -32,6 +32,8 @@ body does not arrive within ``gateway_read_timeout`` gets 408. Status codes:
   It reads the status topic, so it works in the standalone gateway (which has no
   tables), for registrations of the last ten minutes or made since it started.
 * ``DELETE /api/resources/{id}``, ``POST /api/resources/{id}/resync``: 202.
+* ``POST /api/resources/bulk`` (bearer): many registrations in one CSV or JSON-lines
+  file, all or nothing (:mod:`calsync.gateway.bulk`): 202, or 400 naming the line.
 * ``POST /api/connect`` (bearer): 201 a one-time connect link for a calendar's owner
   (``{"resource_id", "provider", "calendar_id"?, "time_zone"?, "busy_policy"?}``);
   the ``/connect/*`` pages it leads to are in :mod:`calsync.gateway.connect`.
@@ -57,6 +59,7 @@ from calsync.clock import Clock
 from calsync.connect.store import StoreFull
 from calsync.crypto import SecretBox, WebhookSigner
 from calsync.errors import MalformedProviderData
+from calsync.gateway.bulk import MAX_BULK_BYTES, BulkRejected, parse_rows, validate_rows
 from calsync.gateway.connect import CONNECT_PROVIDERS, ConnectFlows
 from calsync.gateway.publisher import Publisher
 from calsync.gateway.status import Registration, StatusFollower, StatusSource
@@ -320,6 +323,7 @@ class Gateway:
             web.post("/webhooks/microsoft", self.graph_push),
             web.post("/webhooks/microsoft/lifecycle", self.graph_lifecycle),
             web.post("/api/resources", self.register_resource),
+            web.post("/api/resources/bulk", self.register_bulk),
             web.get("/api/resources/{resource_id}/registration", self.registration_status),
             web.delete("/api/resources/{resource_id}", self.remove_resource),
             web.post("/api/resources/{resource_id}/resync", self.resync_resource),
@@ -542,6 +546,59 @@ class Gateway:
             return _registration_response(found, url, headers)
         except RequestRejected as exc:
             return exc.response()
+
+    async def register_bulk(self, request: web.Request) -> web.Response:
+        """``POST /api/resources/bulk``: a CSV (``text/csv``) or JSON-lines
+        (``application/x-ndjson``) file of registrations, all or nothing: 202
+        ``{"accepted": n, "resource_ids": [...]}``; 400 naming the first bad line; 413
+        over :data:`~calsync.gateway.bulk.MAX_BULK_BYTES`; 415 another content type."""
+        try:
+            self._check_admin(request)
+            kind = request.content_type
+            if kind not in ("text/csv", "application/x-ndjson", "application/jsonl"):
+                raise RequestRejected(
+                    415, "send text/csv or application/x-ndjson (one registration per line)"
+                )
+            content = await self._read_limited(request, MAX_BULK_BYTES)
+            now = round(self._clock(), 3)
+            try:
+                commands = validate_rows(
+                    parse_rows(content, csv_format=kind == "text/csv"),
+                    self._secrets,
+                    now=now,
+                    caldav_networks=self._caldav_networks,
+                )
+            except BulkRejected as exc:
+                where = f"line {exc.line}: " if exc.line is not None else ""
+                raise RequestRejected(400, f"{where}{exc.message}"[:500], field=exc.field) from None
+            for command in commands:
+                await self._publish(self._commands, command.resource_id, command.dumps())
+            ids = [c.resource_id for c in commands]
+            return web.json_response(
+                {"status": "accepted", "accepted": len(ids), "resource_ids": ids, "issued_at": now},
+                status=202,
+            )
+        except RequestRejected as exc:
+            return exc.response()
+
+    async def _read_limited(self, request: web.Request, limit: int) -> bytes:
+        """The body, read from the stream (past the application's ``client_max_size``)
+        up to ``limit`` bytes (413 beyond), within the read timeout (408)."""
+        too_large = RequestRejected(413, f"body larger than {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._settings.gateway_read_timeout * 6):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestRejected(408, "the body did not arrive in time") from None
+        return b"".join(chunks)
 
     async def create_connect_link(self, request: web.Request) -> web.Response:
         """``POST /api/connect``: 201 with the link's ``connect_url``; 400 a bad body."""
