@@ -418,6 +418,101 @@ def connect() -> None:
     """Connect a calendar: find it, check its credentials, register it."""
 
 
+@connect.command("google")
+@click.option("--resource-id", required=True, help="Your id for the (first) calendar.")
+@click.option(
+    "--calendar",
+    "calendars",
+    multiple=True,
+    help="A calendar to register: its number, id or name (repeatable; 'all'). "
+    "Without it you are asked (the main calendar is the default).",
+)
+@click.option("--no-browser", is_flag=True, help="Only print the URL (another machine's browser).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for consent.")
+@_WAIT_OPTION
+def connect_google(
+    resource_id: str, calendars: tuple[str, ...], no_browser: bool, timeout: float, wait: float
+) -> None:
+    """Connect Google calendars without a public URL: the installed-app flow.
+
+    Needs an OAuth client of type "Desktop app" (CALSYNC_GOOGLE_CLIENT_ID/SECRET): a
+    one-request web server listens on a free loopback port for Google's redirect. The
+    refresh token is encrypted here and never printed.
+    """
+    import httpx
+
+    from calsync.connect import google as google_consent
+    from calsync.gateway.connect import extra_resource_id
+
+    settings = _settings()
+    try:
+        tokens = google_consent.installed_app_consent(
+            settings, open_browser=not no_browser, timeout=timeout
+        )
+
+        async def listing() -> list[Any]:
+            async with httpx.AsyncClient(trust_env=False) as client:
+                return await google_consent.list_calendars(settings, client, tokens["access_token"])
+
+        found = asyncio.run(listing())
+    except google_consent.ConsentFailed as exc:
+        raise click.ClickException(f"{exc}; nothing was registered") from None
+    picked = _pick(
+        found,
+        calendars,
+        keys=lambda c: (c.calendar_id, c.label),
+        show=lambda c: f"{c.label}{' (main calendar)' if c.primary else ''}  {c.calendar_id}",
+    )
+    commands = [
+        _registration(
+            settings,
+            {
+                "resource_id": resource_id
+                if index == 0
+                else extra_resource_id(resource_id, choice.calendar_id),
+                "provider": "google",
+                "calendar_id": choice.calendar_id,
+                "time_zone": choice.time_zone,
+                "credentials": {"refresh_token": tokens["refresh_token"]},
+            },
+        )
+        for index, choice in enumerate(picked)
+    ]
+    outcomes = _register(settings, commands, wait)
+    if not wait:
+        click.echo(f"registered {', '.join(c.resource_id for c in commands)} (not waiting)")
+        return
+    _report(outcomes)
+
+
+def _pick(
+    found: list[Any],
+    wanted: tuple[str, ...],
+    *,
+    keys: Any,
+    show: Any,
+) -> list[Any]:
+    """The entries of ``found`` named by ``wanted`` (numbers, keys, ``all``), asking
+    when ``wanted`` is empty (default: the first)."""
+    for index, entry in enumerate(found, 1):
+        click.echo(f"  {index}. {show(entry)}")
+    names = list(wanted)
+    if not names:
+        answer = click.prompt(
+            "Calendars to register (numbers, comma-separated, or all)", default="1"
+        )
+        names = [part.strip() for part in answer.split(",") if part.strip()]
+    picked: list[Any] = []
+    for name in names:
+        if name == "all":
+            return list(found)
+        matches = [e for i, e in enumerate(found, 1) if name == str(i) or name in keys(e)]
+        if not matches:
+            raise click.ClickException(f"no calendar {name!r} was found. Nothing was registered.")
+        picked += [e for e in matches if e not in picked]
+    return picked
+
+
 @connect.command("caldav")
 @click.option("--resource-id", required=True, help="Your id for the (first) calendar.")
 @click.option(
@@ -472,27 +567,12 @@ def connect_caldav(
         found = asyncio.run(discover(settings, url, username, password))
     except DiscoveryFailed as exc:
         raise click.ClickException(f"{exc} Nothing was registered.") from None
-    for index, calendar in enumerate(found, 1):
-        click.echo(f"  {index}. {calendar.display_name or '(no name)'}  {calendar.url}")
-    wanted = list(calendars)
-    if not wanted:
-        answer = click.prompt(
-            "Calendars to register (numbers, comma-separated, or all)", default="1"
-        )
-        wanted = [part.strip() for part in answer.split(",") if part.strip()]
-    picked = []
-    for want in wanted:
-        if want == "all":
-            picked = list(found)
-            break
-        matches = [
-            c
-            for i, c in enumerate(found, 1)
-            if want in (str(i), c.url, c.display_name, c.url.rstrip("/").rsplit("/", 1)[-1])
-        ]
-        if not matches:
-            raise click.ClickException(f"no calendar {want!r} was found. Nothing was registered.")
-        picked += [c for c in matches if c not in picked]
+    picked = _pick(
+        found,
+        calendars,
+        keys=lambda c: (c.url, c.display_name, c.url.rstrip("/").rsplit("/", 1)[-1]),
+        show=lambda c: f"{c.display_name or '(no name)'}  {c.url}",
+    )
     commands = []
     for index, calendar in enumerate(picked):
         rid = resource_id if index == 0 else extra_resource_id(resource_id, calendar.url)

@@ -110,6 +110,47 @@ async def redeem(
     )
 
 
+def installed_app_consent(
+    settings: Settings, *, open_browser: bool, timeout: float
+) -> dict[str, str]:
+    """The installed-app flow (``calsync connect google``): a one-request web server on
+    a free loopback port (``http://127.0.0.1:PORT/``, which a "Desktop app" OAuth client
+    accepts on any port), the consent URL printed (and opened when ``open_browser``),
+    PKCE and ``state`` as in the web flow. Returns ``{"refresh_token",
+    "access_token"}``; raises :class:`ConsentFailed`."""
+    from google_auth_oauthlib.flow import InstalledAppFlow
+
+    config = {
+        "installed": {
+            "client_id": settings.google_client_id,
+            "client_secret": settings.google_client_secret,
+            "auth_uri": settings.google_auth_url,
+            "token_uri": settings.google_token_url,
+        }
+    }
+    flow = InstalledAppFlow.from_client_config(
+        config, scopes=list(SCOPES), autogenerate_code_verifier=True
+    )
+    try:
+        credentials = flow.run_local_server(
+            host="127.0.0.1",
+            port=0,
+            open_browser=open_browser,
+            authorization_prompt_message="Open this URL in a browser and allow access:\n{url}",
+            success_message="Done: the calendar is connected. You can close this window.",
+            timeout_seconds=int(timeout),
+            access_type="offline",
+            prompt="consent",
+        )
+    except OAuth2Error as exc:
+        raise ConsentFailed(f"Google did not accept the consent ({exc.error})") from None
+    except Exception as exc:  # a timeout, requests' errors, a refusal in the browser
+        raise ConsentFailed(f"the consent did not complete ({type(exc).__name__})") from None
+    if not credentials.refresh_token or not credentials.token:
+        raise ConsentFailed("Google granted no offline access (no refresh token)")
+    return {"refresh_token": credentials.refresh_token, "access_token": credentials.token}
+
+
 async def list_calendars(
     settings: Settings, client: httpx.AsyncClient, access_token: str
 ) -> list[CalendarChoice]:

@@ -90,7 +90,7 @@ from typing import (
     cast,
     get_args,
 )
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -905,6 +905,26 @@ def _b64decode(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
         raise ValueError("not base64url") from exc
+
+
+_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def _redirect_allowed(redirect_uri: str, registered: set[str]) -> bool:
+    """Byte-identical to a registered URI; or, for a desktop client's loopback URI
+    (``http://127.0.0.1``/``localhost`` registered without a port), the same host on any
+    port (RFC 8252 §7.3)."""
+    if redirect_uri in registered:
+        return True
+    parts = urlsplit(redirect_uri)
+    host = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
+    return (
+        parts.scheme == "http"
+        and host in _LOOPBACK_HOSTS
+        and parts.path in ("", "/")
+        and not parts.query
+        and f"http://{host}" in registered
+    )
 
 
 def _with_query(url: str, params: Mapping[str, str]) -> str:
@@ -1772,7 +1792,7 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         redirect_uri = params.get("redirect_uri", "")
         if client_id not in self._clients:
             return _auth_page(401, "Error 401: invalid_client", "The OAuth client was not found.")
-        if redirect_uri not in self._redirect_uris.get(client_id, set()):
+        if not _redirect_allowed(redirect_uri, self._redirect_uris.get(client_id, set())):
             return _auth_page(
                 400,
                 "Error 400: redirect_uri_mismatch",

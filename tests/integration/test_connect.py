@@ -9,8 +9,10 @@ the commands topic; what it must not register is checked there too.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -505,3 +507,53 @@ async def test_microsoft_link_registers_the_mailbox_and_events_flow(kafka_settin
             for token in grants:
                 assert token not in log and token.encode() not in topics
                 assert not any(token in p for p in owner.pages)
+
+
+# -- the CLI's installed-app flow: a loopback redirect on a free port -----------------------
+
+
+async def test_cli_connect_google_over_a_loopback_redirect(kafka_settings) -> None:
+    async with google_world(kafka_settings) as world:
+        emulator = world.emulator
+        emulator.add_calendar("gina@example.com")
+        emulator.add_redirect_uri(CLIENT_ID, "http://127.0.0.1")  # a "Desktop app" client
+        emulator.insert_event("gina@example.com", event_body(1))
+        env = {**os.environ, **world.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        process = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "calsync.cli", "connect", "google"],
+            *["--resource-id", "gina", "--calendar", "all", "--no-browser", "--wait", "60"],
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        try:
+            url = ""
+            while not url.startswith("http"):
+                line = await asyncio.wait_for(process.stdout.readline(), 60)
+                assert line, await process.stderr.read()  # type: ignore[union-attr]
+                url = line.decode().strip()
+            assert "redirect_uri=http%3A%2F%2F127.0.0.1%3A" in url
+            async with httpx.AsyncClient(follow_redirects=True) as client:
+                owner = Owner(client)
+                screen = await owner.get(url)
+                done = await owner.post(
+                    emulator.auth_url,
+                    data={
+                        **hidden_fields(screen.text),
+                        "user": "gina@example.com",
+                        "decision": "allow",
+                    },
+                )
+                assert "the calendar is connected" in done.text
+            out, err = await asyncio.wait_for(process.communicate(), 120)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, (out, err, world.worker.tail())
+        assert b"gina is registered and its first sync finished" in out
+        (refresh_token,) = emulator.grants_of("gina@example.com")
+        assert refresh_token.encode() not in out + err
+        world.providers["gina"] = "google"
+        await world.wait_converged(["gina"])
