@@ -485,6 +485,40 @@ def connect_google(
     _report(outcomes)
 
 
+@connect.command("microsoft")
+@click.option("--resource-id", required=True, help="Your id for the mailbox's calendar.")
+@_WAIT_OPTION
+def connect_microsoft(resource_id: str, wait: float) -> None:
+    """Connect a Microsoft 365 / Outlook calendar from a headless machine: msal's
+    device-code flow. Open the page it names on any device, enter the code, sign in.
+
+    The app registration must allow public client flows; the signed-in mailbox
+    becomes the resource. The refresh token is encrypted here and never printed.
+    """
+    from calsync.connect import microsoft as microsoft_consent
+
+    settings = _settings()
+    try:
+        found = microsoft_consent.device_code_consent(settings, show=click.echo)
+    except microsoft_consent.ConsentFailed as exc:
+        raise click.ClickException(f"{exc}; nothing was registered") from None
+    command = _registration(
+        settings,
+        {
+            "resource_id": resource_id,
+            "provider": "microsoft",
+            "calendar_id": found["mailbox"],
+            "credentials": {"refresh_token": found["refresh_token"]},
+        },
+    )
+    click.echo(f"signed in as {found['mailbox']}")
+    outcomes = _register(settings, [command], wait)
+    if not wait:
+        click.echo(f"registered {resource_id} (not waiting)")
+        return
+    _report(outcomes)
+
+
 def _pick(
     found: list[Any],
     wanted: tuple[str, ...],

@@ -93,6 +93,43 @@ def _complete(
         ) from None
     finally:
         session.close()
+    return _tokens(result)
+
+
+def device_code_consent(settings: Settings, show: Any) -> dict[str, str]:
+    """msal's device-code flow (``calsync connect microsoft`` on a headless machine):
+    ``show`` receives the message naming the page and the code; blocks until the user
+    signed in, declined, or the code expired. Needs "Allow public client flows" on the
+    app registration. Returns ``{"refresh_token", "mailbox"}``; raises
+    :class:`ConsentFailed`."""
+    session = BoundedSession(limit=TOKEN_RESPONSE_LIMIT, timeout=_TIMEOUT, what="microsoft token")
+    if settings.microsoft_ca_bundle:
+        session.verify = settings.microsoft_ca_bundle
+        session.trust_env = False
+    try:
+        app = msal.PublicClientApplication(
+            settings.microsoft_client_id,
+            authority=settings.microsoft_authority,
+            http_client=session,
+            instance_discovery=False,
+        )
+        flow = app.initiate_device_flow(scopes=list(SCOPES))
+        if "user_code" not in flow:
+            raise ConsentFailed(
+                f"Microsoft refused the device sign-in ({flow.get('error', 'no code')})"
+            )
+        show(str(flow["message"]))
+        result = app.acquire_token_by_device_flow(flow)
+    except ConsentFailed:
+        raise
+    except Exception as exc:
+        raise ConsentFailed(f"the sign-in did not complete ({type(exc).__name__})") from None
+    finally:
+        session.close()
+    return _tokens(result)
+
+
+def _tokens(result: Any) -> dict[str, str]:
     if not isinstance(result, Mapping) or "error" in result:
         error = result.get("error") if isinstance(result, Mapping) else None
         codes = result.get("error_codes") if isinstance(result, Mapping) else None

@@ -160,6 +160,8 @@ _DEFAULT_SCOPES: Final = (
     f"{GRAPH_RESOURCE}/User.Read",
 )
 _MULTI_TENANT: Final = ("common", "organizations", "consumers")
+DEVICE_CODE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_CODE_LIFETIME: Final = 900.0
 CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _LISTING_CACHE_SIZE: Final = 64
 _MAX_BATCH: Final = 20
@@ -864,6 +866,16 @@ class _Mailbox(_base.EventStore[_Record]):
 
 
 @dataclass(slots=True)
+class _DeviceCode:
+    client_id: str
+    user_code: str
+    scope: str
+    expires_at: float
+    user: str | None = None
+    declined: bool = False
+
+
+@dataclass(slots=True)
 class _Grant:
     client_id: str
     user_ids: list[str] | None
@@ -1140,6 +1152,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         self._redirect_uris: dict[str, set[str]] = {}
         self._codes: dict[str, _oauth.AuthCode] = {}
         self._app_access: dict[str, list[str] | None] = {}
+        self._devices: dict[str, _DeviceCode] = {}
         self._client_certificates: dict[str, dict[str, Any]] = {}
         #: app-only (client-credentials) tokens minted so far
         self.app_tokens_issued = 0
@@ -2131,6 +2144,9 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         r.add_get("/common/discovery/instance", self._a_instance_discovery)
         r.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._a_openid_configuration)
         r.add_post("/{tenant}/oauth2/v2.0/token", self._a_token)
+        r.add_post("/{tenant}/oauth2/v2.0/devicecode", self._a_devicecode)
+        r.add_get("/devicelogin", self._a_devicelogin)
+        r.add_post("/devicelogin", self._a_devicelogin_submit)
         r.add_get("/{tenant}/oauth2/v2.0/authorize", self._a_authorize)
         r.add_post("/{tenant}/oauth2/v2.0/authorize", self._a_consent)
         r.add_get("/{tenant}/discovery/v2.0/keys", self._a_keys)
@@ -2456,6 +2472,115 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             )
         raise web.HTTPFound(redirect_uri + "?" + urlencode(query))
 
+    async def _a_devicecode(self, request: web.Request) -> web.Response:
+        """The device authorization request (RFC 8628) of a public client."""
+        form = await _base.TokenForm.read(request)
+        client_id = form.get("client_id") or ""
+        if client_id not in self._clients:
+            return self._aad_error(
+                request,
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory.",
+            )
+        device_code = "DAQABAAEAAAD-emu-" + secrets.token_urlsafe(32)
+        user_code = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(9))
+        self._devices[device_code] = _DeviceCode(
+            client_id, user_code, form.get("scope") or "", self.now() + DEVICE_CODE_LIFETIME
+        )
+        verification_uri = f"{self.authority_origin}/devicelogin"
+        return web.json_response(
+            {
+                "user_code": user_code,
+                "device_code": device_code,
+                "verification_uri": verification_uri,
+                "expires_in": int(DEVICE_CODE_LIFETIME),
+                "interval": 1,
+                "message": (
+                    f"To sign in, use a web browser to open the page {verification_uri} and "
+                    f"enter the code {user_code} to authenticate."
+                ),
+            },
+            headers={"Cache-Control": "no-store, no-cache"},
+        )
+
+    async def _a_devicelogin(self, request: web.Request) -> web.Response:
+        page = (
+            "<!doctype html><html><body><h1>Enter code</h1>"
+            '<form method="post" action="/devicelogin">'
+            '<label>Code <input name="user_code"></label>'
+            '<label>Account <input name="user"></label>'
+            '<button name="decision" value="allow">Allow</button>'
+            '<button name="decision" value="deny">Deny</button></form></body></html>'
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _a_devicelogin_submit(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        code = str(form.get("user_code") or "").strip().upper()
+        device = next(
+            (d for d in self._devices.values() if d.user_code == code and d.user is None), None
+        )
+        if device is None or device.expires_at <= self.now():
+            return self._authorize_error("Enter code", 70000, "The code you entered has expired.")
+        if form.get("decision") != "allow":
+            device.declined = True
+            return web.Response(
+                text=_oauth.error_page("Declined", "No access."), content_type="text/html"
+            )
+        user = str(form.get("user") or "").lower()
+        if user not in self._mailboxes:
+            return self._authorize_error(
+                "Sign in", 50034, f"The user account {user!r} does not exist."
+            )
+        device.user = self._mailboxes[user].user_id
+        return web.Response(
+            text=_oauth.error_page("You have signed in", "You may now close this window."),
+            content_type="text/html",
+        )
+
+    def _redeem_device_code(
+        self, request: web.Request, form: _base.TokenForm, client_id: str
+    ) -> web.Response:
+        device = self._devices.get(form.get("device_code") or "")
+        if device is None or device.client_id != client_id:
+            return self._aad_error(
+                request, 400, "invalid_grant", 70000, "The provided device code is not valid."
+            )
+        if device.expires_at <= self.now():
+            return self._aad_error(
+                request, 400, "expired_token", 70019, "Verification code expired."
+            )
+        if device.declined:
+            return self._aad_error(
+                request, 400, "authorization_declined", 70000, "The user declined to sign in."
+            )
+        if device.user is None:
+            return self._aad_error(
+                request,
+                400,
+                "authorization_pending",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+            )
+        del self._devices[form.get("device_code") or ""]
+        mailbox = self._mailboxes[device.user.lower()]
+        token = self._new_refresh_token()
+        grant = _Grant(
+            client_id=client_id,
+            user_ids=[mailbox.user_id],
+            account=self._account_for(token),
+            home_object_id=mailbox.object_id,
+            home_user=mailbox.user_id,
+            current=token,
+            consented=True,
+        )
+        scopes = device.scope.split()
+        return self._grant_response(
+            request, form, grant, scopes, rotate=False, offline="offline_access" in scopes
+        )
+
     def _check_client_assertion(
         self,
         request: web.Request,
@@ -2763,6 +2888,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             return missing("grant_type")
         if client_id is None:
             return missing("client_id")
+        if grant_type == DEVICE_CODE_GRANT and client_id in self._clients:
+            return self._redeem_device_code(request, form, client_id)
         if grant_type not in ("refresh_token", "authorization_code", "client_credentials"):
             return self._aad_error(
                 request,

@@ -557,3 +557,53 @@ async def test_cli_connect_google_over_a_loopback_redirect(kafka_settings) -> No
         assert refresh_token.encode() not in out + err
         world.providers["gina"] = "google"
         await world.wait_converged(["gina"])
+
+
+async def test_cli_connect_microsoft_with_a_device_code(kafka_settings) -> None:
+    async with google_world(kafka_settings, microsoft=True) as world:
+        ms = world.ms
+        assert ms is not None
+        ms.add_mailbox("hugo@contoso.com")
+        ms.create_event("hugo@contoso.com", ms_event_body(1))
+        env = {**os.environ, **world.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        process = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "calsync.cli", "connect", "microsoft"],
+            *["--resource-id", "hugo", "--wait", "60"],
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        try:
+            message = ""
+            while "enter the code" not in message:
+                line = await asyncio.wait_for(process.stdout.readline(), 60)
+                assert line, await process.stderr.read()  # type: ignore[union-attr]
+                message = line.decode()
+            match = re.search(r"open the page (\S+) and enter the code (\S+) ", message)
+            assert match is not None, message
+            page, code = match.groups()
+            context = ssl.create_default_context(cafile=ms.ca_bundle_path)
+            async with httpx.AsyncClient(verify=context) as client:
+                # a wrong code first: nothing happens
+                wrong = await client.post(
+                    page,
+                    data={"user_code": "NOPE", "user": "hugo@contoso.com", "decision": "allow"},
+                )
+                assert wrong.status_code == 400
+                done = await client.post(
+                    page, data={"user_code": code, "user": "hugo@contoso.com", "decision": "allow"}
+                )
+                assert "You have signed in" in done.text
+            out, err = await asyncio.wait_for(process.communicate(), 120)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert process.returncode == 0, (out, err, world.worker.tail())
+        assert b"signed in as hugo@contoso.com" in out
+        assert b"hugo is registered and its first sync finished" in out
+        for token in ms.grants_of("hugo@contoso.com"):
+            assert token.encode() not in out + err
+        world.providers["hugo"] = "microsoft"
+        await world.wait_converged(["hugo"])
