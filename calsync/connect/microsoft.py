@@ -40,6 +40,11 @@ def callback_url(settings: Settings) -> str:
     return settings.public_url.rstrip("/") + "/connect/microsoft/callback"
 
 
+def admin_consent_url(settings: Settings) -> str:
+    """Where the admin-consent answer comes back (register it as a Web redirect URI)."""
+    return settings.public_url.rstrip("/") + "/connect/microsoft/admin-consent"
+
+
 def _app(settings: Settings) -> tuple[Any, BoundedSession]:
     session = BoundedSession(limit=TOKEN_RESPONSE_LIMIT, timeout=_TIMEOUT, what="microsoft token")
     if settings.microsoft_ca_bundle:

@@ -2145,6 +2145,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         r.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._a_openid_configuration)
         r.add_post("/{tenant}/oauth2/v2.0/token", self._a_token)
         r.add_post("/{tenant}/oauth2/v2.0/devicecode", self._a_devicecode)
+        r.add_get("/{tenant}/v2.0/adminconsent", self._a_adminconsent)
+        r.add_post("/{tenant}/v2.0/adminconsent", self._a_adminconsent_submit)
         r.add_get("/devicelogin", self._a_devicelogin)
         r.add_post("/devicelogin", self._a_devicelogin_submit)
         r.add_get("/{tenant}/oauth2/v2.0/authorize", self._a_authorize)
@@ -2471,6 +2473,64 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 content_type="text/html",
             )
         raise web.HTTPFound(redirect_uri + "?" + urlencode(query))
+
+    async def _a_adminconsent(self, request: web.Request) -> web.Response:
+        """The admin consent page: an administrator grants the app's application
+        permissions for the whole tenant. Not on ``common``; the redirect URI must be
+        registered; the answer is ``?admin_consent=True&tenant=&scope=&state=``."""
+        tenant = request.match_info["tenant"]
+        params = request.query
+        client_id = params.get("client_id", "")
+        redirect_uri = params.get("redirect_uri", "")
+        if tenant.lower() in _MULTI_TENANT or not self._tenant_ok(tenant):
+            return self._authorize_error(
+                "Admin consent", 90002, "Admin consent needs a tenant-specific endpoint."
+            )
+        if client_id not in self._clients:
+            return self._authorize_error(
+                "Admin consent", 700016, f"Application with identifier '{client_id}' was not found."
+            )
+        if redirect_uri not in self._redirect_uris.get(client_id, set()):
+            return self._authorize_error(
+                "Admin consent", 50011, f"The redirect URI '{redirect_uri}' does not match."
+            )
+        hidden = {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": params.get("scope", ""),
+            "state": params.get("state", ""),
+        }
+        page = _oauth.consent_page(
+            action=request.path,
+            hidden={"request": self._seal({"t": "adminconsent", **hidden})},
+            client_id=client_id,
+            scope=hidden["scope"],
+            user=f"admin@{self.tenant_id[:8]}.onmicrosoft.com",
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _a_adminconsent_submit(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        sealed = form.get("request")
+        params = self._unseal(sealed, "adminconsent") if isinstance(sealed, str) else None
+        if params is None:
+            return self._authorize_error("Admin consent", 90015, "The request was tampered with.")
+        echo = {"state": str(params["state"])} if params.get("state") else {}
+        if form.get("decision") != "allow":
+            query = {
+                "error": "access_denied",
+                "error_description": "AADSTS65004: The admin declined to consent.",
+                **echo,
+            }
+        else:
+            self.consent_application(str(params["client_id"]))
+            query = {
+                "admin_consent": "True",
+                "tenant": self.tenant_id,
+                "scope": str(params["scope"]),
+                **echo,
+            }
+        raise web.HTTPFound(str(params["redirect_uri"]) + "?" + urlencode(query))
 
     async def _a_devicecode(self, request: web.Request) -> web.Response:
         """The device authorization request (RFC 8628) of a public client."""

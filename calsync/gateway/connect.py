@@ -7,6 +7,8 @@ by an unguessable one-time token in its URL or form, see docs/security.md)::
     GET  /connect/{link}                   302 to the provider's consent screen
     GET  /connect/google/callback          redeem the code; the calendar picker page
     GET  /connect/microsoft/callback       redeem the code (msal); register the mailbox
+    POST /api/connect/microsoft/admin-consent  (admin) an admin-consent URL for a tenant
+    GET  /connect/microsoft/admin-consent  the administrator's answer (single-use state)
     POST /connect/{link}/calendars         register the picked calendars; success page
 
 Status codes of the owner's pages: 200 a page saying what happened; 302 on to the
@@ -32,6 +34,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 from aiohttp import web
@@ -121,6 +124,7 @@ class ConnectFlows:
             web.post("/api/connect", admin),
             web.get("/connect/google/callback", self.google_callback),
             web.get("/connect/microsoft/callback", self.microsoft_callback),
+            web.get("/connect/microsoft/admin-consent", self.admin_consent_callback),
             web.get("/connect/{link}", self.open_link),
             web.post("/connect/{link}/calendars", self.choose_calendars),
         ]
@@ -164,6 +168,54 @@ class ConnectFlows:
             "connect_url": f"{self._settings.public_url.rstrip('/')}/connect/{token}",
             "expires_at": expires_at,
         }
+
+    def create_admin_consent(self, tenant: str) -> dict[str, Any]:
+        """An admin-consent URL for ``tenant`` (application permissions for rooms and
+        whole teams): the tenant's administrator opens it; the answer comes back to
+        ``/connect/microsoft/admin-consent`` with a single-use ``state``. Raises
+        :class:`StoreFull`."""
+        expires_at = self._clock() + self._settings.connect_link_ttl
+        state = self.store.consents.add(PendingConsent(link_token="", expires_at=expires_at))
+        base = self._settings.microsoft_authority.rstrip("/").rsplit("/", 1)[0]
+        query = urlencode(
+            {
+                "client_id": self._settings.microsoft_client_id,
+                "scope": "https://graph.microsoft.com/.default",
+                "redirect_uri": microsoft_consent.admin_consent_url(self._settings),
+                "state": state,
+            }
+        )
+        return {
+            "tenant": tenant,
+            "admin_consent_url": f"{base}/{quote(tenant, safe='')}/v2.0/adminconsent?{query}",
+            "expires_at": expires_at,
+        }
+
+    async def admin_consent_callback(self, request: web.Request) -> web.Response:
+        """The tenant's administrator answered the admin-consent request."""
+        query = request.query
+        state = query.get("state", "")
+        consent = self.store.consents.take(state) if TOKEN.fullmatch(state) else None
+        if consent is None or consent.link_token:
+            return page(
+                "This answer cannot be used",
+                ["It was already used, has expired, or did not start here."],
+                status=400,
+            )
+        if query.get("admin_consent") != "True":
+            return page(
+                "Nothing was granted",
+                ["The administrator did not consent; rooms cannot be read yet."],
+            )
+        tenant = query.get("tenant", "")[:64]
+        return page(
+            "Access granted for your organisation",
+            [
+                f"calsync may now read calendars in the tenant {tenant}, within any "
+                "application access policy an Exchange administrator sets.",
+                'Register rooms with the credentials {"tenant": "' + tenant + '"}.',
+            ],
+        )
 
     # ------------------------------------------------------------------ owner pages
 

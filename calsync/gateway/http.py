@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 
 #: Matched with ``fullmatch``: ``$`` would let a trailing newline through.
 RESOURCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,253}")
 #: Google's documented channel id alphabet and length.
 _CHANNEL_ID = re.compile(r"[A-Za-z0-9_+/=-]{1,64}")
 #: ASCII digits only (``str.isdigit`` takes '٣' and '²'); at most 2**53, below.
@@ -319,6 +320,7 @@ class Gateway:
     def routes(self) -> list[web.RouteDef]:
         return [
             *self.connect.routes(self.create_connect_link),
+            web.post("/api/connect/microsoft/admin-consent", self.create_admin_consent),
             web.post("/webhooks/google", self.google_push),
             web.post("/webhooks/microsoft", self.graph_push),
             web.post("/webhooks/microsoft/lifecycle", self.graph_lifecycle),
@@ -599,6 +601,30 @@ class Gateway:
         except TimeoutError:
             raise RequestRejected(408, "the body did not arrive in time") from None
         return b"".join(chunks)
+
+    async def create_admin_consent(self, request: web.Request) -> web.Response:
+        """``POST /api/connect/microsoft/admin-consent`` ``{"tenant": "<id or domain>"}``:
+        201 ``{admin_consent_url, ...}`` for the tenant's administrator; 400 without a
+        specific tenant."""
+        try:
+            self._check_admin(request)
+            body = await self._json_body(request)
+            tenant = body.get("tenant") if isinstance(body, Mapping) else None
+            if (
+                not isinstance(tenant, str)
+                or not _TENANT.fullmatch(tenant)
+                or tenant.lower() in ("common", "organizations", "consumers")
+            ):
+                raise RequestRejected(
+                    400, "tenant must be the tenant's id or domain (not common)", field="tenant"
+                )
+            try:
+                answer = self.connect.create_admin_consent(tenant)
+            except StoreFull:
+                raise RequestRejected(503, "too many connect links are pending") from None
+            return web.json_response(answer, status=201)
+        except RequestRejected as exc:
+            return exc.response()
 
     async def create_connect_link(self, request: web.Request) -> web.Response:
         """``POST /api/connect``: 201 with the link's ``connect_url``; 400 a bad body."""

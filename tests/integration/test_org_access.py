@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from calsync.streams.records import StatusEvent
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, free_port
 from tests.integration.conftest import (
     CLIENT_ID,
     GoogleWorld,
@@ -22,7 +23,7 @@ from tests.integration.conftest import (
     google_world,
     ms_event_body,
 )
-from tests.integration.test_connect import raw_topics
+from tests.integration.test_connect import hidden_fields, raw_topics
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -167,6 +168,9 @@ async def test_microsoft_application_access_syncs_and_policy_refusal_is_clear(
             "microsoft_client_certificate": str(path),
             "microsoft_client_certificate_thumbprint": sha1.hex(),
         }
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    overrides.update(web_port=port, public_url=public)
     async with google_world(kafka_settings, microsoft=True, **overrides) as world:
         ms = world.ms
         assert ms is not None
@@ -176,6 +180,33 @@ async def test_microsoft_application_access_syncs_and_policy_refusal_is_clear(
             ms.add_client(CLIENT_ID, "a-secret-the-worker-does-not-know")
         ms.add_mailbox("room-1@contoso.com")
         ms.add_mailbox("room-2@contoso.com")
+        # the tenant's administrator consents through the admin-consent link ...
+        ms.add_redirect_uri(CLIENT_ID, f"{public}/connect/microsoft/admin-consent")
+        async with httpx.AsyncClient(
+            follow_redirects=True, verify=ssl.create_default_context(cafile=ms.ca_bundle_path)
+        ) as client:
+            made = await client.post(
+                f"{world.admin_url}/api/connect/microsoft/admin-consent",
+                json={"tenant": ms.tenant_id},
+                headers=ADMIN,
+            )
+            assert made.status_code == 201, made.text
+            common = await client.post(
+                f"{world.admin_url}/api/connect/microsoft/admin-consent",
+                json={"tenant": "common"},
+                headers=ADMIN,
+            )
+            assert common.status_code == 400
+            screen = await client.get(made.json()["admin_consent_url"])
+            assert screen.status_code == 200, screen.text
+            granted = await client.post(
+                str(screen.url).split("?")[0],
+                data={**hidden_fields(screen.text), "decision": "allow"},
+            )
+            assert "Access granted for your organisation" in granted.text, granted.text
+            assert ms.tenant_id in granted.text
+            assert (await client.get(str(granted.url))).status_code == 400  # single use
+        # ... and an Exchange administrator narrows it with an application access policy
         ms.consent_application(CLIENT_ID, mailboxes=["room-1@contoso.com"])
         ms.create_event("room-1@contoso.com", ms_event_body(1))
         ms.create_event("room-2@contoso.com", ms_event_body(2))

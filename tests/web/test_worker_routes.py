@@ -25,6 +25,8 @@ CONNECT = {
     ("HEAD", "/connect/google/callback"),
     ("GET", "/connect/microsoft/callback"),
     ("HEAD", "/connect/microsoft/callback"),
+    ("GET", "/connect/microsoft/admin-consent"),
+    ("HEAD", "/connect/microsoft/admin-consent"),
     ("GET", "/connect/{link}"),
     ("HEAD", "/connect/{link}"),
     ("POST", "/connect/{link}/calendars"),
