@@ -36,8 +36,9 @@ class Settings:
     web_port: int = 6066
     web_bind: str = "127.0.0.1"
     #: ``host:port`` of a second web server for the admin API, ``/status/`` and Faust's
-    #: pages; the public port (``web_bind:web_port``) then carries only the webhooks and
-    #: ``/healthz``. Empty: everything is served on the public port (see :mod:`calsync.web`).
+    #: pages; the public port (``web_bind:web_port``) then carries only the webhooks, the
+    #: connect pages and ``/healthz``. Empty: everything is served on the public port
+    #: (see :mod:`calsync.web`).
     admin_bind: str = ""
     #: Serve Faust's built-in pages (``/table/``, ``/router/``, ``/``, ``/assignment/``,
     #: ``/graph/``, ``/performance/``), behind the admin token like every admin route.
