@@ -27,7 +27,14 @@ The identity platform, over TLS with a certificate from a throwaway trustme CA
 paths relative to ``authority`` (``https://127.0.0.1:PORT/<tenant>``)::
 
     GET    /v2.0/.well-known/openid-configuration    OIDC discovery (MSAL reads it first)
-    POST   /oauth2/v2.0/token                        refresh_token grant (rotating RTs)
+    POST   /oauth2/v2.0/token                        refresh_token (rotating RTs),
+                                                     authorization_code (PKCE, nonce),
+                                                     client_credentials (secret or client
+                                                     assertion), device_code
+    GET    /oauth2/v2.0/authorize                    sign-in and consent page (POST: the form)
+    GET    /v2.0/adminconsent                        admin consent page (tenant-specific)
+    POST   /oauth2/v2.0/devicecode                   device authorization (RFC 8628)
+    GET    https://127.0.0.1:PORT/devicelogin        where a device code is entered
     GET    /discovery/v2.0/keys                      JWKS (empty: tokens are not signed)
     GET    https://127.0.0.1:PORT/common/discovery/instance   instance discovery
 
