@@ -984,7 +984,6 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         )
         self._stamp: tuple[float, str] = (math.nan, "")
         self._owners: dict[str, str] = {}
-        self._redirect_uris: dict[str, set[str]] = {}
         self._codes: dict[str, _oauth.AuthCode] = {}
         self._service_accounts: dict[str, _ServiceAccount] = {}
         #: (service account, impersonated user) of every token minted by assertion
@@ -1074,11 +1073,6 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         grant = self._refresh.get(refresh_token)
         if grant is not None:
             grant.revoked = True
-
-    def add_redirect_uri(self, client_id: str, redirect_uri: str) -> None:
-        """Register an authorized redirect URI of ``client_id`` (byte-exact matching)."""
-        self._check_client(client_id)
-        self._redirect_uris.setdefault(client_id, set()).add(redirect_uri)
 
     def calendars_of(self, user: str) -> list[str]:
         """The ids of the calendars ``user`` owns (their calendar list), primary first."""

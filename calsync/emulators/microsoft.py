@@ -1156,7 +1156,6 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             _LISTING_CACHE_SIZE
         )
         self._auth_origin: str | None = None
-        self._redirect_uris: dict[str, set[str]] = {}
         self._codes: dict[str, _oauth.AuthCode] = {}
         self._app_access: dict[str, list[str] | None] = {}
         self._devices: dict[str, _DeviceCode] = {}
@@ -1319,11 +1318,6 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         )
         self._refresh[token] = grant
         return token
-
-    def add_redirect_uri(self, client_id: str, redirect_uri: str) -> None:
-        """Register a redirect URI of the app registration ``client_id`` (byte-exact)."""
-        self._check_client(client_id)
-        self._redirect_uris.setdefault(client_id, set()).add(redirect_uri)
 
     def grants_of(self, user_id: str) -> list[str]:
         """The live refresh tokens of the grants ``user_id`` consented to, oldest first."""

@@ -92,6 +92,16 @@ async def test_redirect_uri_must_match_byte_for_byte(emu: GoogleEmulator) -> Non
             assert "Location" not in page.headers  # an error page, never a redirect
         unknown = await client.get(f"{emu.auth_url}?{auth_query('nobody')}")
         assert unknown.status_code == 401
+        # a separate process registers redirect URIs over the control route
+        control = f"{emu.base_url}/_emulator/redirect_uris"
+        added = await client.post(
+            control, json={"client_id": "web", "redirect_uri": REDIRECT + "/"}
+        )
+        assert added.status_code == 201
+        page = await client.get(f"{emu.auth_url}?{auth_query(redirect_uri=REDIRECT + '/')}")
+        assert page.status_code == 200
+        missing = await client.post(control, json={"client_id": "nobody", "redirect_uri": REDIRECT})
+        assert missing.status_code == 404
 
 
 async def test_code_needs_the_verifier_the_client_and_is_single_use(emu: GoogleEmulator) -> None:
