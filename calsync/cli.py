@@ -78,9 +78,10 @@ def gateway() -> None:
     """Run the webhook gateway and admin API alone (no sync), on CALSYNC_WEB_PORT.
 
     With CALSYNC_ADMIN_BIND the admin API moves to that address and CALSYNC_WEB_PORT
-    serves only the webhooks and /healthz.
+    serves only the webhooks, the connect pages and /healthz. Connect links live in
+    this process: with several gateways, route /api/connect and /connect/ to one.
     """
-    from calsync.gateway.http import build_gateway_app, server_options
+    from calsync.gateway.http import Gateway, build_gateway_app, server_options
     from calsync.gateway.publisher import KafkaPublisher
     from calsync.streams.topics import ensure_topics
     from calsync.web.sites import Site, Surface, serve_until_signalled
@@ -93,9 +94,14 @@ def gateway() -> None:
     publisher = KafkaPublisher(settings.kafka_bootstrap)
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     options = server_options(settings)
+    # one Gateway for both addresses: connect links made on the admin one are opened
+    # on the public one
+    shared = Gateway(settings, publisher, clock=clock)
 
     def site(surface: Surface, host: str, port: int) -> Site:
-        app = build_gateway_app(settings, publisher, clock=clock, surface=surface.value)
+        app = build_gateway_app(
+            settings, publisher, clock=clock, surface=surface.value, gateway=shared
+        )
         return Site(app, host, port, options)
 
     if settings.admin_address is None:

@@ -729,18 +729,25 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 
 def build_gateway_app(
-    settings: Settings, publisher: Publisher, *, clock: Clock = time.time, surface: str = "all"
+    settings: Settings,
+    publisher: Publisher,
+    *,
+    clock: Clock = time.time,
+    surface: str = "all",
+    gateway: Gateway | None = None,
 ) -> web.Application:
     """A standalone aiohttp application serving the gateway routes of ``surface``.
 
     ``surface`` is a :class:`calsync.web.Surface` value: ``"all"`` (one address),
-    ``"public"`` (the webhooks and ``/healthz``) or ``"admin"`` (the API and
-    ``/healthz``); anything else raises :class:`ValueError`. Every route but the
-    webhooks and ``/healthz`` answers only to the admin token (:mod:`calsync.web`).
-    Cleanup stops the gateway's status follower.
+    ``"public"`` (the webhooks, the connect pages and ``/healthz``) or ``"admin"`` (the
+    API and ``/healthz``); anything else raises :class:`ValueError`. Every route but the
+    webhooks, the connect pages and ``/healthz`` answers only to the admin token
+    (:mod:`calsync.web`). Pass one ``gateway`` to the public and the admin application
+    of a process, so that a connect link made on the admin address works on the public
+    one. Cleanup stops the gateway's status follower.
     """
 
-    gateway = Gateway(settings, publisher, clock=clock)
+    gateway = gateway or Gateway(settings, publisher, clock=clock)
     app = new_application(settings, select_routes(gateway.routes(), Surface(surface)))
 
     async def close_gateway(_: web.Application) -> None:
