@@ -204,7 +204,7 @@ class CalsyncApp(faust.App):
             cells = (
                 rid,
                 d["provider"],
-                d["state"],
+                d["state"] + (f" (reconnect: POST {d['reconnect']})" if d["reconnect"] else ""),
                 d["synced_ago"],
                 d["occurrences"],
                 d["fetches"],

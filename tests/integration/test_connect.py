@@ -388,6 +388,8 @@ async def test_connected_calendar_syncs_and_reconnects_after_revocation(kafka_se
         async with httpx.AsyncClient(base_url=world.admin_url, headers=ADMIN) as api:
             described = await api.get("/api/resources/carol")
             assert described.json()["reconnect"] == "/api/resources/carol/reconnect"
+            dashboard = await api.get("/status/")
+            assert "reconnect: POST /api/resources/carol/reconnect" in dashboard.text
             made = await api.post("/api/resources/carol/reconnect")
             assert made.status_code == 201, made.text
             assert (await api.post("/api/resources/nobody/reconnect")).status_code == 404
