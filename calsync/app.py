@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import faust
 import httpx
@@ -42,7 +43,9 @@ from calsync.agents.sync import install_sync_agent
 from calsync.agents.timers import TimerDispatcher, install_retry_agent, install_timer_task
 from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
+from calsync.connect.store import StoreFull
 from calsync.deadletters import replay_deadletters
+from calsync.gateway.connect import CONNECT_PROVIDERS
 from calsync.gateway.holds import HoldFollower
 from calsync.gateway.http import Gateway, server_options
 from calsync.gateway.publisher import KafkaPublisher
@@ -181,6 +184,7 @@ class CalsyncApp(faust.App):
             [
                 web.get("/status/", self.status_page),
                 web.get("/api/resources/{resource_id}", self.resource_status),
+                web.post("/api/resources/{resource_id}/reconnect", self.reconnect_link),
                 web.get("/api/status", self.worker_status),
                 web.get("/metrics", self.metrics.handle),
                 web.get("/openapi.json", serve_document),
@@ -237,6 +241,31 @@ class CalsyncApp(faust.App):
             return web.json_response({"error": f"unknown resource {rid!r}"}, status=404)
         return web.json_response(_describe(rid, resource, self.sync_service))
 
+    async def reconnect_link(self, request: web.Request) -> web.Response:
+        """A one-time connect link that re-grants access to a resource owned by this
+        worker, keeping its provider, calendar, zone and busy policy: 201
+        ``{connect_url, ...}``; 404 unknown here; 409 its provider has no consent flow."""
+        rid = request.match_info["resource_id"]
+        resource = self.sync_service.resources.get(rid)
+        if resource is None or resource.state == "removed":
+            return web.json_response({"error": f"unknown resource {rid!r}"}, status=404)
+        if resource.provider not in CONNECT_PROVIDERS:
+            return web.json_response(
+                {"error": f"{resource.provider} resources are re-registered with new credentials"},
+                status=409,
+            )
+        try:
+            body = self.gateway.connect.create_link(
+                resource_id=rid,
+                provider=resource.provider,
+                calendar_id=resource.calendar_id,
+                time_zone=resource.time_zone,
+                busy_policy=resource.busy_policy,
+            )
+        except StoreFull:
+            return web.json_response({"error": "too many connect links are pending"}, status=503)
+        return web.json_response(body, status=201)
+
     async def worker_status(self, request: web.Request) -> web.Response:
         """JSON: resources owned, timers waiting, the notification dispatcher's partitions
         (offsets, pending runs, last hole repair), quarantined records, rate-limit
@@ -266,7 +295,7 @@ class CalsyncApp(faust.App):
             cells = (
                 rid,
                 d["provider"],
-                d["state"],
+                d["state"] + (f" (reconnect: POST {d['reconnect']})" if d["reconnect"] else ""),
                 d["synced_ago"],
                 d["occurrences"],
                 d["fetches"],
@@ -328,6 +357,12 @@ def _describe(rid: str, resource: Resource, service: SyncService) -> dict[str, A
         ),
         # a refused subscription is retried with backoff; say when, so "no pushes" has a why
         "subscribe_failures": state.subscribe_failures,
+        # the grant was revoked: POST here for a link the calendar's owner can open
+        "reconnect": (
+            f"/api/resources/{quote(rid, safe='')}/reconnect"
+            if resource.state == "reauth_required" and resource.provider in CONNECT_PROVIDERS
+            else None
+        ),
         "next_subscribe_attempt_in": (
             _span(max(0.0, state.subscribe_retry_at - now)) if state.subscribe_retry_at else None
         ),

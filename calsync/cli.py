@@ -78,9 +78,10 @@ def gateway() -> None:
     """Run the webhook gateway and admin API alone (no sync), on CALSYNC_WEB_PORT.
 
     With CALSYNC_ADMIN_BIND the admin API moves to that address and CALSYNC_WEB_PORT
-    serves only the webhooks and /healthz.
+    serves only the webhooks, the connect pages and /healthz. Connect links live in
+    this process: with several gateways, route /api/connect and /connect/ to one.
     """
-    from calsync.gateway.http import build_gateway_app, server_options
+    from calsync.gateway.http import Gateway, build_gateway_app, server_options
     from calsync.gateway.publisher import KafkaPublisher
     from calsync.streams.topics import ensure_topics
     from calsync.web.metrics import Metrics
@@ -95,10 +96,18 @@ def gateway() -> None:
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     options = server_options(settings)
     metrics = Metrics()  # one per process: the webhooks on one site, /metrics on the other
+    # one Gateway for both addresses: connect links made on the admin one are opened
+    # on the public one
+    shared = Gateway(settings, publisher, clock=clock)
 
     def site(surface: Surface, host: str, port: int) -> Site:
         app = build_gateway_app(
-            settings, publisher, clock=clock, surface=surface.value, metrics=metrics
+            settings,
+            publisher,
+            clock=clock,
+            surface=surface.value,
+            metrics=metrics,
+            gateway=shared,
         )
         return Site(app, host, port, options)
 
@@ -194,59 +203,34 @@ def resources() -> None:
     """Register and manage calendars (writes commands to the commands topic)."""
 
 
-@resources.command("add")
-@click.option("--resource-id", required=True, help="Your id for this calendar (1-128 chars).")
-@click.option("--provider", default="google", show_default=True)
-@click.option("--calendar-id", required=True, help="The provider's calendar id, e.g. primary.")
-@click.option("--refresh-token", required=True, envvar="CALSYNC_REFRESH_TOKEN")
-@click.option("--time-zone", default=None, help="IANA zone for all-day events (optional).")
-@click.option(
-    "--wait",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds to wait for the worker's outcome on the status topic (0: do not wait).",
-)
-def resources_add(
-    resource_id: str,
-    provider: str,
-    calendar_id: str,
-    refresh_token: str,
-    time_zone: str | None,
-    wait: float,
-) -> None:
-    """Register a calendar; the owning worker subscribes to it and runs a full sync.
+def _busy_switches(values: tuple[str, ...]) -> dict[str, bool] | None:
+    """``--busy-policy declined_is_free=false`` (repeatable) as switches; None for none."""
+    if not values:
+        return None
+    switches: dict[str, bool] = {}
+    for value in values:
+        name, sep, flag = value.partition("=")
+        if not sep or flag.lower() not in ("true", "false"):
+            raise click.BadParameter(
+                f"{value!r} is not SWITCH=true|false", param_hint="busy-policy"
+            )
+        switches[name.strip()] = flag.lower() == "true"
+    return switches
 
-    Waits (--wait) until the worker reports the outcome and prints it. Exit status:
-    0 the first sync finished (or --wait 0: the command was written), 1 the worker
-    could not sync it (credentials refused, calendar not found, ...), 3 no outcome
-    within --wait (is a worker running?).
-    """
-    from calsync.crypto import SecretBox
-    from calsync.gateway.http import RequestRejected, validate_registration
+
+def _register(settings: Settings, commands: list[Any], wait: float) -> list[Any]:
+    """Write register commands; with ``wait``, the outcome of each (a ``Registration``).
+
+    Exit status on failure is the caller's; broker errors become a ClickException."""
     from calsync.gateway.publisher import KafkaPublisher
-    from calsync.gateway.status import Registration, StatusFollower
+    from calsync.gateway.status import StatusFollower
 
-    settings = _settings()
-    body = {
-        "resource_id": resource_id,
-        "provider": provider,
-        "calendar_id": calendar_id,
-        "time_zone": time_zone,
-        "credentials": {"refresh_token": refresh_token},
-    }
-    # the worker's clock, rounded as the gateway does, so the outcome can be matched
-    now = round(make_clock(settings.clock_rate, settings.clock_origin)(), 3)
-    try:
-        command = validate_registration(body, SecretBox(settings.secret_key), now=now)
-    except RequestRejected as exc:
-        raise click.BadParameter(exc.message, param_hint=exc.field) from exc
     if not wait:
-        _produce(settings, settings.topic("commands"), resource_id, command.dumps())
-        click.echo(f"registered {resource_id} (not waiting for the outcome)")
-        return
+        for command in commands:
+            _produce(settings, settings.topic("commands"), command.resource_id, command.dumps())
+        return []
 
-    async def register_and_wait() -> Registration:
+    async def register_and_wait() -> list[Any]:
         # Follow the status topic before writing, so that no status of this is missed.
         follower = StatusFollower(
             settings.kafka_bootstrap,
@@ -258,21 +242,401 @@ def resources_add(
         try:
             await follower.ready()
             mark = follower.mark()
-            await publisher.publish(settings.topic("commands"), resource_id, command.dumps())
-            return await follower.registration(resource_id, now, wait=wait, after=mark)
+            for command in commands:
+                topic = settings.topic("commands")
+                await publisher.publish(topic, command.resource_id, command.dumps())
+            return [
+                await follower.registration(c.resource_id, c.issued_at, wait=wait, after=mark)
+                for c in commands
+            ]
         finally:
             await publisher.aclose()
             await follower.aclose()
 
     try:
-        outcome = asyncio.run(register_and_wait())
+        return asyncio.run(register_and_wait())
     except Exception as exc:  # the broker's errors, in words, at the command line
-        raise click.ClickException(f"could not register {resource_id}: {exc!r}") from exc
-    click.echo(outcome.describe())
-    if not outcome.done:
+        names = ", ".join(c.resource_id for c in commands)
+        raise click.ClickException(f"could not register {names}: {exc!r}") from exc
+
+
+def _report(outcomes: list[Any]) -> None:
+    """Print each outcome; exit 3 if one is still pending, 1 if one failed."""
+    for outcome in outcomes:
+        click.echo(outcome.describe())
+    if any(not o.done for o in outcomes):
         sys.exit(3)
-    if not outcome.ok:
+    if any(not o.ok for o in outcomes):
         sys.exit(1)
+
+
+def _registration(settings: Settings, body: dict[str, Any]) -> Any:
+    """The register command of an API-style ``body`` (credentials encrypted here)."""
+    from calsync.crypto import SecretBox
+    from calsync.gateway.http import RequestRejected, validate_registration
+    from calsync.providers.netpolicy import NetworkPolicy
+
+    # the worker's clock, rounded as the gateway does, so the outcome can be matched
+    now = round(make_clock(settings.clock_rate, settings.clock_origin)(), 3)
+    try:
+        return validate_registration(
+            body,
+            SecretBox(settings.secret_key),
+            now=now,
+            caldav_networks=NetworkPolicy.from_setting(settings.caldav_allowed_networks),
+        )
+    except RequestRejected as exc:
+        raise click.BadParameter(exc.message, param_hint=exc.field) from exc
+
+
+_WAIT_OPTION = click.option(
+    "--wait",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait for the worker's outcome on the status topic (0: do not wait).",
+)
+
+
+@resources.command("add")
+@click.option("--resource-id", required=True, help="Your id for this calendar (1-128 chars).")
+@click.option(
+    "--provider",
+    default="google",
+    show_default=True,
+    type=click.Choice(["google", "microsoft", "caldav"]),
+)
+@click.option(
+    "--calendar-id",
+    required=True,
+    help="Google: the calendar id (primary, an address); Microsoft: the mailbox (UPN or "
+    "id); CalDAV: the calendar collection URL (or the server URL to discover from).",
+)
+@click.option("--refresh-token", envvar="CALSYNC_REFRESH_TOKEN", help="Google and Microsoft.")
+@click.option("--username", help="CalDAV: the account name (iCloud: the Apple Account email).")
+@click.option(
+    "--password",
+    envvar="CALSYNC_CALDAV_PASSWORD",
+    help="CalDAV: the password (iCloud: an app-specific password); prompted when missing.",
+)
+@click.option("--time-zone", default=None, help="IANA or Windows zone (default: the calendar's).")
+@click.option("--own-address", default=None, help="CalDAV: the owner's email (for replies).")
+@click.option(
+    "--busy-policy",
+    multiple=True,
+    metavar="SWITCH=true|false",
+    help="declined_is_free, unanswered_is_busy, all_day_is_busy, tentative_is_busy.",
+)
+@_WAIT_OPTION
+def resources_add(
+    resource_id: str,
+    provider: str,
+    calendar_id: str,
+    refresh_token: str | None,
+    username: str | None,
+    password: str | None,
+    time_zone: str | None,
+    own_address: str | None,
+    busy_policy: tuple[str, ...],
+    wait: float,
+) -> None:
+    """Register a calendar; the owning worker subscribes to it and runs a full sync.
+
+    Credentials by provider: Google and Microsoft take --refresh-token (or use
+    ``calsync connect`` to get one); CalDAV takes --username and --password. Secrets
+    are encrypted here, before they reach the broker.
+
+    Waits (--wait) until the worker reports the outcome and prints it. Exit status:
+    0 the first sync finished (or --wait 0: the command was written), 1 the worker
+    could not sync it (credentials refused, calendar not found, ...), 3 no outcome
+    within --wait (is a worker running?).
+    """
+    settings = _settings()
+    if provider == "caldav":
+        if not username:
+            raise click.BadParameter("CalDAV needs --username", param_hint="username")
+        if not password:
+            password = click.prompt("Password", hide_input=True)
+        credentials = {"username": username, "password": password}
+    else:
+        if not refresh_token:
+            raise click.BadParameter(
+                f"{provider} needs --refresh-token", param_hint="refresh-token"
+            )
+        credentials = {"refresh_token": refresh_token}
+    body: dict[str, Any] = {
+        "resource_id": resource_id,
+        "provider": provider,
+        "calendar_id": calendar_id,
+        "time_zone": time_zone,
+        "credentials": credentials,
+        "busy_policy": _busy_switches(busy_policy),
+        "own_address": own_address,
+    }
+    command = _registration(settings, body)
+    if not wait:
+        _register(settings, [command], 0)
+        click.echo(f"registered {resource_id} (not waiting for the outcome)")
+        return
+    _report(_register(settings, [command], wait))
+
+
+@resources.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="Default: from the file name (.csv, else JSON lines).",
+)
+@_WAIT_OPTION
+def resources_import(path: str, file_format: str | None, wait: float) -> None:
+    """Register many calendars from a CSV or JSON-lines file (see docs/connecting.md).
+
+    The whole file is checked first: a bad row is named and nothing is registered.
+    Idempotent on the resource id: applying a file again registers the same
+    resources again. Exit status as for ``resources add``.
+    """
+    from calsync.crypto import SecretBox
+    from calsync.gateway.bulk import BulkRejected, parse_rows, validate_rows
+    from calsync.providers.netpolicy import NetworkPolicy
+
+    settings = _settings()
+    with click.open_file(path, "rb") as handle:
+        content = handle.read()
+    csv_format = file_format == "csv" or (file_format is None and path.endswith(".csv"))
+    now = round(make_clock(settings.clock_rate, settings.clock_origin)(), 3)
+    try:
+        commands = validate_rows(
+            parse_rows(content, csv_format=csv_format),
+            SecretBox(settings.secret_key),
+            now=now,
+            caldav_networks=NetworkPolicy.from_setting(settings.caldav_allowed_networks),
+        )
+    except BulkRejected as exc:
+        where = f"line {exc.line}: " if exc.line is not None else ""
+        raise click.ClickException(
+            f"{path}: {where}{exc.message}; nothing was registered"
+        ) from None
+    outcomes = _register(settings, commands, wait)
+    if not wait:
+        click.echo(f"registered {len(commands)} resources (not waiting for the outcome)")
+        return
+    _report(outcomes)
+
+
+@main.group()
+def connect() -> None:
+    """Connect a calendar: find it, check its credentials, register it."""
+
+
+@connect.command("google")
+@click.option("--resource-id", required=True, help="Your id for the (first) calendar.")
+@click.option(
+    "--calendar",
+    "calendars",
+    multiple=True,
+    help="A calendar to register: its number, id or name (repeatable; 'all'). "
+    "Without it you are asked (the main calendar is the default).",
+)
+@click.option("--no-browser", is_flag=True, help="Only print the URL (another machine's browser).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for consent.")
+@_WAIT_OPTION
+def connect_google(
+    resource_id: str, calendars: tuple[str, ...], no_browser: bool, timeout: float, wait: float
+) -> None:
+    """Connect Google calendars without a public URL: the installed-app flow.
+
+    Needs an OAuth client of type "Desktop app" (CALSYNC_GOOGLE_CLIENT_ID/SECRET): a
+    one-request web server listens on a free loopback port for Google's redirect. The
+    refresh token is encrypted here and never printed.
+    """
+    import httpx
+
+    from calsync.connect import google as google_consent
+    from calsync.gateway.connect import extra_resource_id
+
+    settings = _settings()
+    try:
+        tokens = google_consent.installed_app_consent(
+            settings, open_browser=not no_browser, timeout=timeout
+        )
+
+        async def listing() -> list[Any]:
+            async with httpx.AsyncClient(trust_env=False) as client:
+                return await google_consent.list_calendars(settings, client, tokens["access_token"])
+
+        found = asyncio.run(listing())
+    except google_consent.ConsentFailed as exc:
+        raise click.ClickException(f"{exc}; nothing was registered") from None
+    picked = _pick(
+        found,
+        calendars,
+        keys=lambda c: (c.calendar_id, c.label),
+        show=lambda c: f"{c.label}{' (main calendar)' if c.primary else ''}  {c.calendar_id}",
+    )
+    commands = [
+        _registration(
+            settings,
+            {
+                "resource_id": resource_id
+                if index == 0
+                else extra_resource_id(resource_id, choice.calendar_id),
+                "provider": "google",
+                "calendar_id": choice.calendar_id,
+                "time_zone": choice.time_zone,
+                "credentials": {"refresh_token": tokens["refresh_token"]},
+            },
+        )
+        for index, choice in enumerate(picked)
+    ]
+    outcomes = _register(settings, commands, wait)
+    if not wait:
+        click.echo(f"registered {', '.join(c.resource_id for c in commands)} (not waiting)")
+        return
+    _report(outcomes)
+
+
+@connect.command("microsoft")
+@click.option("--resource-id", required=True, help="Your id for the mailbox's calendar.")
+@_WAIT_OPTION
+def connect_microsoft(resource_id: str, wait: float) -> None:
+    """Connect a Microsoft 365 / Outlook calendar from a headless machine: msal's
+    device-code flow. Open the page it names on any device, enter the code, sign in.
+
+    The app registration must allow public client flows; the signed-in mailbox
+    becomes the resource. The refresh token is encrypted here and never printed.
+    """
+    from calsync.connect import microsoft as microsoft_consent
+
+    settings = _settings()
+    try:
+        found = microsoft_consent.device_code_consent(settings, show=click.echo)
+    except microsoft_consent.ConsentFailed as exc:
+        raise click.ClickException(f"{exc}; nothing was registered") from None
+    command = _registration(
+        settings,
+        {
+            "resource_id": resource_id,
+            "provider": "microsoft",
+            "calendar_id": found["mailbox"],
+            "credentials": {"refresh_token": found["refresh_token"]},
+        },
+    )
+    click.echo(f"signed in as {found['mailbox']}")
+    outcomes = _register(settings, [command], wait)
+    if not wait:
+        click.echo(f"registered {resource_id} (not waiting)")
+        return
+    _report(outcomes)
+
+
+def _pick(
+    found: list[Any],
+    wanted: tuple[str, ...],
+    *,
+    keys: Any,
+    show: Any,
+) -> list[Any]:
+    """The entries of ``found`` named by ``wanted`` (numbers, keys, ``all``), asking
+    when ``wanted`` is empty (default: the first)."""
+    for index, entry in enumerate(found, 1):
+        click.echo(f"  {index}. {show(entry)}")
+    names = list(wanted)
+    if not names:
+        answer = click.prompt(
+            "Calendars to register (numbers, comma-separated, or all)", default="1"
+        )
+        names = [part.strip() for part in answer.split(",") if part.strip()]
+    picked: list[Any] = []
+    for name in names:
+        if name == "all":
+            return list(found)
+        matches = [e for i, e in enumerate(found, 1) if name == str(i) or name in keys(e)]
+        if not matches:
+            raise click.ClickException(f"no calendar {name!r} was found. Nothing was registered.")
+        picked += [e for e in matches if e not in picked]
+    return picked
+
+
+@connect.command("caldav")
+@click.option("--resource-id", required=True, help="Your id for the (first) calendar.")
+@click.option(
+    "--url",
+    default="https://caldav.icloud.com",
+    show_default=True,
+    help="The CalDAV server (or principal, or calendar) URL.",
+)
+@click.option("--username", prompt=True, help="iCloud: your Apple Account email.")
+@click.option(
+    "--password",
+    envvar="CALSYNC_CALDAV_PASSWORD",
+    help="iCloud: an app-specific password (prompted when missing; never echoed).",
+)
+@click.option(
+    "--calendar",
+    "calendars",
+    multiple=True,
+    help="A calendar to register: its number, name, URL or last path segment (repeatable; "
+    "'all' for every one). "
+    "Without it you are asked.",
+)
+@click.option("--time-zone", default=None, help="IANA or Windows zone for floating times.")
+@click.option("--own-address", default=None, help="Your calendar address (default: username).")
+@_WAIT_OPTION
+def connect_caldav(
+    resource_id: str,
+    url: str,
+    username: str,
+    password: str | None,
+    calendars: tuple[str, ...],
+    time_zone: str | None,
+    own_address: str | None,
+    wait: float,
+) -> None:
+    """Find the calendars of a CalDAV account (iCloud by default) and register them.
+
+    Discovery follows RFC 6764 and RFC 4791 (``/.well-known/caldav``, the principal,
+    its calendar home) and checks the password on the way: a refused one is said so
+    and nothing is registered. The first calendar picked gets --resource-id, each
+    other one ``<resource-id>.<8 hex digits>``.
+    """
+    from calsync.connect.caldav import ICLOUD_HELP, DiscoveryFailed, discover, is_icloud
+    from calsync.gateway.connect import extra_resource_id
+
+    settings = _settings()
+    if is_icloud(url):
+        click.echo(ICLOUD_HELP, err=True)
+    if not password:
+        password = click.prompt("Password", hide_input=True)
+    try:
+        found = asyncio.run(discover(settings, url, username, password))
+    except DiscoveryFailed as exc:
+        raise click.ClickException(f"{exc} Nothing was registered.") from None
+    picked = _pick(
+        found,
+        calendars,
+        keys=lambda c: (c.url, c.display_name, c.url.rstrip("/").rsplit("/", 1)[-1]),
+        show=lambda c: f"{c.display_name or '(no name)'}  {c.url}",
+    )
+    commands = []
+    for index, calendar in enumerate(picked):
+        rid = resource_id if index == 0 else extra_resource_id(resource_id, calendar.url)
+        body: dict[str, Any] = {
+            "resource_id": rid,
+            "provider": "caldav",
+            "calendar_id": calendar.url,
+            "time_zone": time_zone,
+            "credentials": {"username": username, "password": password},
+            "own_address": own_address or (username if "@" in username else None),
+        }
+        commands.append(_registration(settings, body))
+    outcomes = _register(settings, commands, wait)
+    if not wait:
+        click.echo(f"registered {', '.join(c.resource_id for c in commands)} (not waiting)")
+        return
+    _report(outcomes)
 
 
 def _produce(settings: Settings, topic: str, key: str, value: bytes) -> None:

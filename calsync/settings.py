@@ -45,8 +45,9 @@ class Settings:
     web_port: int = 6066
     web_bind: str = "127.0.0.1"
     #: ``host:port`` of a second web server for the admin API, ``/status/`` and Faust's
-    #: pages; the public port (``web_bind:web_port``) then carries only the webhooks and
-    #: ``/healthz``. Empty: everything is served on the public port (see :mod:`calsync.web`).
+    #: pages; the public port (``web_bind:web_port``) then carries only the webhooks, the
+    #: connect pages and ``/healthz``. Empty: everything is served on the public port
+    #: (see :mod:`calsync.web`).
     admin_bind: str = ""
     #: Serve Faust's built-in pages (``/table/``, ``/router/``, ``/``, ``/assignment/``,
     #: ``/graph/``, ``/performance/``), behind the admin token like every admin route.
@@ -59,14 +60,30 @@ class Settings:
     replication_factor: int = 1
     google_api_url: str = "https://www.googleapis.com/calendar/v3"
     google_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
+    #: Google's authorization endpoint (the consent screen of ``calsync connect``).
+    google_auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
     google_client_id: str = ""
     google_client_secret: str = field(default="", repr=False)
     graph_api_url: str = "https://graph.microsoft.com/v1.0"
     microsoft_authority: str = "https://login.microsoftonline.com/common"
     microsoft_client_id: str = ""
     microsoft_client_secret: str = field(default="", repr=False)
+    #: A PEM file with the app registration's certificate and its private key: the
+    #: client credential of application (client-credentials) access instead of the
+    #: secret; ``..._THUMBPRINT`` is the certificate's SHA-1 thumbprint (hex).
+    microsoft_client_certificate: str = ""
+    microsoft_client_certificate_thumbprint: str = ""
     #: A PEM file of extra CAs to trust for the Microsoft authority (corporate proxies, tests).
     microsoft_ca_bundle: str = ""
+    #: A connect link (``POST /api/connect``) can be opened this many seconds after it
+    #: was made; once it has registered a calendar it is spent.
+    connect_link_ttl: float = 7 * 24 * 3600.0
+    #: An OAuth ``state`` (one consent in progress) and the calendar choice after it
+    #: expire after this many seconds.
+    connect_state_ttl: float = 600.0
+    #: Connect links and consents in progress a process keeps at most (each is a few
+    #: hundred bytes); more are refused with 503 until some expire.
+    connect_max_pending: int = 10_000
     #: Lifetime requested for Graph subscriptions, in minutes (the documented maximum
     #: for Outlook events without resource data is 10,080).
     graph_subscription_minutes: int = 10_080

@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from calsync.agents.commands import Commands
 from calsync.agents.context import ProviderSource, ServiceContext
@@ -517,7 +518,12 @@ class SyncService:
         if isinstance(exc, AuthorizationRevoked):
             self.resources[rid] = resource.derive(state="reauth_required")
             self.providers.forget(rid)
-            await self.context.status(rid, "reauth_required", str(exc))
+            if registry.spec(resource.provider).connect:
+                # where an administrator gets a new connect link for the calendar's owner
+                reconnect = f"/api/resources/{quote(rid, safe='')}/reconnect"
+                await self.context.status(rid, "reauth_required", str(exc), reconnect=reconnect)
+            else:
+                await self.context.status(rid, "reauth_required", str(exc))
             return
         attempt = notification.attempt + 1
         state = state.derive(failures=state.failures + 1, last_error=str(exc)[:300])

@@ -102,6 +102,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SHARED_CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
     ("POST", "/_emulator/clients", "{client_id, client_secret} -> 201"),
+    ("POST", "/_emulator/redirect_uris", "{client_id, redirect_uri} -> 201 (authorize)"),
     ("POST", "/_emulator/access_tokens/expire", "expire every access token -> 204"),
     ("GET", "/_emulator/faults", "-> {rules, drop_push_probability}"),
     ("POST", "/_emulator/faults", "{rules?, drop_push_probability?, seed?, replace?} -> 200"),
@@ -355,6 +356,7 @@ class BaseEmulator(Generic[GrantT, ErrorT, JobT]):
         self._rng = random.Random(seed)
         self._secret = secrets.token_bytes(32)
         self._clients: dict[str, str] = {}
+        self._redirect_uris: dict[str, set[str]] = {}
         self._refresh: dict[str, GrantT] = {}
         self._access: dict[str, AccessGrant[GrantT]] = {}
         self._minted: dict[str, GrantT] = {}  # every access token ever minted
@@ -470,6 +472,12 @@ class BaseEmulator(Generic[GrantT, ErrorT, JobT]):
     def add_client(self, client_id: str, client_secret: str) -> None:
         """Register (or re-key) an OAuth client (app registration)."""
         self._clients[client_id] = client_secret
+
+    def add_redirect_uri(self, client_id: str, redirect_uri: str) -> None:
+        """Register a redirect URI of ``client_id`` for the authorization endpoint
+        (matched byte for byte); KeyError for an unknown client."""
+        self._check_client(client_id)
+        self._redirect_uris.setdefault(client_id, set()).add(redirect_uri)
 
     def _check_client(self, client_id: str) -> None:
         if client_id not in self._clients:
@@ -746,6 +754,7 @@ class BaseEmulator(Generic[GrantT, ErrorT, JobT]):
         c = CONTROL_PREFIX
         router.add_get(c + "/health", self._c_health)
         router.add_post(c + "/clients", self._c_add_client)
+        router.add_post(c + "/redirect_uris", self._c_add_redirect_uri)
         router.add_post(c + "/refresh_tokens", self._c_issue_refresh)
         router.add_post(c + "/access_tokens/expire", self._c_expire_access)
         router.add_get(c + "/faults", self._c_get_faults)
@@ -809,6 +818,14 @@ class BaseEmulator(Generic[GrantT, ErrorT, JobT]):
         body = await self._body(request)
         client_id = self._str_field(body, "client_id")
         self.add_client(client_id, self._str_field(body, "client_secret"))
+        return web.json_response({"client_id": client_id}, status=201)
+
+    async def _c_add_redirect_uri(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        client_id = self._str_field(body, "client_id")
+        if client_id not in self._clients:
+            raise self._unknown(f"Unknown client {client_id}.")
+        self.add_redirect_uri(client_id, self._str_field(body, "redirect_uri"))
         return web.json_response({"client_id": client_id}, status=201)
 
     async def _c_issue_refresh(self, request: web.Request) -> web.Response:

@@ -8,7 +8,9 @@ with ``CALSYNC_GOOGLE_API_URL`` (``api_url``) and ``CALSYNC_GOOGLE_TOKEN_URL``
 
 Served over HTTP (paths relative to ``base_url``)::
 
-    POST   /token                                        OAuth refresh_token grant
+    POST   /token                                        OAuth refresh_token, authorization_code
+    GET    /o/oauth2/v2/auth                             consent page (POST: the Allow/Deny form)
+    GET    /calendar/v3/users/me/calendarList            the consenting user's calendars
     GET    /calendar/v3/calendars/{cal}/events           events.list (paging, sync tokens)
     POST   /calendar/v3/calendars/{cal}/events           events.insert
     GET    /calendar/v3/calendars/{cal}/events/{id}      events.get (instance ids too)
@@ -60,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import binascii
 import bisect
 import copy
 import dataclasses
@@ -67,6 +70,7 @@ import email.utils
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import math
 import re
@@ -86,13 +90,14 @@ from typing import (
     cast,
     get_args,
 )
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
 from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 
 from calsync.emulators import base as _base
+from calsync.emulators import oauth as _oauth
 from calsync.emulators.base import jcopy as _jcopy
 from calsync.emulators.faults import (
     DROPPED,
@@ -126,6 +131,10 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/calendar/v3"
 TOKEN_PATH: Final = "/token"  # noqa: S105  (a URL path, not a secret)
+AUTH_PATH: Final = "/o/oauth2/v2/auth"
+GOOGLE_TOKEN_AUDIENCE: Final = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL
+JWT_BEARER: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+READONLY_SCOPE: Final = "https://www.googleapis.com/auth/calendar.readonly"
 DEFAULT_PORT: Final = 8710  # the port `calsync emulator google` defaults to
 
 DEFAULT_CHANNEL_TTL: Final = 604_800.0
@@ -237,12 +246,14 @@ class ChannelResource(TypedDict):
 
 
 class TokenResponse(TypedDict):
-    """A successful refresh_token grant (no ``refresh_token`` member, like Google)."""
+    """A successful grant; ``refresh_token`` only from an offline authorization code
+    (a refresh answers none, like Google)."""
 
     access_token: str
     expires_in: int
     scope: str
     token_type: str
+    refresh_token: NotRequired[str]
 
 
 # --------------------------------------------------------------------------- errors
@@ -528,6 +539,8 @@ class _RefreshGrant:
     scope: str
     account: str
     revoked: bool = False
+    #: the user who consented (authorization-code grants); None for issued grants
+    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -864,6 +877,60 @@ CONTROL_ROUTES: Final[tuple[tuple[str, str, str], ...]] = (
 """Every control route: (method, path, contract). Not part of Google's API."""
 
 
+_NO_STORE: Final = {"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"}
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response(
+        {"error": error, "error_description": description}, status=status, headers=_NO_STORE
+    )
+
+
+def _auth_page(status: int, title: str, detail: str) -> web.Response:
+    return web.Response(
+        text=_oauth.error_page(title, detail), status=status, content_type="text/html"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _ServiceAccount:
+    email: str
+    client_id: str
+    public_key: Any  # an RSA public key (cryptography)
+    delegated_scopes: frozenset[str]
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64url") from exc
+
+
+_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def _redirect_allowed(redirect_uri: str, registered: set[str]) -> bool:
+    """Byte-identical to a registered URI; or, for a desktop client's loopback URI
+    (``http://127.0.0.1``/``localhost`` registered without a port), the same host on any
+    port (RFC 8252 §7.3)."""
+    if redirect_uri in registered:
+        return True
+    parts = urlsplit(redirect_uri)
+    host = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc
+    return (
+        parts.scheme == "http"
+        and host in _LOOPBACK_HOSTS
+        and parts.path in ("", "/")
+        and not parts.query
+        and f"http://{host}" in registered
+    )
+
+
+def _with_query(url: str, params: Mapping[str, str]) -> str:
+    return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
 class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]):
     """Google Calendar API v3 + OAuth token endpoint, served on 127.0.0.1.
 
@@ -916,6 +983,13 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
             _LISTING_CACHE_SIZE
         )
         self._stamp: tuple[float, str] = (math.nan, "")
+        self._owners: dict[str, str] = {}
+        self._codes: dict[str, _oauth.AuthCode] = {}
+        self._service_accounts: dict[str, _ServiceAccount] = {}
+        #: (service account, impersonated user) of every token minted by assertion
+        self.impersonations: list[tuple[str, str]] = []
+        #: refuse ``code_challenge_method=plain`` (and a missing method, which means plain)
+        self.reject_plain_pkce = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -940,12 +1014,25 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         """``base_url + "/token"`` (what ``CALSYNC_GOOGLE_TOKEN_URL`` is set to)."""
         return self.base_url + TOKEN_PATH
 
+    @property
+    def auth_url(self) -> str:
+        """``base_url + "/o/oauth2/v2/auth"`` (what ``CALSYNC_GOOGLE_AUTH_URL`` is set to)."""
+        return self.base_url + AUTH_PATH
+
     # ----------------------------------------------------------------- control: identity
 
     def add_calendar(
-        self, calendar_id: str, *, time_zone: str = "UTC", summary: str | None = None
+        self,
+        calendar_id: str,
+        *,
+        time_zone: str = "UTC",
+        summary: str | None = None,
+        owner: str | None = None,
     ) -> None:
-        """Create an empty calendar. 409 duplicate if it exists; 400 on a bad zone."""
+        """Create an empty calendar. 409 duplicate if it exists; 400 on a bad zone.
+
+        ``owner`` is the user whose calendar list shows it (default: the calendar id,
+        which is then that user's primary calendar)."""
         if calendar_id in self._calendars:
             raise _duplicate()
         try:
@@ -967,6 +1054,7 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
             resource_id=resource_id,
             updated=_rfc3339_ms(self.now()),
         )
+        self._owners[calendar_id] = owner or calendar_id
 
     def issue_refresh_token(self, client_id: str, calendar_ids: list[str] | None = None) -> str:
         """A new refresh token for ``client_id``, covering ``calendar_ids`` (None = all).
@@ -985,6 +1073,45 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         grant = self._refresh.get(refresh_token)
         if grant is not None:
             grant.revoked = True
+
+    def calendars_of(self, user: str) -> list[str]:
+        """The ids of the calendars ``user`` owns (their calendar list), primary first."""
+        owned = [cid for cid, owner in self._owners.items() if owner == user]
+        return sorted(owned, key=lambda cid: (cid != user, cid))
+
+    def create_service_account(
+        self, email: str, *, delegated_scopes: Sequence[str] = (READONLY_SCOPE,)
+    ) -> dict[str, str]:
+        """A service account with a new RSA key, allowed domain-wide delegation for
+        ``delegated_scopes`` (the admin console's list); returns its JSON key (the
+        ``info`` google-auth reads)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        client_id = str(10**20 + self._rng.getrandbits(60))
+        key_id = secrets.token_hex(20)
+        self._service_accounts[email] = _ServiceAccount(
+            email, client_id, key.public_key(), frozenset(delegated_scopes)
+        )
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        return {
+            "type": "service_account",
+            "project_id": "emulator",
+            "private_key_id": key_id,
+            "private_key": pem,
+            "client_email": email,
+            "client_id": client_id,
+            "token_uri": self.token_url,
+        }
+
+    def grants_of(self, user: str) -> list[str]:
+        """The refresh tokens ``user`` granted through the consent page, oldest first."""
+        return [t for t, g in self._refresh.items() if g.user == user]
 
     # ----------------------------------------------------------------- control: events
 
@@ -1444,6 +1571,9 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
         api = API_PREFIX
         r = router
         r.add_post(TOKEN_PATH, self._h_token)
+        r.add_get(AUTH_PATH, self._h_authorize)
+        r.add_post(AUTH_PATH, self._h_consent)
+        r.add_get(api + "/users/me/calendarList", self._h_calendar_list)
         r.add_get(api + "/calendars/{calendar_id}/events", self._h_list)
         r.add_post(api + "/calendars/{calendar_id}/events", self._h_insert)
         r.add_post(api + "/calendars/{calendar_id}/events/watch", self._h_watch)
@@ -1509,42 +1639,253 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
 
     async def _h_token(self, request: web.Request) -> web.Response:
         form = await _base.TokenForm.read(request)
-
-        def oauth_error(status: int, error: str, description: str) -> web.Response:
-            return web.json_response(
-                {"error": error, "error_description": description},
-                status=status,
-                headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"},
-            )
-
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
         if client_id is None and form.basic is not None:
             client_id, client_secret = form.basic[0], form.basic[1] or None
         grant_type = form.get("grant_type") or ""
-        if grant_type != "refresh_token":
-            return oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
+        if grant_type == JWT_BEARER:
+            return self._jwt_bearer(request, form)
+        if grant_type not in ("refresh_token", "authorization_code"):
+            return _oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
         known_secret = self._clients.get(client_id or "")
         if known_secret is None or client_secret is None or client_secret != known_secret:
-            return oauth_error(401, "invalid_client", "Unauthorized")
+            return _oauth_error(401, "invalid_client", "Unauthorized")
+        assert client_id is not None
+        if grant_type == "authorization_code":
+            return self._redeem_code(form, client_id)
         refresh_token = form.get("refresh_token")
         if refresh_token is None:
-            return oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
+            return _oauth_error(400, "invalid_request", "Missing required parameter: refresh_token")
         grant = self._refresh.get(refresh_token)
         if grant is None or grant.revoked:
-            return oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
+            return _oauth_error(400, "invalid_grant", "Token has been expired or revoked.")
         if grant.client_id != client_id:
-            return oauth_error(401, "unauthorized_client", "Unauthorized")
+            return _oauth_error(401, "unauthorized_client", "Unauthorized")
+        return self._token_response(grant, form.get("scope") or grant.scope, None)
+
+    def _jwt_bearer(self, request: web.Request, form: _base.TokenForm) -> web.Response:
+        """RFC 7523 with a service account's RS256 assertion: signature by the key of
+        ``iss``, ``aud`` this token URL, a lifetime of at most an hour, scopes inside the
+        delegation list (else ``unauthorized_client``), ``sub`` a known user."""
+        assertion = form.get("assertion") or ""
+        parts = assertion.split(".")
+        invalid = _oauth_error(400, "invalid_grant", "Invalid JWT Signature.")
+        if len(parts) != 3:
+            return invalid
+        try:
+            header = json.loads(_b64decode(parts[0]))
+            claims = json.loads(_b64decode(parts[1]))
+            signature = _b64decode(parts[2])
+        except ValueError:
+            return invalid
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            return invalid
+        account = self._service_accounts.get(str(claims.get("iss")))
+        if header.get("alg") != "RS256" or account is None:
+            return _oauth_error(401, "invalid_client", "The OAuth client was not found.")
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        try:
+            account.public_key.verify(
+                signature, f"{parts[0]}.{parts[1]}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except InvalidSignature:
+            return invalid
+        now = self.now()
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if not isinstance(iat, int) or not isinstance(exp, int):
+            return _oauth_error(400, "invalid_grant", "Invalid JWT: missing iat or exp.")
+        if exp - iat > 3600 or exp <= now or iat > now + 300:
+            return _oauth_error(
+                400,
+                "invalid_grant",
+                "Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
+                "reasonable timeframe. Check your iat and exp values in the JWT claim.",
+            )
+        audience = f"{request.scheme}://{request.host}{TOKEN_PATH}"
+        # google-auth always names Google's token endpoint, as Google expects
+        if claims.get("aud") not in (GOOGLE_TOKEN_AUDIENCE, audience, self.token_url):
+            return _oauth_error(400, "invalid_grant", "Invalid JWT: aud is not the token URL.")
+        scopes = str(claims.get("scope") or "").split()
+        if not scopes or not set(scopes) <= account.delegated_scopes:
+            return _oauth_error(
+                401,
+                "unauthorized_client",
+                "Client is unauthorized to retrieve access tokens using this method, or "
+                "client not authorized for any of the scopes requested.",
+            )
+        subject = claims.get("sub")
+        user = subject if isinstance(subject, str) and subject else account.email
+        calendars = self.calendars_of(user)
+        if not calendars:
+            return _oauth_error(400, "invalid_grant", "Invalid email or User ID")
+        grant = _RefreshGrant(
+            "",
+            account.client_id,
+            calendars,
+            " ".join(scopes),
+            self._account_for(f"{account.email}\x1f{user}"),
+            user=user,
+        )
+        self.impersonations.append((account.email, user))
+        return self._token_response(grant, " ".join(scopes), None)
+
+    def _token_response(
+        self, grant: _RefreshGrant, scope: str, refresh_token: str | None
+    ) -> web.Response:
         access_token = "ya29.emu-" + secrets.token_urlsafe(32)
         self._mint(access_token, grant, ACCESS_TOKEN_LIFETIME)
         body: TokenResponse = {
             "access_token": access_token,
             "expires_in": ACCESS_TOKEN_LIFETIME,
-            "scope": form.get("scope") or grant.scope,
+            "scope": scope,
             "token_type": "Bearer",
         }
-        return web.json_response(
-            body, headers={"Cache-Control": "no-cache, no-store, max-age=0, must-revalidate"}
+        if refresh_token is not None:
+            body["refresh_token"] = refresh_token
+        return web.json_response(body, headers=_NO_STORE)
+
+    def _redeem_code(self, form: _base.TokenForm, client_id: str) -> web.Response:
+        """``grant_type=authorization_code``: single-use, unexpired, same client, same
+        redirect URI, PKCE verifier matching; else ``invalid_grant`` (400)."""
+        raw_code = form.get("code")
+        if raw_code is None:
+            return _oauth_error(400, "invalid_request", "Missing required parameter: code")
+        code = self._codes.pop(raw_code, None)  # single use, whatever happens next
+        if code is None or code.expires_at <= self.now():
+            return _oauth_error(400, "invalid_grant", "Malformed auth code.")
+        if code.client_id != client_id:
+            return _oauth_error(400, "invalid_grant", "Unauthorized")
+        if form.get("redirect_uri") != code.redirect_uri:
+            return _oauth_error(400, "redirect_uri_mismatch", "Bad Request")
+        verifier = form.get("code_verifier")
+        if not _oauth.pkce_matches(verifier, code.code_challenge, code.code_challenge_method):
+            if verifier is None:
+                return _oauth_error(400, "invalid_grant", "Missing code verifier.")
+            return _oauth_error(400, "invalid_grant", "Invalid code verifier.")
+        token = "1//emu-" + secrets.token_urlsafe(30)
+        grant = _RefreshGrant(
+            token,
+            client_id,
+            self.calendars_of(code.user),
+            code.scope,
+            self._account_for(token),
+            user=code.user,
         )
+        if code.offline:
+            self._refresh[token] = grant
+        return self._token_response(grant, code.scope, token if code.offline else None)
+
+    # ----------------------------------------------------------------- /o/oauth2/v2/auth
+
+    def _auth_params(self, params: Mapping[str, str]) -> dict[str, str] | web.Response:
+        """The checked authorize parameters, or the error page / error redirect."""
+        client_id = params.get("client_id", "")
+        redirect_uri = params.get("redirect_uri", "")
+        if client_id not in self._clients:
+            return _auth_page(401, "Error 401: invalid_client", "The OAuth client was not found.")
+        if not _redirect_allowed(redirect_uri, self._redirect_uris.get(client_id, set())):
+            return _auth_page(
+                400,
+                "Error 400: redirect_uri_mismatch",
+                "You can't sign in to this app because it doesn't comply with Google's "
+                "OAuth 2.0 policy.",
+            )
+        state = params.get("state")
+
+        def refuse(error: str) -> web.Response:
+            query = {"error": error, **({"state": state} if state is not None else {})}
+            raise web.HTTPFound(_with_query(redirect_uri, query))
+
+        if params.get("response_type") != "code":
+            refuse("unsupported_response_type")
+        scope = params.get("scope", "")
+        if not scope:
+            refuse("invalid_scope")
+        method = params.get("code_challenge_method") or "plain"
+        challenge = params.get("code_challenge")
+        if method not in ("plain", "S256") or (
+            challenge is not None and not 43 <= len(challenge) <= 128
+        ):
+            return _auth_page(400, "Error 400: invalid_request", "Invalid code_challenge_method.")
+        if challenge is not None and method == "plain" and self.reject_plain_pkce:
+            return _auth_page(400, "Error 400: invalid_request", "code_challenge_method=plain.")
+        return {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": scope,
+            "state": state or "",
+            "has_state": "1" if state is not None else "",
+            "code_challenge": challenge or "",
+            "code_challenge_method": method,
+            "offline": "1" if params.get("access_type") == "offline" else "",
+        }
+
+    async def _h_authorize(self, request: web.Request) -> web.Response:
+        checked = self._auth_params(request.query)
+        if isinstance(checked, web.Response):
+            return checked
+        user = request.query.get("login_hint") or next(iter(self._owners.values()), "")
+        page = _oauth.consent_page(
+            action=AUTH_PATH,
+            hidden={"request": self._seal({"t": "authz", **checked})},
+            client_id=checked["client_id"],
+            scope=checked["scope"],
+            user=user,
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _h_consent(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        sealed = form.get("request")
+        params = self._unseal(sealed, "authz") if isinstance(sealed, str) else None
+        if params is None:
+            return _auth_page(400, "Error 400: invalid_request", "The request was tampered with.")
+        redirect_uri = str(params["redirect_uri"])
+        echo = {"state": str(params["state"])} if params.get("has_state") else {}
+        if form.get("decision") != "allow":
+            raise web.HTTPFound(_with_query(redirect_uri, {"error": "access_denied", **echo}))
+        user = str(form.get("user") or "")
+        if not self.calendars_of(user):
+            return _auth_page(400, "Couldn't find your Google Account", f"No account {user!r}.")
+        code = "4/emu-" + secrets.token_urlsafe(32)
+        self._codes[code] = _oauth.AuthCode(
+            client_id=str(params["client_id"]),
+            redirect_uri=redirect_uri,
+            scope=str(params["scope"]),
+            user=user,
+            code_challenge=str(params["code_challenge"]) or None,
+            code_challenge_method=str(params["code_challenge_method"]),
+            offline=bool(params["offline"]),
+            expires_at=self.now() + _oauth.CODE_LIFETIME,
+        )
+        query = {"code": code, **echo, "scope": str(params["scope"])}
+        raise web.HTTPFound(_with_query(redirect_uri, query))
+
+    # ----------------------------------------------------------------- calendarList
+
+    async def _h_calendar_list(self, request: web.Request) -> web.Response:
+        """calendarList.list of the grant's user (one page; the emulator's lists are short)."""
+        grant = self._live_grant(request)
+        ids = grant.calendar_ids if grant.calendar_ids is not None else list(self._calendars)
+        items = []
+        for calendar_id in ids:
+            cal = self._calendars.get(calendar_id)
+            if cal is None:
+                continue
+            item: dict[str, Any] = {
+                "kind": "calendar#calendarListEntry",
+                "id": cal.id,
+                "summary": cal.summary,
+                "timeZone": cal.time_zone,
+                "accessRole": "owner",
+            }
+            if grant.user is not None and cal.id == grant.user:
+                item["primary"] = True
+            items.append(item)
+        return web.json_response({"kind": "calendar#calendarList", "items": items})
 
     # ----------------------------------------------------------------- events.list
 

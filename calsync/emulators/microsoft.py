@@ -27,7 +27,14 @@ The identity platform, over TLS with a certificate from a throwaway trustme CA
 paths relative to ``authority`` (``https://127.0.0.1:PORT/<tenant>``)::
 
     GET    /v2.0/.well-known/openid-configuration    OIDC discovery (MSAL reads it first)
-    POST   /oauth2/v2.0/token                        refresh_token grant (rotating RTs)
+    POST   /oauth2/v2.0/token                        refresh_token (rotating RTs),
+                                                     authorization_code (PKCE, nonce),
+                                                     client_credentials (secret or client
+                                                     assertion), device_code
+    GET    /oauth2/v2.0/authorize                    sign-in and consent page (POST: the form)
+    GET    /v2.0/adminconsent                        admin consent page (tenant-specific)
+    POST   /oauth2/v2.0/devicecode                   device authorization (RFC 8628)
+    GET    https://127.0.0.1:PORT/devicelogin        where a device code is entered
     GET    /discovery/v2.0/keys                      JWKS (empty: tokens are not signed)
     GET    https://127.0.0.1:PORT/common/discovery/instance   instance discovery
 
@@ -87,6 +94,7 @@ import bisect
 import functools
 import hashlib
 import hmac
+import html
 import json
 import logging
 import re
@@ -101,7 +109,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, TypedDict, cast, get_args
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
@@ -111,6 +119,7 @@ from dateutil import rrule as _rr  # type: ignore[import-untyped]
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
 
 from calsync.emulators import base as _base
+from calsync.emulators import oauth as _oauth
 from calsync.emulators.base import jcopy as _jcopy
 from calsync.emulators.faults import (
     DROPPED,
@@ -158,6 +167,9 @@ _DEFAULT_SCOPES: Final = (
     f"{GRAPH_RESOURCE}/User.Read",
 )
 _MULTI_TENANT: Final = ("common", "organizations", "consumers")
+DEVICE_CODE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_CODE_LIFETIME: Final = 900.0
+CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _LISTING_CACHE_SIZE: Final = 64
 _MAX_BATCH: Final = 20
 _MAX_OCCURRENCES: Final = 20_000
@@ -861,6 +873,16 @@ class _Mailbox(_base.EventStore[_Record]):
 
 
 @dataclass(slots=True)
+class _DeviceCode:
+    client_id: str
+    user_code: str
+    scope: str
+    expires_at: float
+    user: str | None = None
+    declined: bool = False
+
+
+@dataclass(slots=True)
 class _Grant:
     client_id: str
     user_ids: list[str] | None
@@ -870,6 +892,10 @@ class _Grant:
     current: str
     scopes: tuple[str, ...] = _DEFAULT_SCOPES
     revoked_code: int | None = None
+    #: made by the consent page (authorization-code grant)
+    consented: bool = False
+    #: an application (client-credentials) token: no user, policy-scoped mailboxes
+    app_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1130,6 +1156,12 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             _LISTING_CACHE_SIZE
         )
         self._auth_origin: str | None = None
+        self._codes: dict[str, _oauth.AuthCode] = {}
+        self._app_access: dict[str, list[str] | None] = {}
+        self._devices: dict[str, _DeviceCode] = {}
+        self._client_certificates: dict[str, dict[str, Any]] = {}
+        #: app-only (client-credentials) tokens minted so far
+        self.app_tokens_issued = 0
         self._ca_dir: str | None = None
         self._ca_pem: bytes = b""
 
@@ -1286,6 +1318,14 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         )
         self._refresh[token] = grant
         return token
+
+    def grants_of(self, user_id: str) -> list[str]:
+        """The live refresh tokens of the grants ``user_id`` consented to, oldest first."""
+        return [
+            g.current
+            for t, g in self._refresh.items()
+            if g.home_user.lower() == user_id.lower() and t == g.current and g.consented
+        ]
 
     @staticmethod
     def _new_refresh_token() -> str:
@@ -2105,6 +2145,13 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         r.add_get("/common/discovery/instance", self._a_instance_discovery)
         r.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._a_openid_configuration)
         r.add_post("/{tenant}/oauth2/v2.0/token", self._a_token)
+        r.add_post("/{tenant}/oauth2/v2.0/devicecode", self._a_devicecode)
+        r.add_get("/{tenant}/v2.0/adminconsent", self._a_adminconsent)
+        r.add_post("/{tenant}/v2.0/adminconsent", self._a_adminconsent_submit)
+        r.add_get("/devicelogin", self._a_devicelogin)
+        r.add_post("/devicelogin", self._a_devicelogin_submit)
+        r.add_get("/{tenant}/oauth2/v2.0/authorize", self._a_authorize)
+        r.add_post("/{tenant}/oauth2/v2.0/authorize", self._a_consent)
         r.add_get("/{tenant}/discovery/v2.0/keys", self._a_keys)
 
     def _state(self, request: web.Request) -> _RequestState:
@@ -2258,6 +2305,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         if grant.user_ids is not None and mailbox.user_id.lower() not in {
             u.lower() for u in grant.user_ids
         }:
+            if grant.app_only:  # outside the application access policy
+                raise GraphApiError(403, "ErrorAccessDenied", "Access to OData is disabled.")
             raise _access_denied()
         return mailbox, grant
 
@@ -2302,6 +2351,492 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 "x-ms-request-id": trace_id,
                 "client-request-id": correlation_id,
             },
+        )
+
+    def _authorize_error(self, title: str, code: int, message: str) -> web.Response:
+        return web.Response(
+            text=_oauth.error_page(title, f"AADSTS{code}: {message}"),
+            status=400,
+            content_type="text/html",
+        )
+
+    async def _a_authorize(self, request: web.Request) -> web.Response:
+        """The sign-in and consent page of the authorization-code flow.
+
+        Unknown client (AADSTS700016) or a redirect URI not registered byte for byte
+        (AADSTS50011): an error page, no redirect. Otherwise only ``response_type=code``
+        and ``response_mode=query|form_post``; errors go back to the redirect URI with
+        ``error``, ``error_description`` and the ``state``."""
+        tenant = request.match_info["tenant"]
+        params = request.query
+        client_id = params.get("client_id", "")
+        redirect_uri = params.get("redirect_uri", "")
+        if not self._tenant_ok(tenant):
+            return self._authorize_error("Sign in", 90002, f"Tenant '{tenant}' not found.")
+        if client_id not in self._clients:
+            return self._authorize_error(
+                "Sign in", 700016, f"Application with identifier '{client_id}' was not found."
+            )
+        if redirect_uri not in self._redirect_uris.get(client_id, set()):
+            return self._authorize_error(
+                "Sign in",
+                50011,
+                f"The redirect URI '{redirect_uri}' specified in the request does not match "
+                f"the redirect URIs configured for the application '{client_id}'.",
+            )
+        state = params.get("state")
+        echo = {"state": state} if state is not None else {}
+        mode = params.get("response_mode") or "query"
+
+        def refuse(error: str, code: int, message: str) -> web.Response:
+            query = {"error": error, "error_description": f"AADSTS{code}: {message}", **echo}
+            raise web.HTTPFound(redirect_uri + "?" + urlencode(query))
+
+        if params.get("response_type") != "code":
+            refuse("unsupported_response_type", 70005, "response_type must be 'code'.")
+        if mode not in ("query", "form_post"):
+            refuse("invalid_request", 900144, "response_mode must be 'query' or 'form_post'.")
+        challenge = params.get("code_challenge")
+        method = params.get("code_challenge_method") or "plain"
+        if method not in ("plain", "S256"):
+            refuse("invalid_request", 501491, "Invalid code_challenge_method.")
+        scope = params.get("scope", "")
+        hidden = {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": scope,
+            "state": state or "",
+            "has_state": "1" if state is not None else "",
+            "mode": mode,
+            "code_challenge": challenge or "",
+            "code_challenge_method": method,
+            "nonce": params.get("nonce") or "",
+        }
+        user = params.get("login_hint") or next((m.user_id for m in self._mailboxes.values()), "")
+        page = _oauth.consent_page(
+            action=request.path,
+            hidden={"request": self._seal({"t": "authz", **hidden})},
+            client_id=client_id,
+            scope=scope,
+            user=user,
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _a_consent(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        sealed = form.get("request")
+        params = self._unseal(sealed, "authz") if isinstance(sealed, str) else None
+        if params is None:
+            return self._authorize_error("Sign in", 90015, "The request was tampered with.")
+        redirect_uri = str(params["redirect_uri"])
+        echo = {"state": str(params["state"])} if params.get("has_state") else {}
+        if form.get("decision") != "allow":
+            query = {
+                "error": "access_denied",
+                "error_description": "AADSTS65004: User declined to consent to access the app.",
+                **echo,
+            }
+            return self._redirect_back(redirect_uri, str(params["mode"]), query)
+        user = str(form.get("user") or "")
+        if user.lower() not in self._mailboxes:
+            return self._authorize_error(
+                "Sign in", 50034, f"The user account {user!r} does not exist."
+            )
+        code = "1.AXoA-emu-code-" + secrets.token_urlsafe(32)
+        self._codes[code] = _oauth.AuthCode(
+            client_id=str(params["client_id"]),
+            redirect_uri=redirect_uri,
+            scope=str(params["scope"]),
+            user=self._mailboxes[user.lower()].user_id,
+            code_challenge=str(params["code_challenge"]) or None,
+            code_challenge_method=str(params["code_challenge_method"]),
+            offline="offline_access" in str(params["scope"]).split(),
+            expires_at=self.now() + _oauth.CODE_LIFETIME,
+            nonce=str(params["nonce"]) or None,
+        )
+        query = {"code": code, **echo, "session_state": self._uuid()}
+        return self._redirect_back(redirect_uri, str(params["mode"]), query)
+
+    @staticmethod
+    def _redirect_back(redirect_uri: str, mode: str, query: Mapping[str, str]) -> web.Response:
+        if mode == "form_post":
+            fields = "".join(
+                f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                for k, v in query.items()
+            )
+            return web.Response(
+                text=(
+                    '<html><body><form method="POST" name="hiddenform" '
+                    f'action="{html.escape(redirect_uri)}">{fields}'
+                    '<noscript><input type="submit" value="Continue"></noscript>'
+                    "</form></body></html>"
+                ),
+                content_type="text/html",
+            )
+        raise web.HTTPFound(redirect_uri + "?" + urlencode(query))
+
+    async def _a_adminconsent(self, request: web.Request) -> web.Response:
+        """The admin consent page: an administrator grants the app's application
+        permissions for the whole tenant. Not on ``common``; the redirect URI must be
+        registered; the answer is ``?admin_consent=True&tenant=&scope=&state=``."""
+        tenant = request.match_info["tenant"]
+        params = request.query
+        client_id = params.get("client_id", "")
+        redirect_uri = params.get("redirect_uri", "")
+        if tenant.lower() in _MULTI_TENANT or not self._tenant_ok(tenant):
+            return self._authorize_error(
+                "Admin consent", 90002, "Admin consent needs a tenant-specific endpoint."
+            )
+        if client_id not in self._clients:
+            return self._authorize_error(
+                "Admin consent", 700016, f"Application with identifier '{client_id}' was not found."
+            )
+        if redirect_uri not in self._redirect_uris.get(client_id, set()):
+            return self._authorize_error(
+                "Admin consent", 50011, f"The redirect URI '{redirect_uri}' does not match."
+            )
+        hidden = {
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": params.get("scope", ""),
+            "state": params.get("state", ""),
+        }
+        page = _oauth.consent_page(
+            action=request.path,
+            hidden={"request": self._seal({"t": "adminconsent", **hidden})},
+            client_id=client_id,
+            scope=hidden["scope"],
+            user=f"admin@{self.tenant_id[:8]}.onmicrosoft.com",
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _a_adminconsent_submit(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        sealed = form.get("request")
+        params = self._unseal(sealed, "adminconsent") if isinstance(sealed, str) else None
+        if params is None:
+            return self._authorize_error("Admin consent", 90015, "The request was tampered with.")
+        echo = {"state": str(params["state"])} if params.get("state") else {}
+        if form.get("decision") != "allow":
+            query = {
+                "error": "access_denied",
+                "error_description": "AADSTS65004: The admin declined to consent.",
+                **echo,
+            }
+        else:
+            self.consent_application(str(params["client_id"]))
+            query = {
+                "admin_consent": "True",
+                "tenant": self.tenant_id,
+                "scope": str(params["scope"]),
+                **echo,
+            }
+        raise web.HTTPFound(str(params["redirect_uri"]) + "?" + urlencode(query))
+
+    async def _a_devicecode(self, request: web.Request) -> web.Response:
+        """The device authorization request (RFC 8628) of a public client."""
+        form = await _base.TokenForm.read(request)
+        client_id = form.get("client_id") or ""
+        if client_id not in self._clients:
+            return self._aad_error(
+                request,
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory.",
+            )
+        device_code = "DAQABAAEAAAD-emu-" + secrets.token_urlsafe(32)
+        user_code = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(9))
+        self._devices[device_code] = _DeviceCode(
+            client_id, user_code, form.get("scope") or "", self.now() + DEVICE_CODE_LIFETIME
+        )
+        verification_uri = f"{self.authority_origin}/devicelogin"
+        return web.json_response(
+            {
+                "user_code": user_code,
+                "device_code": device_code,
+                "verification_uri": verification_uri,
+                "expires_in": int(DEVICE_CODE_LIFETIME),
+                "interval": 1,
+                "message": (
+                    f"To sign in, use a web browser to open the page {verification_uri} and "
+                    f"enter the code {user_code} to authenticate."
+                ),
+            },
+            headers={"Cache-Control": "no-store, no-cache"},
+        )
+
+    async def _a_devicelogin(self, request: web.Request) -> web.Response:
+        page = (
+            "<!doctype html><html><body><h1>Enter code</h1>"
+            '<form method="post" action="/devicelogin">'
+            '<label>Code <input name="user_code"></label>'
+            '<label>Account <input name="user"></label>'
+            '<button name="decision" value="allow">Allow</button>'
+            '<button name="decision" value="deny">Deny</button></form></body></html>'
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _a_devicelogin_submit(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        code = str(form.get("user_code") or "").strip().upper()
+        device = next(
+            (d for d in self._devices.values() if d.user_code == code and d.user is None), None
+        )
+        if device is None or device.expires_at <= self.now():
+            return self._authorize_error("Enter code", 70000, "The code you entered has expired.")
+        if form.get("decision") != "allow":
+            device.declined = True
+            return web.Response(
+                text=_oauth.error_page("Declined", "No access."), content_type="text/html"
+            )
+        user = str(form.get("user") or "").lower()
+        if user not in self._mailboxes:
+            return self._authorize_error(
+                "Sign in", 50034, f"The user account {user!r} does not exist."
+            )
+        device.user = self._mailboxes[user].user_id
+        return web.Response(
+            text=_oauth.error_page("You have signed in", "You may now close this window."),
+            content_type="text/html",
+        )
+
+    def _redeem_device_code(
+        self, request: web.Request, form: _base.TokenForm, client_id: str
+    ) -> web.Response:
+        device = self._devices.get(form.get("device_code") or "")
+        if device is None or device.client_id != client_id:
+            return self._aad_error(
+                request, 400, "invalid_grant", 70000, "The provided device code is not valid."
+            )
+        if device.expires_at <= self.now():
+            return self._aad_error(
+                request, 400, "expired_token", 70019, "Verification code expired."
+            )
+        if device.declined:
+            return self._aad_error(
+                request, 400, "authorization_declined", 70000, "The user declined to sign in."
+            )
+        if device.user is None:
+            return self._aad_error(
+                request,
+                400,
+                "authorization_pending",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+            )
+        del self._devices[form.get("device_code") or ""]
+        mailbox = self._mailboxes[device.user.lower()]
+        token = self._new_refresh_token()
+        grant = _Grant(
+            client_id=client_id,
+            user_ids=[mailbox.user_id],
+            account=self._account_for(token),
+            home_object_id=mailbox.object_id,
+            home_user=mailbox.user_id,
+            current=token,
+            consented=True,
+        )
+        scopes = device.scope.split()
+        return self._grant_response(
+            request, form, grant, scopes, rotate=False, offline="offline_access" in scopes
+        )
+
+    def _check_client_assertion(
+        self,
+        request: web.Request,
+        form: _base.TokenForm,
+        client_id: str,
+        assertion: str,
+        tenant: str,
+    ) -> web.Response | None:
+        """A certificate credential (RFC 7523 client assertion): the JWT must be RS256
+        or PS256, signed by a certificate registered for the app (``x5t`` or
+        ``x5t#S256`` its thumbprint), ``aud`` the token URL, ``iss`` = ``sub`` = the
+        client id, unexpired, lifetime at most ten minutes. None when it holds."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        def refuse(code: int, message: str) -> web.Response:
+            return self._aad_error(request, 401, "invalid_client", code, message)
+
+        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+            return refuse(7000218, "Invalid client_assertion_type.")
+        parts = assertion.split(".")
+        try:
+            if len(parts) != 3:
+                raise ValueError("not a JWT")
+            header = json.loads(_unb64url(parts[0]))
+            claims = json.loads(_unb64url(parts[1]))
+            signature = _unb64url(parts[2])
+            if not isinstance(header, dict) or not isinstance(claims, dict):
+                raise ValueError("not objects")
+        except ValueError:
+            return refuse(50027, "JWT token is invalid or malformed.")
+        certs = self._client_certificates.get(client_id, {})
+        thumbprint = header.get("x5t#S256") or header.get("x5t")
+        public_key = certs.get(str(thumbprint).rstrip("="))  # padded or not
+        if public_key is None:
+            return refuse(
+                700027,
+                "The certificate with identifier used to sign the client assertion is not "
+                "registered on application.",
+            )
+        algorithm = header.get("alg")
+        pad: Any = (
+            padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=hashes.SHA256.digest_size)
+            if algorithm == "PS256"
+            else padding.PKCS1v15()
+        )
+        if algorithm not in ("RS256", "PS256"):
+            return refuse(50027, "JWT token is invalid or malformed.")
+        try:
+            public_key.verify(signature, f"{parts[0]}.{parts[1]}".encode(), pad, hashes.SHA256())
+        except InvalidSignature:
+            return refuse(700027, "Client assertion failed signature validation.")
+        now = self.now()
+        exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
+        audiences = {
+            f"{self.authority_origin}/{tenant}/oauth2/v2.0/token",
+            f"{self.authority_origin}/{self.tenant_id}/oauth2/v2.0/token",
+        }
+        if claims.get("aud") not in audiences:
+            return refuse(700212, "No matching federated identity record found (aud).")
+        if claims.get("iss") != client_id or claims.get("sub") != client_id:
+            return refuse(700021, "Client assertion application identifier doesn't match.")
+        if not isinstance(exp, (int, float)) or exp <= now:
+            return refuse(700024, "Client assertion is not within its valid time range.")
+        if isinstance(nbf, (int, float)) and (nbf > now + 300 or exp - nbf > 600 + 300):
+            return refuse(700024, "Client assertion is not within its valid time range.")
+        return None
+
+    def _client_credentials(
+        self, request: web.Request, form: _base.TokenForm, client_id: str, tenant: str
+    ) -> web.Response:
+        """App-only tokens: a tenant-specific authority, the ``/.default`` scope; the
+        token reaches the mailboxes the application access policy allows (all, if none)."""
+        if tenant.lower() in _MULTI_TENANT:
+            return self._aad_error(
+                request,
+                400,
+                "invalid_request",
+                50059,
+                "No tenant-identifying information found in either the request or implied "
+                "by any provided credentials.",
+            )
+        scopes = (form.get("scope") or "").split()
+        if len(scopes) != 1 or not scopes[0].endswith("/.default"):
+            return self._aad_error(
+                request,
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {' '.join(scopes)} is not valid. Client "
+                "credential flows must have a scope value with /.default suffixed to the "
+                "resource identifier (application ID URI).",
+            )
+        allowed = self._app_access.get(client_id, [])
+        grant = _Grant(
+            client_id=client_id,
+            user_ids=None if allowed is None else list(allowed),
+            account=self._account_for("app:" + client_id),
+            home_object_id=self._uuid(),
+            home_user="",
+            current="",
+            app_only=True,
+        )
+        self.app_tokens_issued += 1
+        return self._grant_response(request, form, grant, scopes, rotate=False, offline=False)
+
+    def consent_application(self, client_id: str, mailboxes: Sequence[str] | None = None) -> None:
+        """An administrator consents the app's application permission ``Calendars.Read``;
+        ``mailboxes`` is an application access policy (None: every mailbox). Before
+        this, app-only tokens read no mailbox (403)."""
+        self._check_client(client_id)
+        self._app_access[client_id] = None if mailboxes is None else list(mailboxes)
+
+    def add_client_certificate(self, client_id: str, certificate_pem: bytes) -> str:
+        """Register a certificate credential of ``client_id``; returns its SHA-1
+        thumbprint (hex), the one ``CALSYNC_MICROSOFT_CLIENT_CERTIFICATE_THUMBPRINT`` names."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        self._check_client(client_id)
+        cert = x509.load_pem_x509_certificate(certificate_pem)
+        sha1 = cert.fingerprint(hashes.SHA1())  # noqa: S303 - the thumbprint Entra shows
+        sha256 = cert.fingerprint(hashes.SHA256())
+        keys = self._client_certificates.setdefault(client_id, {})
+        keys[_b64url(sha1)] = keys[_b64url(sha256)] = cert.public_key()
+        return sha1.hex().upper()
+
+    def _redeem_code(
+        self, request: web.Request, form: _base.TokenForm, client_id: str
+    ) -> web.Response:
+        """``grant_type=authorization_code`` for an authenticated client."""
+        raw_code = form.get("code")
+        if raw_code is None:
+            return self._aad_error(
+                request,
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'code'.",
+            )
+        code = self._codes.pop(raw_code, None)  # single use
+        if code is None or code.expires_at <= self.now():
+            return self._aad_error(
+                request,
+                400,
+                "invalid_grant",
+                70008,
+                "The provided authorization code or refresh token has expired due to "
+                "inactivity. Send a new interactive authorization request for this user "
+                "and resource.",
+            )
+        if code.client_id != client_id:
+            return self._aad_error(
+                request,
+                400,
+                "invalid_grant",
+                70000,
+                "The provided value for the 'code' parameter is not valid. The code was "
+                "issued to another application.",
+            )
+        if form.get("redirect_uri") != code.redirect_uri:
+            return self._aad_error(
+                request,
+                400,
+                "invalid_grant",
+                50011,
+                "The redirect URI specified in the request does not match the redirect URI "
+                "used to obtain the authorization code.",
+            )
+        if not _oauth.pkce_matches(
+            form.get("code_verifier"), code.code_challenge, code.code_challenge_method
+        ):
+            return self._aad_error(
+                request,
+                400,
+                "invalid_grant",
+                501481,
+                "The Code_Verifier does not match the code_challenge supplied in the "
+                "authorization request.",
+            )
+        token = self._new_refresh_token()
+        mailbox = self._mailboxes[code.user.lower()]
+        grant = _Grant(
+            client_id=client_id,
+            user_ids=[mailbox.user_id],
+            account=self._account_for(token),
+            home_object_id=mailbox.object_id,
+            home_user=mailbox.user_id,
+            current=token,
+            consented=True,
+        )
+        requested = (form.get("scope") or code.scope).split()
+        return self._grant_response(
+            request, form, grant, requested, rotate=False, nonce=code.nonce, offline=code.offline
         )
 
     async def _a_instance_discovery(self, request: web.Request) -> web.Response:
@@ -2414,7 +2949,9 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             return missing("grant_type")
         if client_id is None:
             return missing("client_id")
-        if grant_type != "refresh_token":
+        if grant_type == DEVICE_CODE_GRANT and client_id in self._clients:
+            return self._redeem_device_code(request, form, client_id)
+        if grant_type not in ("refresh_token", "authorization_code", "client_credentials"):
             return self._aad_error(
                 request,
                 400,
@@ -2434,7 +2971,12 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 "by the administrator of the tenant or consented to by any user in the tenant. "
                 "You may have sent your authentication request to the wrong tenant.",
             )
-        if client_secret is None:
+        assertion = field_("client_assertion")
+        if client_secret is None and assertion is not None:
+            refused = self._check_client_assertion(request, form, client_id, assertion, tenant)
+            if refused is not None:
+                return refused
+        elif client_secret is None:
             return self._aad_error(
                 request,
                 401,
@@ -2443,7 +2985,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 "The request body must contain the following parameter: 'client_assertion' or "
                 "'client_secret'.",
             )
-        if not hmac.compare_digest(client_secret.encode(), known_secret.encode()):
+        elif not hmac.compare_digest(client_secret.encode(), known_secret.encode()):
             return self._aad_error(
                 request,
                 401,
@@ -2453,6 +2995,10 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 "the client secret value, not the client secret ID, for a secret added to app "
                 f"'{client_id}'.",
             )
+        if grant_type == "client_credentials":
+            return self._client_credentials(request, form, client_id, tenant)
+        if grant_type == "authorization_code":
+            return self._redeem_code(request, form, client_id)
         refresh_token = field_("refresh_token")
         if refresh_token is None:
             return missing("refresh_token")
@@ -2492,6 +3038,23 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             return self._aad_error(
                 request, 400, "invalid_grant", 70008, _AADSTS_MESSAGES[70008], suberror="bad_token"
             )
+        return self._grant_response(request, form, grant, requested, rotate=True)
+
+    def _grant_response(
+        self,
+        request: web.Request,
+        form: _base.TokenForm,
+        grant: _Grant,
+        requested: list[str],
+        *,
+        rotate: bool,
+        nonce: str | None = None,
+        offline: bool = True,
+    ) -> web.Response:
+        """The token response of a grant: an access token, a (new) refresh token when
+        ``offline``, an ID token when ``openid`` was asked (with ``nonce``)."""
+        field_ = form.get
+        client_id = grant.client_id
         scopes: list[str] = []
         for scope in requested:
             if scope.lower() in _OIDC_SCOPES:
@@ -2522,17 +3085,18 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
             }
         )
         self._mint(access_token, grant, ACCESS_TOKEN_LIFETIME)
-        new_refresh = self._new_refresh_token()
-        grant.current = new_refresh
-        self._refresh[new_refresh] = grant
         body: TokenResponse = {
             "token_type": "Bearer",
             "scope": " ".join(scopes),
             "expires_in": ACCESS_TOKEN_LIFETIME,
             "ext_expires_in": ACCESS_TOKEN_LIFETIME,
             "access_token": access_token,
-            "refresh_token": new_refresh,
         }
+        if offline:
+            new_refresh = self._new_refresh_token() if rotate else grant.current
+            grant.current = new_refresh
+            self._refresh[new_refresh] = grant
+            body["refresh_token"] = new_refresh
         if "openid" in {s.lower() for s in requested}:
             body["id_token"] = self._jwt(
                 {
@@ -2549,6 +3113,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                     ),
                     "tid": self.tenant_id,
                     "ver": "2.0",
+                    **({"nonce": nonce} if nonce is not None else {}),
                 }
             )
         if field_("client_info") == "1":

@@ -33,6 +33,11 @@ body does not arrive within ``gateway_read_timeout`` gets 408. Status codes:
   tables), for registrations of the last ten minutes or made since it started.
 * ``DELETE /api/resources/{id}``, ``POST /api/resources/{id}/resync``,
   ``.../pause`` (no provider calls until resumed), ``.../resume`` (and a full resync): 202.
+* ``POST /api/resources/bulk`` (bearer): many registrations in one CSV or JSON-lines
+  file, all or nothing (:mod:`calsync.gateway.bulk`): 202, or 400 naming the line.
+* ``POST /api/connect`` (bearer): 201 a one-time connect link for a calendar's owner
+  (``{"resource_id", "provider", "calendar_id"?, "time_zone"?, "busy_policy"?}``);
+  the ``/connect/*`` pages it leads to are in :mod:`calsync.gateway.connect`.
 """
 
 from __future__ import annotations
@@ -48,11 +53,15 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 from aiohttp import web
 
 from calsync.clock import Clock
+from calsync.connect.store import StoreFull
 from calsync.crypto import SecretBox, WebhookSigner
 from calsync.errors import MalformedProviderData
+from calsync.gateway.bulk import MAX_BULK_BYTES, BulkRejected, parse_rows, validate_rows
+from calsync.gateway.connect import CONNECT_PROVIDERS, ConnectFlows
 from calsync.gateway.publisher import Publisher
 from calsync.gateway.status import Registration, StatusFollower, StatusSource
 from calsync.normalize.busy import BusyPolicy
@@ -70,6 +79,7 @@ log = logging.getLogger(__name__)
 
 #: Matched with ``fullmatch``: ``$`` would let a trailing newline through.
 RESOURCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,253}")
 #: Google's documented channel id alphabet and length.
 _CHANNEL_ID = re.compile(r"[A-Za-z0-9_+/=-]{1,64}")
 #: ASCII digits only (``str.isdigit`` takes '٣' and '²'); at most 2**53, below.
@@ -79,6 +89,8 @@ MAX_MESSAGE_NUMBER = 2**53
 #: one is refused unread rather than verified item by item.
 MAX_GRAPH_ITEMS = 100
 MAX_VALIDATION_TOKEN = 1024
+#: The longest credential field (a service account's JSON key is about 2,400 bytes).
+MAX_CREDENTIAL = 16 * 1024
 #: The longest ``?wait=`` of the registration endpoints, in seconds.
 MAX_WAIT = 30.0
 _WAIT = re.compile(r"([0-9]{1,5}(?:\.[0-9]{1,3})?)(s|ms)?")
@@ -126,6 +138,69 @@ def _busy_policy(value: object) -> dict[str, bool] | None:
     return {str(key): bool(flag) for key, flag in value.items()}
 
 
+def _time_zone(time_zone: object) -> str | None:
+    """An IANA name as given, or the IANA zone of a Windows name (as Graph's mailbox
+    settings show them; CalDAV and Google read IANA names only); None stays None."""
+    if time_zone is None:
+        return None
+    try:
+        if not isinstance(time_zone, str):
+            raise ValueError(time_zone)
+        try:
+            ZoneInfo(time_zone)
+            return time_zone
+        except (ZoneInfoNotFoundError, ValueError):
+            return zone_for(time_zone).key
+    except (MalformedProviderData, ValueError):
+        raise RequestRejected(
+            400,
+            f"time_zone {time_zone!r} is neither an IANA nor a Windows time zone"[:300],
+            field="time_zone",
+        ) from None
+
+
+def _resource_id(body: Mapping[str, Any]) -> str:
+    resource_id = body.get("resource_id")
+    if not isinstance(resource_id, str) or not RESOURCE_ID.fullmatch(resource_id):
+        raise RequestRejected(
+            400,
+            "resource_id must be 1-128 characters of letters, digits and ._:@+=- "
+            "starting with a letter or digit",
+            field="resource_id",
+        )
+    return resource_id
+
+
+def validate_connect(body: object) -> dict[str, Any]:
+    """The keyword arguments of :meth:`ConnectFlows.create_link` from a ``POST
+    /api/connect`` body: ``resource_id``, ``provider`` (``google``), optional
+    ``calendar_id`` (else the owner picks), ``time_zone`` (IANA or Windows; else each
+    calendar's own) and ``busy_policy``. Raises :class:`RequestRejected` (400)."""
+    if not isinstance(body, Mapping):
+        raise RequestRejected(400, "the body must be a JSON object")
+    resource_id = _resource_id(body)
+    provider = body.get("provider")
+    if provider not in CONNECT_PROVIDERS:
+        raise RequestRejected(
+            400,
+            f"provider must be one of {list(CONNECT_PROVIDERS)} (CalDAV has no consent "
+            "screen: register it with its app password)",
+            field="provider",
+        )
+    calendar_id = body.get("calendar_id")
+    if calendar_id is not None and (
+        not isinstance(calendar_id, str) or not 0 < len(calendar_id) <= 1024
+    ):
+        raise RequestRejected(400, "calendar_id must be a non-empty string", field="calendar_id")
+    return {
+        "resource_id": resource_id,
+        "provider": str(provider),
+        "calendar_id": calendar_id,
+        "time_zone": _time_zone(body.get("time_zone")),
+        "busy_policy": _busy_policy(body.get("busy_policy")),
+    }
+
+
 def validate_registration(
     body: object,
     secrets: SecretBox,
@@ -152,14 +227,7 @@ def validate_registration(
     """
     if not isinstance(body, Mapping):
         raise RequestRejected(400, "the body must be a JSON object")
-    resource_id = body.get("resource_id")
-    if not isinstance(resource_id, str) or not RESOURCE_ID.fullmatch(resource_id):
-        raise RequestRejected(
-            400,
-            "resource_id must be 1-128 characters of letters, digits and ._:@+=- "
-            "starting with a letter or digit",
-            field="resource_id",
-        )
+    resource_id = _resource_id(body)
     provider = body.get("provider")
     provider_spec = REGISTRY.get(provider) if isinstance(provider, str) else None
     if provider_spec is None:
@@ -171,23 +239,7 @@ def validate_registration(
     calendar_id = body.get("calendar_id")
     if not isinstance(calendar_id, str) or not 0 < len(calendar_id) <= 1024:
         raise RequestRejected(400, "calendar_id must be a non-empty string", field="calendar_id")
-    time_zone = body.get("time_zone")
-    if time_zone is not None:
-        # IANA names as given, or the Windows names Graph's mailbox settings show,
-        # stored as their IANA zone (CalDAV and Google read IANA names only)
-        try:
-            if not isinstance(time_zone, str):
-                raise ValueError(time_zone)
-            try:
-                ZoneInfo(time_zone)
-            except (ZoneInfoNotFoundError, ValueError):
-                time_zone = zone_for(time_zone).key
-        except (MalformedProviderData, ValueError):
-            raise RequestRejected(
-                400,
-                f"time_zone {time_zone!r} is neither an IANA nor a Windows time zone",
-                field="time_zone",
-            ) from None
+    time_zone = _time_zone(body.get("time_zone"))
     credentials = body.get("credentials")
     if not isinstance(credentials, Mapping):
         raise RequestRejected(400, "credentials must be an object", field="credentials")
@@ -196,12 +248,23 @@ def validate_registration(
             provider_spec.check_calendar(calendar_id, caldav_networks or NetworkPolicy())
         except ValueError as exc:
             raise RequestRejected(400, str(exc), field="calendar_id") from None
+    kind = provider_spec.credential_kind(credentials)
+    if kind is None:
+        kinds = " or ".join(str(list(k)) for k in provider_spec.credential_kinds)
+        raise RequestRejected(
+            400,
+            f"{provider_spec.name} credentials must have the fields {kinds}",
+            field="credentials",
+        )
     secrets_in: dict[str, str] = {}
-    for name in provider_spec.credential_fields:
+    for name in kind:
         value = credentials.get(name)
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or len(value) > MAX_CREDENTIAL:
             raise RequestRejected(
-                400, f"credentials.{name} must be a non-empty string", field="credentials"
+                400,
+                f"credentials.{name} must be a non-empty string of at most "
+                f"{MAX_CREDENTIAL} characters",
+                field="credentials",
             )
         secrets_in[name] = value
     busy_policy = _busy_policy(body.get("busy_policy"))
@@ -241,6 +304,7 @@ class Gateway:
         *,
         clock: Clock = time.time,
         statuses: StatusSource | None = None,
+        connect_client: httpx.AsyncClient | None = None,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
@@ -252,13 +316,19 @@ class Gateway:
         self._notifications = settings.topic("notifications")
         self._commands = settings.topic("commands")
         self._statuses = statuses
+        self.connect = ConnectFlows(
+            settings, self._publish, self._secrets, clock=clock, client=connect_client
+        )
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            *self.connect.routes(self.create_connect_link),
+            web.post("/api/connect/microsoft/admin-consent", self.create_admin_consent),
             web.post("/webhooks/google", self.google_push),
             web.post("/webhooks/microsoft", self.graph_push),
             web.post("/webhooks/microsoft/lifecycle", self.graph_lifecycle),
             web.post("/api/resources", self.register_resource),
+            web.post("/api/resources/bulk", self.register_bulk),
             web.get("/api/resources/{resource_id}/registration", self.registration_status),
             web.delete("/api/resources/{resource_id}", self.remove_resource),
             web.post("/api/resources/{resource_id}/resync", self.resync_resource),
@@ -269,6 +339,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Stop the status follower if one was started. Idempotent."""
+        await self.connect.aclose()
         statuses, self._statuses = self._statuses, None
         if statuses is not None:
             await statuses.aclose()
@@ -496,6 +567,96 @@ class Gateway:
         except RequestRejected as exc:
             return exc.response()
 
+    async def register_bulk(self, request: web.Request) -> web.Response:
+        """``POST /api/resources/bulk``: a CSV (``text/csv``) or JSON-lines
+        (``application/x-ndjson``) file of registrations, all or nothing: 202
+        ``{"accepted": n, "resource_ids": [...]}``; 400 naming the first bad line; 413
+        over :data:`~calsync.gateway.bulk.MAX_BULK_BYTES`; 415 another content type."""
+        try:
+            self._check_admin(request)
+            kind = request.content_type
+            if kind not in ("text/csv", "application/x-ndjson", "application/jsonl"):
+                raise RequestRejected(
+                    415, "send text/csv or application/x-ndjson (one registration per line)"
+                )
+            content = await self._read_limited(request, MAX_BULK_BYTES)
+            now = round(self._clock(), 3)
+            try:
+                commands = validate_rows(
+                    parse_rows(content, csv_format=kind == "text/csv"),
+                    self._secrets,
+                    now=now,
+                    caldav_networks=self._caldav_networks,
+                )
+            except BulkRejected as exc:
+                where = f"line {exc.line}: " if exc.line is not None else ""
+                raise RequestRejected(400, f"{where}{exc.message}"[:500], field=exc.field) from None
+            for command in commands:
+                await self._publish(self._commands, command.resource_id, command.dumps())
+            ids = [c.resource_id for c in commands]
+            return web.json_response(
+                {"status": "accepted", "accepted": len(ids), "resource_ids": ids, "issued_at": now},
+                status=202,
+            )
+        except RequestRejected as exc:
+            return exc.response()
+
+    async def _read_limited(self, request: web.Request, limit: int) -> bytes:
+        """The body, read from the stream (past the application's ``client_max_size``)
+        up to ``limit`` bytes (413 beyond), within the read timeout (408)."""
+        too_large = RequestRejected(413, f"body larger than {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._settings.gateway_read_timeout * 6):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestRejected(408, "the body did not arrive in time") from None
+        return b"".join(chunks)
+
+    async def create_admin_consent(self, request: web.Request) -> web.Response:
+        """``POST /api/connect/microsoft/admin-consent`` ``{"tenant": "<id or domain>"}``:
+        201 ``{admin_consent_url, ...}`` for the tenant's administrator; 400 without a
+        specific tenant."""
+        try:
+            self._check_admin(request)
+            body = await self._json_body(request)
+            tenant = body.get("tenant") if isinstance(body, Mapping) else None
+            if (
+                not isinstance(tenant, str)
+                or not _TENANT.fullmatch(tenant)
+                or tenant.lower() in ("common", "organizations", "consumers")
+            ):
+                raise RequestRejected(
+                    400, "tenant must be the tenant's id or domain (not common)", field="tenant"
+                )
+            try:
+                answer = self.connect.create_admin_consent(tenant)
+            except StoreFull:
+                raise RequestRejected(503, "too many connect links are pending") from None
+            return web.json_response(answer, status=201)
+        except RequestRejected as exc:
+            return exc.response()
+
+    async def create_connect_link(self, request: web.Request) -> web.Response:
+        """``POST /api/connect``: 201 with the link's ``connect_url``; 400 a bad body."""
+        try:
+            self._check_admin(request)
+            options = validate_connect(await self._json_body(request))
+            try:
+                body = self.connect.create_link(**options)
+            except StoreFull:
+                raise RequestRejected(503, "too many connect links are pending") from None
+            return web.json_response(body, status=201)
+        except RequestRejected as exc:
+            return exc.response()
+
     async def registration_status(self, request: web.Request) -> web.Response:
         """What became of the registration of ``{resource_id}`` issued at ``?since=``."""
         try:
@@ -604,18 +765,21 @@ def build_gateway_app(
     clock: Clock = time.time,
     surface: str = "all",
     metrics: Metrics | None = None,
+    gateway: Gateway | None = None,
 ) -> web.Application:
     """A standalone aiohttp application serving the gateway routes of ``surface``.
 
     ``surface`` is a :class:`calsync.web.Surface` value: ``"all"`` (one address),
-    ``"public"`` (the webhooks and ``/healthz``) or ``"admin"`` (the API, ``/metrics``,
-    ``/openapi.json`` and ``/healthz``); anything else raises :class:`ValueError`.
-    ``metrics`` (shared by the sites of one process) counts the webhooks. Every route but the
-    webhooks and ``/healthz`` answers only to the admin token (:mod:`calsync.web`).
-    Cleanup stops the gateway's status follower.
+    ``"public"`` (the webhooks, the connect pages and ``/healthz``) or ``"admin"`` (the
+    API, ``/metrics``, ``/openapi.json`` and ``/healthz``); anything else raises
+    :class:`ValueError`. ``metrics`` (shared by the sites of one process) counts the
+    webhooks. Every route but the webhooks, the connect pages and ``/healthz`` answers
+    only to the admin token (:mod:`calsync.web`). Pass one ``gateway`` to the public
+    and the admin application of a process, so that a connect link made on the admin
+    address works on the public one. Cleanup stops the gateway's status follower.
     """
 
-    gateway = Gateway(settings, publisher, clock=clock)
+    gateway = gateway or Gateway(settings, publisher, clock=clock)
     metrics = metrics or Metrics()
     extra = [web.get("/metrics", metrics.handle), web.get("/openapi.json", serve_document)]
     routes = select_routes([*gateway.routes(), *extra], Surface(surface))

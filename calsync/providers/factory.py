@@ -121,10 +121,12 @@ class ProviderFactory:
             return cached[2]
         provider_spec = registry.spec(resource.provider)
         policy = busy_policy(resource)
-        credentials = {
-            name: self._secrets.decrypt(resource.credentials[name])
-            for name in provider_spec.credential_fields
-        }
+        kind = provider_spec.credential_kind(resource.credentials)
+        if kind is None:
+            raise CalsyncError(
+                f"{resource.provider} credentials have the fields {sorted(resource.credentials)}"
+            )
+        credentials = {name: self._secrets.decrypt(resource.credentials[name]) for name in kind}
         account = provider_spec.account(resource, credentials)
         on_rotate = self._on_rotate
         provider = provider_spec.build(

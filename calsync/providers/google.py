@@ -7,6 +7,7 @@ privacy boundary: nothing but times and busy state leaves this adapter.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping
 from functools import partial
 from urllib.parse import quote
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 from google.auth.exceptions import RefreshError, TransportError
 from google.auth.transport.requests import Request as GoogleAuthRequest
+from google.oauth2 import service_account
 from google.oauth2.credentials import Credentials
 
 from calsync.errors import (
@@ -96,6 +98,71 @@ class GoogleTokenSource:
             raise TransientProviderError(f"token endpoint unreachable: {exc}") from exc
 
 
+class GoogleServiceAccountTokenSource:
+    """Access tokens of a Workspace service account impersonating ``subject``
+    (domain-wide delegation): google-auth signs an RS256 JWT assertion with the key and
+    trades it at the token endpoint (``urn:ietf:params:oauth:grant-type:jwt-bearer``).
+
+    The key's own ``token_uri`` is replaced by ``CALSYNC_GOOGLE_TOKEN_URL``. Raises
+    :class:`ProviderRejected` for a key that does not parse,
+    :class:`AuthorizationRevoked` when the token endpoint refuses (delegation not
+    granted for the scope, unknown subject), :class:`TransientProviderError` otherwise.
+    """
+
+    def __init__(self, *, key_json: str, subject: str, token_url: str) -> None:
+        self._key_json = key_json
+        self._subject = subject
+        self._token_url = token_url
+        self._credentials: service_account.Credentials | None = None
+        self._lock = asyncio.Lock()
+
+    def _build(self) -> service_account.Credentials:
+        try:
+            info = json.loads(self._key_json)
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+            info["token_uri"] = self._token_url
+            made: service_account.Credentials = (
+                service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                    info, scopes=list(SCOPES), subject=self._subject
+                )
+            )
+            return made
+        except (ValueError, KeyError) as exc:
+            # the message names the missing field, never the key material
+            raise ProviderRejected(
+                f"the service account key does not parse ({type(exc).__name__})"
+            ) from None
+
+    async def access_token(self, *, force_refresh: bool = False) -> str:
+        async with self._lock:
+            if self._credentials is None:
+                self._credentials = self._build()
+            if force_refresh or not self._credentials.valid:
+                await asyncio.to_thread(self._refresh, self._credentials)
+            token = self._credentials.token
+            if not isinstance(token, str):
+                raise TransientProviderError("token endpoint returned no access token")
+            return token
+
+    def rotated_credentials(self) -> dict[str, str] | None:
+        return None
+
+    @staticmethod
+    def _refresh(credentials: service_account.Credentials) -> None:
+        try:
+            with BoundedSession(limit=TOKEN_RESPONSE_LIMIT, what="google token") as session:
+                credentials.refresh(GoogleAuthRequest(session=session))  # type: ignore[no-untyped-call]
+        except RefreshError as exc:
+            if getattr(exc, "retryable", False):
+                raise TransientProviderError(f"token request failed: {exc}") from exc
+            raise AuthorizationRevoked(
+                f"google refused the delegated access: {exc.args[0]}"
+            ) from exc
+        except TransportError as exc:
+            raise TransientProviderError(f"token endpoint unreachable: {exc}") from exc
+
+
 def _error_reason(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -137,7 +204,7 @@ class GoogleProvider:
         client: httpx.AsyncClient,
         api_url: str,
         calendar_id: str,
-        tokens: GoogleTokenSource,
+        tokens: GoogleTokenSource | GoogleServiceAccountTokenSource,
         time_zone: str | None = None,
         page_size: int = 250,
         limiter: RateLimiter | None = None,
@@ -260,20 +327,36 @@ def _rate_limits(settings: Settings) -> tuple[BucketSpec, BucketSpec]:
 
 
 def _account(resource: Resource, credentials: Mapping[str, str]) -> str:
-    # Google counts per user: resources sharing a grant share a bucket (and a token source)
+    # Google counts per user: resources sharing a grant share a bucket (and a token
+    # source); a service account's quota is that of the user it impersonates
+    # (the key is part of it: the token source is shared per account)
+    if "subject" in credentials:
+        subject = credentials["subject"].lower()
+        return account_key(NAME, f"{credentials['service_account_key']}\x1f{subject}")
     return account_key(NAME, credentials["refresh_token"])
 
 
 def _build(context: BuildContext) -> GoogleProvider:
     settings = context.settings
-    tokens = context.shared(
-        lambda: GoogleTokenSource(
-            refresh_token=context.credentials["refresh_token"],
-            token_url=settings.google_token_url,
-            client_id=settings.google_client_id,
-            client_secret=settings.google_client_secret,
+    credentials = context.credentials
+    tokens: GoogleTokenSource | GoogleServiceAccountTokenSource
+    if "service_account_key" in credentials:
+        tokens = context.shared(
+            lambda: GoogleServiceAccountTokenSource(
+                key_json=credentials["service_account_key"],
+                subject=credentials["subject"],
+                token_url=settings.google_token_url,
+            )
         )
-    )
+    else:
+        tokens = context.shared(
+            lambda: GoogleTokenSource(
+                refresh_token=credentials["refresh_token"],
+                token_url=settings.google_token_url,
+                client_id=settings.google_client_id,
+                client_secret=settings.google_client_secret,
+            )
+        )
     return GoogleProvider(
         client=context.client,
         api_url=settings.google_api_url,
@@ -291,6 +374,9 @@ SPEC = ProviderSpec(
     name=NAME,
     origin=ProviderOrigin.GOOGLE,
     credential_fields=("refresh_token",),
+    # Workspace domain-wide delegation: a service account's JSON key and the user
+    # (calendar owner) it impersonates
+    other_credentials=(("service_account_key", "subject"),),
     push=PushKind.CHANNEL,
     rate_limits=_rate_limits,
     account=_account,
@@ -298,4 +384,5 @@ SPEC = ProviderSpec(
     subscription_ttl=lambda settings: settings.google_channel_ttl,
     webhook_path="/webhooks/google",
     shares_app_quota=True,
+    connect=True,
 )

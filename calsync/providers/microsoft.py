@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol, TypedDict, TypeVar
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
@@ -52,11 +53,14 @@ from calsync.providers.http import (
 )
 from calsync.providers.spec import BuildContext, ProviderSpec, PushKind, account_key
 from calsync.ratelimit import BucketSpec, RateLimiter
+from calsync.settings import Settings
 from calsync.tables.records import Resource
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("https://graph.microsoft.com/Calendars.Read",)
+#: Application permissions are asked for as the resource's ``.default`` scope.
+APP_SCOPE = "https://graph.microsoft.com/.default"
 NAME = "microsoft"  # registrations', tables' and the RateLimiter's name for Graph
 
 #: Outlook event subscriptions live at most 10,080 minutes, measured by Graph's clock;
@@ -236,7 +240,7 @@ class MicrosoftTokenSource:
         self._session = session
         app: MsalApp = msal.ConfidentialClientApplication(
             self._client_id,
-            client_credential=self._client_secret,
+            client_credential=self._client_credential(),
             authority=self._authority,
             http_client=session,
             instance_discovery=False,
@@ -244,18 +248,19 @@ class MicrosoftTokenSource:
         )
         return app
 
+    def _client_credential(self) -> str | dict[str, str]:
+        return self._client_secret
+
+    def _acquire(self, app: Any) -> Any:
+        return app.acquire_token_by_refresh_token(self.refresh_token, scopes=list(self._scopes))
+
     def _refresh(self) -> str:
         """Redeem the refresh token (in a worker thread); returns the new access token."""
         with self._thread_lock:
             if self._app is None:
                 self._app = self._call(self._app_factory, "could not set up the MSAL client")
             app = self._app
-            result = self._call(
-                lambda: app.acquire_token_by_refresh_token(
-                    self.refresh_token, scopes=list(self._scopes)
-                ),
-                "token request failed",
-            )
+            result = self._call(lambda: self._acquire(app), "token request failed")
             if not isinstance(result, Mapping):
                 raise TransientProviderError("microsoft token endpoint returned no result")
             if "error" in result:
@@ -300,6 +305,66 @@ class MicrosoftTokenSource:
             ) from exc
 
 
+class MicrosoftAppTokenSource(MicrosoftTokenSource):
+    """Application (app-only) access tokens: msal's client-credentials flow
+    (``acquire_token_for_client``, scope ``https://graph.microsoft.com/.default``) for
+    one tenant, with the app's client secret or certificate. The application
+    permission ``Calendars.Read`` (admin-consented) reaches every mailbox of the
+    tenant unless an application access policy narrows it. Nothing rotates."""
+
+    def __init__(
+        self,
+        *,
+        authority: str,
+        client_id: str,
+        client_credential: str | dict[str, str],
+        ca_bundle: str | None = None,
+        app_factory: Callable[[], MsalApp] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(
+            refresh_token="",
+            authority=authority,
+            client_id=client_id,
+            client_secret="",
+            ca_bundle=ca_bundle,
+            scopes=(APP_SCOPE,),
+            app_factory=app_factory,
+            clock=clock,
+        )
+        self._credential = client_credential
+
+    def _client_credential(self) -> str | dict[str, str]:
+        return self._credential
+
+    def _acquire(self, app: Any) -> Any:
+        return app.acquire_token_for_client(scopes=list(self._scopes))
+
+
+def tenant_authority(authority: str, tenant: str) -> str:
+    """``https://login.microsoftonline.com/common`` + ``contoso.com`` →
+    ``https://login.microsoftonline.com/contoso.com`` (client credentials need a tenant)."""
+    return authority.rstrip("/").rsplit("/", 1)[0] + "/" + quote(tenant, safe="")
+
+
+def app_credential(settings: Settings) -> str | dict[str, str]:
+    """The application's client credential: its certificate when
+    ``CALSYNC_MICROSOFT_CLIENT_CERTIFICATE`` names a PEM file (private key and
+    certificate) with ``..._THUMBPRINT``, else ``CALSYNC_MICROSOFT_CLIENT_SECRET``."""
+    path = settings.microsoft_client_certificate
+    if not path:
+        return settings.microsoft_client_secret
+    try:
+        pem = Path(path).read_text()
+    except OSError as exc:
+        raise ProviderRejected(f"the client certificate cannot be read: {exc.strerror}") from None
+    return {
+        "private_key": pem,
+        "thumbprint": settings.microsoft_client_certificate_thumbprint,
+        "public_certificate": pem,
+    }
+
+
 # --------------------------------------------------------------------------- Graph API
 
 
@@ -326,6 +391,13 @@ def _translate(response: httpx.Response, *, delta: bool = False) -> ProviderErro
     codes = _error_codes(response)
     folded = {code.casefold() for code in codes}
     client_error = 400 <= status < 500
+    if status == 403 and folded & {"erroraccessdenied", "accessdenied"}:
+        return ProviderRejected(
+            f"microsoft graph 403 {codes[0]}: the application may not read this mailbox "
+            "(outside its application access policy, or Calendars.Read not consented); "
+            "an Exchange administrator must grant access; not retried",
+            status=status,
+        )
     return status_error(
         response,
         NAME,
@@ -614,17 +686,30 @@ def _account(resource: Resource, credentials: Mapping[str, str]) -> str:
 
 def _build(context: BuildContext) -> MicrosoftProvider:
     settings = context.settings
-    return MicrosoftProvider(
-        client=context.client,
-        api_url=settings.graph_api_url,
-        user_id=context.resource.calendar_id,
-        tokens=MicrosoftTokenSource(
+    tokens: MicrosoftTokenSource
+    if "tenant" in context.credentials:
+        tenant = context.credentials["tenant"]
+        tokens = context.shared(
+            lambda: MicrosoftAppTokenSource(
+                authority=tenant_authority(settings.microsoft_authority, tenant),
+                client_id=settings.microsoft_client_id,
+                client_credential=app_credential(settings),
+                ca_bundle=settings.microsoft_ca_bundle or None,
+            )
+        )
+    else:
+        tokens = MicrosoftTokenSource(
             refresh_token=context.credentials["refresh_token"],
             authority=settings.microsoft_authority,
             client_id=settings.microsoft_client_id,
             client_secret=settings.microsoft_client_secret,
             ca_bundle=settings.microsoft_ca_bundle or None,
-        ),
+        )
+    return MicrosoftProvider(
+        client=context.client,
+        api_url=settings.graph_api_url,
+        user_id=context.resource.calendar_id,
+        tokens=tokens,
         time_zone=context.resource.time_zone,
         limiter=context.limiter,
         account=context.account,
@@ -639,6 +724,9 @@ SPEC = ProviderSpec(
     name=NAME,
     origin=ProviderOrigin.MICROSOFT,
     credential_fields=("refresh_token",),
+    # application permission (client credentials) in this tenant: the resource's
+    # calendar_id names the mailbox
+    other_credentials=(("tenant",),),
     push=PushKind.SUBSCRIPTION,
     rate_limits=lambda settings: (MAILBOX_BUCKET, APP_BUCKET),
     account=_account,
@@ -646,4 +734,5 @@ SPEC = ProviderSpec(
     subscription_ttl=lambda settings: settings.graph_subscription_minutes * 60,
     webhook_path="/webhooks/microsoft",
     shares_app_quota=True,
+    connect=True,
 )

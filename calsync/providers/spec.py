@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -82,6 +82,9 @@ class ProviderSpec:
     * ``name``: the word in registrations, tables, notifications and the rate limiter;
     * ``origin``: the ``provider_origin`` of its events (``codecs/unified_event.avsc``);
     * ``credential_fields``: the non-empty strings a registration must carry;
+      ``other_credentials``: further kinds of credential it may carry instead, each a
+      tuple of field names (an application's access to a whole organisation);
+      :meth:`credential_kind` picks one;
     * ``check_calendar``: refuses a ``calendar_id`` with :class:`ValueError` (its
       message is shown to the caller), given the network policy for user-supplied URLs;
     * ``push`` and ``subscription_ttl`` (seconds asked of the provider, from settings),
@@ -91,6 +94,8 @@ class ProviderSpec:
       deployment, so each worker takes the share of it its partitions own;
     * ``user_supplied_urls``: the provider connects where the registrant says, so it
       gets the network-guarded client;
+    * ``connect``: a calendar's owner can grant access through a connect link
+      (an OAuth consent, :mod:`calsync.gateway.connect`);
     * ``account``: the rate-limit account of a resource, from its plaintext credentials;
     * ``build``: the provider of one resource.
     """
@@ -107,3 +112,15 @@ class ProviderSpec:
     check_calendar: Callable[[str, NetworkPolicy], None] | None = None
     shares_app_quota: bool = False
     user_supplied_urls: bool = False
+    connect: bool = False
+    other_credentials: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def credential_kinds(self) -> tuple[tuple[str, ...], ...]:
+        """Every accepted set of credential fields, the usual one first."""
+        return (self.credential_fields, *self.other_credentials)
+
+    def credential_kind(self, names: Iterable[str]) -> tuple[str, ...] | None:
+        """The kind whose fields are exactly ``names``, else None."""
+        given = frozenset(names)
+        return next((kind for kind in self.credential_kinds if frozenset(kind) == given), None)

@@ -1,7 +1,7 @@
 """The admin-token middleware: every route but the public ones needs the bearer token.
 
 A request is let through when the route it *matched* is public (its path is
-``/healthz`` or starts with ``/webhooks/``) or when it carries
+``/healthz`` or starts with ``/webhooks/`` or ``/connect/``) or when it carries
 ``Authorization: Bearer <CALSYNC_ADMIN_TOKEN>``. Anything else, unknown paths and
 wrong methods included, gets the same ``401`` with ``WWW-Authenticate: Bearer`` and
 a fixed body, so an unauthenticated caller learns nothing about which routes exist.
@@ -27,13 +27,15 @@ from calsync.crypto import derive_key
 from calsync.settings import Settings
 
 _PUBLIC_PATHS = frozenset({"/healthz"})
-_PUBLIC_PREFIX = "/webhooks/"
+#: ``/connect/*`` pages are opened by calendar owners, who have no admin token: each is
+#: authorized by the one-time token in its own URL or form (calsync.gateway.connect).
+_PUBLIC_PREFIXES = ("/webhooks/", "/connect/")
 _UNAUTHORIZED = {"error": "a valid 'Authorization: Bearer <admin token>' is required"}
 
 
 def is_public_path(path: str) -> bool:
     """Whether a route with this path (a route's canonical path) is served without a token."""
-    return path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIX)
+    return path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES)
 
 
 def token_digest(token: str) -> bytes:

@@ -29,7 +29,8 @@ class Surface(enum.Enum):
 
     #: public and admin routes together (no ``CALSYNC_ADMIN_BIND``)
     ALL = "all"
-    #: the webhooks and ``/healthz`` only: the address the internet may reach
+    #: the webhooks, the connect pages and ``/healthz`` only: the address the internet
+    #: may reach
     PUBLIC = "public"
     #: everything but the webhooks; ``/healthz`` too, for whoever probes this address
     ADMIN = "admin"

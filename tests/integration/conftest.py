@@ -34,14 +34,14 @@ GatewayFactory = Callable[[Settings], Awaitable[str]]
 
 
 @asynccontextmanager
-async def serve_gateway(settings: Settings) -> AsyncIterator[str]:
-    """The standalone gateway on a free port; yields its base URL."""
+async def serve_gateway(settings: Settings, port: int | None = None) -> AsyncIterator[str]:
+    """The standalone gateway on ``port`` (default: a free one); yields its base URL."""
     await asyncio.to_thread(ensure_topics, settings)
     publisher = KafkaPublisher(settings.kafka_bootstrap)
     await publisher.start()
     runner = web.AppRunner(build_gateway_app(settings, publisher))
     await runner.setup()
-    port = free_port()
+    port = port or free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     try:
@@ -252,6 +252,7 @@ async def google_world(  # type: ignore[no-untyped-def]
         settings = kafka_settings(
             google_api_url=emulator.api_url,
             google_token_url=emulator.token_url,
+            google_auth_url=emulator.auth_url,
             google_client_id=CLIENT_ID,
             google_client_secret=CLIENT_SECRET,
             **extra,

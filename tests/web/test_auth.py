@@ -152,7 +152,17 @@ async def test_raw_paths_the_client_would_normalize(
 
 def test_public_paths() -> None:
     assert is_public_path("/healthz") and is_public_path("/webhooks/microsoft/lifecycle")
-    for path in ("/", "/healthz/", "/webhooks", "/api/resources", "/status/", "/table/"):
+    assert is_public_path("/connect/google/callback")
+    for path in (
+        "/",
+        "/healthz/",
+        "/webhooks",
+        "/connect",
+        "/api/connect",
+        "/api/resources",
+        "/status/",
+        "/table/",
+    ):
         assert not is_public_path(path)
 
 

@@ -52,3 +52,27 @@ async def test_surfaces(
 def test_an_unknown_surface_is_refused(make_settings: SettingsFactory) -> None:
     with pytest.raises(ValueError, match="everything"):
         build_gateway_app(make_settings(), NullPublisher(), surface="everything")
+
+
+async def test_a_link_made_on_the_admin_address_opens_on_the_public_one(
+    make_settings: SettingsFactory,
+) -> None:
+    from calsync.gateway.http import Gateway
+
+    settings = make_settings(google_client_id="cid.apps.googleusercontent.com")
+    gateway = Gateway(settings, NullPublisher())  # type: ignore[arg-type]
+    admin = build_gateway_app(settings, NullPublisher(), surface="admin", gateway=gateway)
+    public = build_gateway_app(settings, NullPublisher(), surface="public", gateway=gateway)
+    assert "/connect/{link}" in paths(public) and "/connect/{link}" not in paths(admin)
+    assert "/api/connect" in paths(admin) and "/api/connect" not in paths(public)
+    async with TestClient(TestServer(admin)) as a, TestClient(TestServer(public)) as p:
+        made = await a.post(
+            "/api/connect", headers=AUTH, json={"resource_id": "r", "provider": "google"}
+        )
+        assert made.status == 201
+        link = (await made.json())["connect_url"].split("/connect/")[1]
+        opened = await p.get(f"/connect/{link}", allow_redirects=False)
+        assert opened.status == 302
+        location = opened.headers["Location"]
+        assert location.startswith("https://accounts.google.com/o/oauth2/v2/auth?")
+        assert "code_challenge_method=S256" in location and "state=" in location

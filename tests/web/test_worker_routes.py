@@ -18,6 +18,19 @@ WEBHOOKS = {
     ("POST", "/webhooks/microsoft/lifecycle"),
 }
 HEALTH = {("GET", "/healthz"), ("HEAD", "/healthz")}
+#: Pages a calendar's owner opens from a connect link: no admin token, but each one is
+#: authorized by the link's own one-time token (calsync.gateway.connect)
+CONNECT = {
+    ("GET", "/connect/google/callback"),
+    ("HEAD", "/connect/google/callback"),
+    ("GET", "/connect/microsoft/callback"),
+    ("HEAD", "/connect/microsoft/callback"),
+    ("GET", "/connect/microsoft/admin-consent"),
+    ("HEAD", "/connect/microsoft/admin-consent"),
+    ("GET", "/connect/{link}"),
+    ("HEAD", "/connect/{link}"),
+    ("POST", "/connect/{link}/calendars"),
+}
 #: Faust's built-in pages (faust/web/apps/*): none is mounted unless asked for
 FAUST_PREFIXES = ("/table", "/router", "/graph", "/performance", "/assignment")
 
@@ -75,10 +88,15 @@ async def test_every_route_but_webhooks_and_health_needs_the_token(
         if pages:
             assert {("GET", "/table/{name}/{key}/"), ("GET", "/router/"), ("GET", "/")} <= mounted
         async with served(application) as client:
-            for method, path in sorted(mounted - WEBHOOKS - HEALTH):
+            assert {r for r in mounted if r[1].startswith("/connect/")} == CONNECT
+            for method, path in sorted(mounted - WEBHOOKS - HEALTH - CONNECT):
                 response = await client.request(method, concrete(path))
                 assert response.status == 401, (method, path, response.status)
                 assert response.headers["WWW-Authenticate"] == "Bearer"
+            for method, path in sorted(CONNECT):
+                # without a live one-time token they do nothing
+                response = await client.request(method, concrete(path), allow_redirects=False)
+                assert response.status in (400, 404), (method, path, response.status)
             health = await client.get("/healthz")
             assert health.status == 200
             # without the token, every unknown path looks like any admin route
@@ -94,13 +112,15 @@ async def test_admin_bind_moves_admin_routes_off_the_public_port(
     app = build(make_settings, admin_bind=f"127.0.0.1:{free_port()}", faust_pages=True)
     assert app.public_server is not None
     public = routes(app.public_server.site.app)
-    assert public == WEBHOOKS | HEALTH
+    # owners open connect links from wherever they are: the public port serves them
+    assert public == WEBHOOKS | HEALTH | CONNECT
     assert (app.public_server.site.host, app.public_server.site.port) == (
         app.settings.web_bind,
         app.settings.web_port,
     )
     admin = routes(web_app(app))
-    assert not admin & WEBHOOKS
+    assert not admin & WEBHOOKS and not admin & CONNECT
+    assert ("POST", "/api/connect") in admin
     assert admin >= HEALTH and ("GET", "/api/status") in admin and ("GET", "/table/") in admin
     assert app.conf.web_port == app.settings.admin_address[1]  # type: ignore[index]
     async with served(app.public_server.site.app) as client:
@@ -128,7 +148,7 @@ async def test_the_read_token_reads_every_route_and_changes_none(
     mounted = routes(application)
     changing = sorted(
         (method, path)
-        for method, path in mounted - WEBHOOKS - HEALTH - SESSION_ROUTES
+        for method, path in mounted - WEBHOOKS - HEALTH - SESSION_ROUTES - CONNECT
         if method not in ("GET", "HEAD")
     )
     assert ("POST", "/api/resources") in changing

@@ -1,0 +1,1 @@
+"""Connecting calendars: OAuth consent flows and the state they keep while they run."""
