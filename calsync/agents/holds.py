@@ -92,17 +92,7 @@ class HoldService:
             found = sorted(index.overlapping(start, end, mask), key=lambda e: e.start)
             if not found:
                 return None
-            entry = found[0]
-            origin = registry.spec(resource.provider).origin
-            return Conflict(
-                rid,
-                "busy",
-                entry.start,
-                entry.end,
-                flags=entry.flags,
-                system_event_id=system_event_id(origin, rid, entry.native_event_id),
-                detail="busy at the provider",
-            )
+            return _conflict(rid, resource, found[0], "busy at the provider")
 
         return find
 
@@ -138,22 +128,13 @@ class HoldService:
         resource = self.resources.get(rid)
         if not book.holds or resource is None:
             return
-        origin = registry.spec(resource.provider).origin
         now = self.clock()
         records: list[tuple[str, bytes]] = []
         for entry in changed:
             if not entry.flags & 5:  # busy or out of office: what a hold promised against
                 continue
             for hold in book.conflicts_with(entry.start, entry.end):
-                conflict = Conflict(
-                    rid,
-                    "busy",
-                    entry.start,
-                    entry.end,
-                    flags=entry.flags,
-                    system_event_id=system_event_id(origin, rid, entry.native_event_id),
-                    detail="a provider event landed on this hold",
-                )
+                conflict = _conflict(rid, resource, entry, "a provider event landed on this hold")
                 event = HoldEvent(
                     hold_id=hold.hold_id,
                     resource_id=rid,
@@ -210,6 +191,20 @@ class HoldService:
         if requests:
             pending.append(self.outbox.hold_requests(requests))
         await asyncio.gather(*pending)
+
+
+def _conflict(rid: str, resource: Resource, entry: Entry, detail: str) -> Conflict:
+    """Provider busy time (an index entry) standing in a hold's way."""
+    origin = registry.spec(resource.provider).origin
+    return Conflict(
+        rid,
+        "busy",
+        entry.start,
+        entry.end,
+        flags=entry.flags,
+        system_event_id=system_event_id(origin, rid, entry.native_event_id),
+        detail=detail,
+    )
 
 
 def _serialize(effects: Effects) -> list[dict[str, Any]]:

@@ -508,6 +508,21 @@ class HoldBook:
             effects.requests.append(self._to(other, HoldRequestKind.ABORT, hold, now))
         return effects
 
+    def _placeholder(self, request: HoldRequest, now: float) -> Hold:
+        """A hold the home never prepared, to decide (reject) it all the same."""
+        return Hold(
+            hold_id=request.hold_id,
+            start=request.start,
+            end=request.end,
+            state=HoldState.PENDING,
+            home=self.resource_id,
+            participants=tuple(sorted(set(request.participants or []))),
+            fingerprint="",
+            created_at=now,
+            ttl=0.0,
+            blocking=0,
+        )
+
     def _vote(self, request: HoldRequest, now: float, busy: BusyConflict) -> Effects:
         """At the home: a participant's yes or no."""
         effects = Effects()
@@ -524,18 +539,7 @@ class HoldBook:
                     self.early[hid] = tuple(sorted({*self.early.get(hid, ()), voter}))
                 return effects
             # a no before the home's own prepare: the hold is decided, rejected
-            placeholder = Hold(
-                hold_id=hid,
-                start=request.start,
-                end=request.end,
-                state=HoldState.PENDING,
-                home=self.resource_id,
-                participants=tuple(sorted(set(request.participants or []))),
-                fingerprint="",
-                created_at=now,
-                ttl=0.0,
-                blocking=0,
-            )
+            placeholder = self._placeholder(request, now)
             conflict = Conflict.from_json(request.conflict) if request.conflict else None
             self.early.pop(hid, None)
             return self._abort_at_home(placeholder, now, conflict, "")
@@ -656,18 +660,7 @@ class HoldBook:
                 effects.requests.append(self._to(voter, HoldRequestKind.COMMIT, ended, now))
                 effects.requests.append(self._to(voter, kind, ended, now))
         else:  # never prepared here: decide it now, rejected
-            placeholder = Hold(
-                hold_id=hid,
-                start=request.start,
-                end=request.end,
-                state=HoldState.PENDING,
-                home=self.resource_id,
-                participants=tuple(sorted(set(request.participants or []))),
-                fingerprint="",
-                created_at=now,
-                ttl=0.0,
-                blocking=0,
-            )
+            placeholder = self._placeholder(request, now)
             self.early.pop(hid, None)
             return self._abort_at_home(placeholder, now, None, "its home never saw the request")
         return effects

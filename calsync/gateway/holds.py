@@ -17,7 +17,7 @@ from collections.abc import Collection
 from calsync.availability.holds import HoldEvent, HoldEventKind
 from calsync.codecs.holds import decode_hold_event
 from calsync.errors import CodecError
-from calsync.streams.follower import TopicFollower
+from calsync.streams.follower import Followed
 
 __all__ = ["HoldBoard", "HoldFollower"]
 
@@ -86,7 +86,7 @@ class HoldBoard:
                 await asyncio.wait_for(changed.wait(), remaining)
 
 
-class HoldFollower(HoldBoard):
+class HoldFollower(Followed[HoldEvent], HoldBoard):
     """A :class:`HoldBoard` fed by one group-less consumer of the holds topic."""
 
     def __init__(
@@ -97,22 +97,11 @@ class HoldFollower(HoldBoard):
         lookback: float = 120.0,
         client_id: str = "calsync-hold-follower",
     ) -> None:
-        super().__init__()
-        self._topic = topic
-        self._follower = TopicFollower(
-            bootstrap, topic, self._on_record, lookback=lookback, client_id=client_id
-        )
+        HoldBoard.__init__(self)
+        self._follow(bootstrap, topic, lookback=lookback, client_id=client_id)
 
-    def _on_record(self, value: bytes | None) -> None:
+    def decode(self, value: bytes | None) -> HoldEvent | None:
         try:
-            event = decode_hold_event(value or b"")
+            return decode_hold_event(value or b"")
         except CodecError:
-            log.warning("undecodable record on %s ignored", self._topic)
-            return
-        self.feed(event)
-
-    async def ready(self) -> None:
-        await self._follower.ready()
-
-    async def aclose(self) -> None:
-        await self._follower.aclose()
+            return None

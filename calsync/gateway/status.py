@@ -32,7 +32,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from calsync.streams.follower import TopicFollower
+from calsync.streams.follower import Followed
 from calsync.streams.records import StatusEvent
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ def _decode(value: bytes | None) -> StatusEvent | None:
     return event if valid else None
 
 
-class StatusFollower(StatusBoard):
+class StatusFollower(Followed[StatusEvent], StatusBoard):
     """A :class:`StatusBoard` fed by a group-less aiokafka consumer of the status topic.
 
     :meth:`ready` starts it (once; concurrent callers share the start) at the
@@ -305,21 +305,8 @@ class StatusFollower(StatusBoard):
         max_resources: int = 10_000,
         per_resource: int = 4,
     ) -> None:
-        super().__init__(max_resources=max_resources, per_resource=per_resource)
-        self._topic = topic
-        self._follower = TopicFollower(
-            bootstrap, topic, self._on_record, lookback=lookback, client_id=client_id
-        )
+        StatusBoard.__init__(self, max_resources=max_resources, per_resource=per_resource)
+        self._follow(bootstrap, topic, lookback=lookback, client_id=client_id)
 
-    def _on_record(self, value: bytes | None) -> None:
-        event = _decode(value)
-        if event is None:
-            log.warning("undecodable record on %s ignored", self._topic)
-            return
-        self.feed(event)
-
-    async def ready(self) -> None:
-        await self._follower.ready()
-
-    async def aclose(self) -> None:
-        await self._follower.aclose()
+    def decode(self, value: bytes | None) -> StatusEvent | None:
+        return _decode(value)

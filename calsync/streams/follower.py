@@ -13,10 +13,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 #: Seconds :meth:`TopicFollower.ready` waits for the look-back to be read.
 CATCH_UP_TIMEOUT = 10.0
@@ -128,3 +131,41 @@ class TopicFollower:
                 await task
         if consumer is not None:
             await consumer.stop()
+
+
+class Followed(Generic[R]):
+    """Mixin: a board fed by a :class:`TopicFollower` of one topic.
+
+    The board defines ``feed(record)``; a subclass defines :meth:`decode` (``None`` for
+    a record it cannot read, which is logged and skipped) and calls :meth:`_follow`
+    from its ``__init__``. List it before the board, so that its :meth:`ready` and
+    :meth:`aclose` start and stop the follower.
+    """
+
+    _topic: str
+    _follower: TopicFollower
+
+    def _follow(self, bootstrap: str, topic: str, *, lookback: float, client_id: str) -> None:
+        self._topic = topic
+        self._follower = TopicFollower(
+            bootstrap, topic, self._on_record, lookback=lookback, client_id=client_id
+        )
+
+    def decode(self, value: bytes | None) -> R | None:
+        raise NotImplementedError
+
+    def feed(self, record: R) -> None:
+        raise NotImplementedError
+
+    def _on_record(self, value: bytes | None) -> None:
+        record = self.decode(value)
+        if record is None:
+            log.warning("undecodable record on %s ignored", self._topic)
+            return
+        self.feed(record)
+
+    async def ready(self) -> None:
+        await self._follower.ready()
+
+    async def aclose(self) -> None:
+        await self._follower.aclose()
