@@ -426,6 +426,20 @@ async def test_connected_calendar_syncs_and_reconnects_after_revocation(kafka_se
         second_grant = [g for g in emulator.grants_of("carol@example.com") if g != first_grant]
         assert (await world.api_status())["resources"] == 1
         assert len(second_grant) == 1
+        # the syncToken belongs to the calendar, not the grant: the new grant resumed from
+        # the stored cursor and never listed the calendar in full
+        account = emulator.account_of(second_grant[0])
+        listings = [
+            r
+            for r in emulator.requests_for(account=account)
+            if r.method == "GET" and r.path.endswith("/events")
+        ]
+        assert listings, world.worker.tail()
+        assert all("syncToken" in r.query for r in listings), [r.query for r in listings]
+        carol = [s for s in await world.statuses() if s.resource_id == "carol"]
+        recovered = max(i for i, s in enumerate(carol) if s.status == "recovered")
+        assert carol[recovered].data == {"resumed": True}
+        assert "resync_started" not in [s.status for s in carol[recovered:]]
         log = world.worker.log_path.read_text(errors="replace")
         for token in (first_grant, second_grant[0]):
             assert token not in log
