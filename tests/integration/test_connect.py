@@ -525,6 +525,63 @@ async def test_microsoft_link_registers_the_mailbox_and_events_flow(kafka_settin
                 assert not any(token in p for p in owner.pages)
 
 
+async def test_microsoft_code_from_another_client_registers_nothing(kafka_settings) -> None:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    async with google_world(
+        kafka_settings, microsoft=True, web_port=port, public_url=public
+    ) as world:
+        ms = world.ms
+        assert ms is not None
+        ms.add_mailbox("frank@contoso.com")
+        callback = f"{public}/connect/microsoft/callback"
+        ms.add_redirect_uri(CLIENT_ID, callback)
+        ms.add_client("other-client", "other-secret")
+        ms.add_redirect_uri("other-client", callback)  # same redirect URI, another app
+        link = await make_link(world.admin_url, resource_id="frank", provider="microsoft")
+        async with httpx.AsyncClient(
+            verify=ssl.create_default_context(cafile=ms.ca_bundle_path)
+        ) as client:
+            owner = Owner(client)
+            opened = await owner.get(link)
+            assert opened.status_code == 302, opened.text
+            authorize = urlsplit(opened.headers["Location"])
+            query = parse_qs(authorize.query)
+            assert query["client_id"] == [CLIENT_ID]
+            state = query["state"][0]
+            # the same authorization request, made by the other application
+            foreign_query = urlencode(
+                {k: v[0] for k, v in query.items()} | {"client_id": "other-client"}
+            )
+            endpoint = f"{authorize.scheme}://{authorize.netloc}{authorize.path}"
+            screen = await owner.get(f"{endpoint}?{foreign_query}")
+            assert "other-client wants to access your account" in screen.text, screen.text
+            answer = await owner.post(
+                endpoint,
+                data={
+                    **hidden_fields(screen.text),
+                    "user": "frank@contoso.com",
+                    "decision": "allow",
+                },
+            )
+            assert answer.status_code == 302, answer.text
+            code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
+            # calsync's callback gets that code with its own, valid state
+            foreign = await owner.get(
+                f"{public}/connect/microsoft/callback?" + urlencode({"state": state, "code": code})
+            )
+            assert foreign.status_code == 502, foreign.text
+            assert "Nothing was connected" in foreign.text
+            assert code not in foreign.text
+            # the link is not spent: the owner can open it again
+            assert (await owner.get(link)).status_code == 302
+        assert ms.grants_of("frank@contoso.com") == []
+        assert [c for c in await registrations(world.settings) if c.resource_id == "frank"] == []
+        async with httpx.AsyncClient(base_url=world.admin_url, headers=ADMIN) as api:
+            assert (await api.get("/api/resources/frank")).status_code == 404
+        assert (await world.api_status())["resources"] == 0
+
+
 # -- the CLI's installed-app flow: a loopback redirect on a free port -----------------------
 
 
