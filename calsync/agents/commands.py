@@ -21,7 +21,7 @@ from calsync.agents.supervision import Health, install_agent
 from calsync.crypto import SecretBox
 from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind, Notification, Reason
-from calsync.tables.records import Resource
+from calsync.tables.records import Resource, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,30 @@ def _notification(command: Command, provider: str, *, full: bool = False) -> Not
         reason=Reason.COMMAND.value,
         received_at=command.issued_at,
         full=full,
+    )
+
+
+def resumes_from_cursor(
+    previous: Resource | None, current: Resource, state: SyncState | None
+) -> bool:
+    """Whether a resource that recovers from ``reauth_required`` with new (or rotated)
+    credentials can resume from its stored cursor instead of a full listing.
+
+    A Google ``syncToken``, a Graph delta link and a CalDAV ``sync-token`` belong to
+    the calendar, not to the grant: after the owner consents again the cursor still
+    works. Only the same provider and calendar qualify, with a cursor that is not
+    known to have expired. Should the provider find it expired after all, the sync's
+    ``CursorExpired`` path falls back to a full resync by itself; the stored index
+    is kept either way, so nothing is emitted twice.
+    """
+    return (
+        previous is not None
+        and previous.state == "reauth_required"
+        and previous.provider == current.provider
+        and previous.calendar_id == current.calendar_id
+        and state is not None
+        and state.cursor is not None
+        and not state.cursor_expired_at
     )
 
 
@@ -138,10 +162,15 @@ class Commands:
         if resource.state == "reauth_required":
             context.resources[rid] = resource.derive(state="active")
             await context.status(rid, "recovered", "rotated credentials applied")
-            await context.outbox.notify(_notification(command, resource.provider, full=True))
+            full = not resumes_from_cursor(resource, resource, context.sync_state.get(rid))
+            await context.outbox.notify(_notification(command, resource.provider, full=full))
 
     async def _register(self, command: Command) -> None:
-        """Store the resource; the bulk lane subscribes it and runs the first full sync."""
+        """Store the resource; the bulk lane subscribes it and runs the first full sync.
+
+        A reconnect (the same calendar registered again while it waits for new
+        credentials) resumes from the stored cursor instead: see
+        :func:`resumes_from_cursor`."""
         context, rid = self._context, command.resource_id
         if not (command.provider and command.calendar_id and command.credentials):
             await context.status(rid, "failed", "register command without provider or credentials")
@@ -166,9 +195,10 @@ class Commands:
             context.sync_state[rid] = state.derive(
                 not_before=0.0, subscribe_failures=0, subscribe_retry_at=0.0
             )
+        full = not resumes_from_cursor(previous, resource, state)
         if previous is not None and previous.state == "reauth_required":
-            await context.status(rid, "recovered", "new credentials")
-        await context.outbox.notify(_notification(command, resource.provider, full=True))
+            await context.status(rid, "recovered", "new credentials", resumed=not full)
+        await context.outbox.notify(_notification(command, resource.provider, full=full))
         await context.status(
             rid,
             "registered",

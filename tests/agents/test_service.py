@@ -277,6 +277,93 @@ async def test_revoked_grant_stops_provider_calls(world) -> None:
     assert provider.fetches == fetches + 1
 
 
+async def revoked_after_a_sync(
+    service: SyncService, provider: FlakyProvider, outbox: ListOutbox, clock: list[float]
+) -> SyncState:
+    """Register r1, sync two events, then lose the grant on a push: r1 waits for a
+    reconnect with its stored cursor and index. Returns that sync state."""
+    await service.on_command(register(service))
+    provider.put(occ(1))
+    provider.put(occ(2))
+    await deliver(service, outbox.notifications[-1])
+    synced = service.sync_state["r1"]
+    assert synced.cursor is not None
+    provider.put(occ(3))  # changed while the grant was revoked
+    provider.errors.append(AuthorizationRevoked("invalid_grant"))
+    clock[0] += 1
+    await service.on_notification(push(clock[0] - 0.5), Lane.LIVE)
+    assert service.resources["r1"].state == "reauth_required"
+    assert service.sync_state["r1"].cursor == synced.cursor
+    return synced
+
+
+def upserted(outbox: ListOutbox) -> list[str]:
+    return [e.native_event_id for e in outbox.emitted if e.change is ChangeKind.UPSERT]
+
+
+async def test_a_reconnect_resumes_from_the_stored_cursor(world) -> None:
+    service, provider, outbox, clock = world
+    synced = await revoked_after_a_sync(service, provider, outbox, clock)
+    box = SecretBox(service.settings.secret_key)
+    reconnect = register(service).derive(credentials={"refresh_token": box.encrypt("rt-new")})
+    await service.on_command(reconnect)
+    resumed = outbox.notifications[-1]
+    assert not resumed.full and resumed.reason == "command"
+    recovered = [s for s in outbox.statuses if s.status == "recovered"][-1]
+    assert recovered.data == {"resumed": True}
+    listings = full_listings(provider)
+    await deliver(service, resumed)
+    assert full_listings(provider) == listings  # no full listing
+    assert provider.cursors[-1] == synced.cursor
+    assert upserted(outbox) == ["ev1", "ev2", "ev3"]  # each once: nothing re-emitted
+    assert len(provider.subscriptions) == 1  # the bulk lane subscribed it again
+    assert service.resources["r1"].state == "active"
+
+
+async def test_a_reconnect_with_an_expired_cursor_lists_in_full_without_duplicates(
+    world,
+) -> None:
+    service, provider, outbox, clock = world
+    await revoked_after_a_sync(service, provider, outbox, clock)
+    provider.invalidate_cursors()
+    provider.items.pop("ev1")  # deleted meanwhile: only a listing shows it
+    await service.on_command(register(service))
+    resumed = outbox.notifications[-1]
+    assert not resumed.full
+    listings = full_listings(provider)
+    await deliver(service, resumed)
+    assert full_listings(provider) == listings + 1  # the cursor expired: a full listing
+    assert upserted(outbox) == ["ev1", "ev2", "ev3"]  # the index kept: no re-emission
+    deletes = [e.native_event_id for e in outbox.emitted if e.change is ChangeKind.DELETE]
+    assert deletes == ["ev1"]
+    assert service.sync_state["r1"].cursor is not None
+
+
+async def test_a_registration_that_moves_the_calendar_lists_in_full(world) -> None:
+    service, provider, outbox, clock = world
+    await revoked_after_a_sync(service, provider, outbox, clock)
+    await service.on_command(register(service).derive(calendar_id="other"))
+    assert outbox.notifications[-1].full
+
+
+async def test_rotated_credentials_resume_a_synced_resource_from_its_cursor(world) -> None:
+    service, provider, outbox, clock = world
+    synced = await revoked_after_a_sync(service, provider, outbox, clock)
+    box = SecretBox(service.settings.secret_key)
+    rotate = Command(
+        kind="rotate",
+        resource_id="r1",
+        issued_at=clock[0],
+        credentials={"refresh_token": box.encrypt("rt-2")},
+    )
+    await service.on_command(rotate)
+    assert service.resources["r1"].state == "active"
+    assert not outbox.notifications[-1].full
+    await deliver(service, outbox.notifications[-1])
+    assert provider.cursors[-1] == synced.cursor
+    assert upserted(outbox) == ["ev1", "ev2", "ev3"]
+
+
 async def test_remove_emits_deletes_for_everything_known(world) -> None:
     service, provider, outbox, _ = world
     await service.on_command(register(service))

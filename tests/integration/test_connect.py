@@ -426,6 +426,20 @@ async def test_connected_calendar_syncs_and_reconnects_after_revocation(kafka_se
         second_grant = [g for g in emulator.grants_of("carol@example.com") if g != first_grant]
         assert (await world.api_status())["resources"] == 1
         assert len(second_grant) == 1
+        # the syncToken belongs to the calendar, not the grant: the new grant resumed from
+        # the stored cursor and never listed the calendar in full
+        account = emulator.account_of(second_grant[0])
+        listings = [
+            r
+            for r in emulator.requests_for(account=account)
+            if r.method == "GET" and r.path.endswith("/events")
+        ]
+        assert listings, world.worker.tail()
+        assert all("syncToken" in r.query for r in listings), [r.query for r in listings]
+        carol = [s for s in await world.statuses() if s.resource_id == "carol"]
+        recovered = max(i for i, s in enumerate(carol) if s.status == "recovered")
+        assert carol[recovered].data == {"resumed": True}
+        assert "resync_started" not in [s.status for s in carol[recovered:]]
         log = world.worker.log_path.read_text(errors="replace")
         for token in (first_grant, second_grant[0]):
             assert token not in log
@@ -509,6 +523,63 @@ async def test_microsoft_link_registers_the_mailbox_and_events_flow(kafka_settin
             for token in grants:
                 assert token not in log and token.encode() not in topics
                 assert not any(token in p for p in owner.pages)
+
+
+async def test_microsoft_code_from_another_client_registers_nothing(kafka_settings) -> None:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    async with google_world(
+        kafka_settings, microsoft=True, web_port=port, public_url=public
+    ) as world:
+        ms = world.ms
+        assert ms is not None
+        ms.add_mailbox("frank@contoso.com")
+        callback = f"{public}/connect/microsoft/callback"
+        ms.add_redirect_uri(CLIENT_ID, callback)
+        ms.add_client("other-client", "other-secret")
+        ms.add_redirect_uri("other-client", callback)  # same redirect URI, another app
+        link = await make_link(world.admin_url, resource_id="frank", provider="microsoft")
+        async with httpx.AsyncClient(
+            verify=ssl.create_default_context(cafile=ms.ca_bundle_path)
+        ) as client:
+            owner = Owner(client)
+            opened = await owner.get(link)
+            assert opened.status_code == 302, opened.text
+            authorize = urlsplit(opened.headers["Location"])
+            query = parse_qs(authorize.query)
+            assert query["client_id"] == [CLIENT_ID]
+            state = query["state"][0]
+            # the same authorization request, made by the other application
+            foreign_query = urlencode(
+                {k: v[0] for k, v in query.items()} | {"client_id": "other-client"}
+            )
+            endpoint = f"{authorize.scheme}://{authorize.netloc}{authorize.path}"
+            screen = await owner.get(f"{endpoint}?{foreign_query}")
+            assert "other-client wants to access your account" in screen.text, screen.text
+            answer = await owner.post(
+                endpoint,
+                data={
+                    **hidden_fields(screen.text),
+                    "user": "frank@contoso.com",
+                    "decision": "allow",
+                },
+            )
+            assert answer.status_code == 302, answer.text
+            code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
+            # calsync's callback gets that code with its own, valid state
+            foreign = await owner.get(
+                f"{public}/connect/microsoft/callback?" + urlencode({"state": state, "code": code})
+            )
+            assert foreign.status_code == 502, foreign.text
+            assert "Nothing was connected" in foreign.text
+            assert code not in foreign.text
+            # the link is not spent: the owner can open it again
+            assert (await owner.get(link)).status_code == 302
+        assert ms.grants_of("frank@contoso.com") == []
+        assert [c for c in await registrations(world.settings) if c.resource_id == "frank"] == []
+        async with httpx.AsyncClient(base_url=world.admin_url, headers=ADMIN) as api:
+            assert (await api.get("/api/resources/frank")).status_code == 404
+        assert (await world.api_status())["resources"] == 0
 
 
 # -- the CLI's installed-app flow: a loopback redirect on a free port -----------------------
