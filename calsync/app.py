@@ -351,6 +351,10 @@ def _describe(rid: str, resource: Resource, service: SyncService) -> dict[str, A
         "has_cursor": state.cursor is not None,
         "failures": state.failures,
         "last_error": state.last_error or None,
+        # ok | refreshing (the token endpoint failed transiently; a retry waits) | reauth_required
+        "credentials": (
+            "reauth_required" if resource.state == "reauth_required" else state.credentials or "ok"
+        ),
         "last_change_latency_ms": state.last_change_latency_ms or None,
         "channel_expires_in": (
             _span(channel.expires_at_ms / 1000 - now) if channel is not None else "none"

@@ -57,7 +57,7 @@ _STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 _CREDENTIAL_WORDS = {
     "ok": "ok",
     "refreshing": "refreshing (token endpoint failing, retrying)",
-    "reauth_required": "revoked: needs reconnecting",
+    "reauth_required": "needs reconnecting",
 }
 _STATE_WORDS = {
     "ok": "in sync",

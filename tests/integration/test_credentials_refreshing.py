@@ -92,6 +92,7 @@ async def test_a_failing_token_endpoint_reads_refreshing_until_it_recovers(
             # a revoked grant would read reauth_required: nobody has to reconnect
             resource = await client.get(f"{world.worker.url}/api/resources/alice", headers=AUTH)
             assert resource.json()["state"] == "active", resource.text
+            assert resource.json()["credentials"] == "refreshing", resource.text
 
             world.emulator.faults.rules.remove(rule)
             await world.wait_for_count(2)
@@ -102,6 +103,8 @@ async def test_a_failing_token_endpoint_reads_refreshing_until_it_recovers(
                 lambda v: v.get("credential") == "ok" and v.get("state") == "ok",
             )
             assert healed["@credentials"] == {"ok": 1}
+            resource = await client.get(f"{world.worker.url}/api/resources/alice", headers=AUTH)
+            assert resource.json()["credentials"] == "ok", resource.text
             deadline = time.monotonic() + 60
             while await refreshing_gauge(client, world) != 0:
                 assert time.monotonic() < deadline, world.worker.tail()
