@@ -351,6 +351,10 @@ def _describe(rid: str, resource: Resource, service: SyncService) -> dict[str, A
         "has_cursor": state.cursor is not None,
         "failures": state.failures,
         "last_error": state.last_error or None,
+        # ok | refreshing (the token endpoint failed transiently; a retry waits) | reauth_required
+        "credentials": (
+            "reauth_required" if resource.state == "reauth_required" else state.credentials or "ok"
+        ),
         "last_change_latency_ms": state.last_change_latency_ms or None,
         "channel_expires_in": (
             _span(channel.expires_at_ms / 1000 - now) if channel is not None else "none"
@@ -480,6 +484,7 @@ def _install_operator_views(
                             channel.expires_at_ms / 1000 if channel is not None else None
                         ),
                         "poll_interval": state.poll_interval or None,
+                        "credentials": state.credentials or "ok",
                         "retries": len(due),
                         "next_retry_at": min(due) if due else None,
                         "worker": name,
@@ -494,9 +499,13 @@ def _install_operator_views(
         states: dict[str, int] = {}
         ages: list[float] = []
         for rid, resource in service.resources.items():
-            states[resource.state] = states.get(resource.state, 0) + 1
+            sync_state = service.sync_state.get(rid) or SyncState()
+            label = resource.state
+            if label == "active" and sync_state.credentials == "refreshing":
+                label = "refreshing"  # its token could not be refreshed yet; a retry waits
+            states[label] = states.get(label, 0) + 1
             if resource.state == "active":
-                synced = (service.sync_state.get(rid) or SyncState()).synced_at
+                synced = sync_state.synced_at
                 ages.append(max(0.0, now - synced) if synced else now - resource.registered_at)
         return {
             "states": states,

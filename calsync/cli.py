@@ -381,6 +381,68 @@ def resources_add(
     _report(_register(settings, [command], wait))
 
 
+def _resource_command(kind: str, resource_id: str) -> None:
+    """Write one resync/pause/resume/remove command, as the admin API and the dashboard
+    do (:func:`calsync.gateway.http.write_command`); exit 1 if the broker refused it."""
+    from calsync.gateway.http import RequestRejected, write_command
+    from calsync.gateway.publisher import KafkaPublisher
+    from calsync.streams.records import CommandKind
+
+    settings = _settings()
+
+    async def send() -> None:
+        publisher = KafkaPublisher(settings.kafka_bootstrap, client_id=f"{settings.app_id}-cli")
+        try:
+            await write_command(
+                publisher.publish,
+                settings.topic("commands"),
+                CommandKind(kind),
+                resource_id,
+                time.time(),
+            )
+        finally:
+            await publisher.aclose()
+
+    try:
+        asyncio.run(send())
+    except RequestRejected as exc:
+        raise click.BadParameter(exc.message, param_hint="resource-id") from None
+    except Exception as exc:  # the broker's errors, in words, at the command line
+        raise click.ClickException(f"could not {kind} {resource_id}: {exc!r}") from exc
+    click.echo(f"{kind} {resource_id}: command written (the owning worker applies it)")
+
+
+_RESOURCE_ID_OPTION = click.option("--resource-id", required=True, help="The resource's id.")
+
+
+@resources.command("resync")
+@_RESOURCE_ID_OPTION
+def resources_resync(resource_id: str) -> None:
+    """Run a full resync of a calendar (the dashboard's Resync button)."""
+    _resource_command("resync", resource_id)
+
+
+@resources.command("pause")
+@_RESOURCE_ID_OPTION
+def resources_pause(resource_id: str) -> None:
+    """Stop calling the provider for a calendar until it is resumed."""
+    _resource_command("pause", resource_id)
+
+
+@resources.command("resume")
+@_RESOURCE_ID_OPTION
+def resources_resume(resource_id: str) -> None:
+    """Resume a paused calendar (with a full resync)."""
+    _resource_command("resume", resource_id)
+
+
+@resources.command("remove")
+@_RESOURCE_ID_OPTION
+def resources_remove(resource_id: str) -> None:
+    """Unregister a calendar: deletes are emitted for every event known of it."""
+    _resource_command("remove", resource_id)
+
+
 @resources.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option(

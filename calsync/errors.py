@@ -10,7 +10,8 @@
     ├── KafkaBrokerError            the local test/demo broker could not be built or started
     └── ProviderError               anything a provider adapter raises (retriable = False)
         ├── TransientProviderError  5xx, timeouts, connection errors (retriable = True)
-        │   └── RateLimited         429/403 rate limits and throttling 503s; carries retry_after
+        │   ├── RateLimited         429/403 rate limits and throttling 503s; carries retry_after
+        │   └── TokenRefreshFailed  the token endpoint failed transiently: credentials "refreshing"
         ├── CursorExpired           the stored sync cursor is no longer valid: do a full resync
         ├── AuthorizationRevoked    the grant is gone (invalid_grant): the user must re-consent
         ├── ProviderRejected        a 4xx that retrying will not fix
@@ -75,6 +76,13 @@ class RateLimited(TransientProviderError):
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+
+
+class TokenRefreshFailed(TransientProviderError):
+    """The access token could not be refreshed for a transient reason (the token endpoint
+    answered 5xx/429 or was unreachable): the grant is fine, a retry will refresh it.
+    Unlike :class:`AuthorizationRevoked`, nobody has to reconnect anything; the
+    resource's credentials show as "refreshing" until the next successful sync."""
 
 
 class CursorExpired(ProviderError):

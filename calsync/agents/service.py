@@ -46,6 +46,7 @@ from calsync.errors import (
     CursorExpired,
     InternalError,
     RateLimited,
+    TokenRefreshFailed,
 )
 from calsync.model import UnifiedEvent, Window
 from calsync.providers import registry
@@ -526,7 +527,15 @@ class SyncService:
                 await self.context.status(rid, "reauth_required", str(exc))
             return
         attempt = notification.attempt + 1
-        state = state.derive(failures=state.failures + 1, last_error=str(exc)[:300])
+        # the token endpoint failed, not the grant: the credentials are "refreshing"
+        flag: dict[str, Any] = (
+            {"credentials": "refreshing"} if isinstance(exc, TokenRefreshFailed) else {}
+        )
+        state = state.derive(
+            failures=state.failures + 1,
+            last_error=str(exc)[:300],
+            credentials=flag.get("credentials", state.credentials),
+        )
         self.sync_state[rid] = state
         if getattr(exc, "retriable", False) and attempt < self.settings.max_attempts:
             requested = exc.retry_after if isinstance(exc, RateLimited) else None
@@ -552,13 +561,13 @@ class SyncService:
             if isinstance(exc, RateLimited):
                 await self.context.status(rid, "rate_limited", str(exc), retry_after=requested)
             await self.context.status(
-                rid, "retry_scheduled", str(exc), attempt=attempt, delay=delay
+                rid, "retry_scheduled", str(exc), attempt=attempt, delay=delay, **flag
             )
             return
         await self.outbox.deadletter(
             rid, {"notification": notification.asdict(), "error": str(exc), "attempt": attempt}
         )
-        await self.context.status(rid, "failed", str(exc), attempt=attempt)
+        await self.context.status(rid, "failed", str(exc), attempt=attempt, **flag)
 
     async def _retire(self, rid: str, resource: Resource, state: SyncState) -> None:
         """Emit deletes for everything known of a removed resource and forget it."""

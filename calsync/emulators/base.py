@@ -655,13 +655,14 @@ class BaseEmulator(Generic[GrantT, ErrorT, JobT]):
         answer: web.StreamResponse | None = None
         self._open_call(request)
         try:
-            if is_api:
-                refused = self._admit(request)
+            explicit = not is_api and self._explicit_faults(request)
+            if is_api or explicit:
+                refused = self._admit(request) if is_api else None
                 if refused is not None:
                     fault = refused[0]
                     answer = self._finish(request, refused[1])
                     return answer
-                decision = self.faults.decide(request.method, path)
+                decision = self.faults.decide(request.method, path, explicit=explicit)
                 if decision.fired_latency:
                     fault = "latency"
                     await asyncio.sleep(decision.latency)
@@ -690,6 +691,11 @@ class BaseEmulator(Generic[GrantT, ErrorT, JobT]):
     def _recorded(self, request: web.Request, is_api: bool) -> bool:
         """Provider hook: whether the call lands in ``requests`` (API calls do)."""
         return is_api
+
+    def _explicit_faults(self, request: web.Request) -> bool:
+        """Provider hook: whether a non-API call (a token endpoint) is subject to the
+        fault rules that name a ``path`` matching it; rules without a path never are."""
+        return False
 
     def _open_call(self, request: web.Request) -> None:
         """Provider hook: per-call setup, before anything else."""

@@ -173,7 +173,8 @@ class FaultInjector(Generic[K]):
     ``respond`` renders a firing error rule for the request it hit. Rules are
     checked in order: every firing ``latency`` rule adds its delay, the first
     firing error rule answers the call. Which calls are subject to faults is up
-    to the emulator (API calls only, never the token endpoint nor control routes).
+    to the emulator: API calls, never control routes; a token endpoint only to rules
+    whose ``path`` matches it (Google's ``/token``).
     """
 
     def __init__(self, kinds: Iterable[K], respond: Responder[K], seed: int | None = None) -> None:
@@ -230,10 +231,15 @@ class FaultInjector(Generic[K]):
         self.rules.clear()
         self.drop_push_probability = 0.0
 
-    def decide(self, method: str, path: str) -> FaultDecision[K]:
-        """Roll the dice for one call; consumes ``count`` of the rules that fire."""
+    def decide(self, method: str, path: str, *, explicit: bool = False) -> FaultDecision[K]:
+        """Roll the dice for one call; consumes ``count`` of the rules that fire.
+
+        ``explicit``: only rules with a ``path`` apply (a token endpoint's calls).
+        """
         decision: FaultDecision[K] = FaultDecision()
         for rule in self.rules:
+            if explicit and rule.path is None:
+                continue
             if not rule.matches(method, path):
                 continue
             if rule.probability < 1.0 and self.rng.random() >= rule.probability:

@@ -49,6 +49,9 @@ Contracts worth knowing before writing a test against it:
   and the calendar it was about; :meth:`GoogleEmulator.requests_for` filters.
   Pushes lost to ``faults.drop_push_probability`` are in ``delivery_log`` with
   ``status=None, error="dropped"`` (:attr:`DeliveryRecord.dropped`).
+- A fault rule whose ``path`` matches ``/token`` (``faults.add("unavailable_503",
+  path="^/token$")``) fails token requests too, in OAuth's error shape; a rule
+  without a path never touches the token endpoint.
 - :meth:`GoogleEmulator.corrupt_event` stores an unvalidated resource (a
   provider bug); listings never parse its timing and keep serving everything
   else.
@@ -426,7 +429,11 @@ def _fault_error(kind: FaultKind) -> GoogleApiError:
 
 
 def _fault_response(rule: FaultRule[FaultKind], request: web.Request) -> web.Response:
-    return _error_response(_fault_error(rule.kind))
+    error = _fault_error(rule.kind)
+    if request.path == TOKEN_PATH:
+        # the token endpoint answers in OAuth's shape, not the Calendar API's envelope
+        return _oauth_error(error.status, error.reason, error.message)
+    return _error_response(error)
 
 
 # --------------------------------------------------------------------------- records
@@ -1594,6 +1601,10 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
 
     def _recorded(self, request: web.Request, is_api: bool) -> bool:
         return is_api or request.path == TOKEN_PATH
+
+    def _explicit_faults(self, request: web.Request) -> bool:
+        # a rule whose ``path`` matches /token fails token requests (not a rule without one)
+        return request.path == TOKEN_PATH
 
     def _unrouted(
         self, request: web.Request, exc: web.HTTPException, is_api: bool

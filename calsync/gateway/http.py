@@ -47,7 +47,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import fields
 from typing import Any
 from urllib.parse import quote
@@ -706,12 +706,31 @@ class Gateway:
 
     async def send_command(self, kind: CommandKind, resource_id: str) -> None:
         """Write one command of ``kind`` (no payload) for ``resource_id``: the path the
-        admin API, the dashboard's buttons and the CLI share. Raises
+        admin API and the dashboard's buttons share (see :func:`write_command`). Raises
         :class:`RequestRejected` (400 bad id, 503 broker down)."""
-        if not RESOURCE_ID.fullmatch(resource_id):
-            raise RequestRejected(400, "resource_id is not valid", field="resource_id")
-        command = Command(kind=kind.value, resource_id=resource_id, issued_at=self._clock())
-        await self._publish(self._commands, resource_id, command.dumps())
+        await write_command(self._publish, self._commands, kind, resource_id, self._clock())
+
+
+async def write_command(
+    publish: Callable[[str, str, bytes], Awaitable[None]],
+    topic: str,
+    kind: CommandKind,
+    resource_id: str,
+    issued_at: float,
+) -> Command:
+    """Write one command of ``kind`` (no payload: resync, pause, resume, remove) for
+    ``resource_id`` to ``topic`` (``calsync.commands``) with ``publish``, and return it.
+
+    The one command path of the admin API, the dashboard's buttons
+    (:meth:`Gateway.send_command`) and ``calsync resources resync|pause|resume|remove``.
+    Raises :class:`RequestRejected` (400) for an invalid resource id before writing
+    anything, and whatever ``publish`` raises.
+    """
+    if not RESOURCE_ID.fullmatch(resource_id):
+        raise RequestRejected(400, "resource_id is not valid", field="resource_id")
+    command = Command(kind=kind.value, resource_id=resource_id, issued_at=issued_at)
+    await publish(topic, resource_id, command.dumps())
+    return command
 
 
 def wait_seconds(request: web.Request) -> float:

@@ -4,7 +4,9 @@
 
 1. **token**: with a :class:`TokenSource`, an access token (refreshed by the source when
    it is stale); credentials the source rotated meanwhile are handed to ``on_rotate``
-   *before* the request goes on (the old refresh token may already be dead);
+   *before* the request goes on (the old refresh token may already be dead); a
+   transient failure of the token endpoint is raised as
+   :class:`~calsync.errors.TokenRefreshFailed` (the grant is fine: "refreshing");
 2. **gate**: a slot of the account's rate limit (:class:`AccountGate`); a wait longer
    than ``max_inline_wait`` raises :class:`~calsync.errors.RateLimited` instead;
 3. **send**: :func:`send_bounded`; a network failure becomes
@@ -62,6 +64,7 @@ from calsync.errors import (
     ProviderRejected,
     RateLimited,
     ResponseTooLarge,
+    TokenRefreshFailed,
     TransientProviderError,
 )
 from calsync.ratelimit import RateLimiter
@@ -304,7 +307,13 @@ class ProviderHttp:
     async def _bearer(self, force_refresh: bool) -> list[tuple[str, str]]:
         if self._tokens is None:
             return []
-        token = await self._tokens.access_token(force_refresh=force_refresh)
+        try:
+            token = await self._tokens.access_token(force_refresh=force_refresh)
+        except (RateLimited, TokenRefreshFailed):
+            raise
+        except TransientProviderError as exc:
+            # the grant is fine, its token endpoint is not: say so (credentials "refreshing")
+            raise TokenRefreshFailed(str(exc), status=exc.status) from exc
         if self._on_rotate is not None:
             # The old refresh token may already be dead: store the new one before
             # anything else can fail or the process can die.

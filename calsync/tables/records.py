@@ -59,6 +59,9 @@ class SyncState(faust.Record, serializer="json", include_metadata=False):
     #: syncs that failed since the last one that went through, and the last error
     failures: int = 0
     last_error: str = ""
+    #: "refreshing" while the last failure was a transient token-refresh failure
+    #: (:class:`~calsync.errors.TokenRefreshFailed`); "" otherwise. A good sync resets it.
+    credentials: str = ""
     #: ``latency_ms`` of the last change emitted (notification received -> emitted)
     last_change_latency_ms: int = 0
     #: digest of the availability index value stored with this state (``busy`` table)

@@ -54,6 +54,11 @@ _ACTIONS = {
     "remove": CommandKind.REMOVE,
 }
 _STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+_CREDENTIAL_WORDS = {
+    "ok": "ok",
+    "refreshing": "refreshing (token endpoint failing, retrying)",
+    "reauth_required": "needs reconnecting",
+}
 _STATE_WORDS = {
     "ok": "in sync",
     "pending": "first sync pending",
@@ -62,6 +67,11 @@ _STATE_WORDS = {
     "paused": "paused",
     "removed": "removed",
 }
+
+
+def credential_words(credential: str) -> str:
+    """What a resource's credential state means to a person."""
+    return _CREDENTIAL_WORDS.get(credential, credential)
 
 
 def span(seconds: float | None) -> str:
@@ -133,10 +143,7 @@ def resource_row(view: ResourceView, now: float) -> str:
         ("last sync", _e(_ago(view.synced_at, now))),
         ("lag", _e(f"{view.lag_ms / 1000:.2f}s" if view.lag_ms is not None else "—")),
         ("push", _e(_push(view, now))),
-        (
-            "credentials",
-            "needs reconnecting" if view.credential == "reauth_required" else "ok",
-        ),
+        ("credentials", _e(credential_words(view.credential))),
         ("retries", _e(retries)),
         ("quarantined", str(view.quarantined)),
         ("last error", error_cell),
@@ -222,7 +229,7 @@ def detail_html(view: ResourceView, now: float) -> str:
         ("Provider", view.provider),
         ("Calendar", view.calendar_id),
         ("State", _STATE_WORDS.get(view.state, view.state)),
-        ("Credentials", "needs reconnecting" if view.credential == "reauth_required" else "ok"),
+        ("Credentials", credential_words(view.credential)),
         ("Last successful sync", _ago(view.synced_at, now)),
         ("Lag of the last change", f"{view.lag_ms / 1000:.2f}s" if view.lag_ms else "—"),
         ("Push", _push(view, now)),

@@ -91,7 +91,7 @@ class ResourceView:
     provider: str = ""
     calendar_id: str = ""
     state: str = "pending"  # pending | ok | failing | reauth_required | paused | removed
-    credential: str = "ok"
+    credential: str = "ok"  # ok | refreshing | reauth_required
     registered_at: float | None = None
     synced_at: float | None = None
     lag_ms: int | None = None
@@ -220,6 +220,9 @@ class Fleet:
             view.state = "pending"
         elif status in ("retry_scheduled", "failed"):
             view.state = "failing" if view.state != "reauth_required" else view.state
+            if data.get("credentials") == "refreshing" and view.credential != "reauth_required":
+                # the token endpoint failed transiently: "refreshing" until a good sync
+                view.credential = "refreshing"
             if status == "retry_scheduled":
                 view.retries += 1
                 delay = data.get("delay")
@@ -264,6 +267,11 @@ class Fleet:
             view.state = str(state)
         elif state == "active" and view.state in ("paused", "removed", "reauth_required"):
             view.state, view.credential = "pending", "ok"
+        credentials = data.get("credentials")
+        if state == "active" and credentials == "refreshing":
+            view.credential = "refreshing"
+        elif credentials == "ok" and view.credential == "refreshing":
+            view.credential = "ok"
         synced = data.get("synced_at")
         if isinstance(synced, int | float) and synced > (view.synced_at or 0):
             view.synced_at = float(synced)
@@ -290,8 +298,10 @@ class Fleet:
         """The deployment's figures: resources per state, rates, buckets, lag, workers."""
         now = time.time() if now is None else now
         states: dict[str, int] = {}
+        credentials: dict[str, int] = {}
         for view in self.resources.values():
             states[view.state] = states.get(view.state, 0) + 1
+            credentials[view.credential] = credentials.get(view.credential, 0) + 1
         workers = []
         events_rate = notifications_rate = 0.0
         rate_limits: dict[str, Any] = {}
@@ -320,6 +330,7 @@ class Fleet:
             "version": self.version,
             "resources": len(self.resources),
             "states": states,
+            "credentials": credentials,
             "problems": sum(1 for v in self.resources.values() if v.problem),
             "events_per_second": round(events_rate, 2),
             "notifications_per_second": round(notifications_rate, 2),

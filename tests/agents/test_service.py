@@ -13,7 +13,13 @@ from calsync.agents.service import Lane, SyncService, lane_of
 from calsync.availability.index import BusyIndex, timeline_of
 from calsync.availability.intervals import Flag
 from calsync.crypto import SecretBox
-from calsync.errors import AuthorizationRevoked, ProviderError, ProviderRejected, RateLimited
+from calsync.errors import (
+    AuthorizationRevoked,
+    ProviderError,
+    ProviderRejected,
+    RateLimited,
+    TokenRefreshFailed,
+)
 from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency, Window
 from calsync.providers.base import ChangePage, Provider, Subscription
 from calsync.streams.records import Command, Notification
@@ -260,6 +266,23 @@ async def test_rate_limit_becomes_a_retry_with_the_requested_delay(world) -> Non
     assert envelope.due_at == pytest.approx(clock[0] + 7.5)
     assert envelope.attempt == 1 and envelope.notification.attempt == 1
     assert {"rate_limited", "retry_scheduled"} <= set(outbox.status_names())
+
+
+async def test_a_failing_token_endpoint_marks_the_credentials_refreshing_until_a_sync(
+    world,
+) -> None:
+    service, provider, outbox, _clock = world
+    await service.on_command(register(service))
+    provider.errors.append(TokenRefreshFailed("token endpoint answered 503", status=503))
+    await deliver(service, outbox.notifications[-1])
+    retry = [s for s in outbox.statuses if s.status == "retry_scheduled"][-1]
+    assert (retry.data or {}).get("credentials") == "refreshing"
+    assert service.sync_state["r1"].credentials == "refreshing"
+    assert service.resources["r1"].state == "active"  # nobody has to reconnect anything
+    (envelope,) = outbox.retries
+    await deliver(service, envelope.notification)
+    assert outbox.status_names()[-1] == "synced"
+    assert service.sync_state["r1"].credentials == ""
 
 
 async def test_revoked_grant_stops_provider_calls(world) -> None:

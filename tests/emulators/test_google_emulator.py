@@ -826,6 +826,26 @@ async def test_token_endpoint_speaks_google_oauth(
     assert old_access.status_code == 401
 
 
+async def test_token_endpoint_faults_need_a_rule_naming_its_path(
+    emu: GoogleEmulator, http: httpx.AsyncClient
+) -> None:
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": emu.issue_refresh_token(CLIENT_ID),
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+    }
+    unscoped = emu.faults.add("backend_error_500")  # API calls only
+    assert (await http.post(emu.token_url, data=form)).status_code == 200
+    emu.faults.rules.remove(unscoped)
+    emu.faults.add("unavailable_503", count=1, path="^/token$")
+    failed = await http.post(emu.token_url, data=form)
+    assert failed.status_code == 503
+    assert failed.json()["error"] == "backendError"  # OAuth's shape, not the API envelope
+    assert [r.fault for r in emu.requests if r.path == "/token"][-1] == "unavailable_503"
+    assert (await http.post(emu.token_url, data=form)).status_code == 200
+
+
 async def test_google_auth_refreshes_against_the_emulator(emu: GoogleEmulator) -> None:
     refresh_token = emu.issue_refresh_token(CLIENT_ID)
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trustme
 
-from calsync.errors import ResponseTooLarge
+from calsync.errors import AuthorizationRevoked, ResponseTooLarge, TokenRefreshFailed
 from calsync.model import Window
 from calsync.providers.google import GoogleProvider, GoogleTokenSource
 from calsync.providers.http import (
@@ -246,3 +246,59 @@ async def test_a_google_page_over_the_limit_is_response_too_large() -> None:
     with pytest.raises(ResponseTooLarge):
         async for _ in build(4096).fetch_changes(None, window):
             pass
+
+
+class _TokenEndpoint(http.server.BaseHTTPRequestHandler):
+    """A token endpoint answering ``status`` with ``body``."""
+
+    status = 503
+    body = b'{"error": "backendError"}'
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "raised"),
+    [
+        (503, b'{"error": "backendError"}', TokenRefreshFailed),
+        (429, b'{"error": "rate_limit_exceeded"}', TokenRefreshFailed),
+        (400, b'{"error": "invalid_grant"}', AuthorizationRevoked),
+    ],
+)
+async def test_a_token_endpoint_failure_is_refreshing_or_revoked(
+    status: int, body: bytes, raised: type[Exception]
+) -> None:
+    handler = type("T", (_TokenEndpoint,), {"status": status, "body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tokens = GoogleTokenSource(
+            refresh_token="rt",
+            token_url=f"http://127.0.0.1:{server.server_address[1]}/token",
+            client_id="c",
+            client_secret="s",
+        )
+        provider = GoogleProvider(
+            client=httpx.AsyncClient(
+                transport=httpx.MockTransport(lambda r: httpx.Response(200, json={}))
+            ),
+            api_url="https://google.test/calendar/v3",
+            calendar_id="room@example.com",
+            tokens=tokens,
+        )
+        window = Window(datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+        with pytest.raises(raised):
+            async for _ in provider.fetch_changes(None, window):
+                pass
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -151,3 +151,51 @@ def test_the_lag_chart_and_durations() -> None:
         "1d 1h",
         "—",
     ]
+
+
+def test_a_token_endpoint_failing_shows_refreshing_until_a_sync_succeeds() -> None:
+    fleet = fed(
+        status("r1", "registered", T, provider="google"),
+        status("r1", "synced", T + 1),
+        status(
+            "r1",
+            "retry_scheduled",
+            T + 2,
+            "token 503",
+            attempt=1,
+            delay=5.0,
+            credentials="refreshing",
+        ),
+    )
+    view = fleet.resources["r1"]
+    assert view.credential == "refreshing" and view.state == "failing"
+    assert view.to_json(T + 3)["credential"] == "refreshing"
+    assert fleet.header(T + 3)["credentials"] == {"refreshing": 1}
+    assert "refreshing" in resource_row(view, T + 3)
+    assert "refreshing" in detail_html(view, T + 3)
+    # another failure that is not the token endpoint's does not say the token is fine
+    fleet.feed(status("r1", "retry_scheduled", T + 8, "calendar 503", attempt=2, delay=9.0))
+    assert fleet.resources["r1"].credential == "refreshing"
+    fleet.feed(status("r1", "synced", T + 20))
+    assert fleet.resources["r1"].credential == "ok" and fleet.resources["r1"].state == "ok"
+    assert fleet.header(T + 21)["credentials"] == {"ok": 1}
+
+
+def test_a_plain_retry_leaves_the_credentials_ok_and_a_revoked_grant_wins() -> None:
+    fleet = fed(
+        status("r1", "registered", T, provider="google"),
+        status("r1", "retry_scheduled", T + 1, "503", attempt=1, delay=5.0),
+    )
+    assert fleet.resources["r1"].credential == "ok"
+    fleet.feed(status("r1", "reauth_required", T + 2, "invalid_grant"))
+    fleet.feed(status("r1", "failed", T + 3, "token 503", attempt=5, credentials="refreshing"))
+    assert fleet.resources["r1"].credential == "reauth_required"
+
+
+def test_a_summary_carries_the_refreshing_credentials_and_their_end() -> None:
+    fleet = fed(status("r1", "summary", T, provider="google", state="active", credentials="ok"))
+    assert fleet.resources["r1"].credential == "ok"
+    fleet.feed(status("r1", "summary", T + 5, state="active", credentials="refreshing"))
+    assert fleet.resources["r1"].credential == "refreshing"
+    fleet.feed(status("r1", "summary", T + 10, state="active", credentials="ok"))
+    assert fleet.resources["r1"].credential == "ok"
