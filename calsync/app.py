@@ -19,7 +19,7 @@ import html
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -461,37 +461,38 @@ def _install_operator_views(
             "quarantined": dict(app.quarantine.counts),
         }
 
-    def summaries() -> list[tuple[str, dict[str, Any]]]:
+    def summaries() -> Iterator[tuple[str, dict[str, Any]] | None]:
+        # A generator, and it yields None every few hundred timers: a worker owning
+        # thousands of resources must not hold the event loop for the whole walk
+        # (Heartbeat.beat gives the loop a turn between items).
         service = app.sync_service
         retries: dict[str, list[float]] = {}
-        for key, timer in service.timers.items():
+        for n, (key, timer) in enumerate(service.timers.items()):
+            if n % 200 == 199:
+                yield None
             if key.startswith("retry:"):
                 retries.setdefault(timer.notification.resource_id, []).append(timer.due_at)
-        out = []
         for rid, resource in service.resources.items():
             state = service.sync_state.get(rid) or SyncState()
             channel = service.channels.get(rid)
             due = retries.get(rid, [])
-            out.append(
-                (
-                    rid,
-                    {
-                        "provider": resource.provider,
-                        "calendar_id": resource.calendar_id,
-                        "state": resource.state,
-                        "synced_at": state.synced_at or None,
-                        "channel_expires_at": (
-                            channel.expires_at_ms / 1000 if channel is not None else None
-                        ),
-                        "poll_interval": state.poll_interval or None,
-                        "credentials": state.credentials or "ok",
-                        "retries": len(due),
-                        "next_retry_at": min(due) if due else None,
-                        "worker": name,
-                    },
-                )
+            yield (
+                rid,
+                {
+                    "provider": resource.provider,
+                    "calendar_id": resource.calendar_id,
+                    "state": resource.state,
+                    "synced_at": state.synced_at or None,
+                    "channel_expires_at": (
+                        channel.expires_at_ms / 1000 if channel is not None else None
+                    ),
+                    "poll_interval": state.poll_interval or None,
+                    "credentials": state.credentials or "ok",
+                    "retries": len(due),
+                    "next_retry_at": min(due) if due else None,
+                    "worker": name,
+                },
             )
-        return out
 
     def figures() -> dict[str, Any]:
         service = app.sync_service

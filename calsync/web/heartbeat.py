@@ -25,10 +25,11 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 
 class Heartbeat:
     """Every ``interval`` seconds: the worker's heartbeat; every ``summary_interval``:
-    one summary per resource it owns.
+        one summary per resource it owns.
 
-    ``describe()`` returns the heartbeat's data (JSON-ready); ``summaries()`` yields
-    ``(resource id, data)`` for each owned resource. Both are called on the event loop.
+        ``describe()`` returns the heartbeat's data (JSON-ready); ``summaries()`` yields
+        ``(resource id, data)`` for each owned resource, and may yield ``None`` where it
+    wants the event loop to get a turn. Both are called on the event loop.
     """
 
     def __init__(
@@ -36,7 +37,7 @@ class Heartbeat:
         name: str,
         publish: Publish,
         describe: Callable[[], Mapping[str, Any]],
-        summaries: Callable[[], Iterable[tuple[str, dict[str, Any]]]],
+        summaries: Callable[[], Iterable[tuple[str, dict[str, Any]] | None]],
         *,
         interval: float,
         summary_interval: float,
@@ -63,7 +64,12 @@ class Heartbeat:
         await self._publish(event.resource_id, event.dumps())
         if now - self._last_summary >= self._summary_interval:
             self._last_summary = now
-            for rid, data in list(self._summaries()):
+            for n, item in enumerate(self._summaries()):
+                if n % 20 == 19:
+                    await asyncio.sleep(0)  # thousands of resources: never hold the loop
+                if item is None:
+                    continue
+                rid, data = item
                 summary = StatusEvent(resource_id=rid, status=SUMMARY, at=now, data=data)
                 await self._publish(rid, summary.dumps())
 
