@@ -336,7 +336,9 @@ async def _demo(duration: float, workdir: Path) -> None:
                         response.raise_for_status()
                 _say(f"registered {', '.join([*CALENDARS, *MAILBOXES, *DAV_CALENDARS])}")
                 _say(
-                    f"web pages: {worker.url}/status/ (resources), {worker.url}/table/ (tables), "
+                    f"web pages: {worker.url}/dashboard/ (sign in with the admin token below), "
+                    f"{worker.url}/status/, {worker.url}/table/ (tables), "
+                    f"{worker.url}/api/availability/alice (who is free when), "
                     f"with the header 'Authorization: Bearer {admin_token}'"
                 )
                 _say(f"worker log: {worker.log_path}")
