@@ -36,9 +36,8 @@ non-overlapping 30-minute slots (past the busy intervals) on one resource one at
 across 100 resources; accepted holds per second of wall time, each request's latency,
 and the two workers' CPU per decision.
 
-``python -m benchmarks.availability`` is the load generator's process (JSON spec on
-stdin: ``url``, ``method``, ``bodies`` used in turn, ``headers``, ``expect``, ``rate``,
-``duration``, ``warmup``; a :class:`~benchmarks.openloop.LoadResult` on stdout).
+The latency runs use the project's open-loop load generator (:mod:`benchmarks.openloop`)
+in its own process, with this benchmark's methods, bodies and expected statuses.
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ import hashlib
 import json
 import math
 import random
-import sys
 import time
 import uuid
 from collections import Counter
@@ -62,11 +60,11 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from benchmarks.harness import processes
 from benchmarks.harness.benchmark import Benchmark, Context
-from benchmarks.harness.env import ROOT
 from benchmarks.harness.load import Load, cpu_sample, load_between, process_cpu
 from benchmarks.harness.report import Section, latency_cells, ms, verdict
-from benchmarks.openloop import LoadResult, open_loop, summarize
+from benchmarks.openloop import LoadResult, summarize
 from calsync.availability.index import BusyIndex, Entry
 from calsync.availability.intervals import flags_for
 from calsync.model import StatusIntent
@@ -344,23 +342,10 @@ class LatencyRun:
 
 
 async def http_load(spec: dict[str, Any]) -> LoadResult:
-    """Run this module's load generator (its ``__main__``) in its own process."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "benchmarks.availability",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    out, err = await proc.communicate(json.dumps(spec).encode())
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator exited with {proc.returncode}:\n{err.decode()}")
-    result = LoadResult.from_json(json.loads(out))
-    if not result.latencies_ms:
-        raise RuntimeError(f"no request to {spec['url']} succeeded: {result.failures}")
-    return result
+    """The open-loop load generator (:mod:`benchmarks.openloop`) in its own process."""
+    headers = spec.get("headers") or {}
+    rest = {k: v for k, v in spec.items() if k not in ("url", "headers")}
+    return await processes.http_load(str(spec["url"]), [headers], rest)
 
 
 async def measured(
@@ -902,44 +887,3 @@ BENCHMARK = Benchmark(
     add_arguments,
     check,
 )
-
-
-# --------------------------------------------------------------------------- load generator
-
-
-async def _http_load(spec: dict[str, Any]) -> LoadResult:
-    import aiohttp
-
-    url = str(spec["url"])
-    method = str(spec.get("method", "GET"))
-    expect = int(spec.get("expect", 200))
-    headers: dict[str, str] = spec.get("headers") or {}
-    bodies = [None if b is None else json.dumps(b).encode() for b in spec["bodies"]]
-    if any(b is not None for b in bodies):
-        headers = {**headers, "Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-
-        async def call(i: int) -> bool | str:
-            data = bodies[i % len(bodies)]
-            async with session.request(method, url, data=data, headers=headers) as resp:
-                await resp.read()
-                return True if resp.status == expect else str(resp.status)
-
-        return await open_loop(
-            call,
-            rate=float(spec["rate"]),
-            duration=float(spec["duration"]),
-            warmup=float(spec.get("warmup", 0.0)),
-        )
-
-
-def main() -> None:
-    spec = json.load(sys.stdin)
-    result = asyncio.run(_http_load(spec))
-    json.dump(result.to_json(), sys.stdout)
-
-
-if __name__ == "__main__":
-    main()

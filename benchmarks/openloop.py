@@ -139,17 +139,28 @@ async def open_loop(
 
 
 async def _http_load(spec: dict[str, Any]) -> LoadResult:
+    """Requests to ``spec["url"]``: ``method`` (POST), ``headers`` (a list, taken in
+    turn), ``bodies`` (JSON values taken in turn; none: an empty body), ``expect``
+    (the status that counts as success, 202)."""
     import aiohttp
 
     url = str(spec["url"])
+    method = str(spec.get("method", "POST"))
     expect = int(spec.get("expect", 202))
     headers: list[dict[str, str]] = spec["headers"]
+    raw = spec.get("bodies")
+    bodies: list[bytes | None] = (
+        [None if b is None else json.dumps(b).encode() for b in raw] if raw else [b""]
+    )
+    if any(b for b in bodies):
+        headers = [{**h, "Content-Type": "application/json"} for h in headers]
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def call(i: int) -> bool | str:
-            async with session.post(url, data=b"", headers=headers[i % len(headers)]) as resp:
+            data, sent = bodies[i % len(bodies)], headers[i % len(headers)]
+            async with session.request(method, url, data=data, headers=sent) as resp:
                 await resp.read()
                 return True if resp.status == expect else str(resp.status)
 

@@ -95,8 +95,9 @@ class GatewayProcess:
 
 async def http_load(url: str, headers: list[dict[str, str]], spec: dict[str, Any]) -> LoadResult:
     """Run the open-loop HTTP load generator (:mod:`benchmarks.openloop`) in its own process
-    against ``url``; ``spec`` holds its ``rate``, ``duration`` and ``warmup``."""
-    request = {**spec, "url": url, "headers": headers, "expect": 202}
+    against ``url``; ``spec`` holds its ``rate``, ``duration`` and ``warmup`` (and, if not
+    the webhooks' empty POST answered 202, ``method``, ``bodies`` and ``expect``)."""
+    request = {"expect": 202, **spec, "url": url, "headers": headers}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
