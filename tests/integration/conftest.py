@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -339,9 +340,33 @@ class Cluster:
             if time.monotonic() > deadline:
                 view, truth = self.view(), self.truth()
                 missing = sorted(k for k, v in truth.items() if view.get(k) != v)
+                per_calendar = Counter(name for name, _ in missing)
                 logs = "\n".join(w.tail(25) for w in self.workers.workers)
-                raise AssertionError(f"not converged, {len(missing)} missing {missing[:8]}\n{logs}")
+                raise AssertionError(
+                    f"not converged, {len(missing)} missing {missing[:8]}\n"
+                    f"missing per calendar: {dict(per_calendar)}\n"
+                    f"{await self.workers_status()}\n{logs}"
+                )
             await self.events.poll(0.2)
+
+    async def workers_status(self) -> str:
+        """Each running worker's ``/api/status`` (its dispatcher's partitions, retries
+        and timers): what a convergence failure needs to be understood."""
+        lines = []
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            for worker in self.workers.workers:
+                if not worker.running:
+                    lines.append(f"worker {worker.pid}: not running")
+                    continue
+                try:
+                    answer = await client.get(
+                        f"{worker.url}/api/status",
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                    )
+                    lines.append(f"worker {worker.pid}: {answer.text[:4000]}")
+                except httpx.HTTPError as exc:
+                    lines.append(f"worker {worker.pid}: status unavailable: {exc!r}")
+        return "\n".join(lines)
 
     def agree_since(self, mark: int, *, earlier: View | None = None) -> None:
         """Every event emitted since ``mark`` says what the emulator says now (or said

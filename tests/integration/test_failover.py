@@ -17,6 +17,9 @@ from tests.integration.conftest import Cluster, cluster
 
 #: From the kill to the last pushed change on calsync.events (the requirement).
 DEADLINE = 15.0
+#: From the kill to the end of a 20 x 500 backfill: a bound on a crowded machine, not
+#: a target (the target and its figures live in the takeover benchmark).
+BACKFILL_BOUND = 180.0
 #: SIGKILL rounds in the main test: an intermittent loss must not hide.
 ROUNDS = int(os.environ.get("CALSYNC_FAILOVER_ROUNDS", "10"))
 
@@ -72,9 +75,12 @@ async def test_sigkill_during_an_initial_sync_loses_nothing(kafka_settings) -> N
         assert len(world.events.values) < 20 * 500, "the sync finished before the kill: void"
         # The pushed changes land with the backfill (a calendar without a cursor needs
         # its full sync first), and the whole backfill must finish too: the takeover
-        # (about 8 s) plus the survivor's share of 10,000 events. Measured 12-17 s on
-        # the loaded 2-core CI machine (docs/architecture.md, "Failover").
-        took = await kill_and_change(world, names, 0, 0, deadline=30.0, in_flight=True)
+        # (about 8 s) plus the survivor's share of 10,000 events, which is CPU-bound:
+        # 10-17 s on the 2-core machine alone or next to a CPU hog, and over 60 s once
+        # when CI shared it with a second test session and two hogs. What this test
+        # owes users is that nothing is lost, so it allows what a crowded machine
+        # needs; the time is a benchmark figure (`benchmarks.run takeover`).
+        took = await kill_and_change(world, names, 0, 0, deadline=BACKFILL_BOUND, in_flight=True)
         print(f"kill during initial sync -> converged in {took:.1f}s")
 
 
