@@ -15,6 +15,7 @@ the public routes on ``CALSYNC_WEB_PORT``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import logging
 import socket
@@ -56,6 +57,7 @@ from calsync.settings import Settings
 from calsync.streams.records import CommandKind, Notification
 from calsync.streams.topics import changelog_topic, declare_topics
 from calsync.tables.declare import declare_tables
+from calsync.tables.reads import DecodedReads
 from calsync.tables.records import Resource, SyncState
 from calsync.web.auth import access_middleware, session_signer
 from calsync.web.availability import AvailabilityApi, IndexTables
@@ -206,8 +208,7 @@ class CalsyncApp(faust.App):
         """
         if not self.tables_ready():
             raise LookupError(resource_id)
-        topic = self.settings.topic("notifications")
-        partition = self.producer.key_partition(topic, resource_id.encode()).partition
+        partition = self.partition_of(resource_id)
         changelog = changelog_topic(self.settings, "resources")
         for url, topics in self.router.table_metadata("resources").items():
             if partition in topics.get(changelog, ()):
@@ -215,6 +216,19 @@ class CalsyncApp(faust.App):
                     return None
                 return str(url)
         raise LookupError(resource_id)
+
+    def partition_of(self, resource_id: str) -> int:
+        """The partition of ``resource_id``, as the producer picks it (murmur2 in Python,
+        so remembered: the partition count of a running app does not change)."""
+        known: dict[str, int] = self.__dict__.setdefault("_partition_of_id", {})
+        partition = known.get(resource_id)
+        if partition is None:
+            topic = self.settings.topic("notifications")
+            partition = self.producer.key_partition(topic, resource_id.encode()).partition
+            if len(known) >= 65_536:
+                known.clear()
+            known[resource_id] = partition
+        return partition
 
     async def replay_deadletters(self, request: web.Request) -> web.Response:
         """Replay every dead letter not replayed before (admin; see :mod:`calsync.deadletters`)."""
@@ -312,6 +326,7 @@ class CalsyncApp(faust.App):
         return web.Response(text=page, content_type="text/html")
 
 
+@functools.lru_cache(maxsize=256)
 def _urlident(url: str) -> tuple[str, int]:
     parsed = URL(url)
     return parsed.host or "", parsed.port or 80
@@ -694,7 +709,12 @@ def create_app(
     app.availability = AvailabilityApi(
         settings,
         app.gateway,
-        IndexTables(resources, sync_state, channels, tables.busy, tables.holds),
+        IndexTables(
+            *(
+                DecodedReads(table, partition_of=app.partition_of)
+                for table in (resources, sync_state, channels, tables.busy, tables.holds)
+            )
+        ),
         app.routing,
         clock=clock,
     )

@@ -373,8 +373,16 @@ def find_slots(
         return SlotResult((), truncated=False)
 
     events: list[tuple[int, int, int]] = []  # (time, +1 opens / -1 closes, resource index)
+    # resources often share one WorkingHours (a pool, or one request's parsed hours)
+    working_of: dict[int, list[Interval]] = {}
     for index, resource in enumerate(resources):
-        working = resource.hours.intervals(lo, hi) if resource.hours else [(lo, hi)]
+        if resource.hours is None:
+            working = [(lo, hi)]
+        else:
+            key = id(resource.hours)  # alive for the whole call: ids are not reused
+            if key not in working_of:
+                working_of[key] = resource.hours.intervals(lo, hi)
+            working = working_of[key]
         # a busy [b0, b1) rules out slots [s, s+d) with s - before < b1 and s + d + after > b0
         busy = widen(
             resource.busy.blocking(lo - before, hi + after, request.blocking), after, before

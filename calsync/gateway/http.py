@@ -72,7 +72,7 @@ from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind, Notification, Reason
 from calsync.web.auth import Role, bearer_matches, role_of, token_digest
 from calsync.web.metrics import Metrics
-from calsync.web.openapi import serve_document
+from calsync.web.openapi import PARSED_BODY, serve_document
 from calsync.web.sites import Surface, new_application, select_routes
 
 log = logging.getLogger(__name__)
@@ -517,6 +517,8 @@ class Gateway:
 
     async def _json_body(self, request: web.Request) -> Any:
         body = await self._read_body(request)
+        if PARSED_BODY in request:  # parsed (and checked) by the validation middleware
+            return request[PARSED_BODY]
         try:
             return json.loads(body)
         except RecursionError:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -55,16 +55,69 @@ __all__ = ["AvailabilityApi", "IndexTables"]
 
 log = logging.getLogger(__name__)
 
+V_co = TypeVar("V_co", covariant=True)
+
+
+class Reads(Protocol[V_co]):
+    """What the API needs of a table: a read (:class:`~calsync.tables.reads.DecodedReads`
+    over a Faust table, or a dict in tests)."""
+
+    def get(self, key: str, /) -> V_co | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class IndexTables:
-    """The tables of the resources this worker owns (Faust tables, or dicts in tests)."""
+    """The tables of the resources this worker owns."""
 
-    resources: Mapping[str, Resource]
-    sync_state: Mapping[str, SyncState]
-    channels: Mapping[str, Channel]
-    busy: Mapping[str, bytes]
-    holds: Mapping[str, bytes]
+    resources: Reads[Resource]
+    sync_state: Reads[SyncState]
+    channels: Reads[Channel]
+    busy: Reads[bytes]
+    holds: Reads[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """What a free-slot query needs of one resource: its busy timeline in the query's
+    window, its holds there, and its ``as_of`` block. Built from the owner's tables,
+    or from the owner's ``_snapshot`` answer (:meth:`to_json` / :meth:`from_json`)."""
+
+    timeline: Timeline
+    holds: list[tuple[int, int]]
+    as_of: dict[str, Any]
+
+    def timeline_with_holds(self) -> Timeline:
+        if not self.holds:
+            return self.timeline
+        hold = int(Flag.HOLD)
+        return Timeline.from_segments(
+            [*self.timeline, *((start, end, hold) for start, end in self.holds)]
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "segments": [list(segment) for segment in self.timeline],
+            "holds": [list(hold) for hold in self.holds],
+            "as_of": self.as_of,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> _Snapshot | str:
+        """The snapshot in another worker's answer, or the reason it has none."""
+        if not isinstance(data, dict):
+            return "no answer"
+        if "error" in data:
+            return str(data["error"])
+        try:
+            segments = [(int(s), int(e), int(f)) for s, e, f in data["segments"]]
+            holds = [(int(s), int(e)) for s, e in data["holds"]]
+            as_of = data["as_of"]
+            if not isinstance(as_of, dict):
+                raise TypeError("as_of")
+            return cls(Timeline.from_segments(segments), holds, as_of)
+        except (KeyError, TypeError, ValueError):
+            log.warning("a malformed snapshot answer from another worker")
+            return "no answer"
 
 
 class AvailabilityApi:
@@ -250,37 +303,46 @@ class AvailabilityApi:
             out: dict[str, Any] = {}
             for value in rids:
                 rid = wire.resource_id(value, "resources")
-                if self._router.owns(rid):
-                    out[rid] = self._snapshot_one(rid, start, end)
-                else:
+                snap = self._snapshot_one(rid, start, end) if self._router.owns(rid) else None
+                if snap is None:
                     out[rid] = {"error": "not owned here"}
+                elif isinstance(snap, str):
+                    out[rid] = {"error": snap}
+                else:
+                    out[rid] = snap.to_json()
             return web.json_response(out)
         except RequestRejected as exc:
             return exc.response()
 
-    def _snapshot_one(self, rid: str, start: int, end: int) -> dict[str, Any]:
+    def _snapshot_one(self, rid: str, start: int, end: int) -> _Snapshot | str:
+        """What a query needs of an owned resource in ``[start, end)``, or why not."""
         resource = self._tables.resources.get(rid)
         if resource is None:
-            return {"error": "unknown resource"}
-        timeline = self._timeline(rid)
-        holds = [
-            [h.start, h.end]
-            for h in self._book(rid).holds.values()
-            if h.start < end and start < h.end
-        ]
-        return {
-            "segments": [list(s) for s in timeline.segments(start, end)],
-            "holds": holds,
-            "as_of": self._freshness(rid, resource).to_json(),
-        }
+            return "unknown resource"
+        holds = (
+            [
+                (h.start, h.end)
+                for h in self._book(rid).holds.values()
+                if h.start < end and start < h.end
+            ]
+            if self._tables.holds.get(rid) is not None  # most resources have no holds
+            else []
+        )
+        return _Snapshot(
+            self._timeline(rid).window(start, end),
+            holds,
+            self._freshness(rid, resource).to_json(),
+        )
 
     async def _gather(
         self, request: web.Request, rids: list[str], start: int, end: int
-    ) -> dict[str, dict[str, Any]]:
+    ) -> dict[str, _Snapshot | str]:
+        """Each resource's snapshot (from this worker's tables, or its owner's
+        ``_snapshot`` answer), or why there is none."""
         by_owner: dict[str | None, list[str]] = {}
         for rid in rids:
             by_owner.setdefault(self._router.owner(request, rid), []).append(rid)
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, _Snapshot | str] = {}
         for rid in by_owner.pop(None, []):
             out[rid] = self._snapshot_one(rid, start, end)
         payload = {"start": wire.iso(start), "end": wire.iso(end)}
@@ -294,7 +356,7 @@ class AvailabilityApi:
         answers = await asyncio.gather(*(ask(o, by_owner[o]) for o in owners))
         for owner, answer in zip(owners, answers, strict=True):
             for rid in by_owner[owner]:
-                out[rid] = answer.get(rid) or {"error": "no answer"}
+                out[rid] = _Snapshot.from_json(answer.get(rid))
         return out
 
     async def query(self, request: web.Request) -> web.Response:
@@ -363,25 +425,28 @@ class AvailabilityApi:
             after = int(minutes["buffer_after_minutes"] * 60)
             rids = list(hours)
             data = await self._gather(request, rids, start - after, end + before)
-            missing = {rid: d["error"] for rid, d in data.items() if "error" in d}
+            snapshots: dict[str, _Snapshot] = {}
+            missing: dict[str, str] = {}
+            for rid, snap in data.items():
+                if isinstance(snap, str):
+                    missing[rid] = snap
+                else:
+                    snapshots[rid] = snap
             unknown = [rid for rid, why in missing.items() if why == "unknown resource"]
             if unknown:
                 raise RequestRejected(404, f"unknown resources: {', '.join(unknown)[:300]}")
             if missing:
                 raise RequestRejected(503, "the partitions are being reassigned; retry")
-            resources = []
-            for rid in rids:
-                segments = [(int(s), int(e), int(f)) for s, e, f in data[rid]["segments"]]
-                segments += [(int(s), int(e), int(Flag.HOLD)) for s, e in data[rid]["holds"]]
-                resources.append(
-                    ResourceAvailability(rid, Timeline.from_segments(segments), hours[rid])
-                )
+            resources = [
+                ResourceAvailability(rid, snapshots[rid].timeline_with_holds(), hours[rid])
+                for rid in rids
+            ]
             now = datetime.fromtimestamp(self._clock(), UTC)
             try:
                 found = find_slots(resources, slot_request, now=now)
             except InvalidAvailabilityRequest as exc:
                 raise RequestRejected(400, str(exc)) from None
-            as_ofs = {rid: data[rid]["as_of"] for rid in rids}
+            as_ofs = {rid: snapshots[rid].as_of for rid in rids}
             slots = []
             for slot in found.slots:
                 used = rids if required is None else list(slot.available)

@@ -88,17 +88,18 @@ class BodySchemas:
         """Whether the operation has a JSON body schema."""
         return (method, shape(path)) in self._validators
 
-    def check(self, method: str, path: str, body: bytes) -> None:
+    def check(self, method: str, path: str, body: bytes) -> Any:
         """Raise :class:`web.HTTPBadRequest` (JSON) when ``body`` does not fit the schema
-        of the operation ``(method, path)`` (a route's canonical path); no schema: pass."""
+        of the operation ``(method, path)`` (a route's canonical path); no schema: pass.
+        Returns the parsed body, or :data:`NOT_PARSED` when there was none to check."""
         found = self._validators.get((method, shape(path)))
         if found is None:
-            return
+            return NOT_PARSED
         required, validator = found
         if not body.strip():
             if required:
                 raise _bad("the body must be a JSON object", None)
-            return
+            return NOT_PARSED
         try:
             value = json.loads(body)
         except RecursionError:
@@ -106,10 +107,17 @@ class BodySchemas:
         except (ValueError, UnicodeDecodeError) as exc:
             raise _bad(f"the body is not JSON: {exc}", None) from None
         if self._fast[(method, shape(path))].is_valid(value):
-            return
+            return value
         error = best_match(validator.iter_errors(value))
         if error is not None:
             raise _bad(_describe(error), _field(error))
+        return value
+
+
+#: The request key under which :func:`validation_middleware` leaves the body it parsed.
+PARSED_BODY: web.RequestKey[Any] = web.RequestKey("calsync.parsed_body", object)
+#: :meth:`BodySchemas.check` found no body to parse.
+NOT_PARSED: Any = object()
 
 
 def _field(error: ValidationError) -> str | None:
@@ -157,9 +165,11 @@ def validation_middleware(schemas: BodySchemas, *, read_timeout: float) -> Middl
         except web.HTTPRequestEntityTooLarge:
             return web.json_response({"error": "the body is too large"}, status=413)
         try:
-            schemas.check(request.method, resource.canonical, body)
+            parsed = schemas.check(request.method, resource.canonical, body)
         except web.HTTPBadRequest as exc:
             return web.Response(status=400, body=exc.text, content_type="application/json")
+        if parsed is not NOT_PARSED:
+            request[PARSED_BODY] = parsed  # the handler's json_body need not parse it again
         return await handler(request)
 
     return validate_body

@@ -8,6 +8,8 @@ controls: window length, list sizes, string lengths.
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
@@ -132,10 +134,28 @@ def _spans(value: object, name: str) -> list[Span]:
 
 
 def working_hours(value: object) -> WorkingHours | None:
+    """The working hours a request gives for one resource (None: not given).
+
+    A query usually gives the same hours for many resources, and the same again in
+    the next query: parsed hours are remembered by their canonical JSON (they are
+    immutable)."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise RequestRejected(400, "working_hours must be an object", field="working_hours")
+    try:
+        canonical = json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError):  # keys of mixed types cannot be sorted
+        return _working_hours(value)
+    return _remembered_working_hours(canonical)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_working_hours(canonical: str) -> WorkingHours:
+    return _working_hours(json.loads(canonical))
+
+
+def _working_hours(value: dict[str, Any]) -> WorkingHours:
     where = zone(value.get("zone", "UTC"), "working_hours.zone")
     weekly_raw = value.get("weekly", {})
     exceptions_raw = value.get("exceptions", {})

@@ -1,0 +1,107 @@
+"""Fast reads of a Faust table for the web side: one store lookup, decoded once.
+
+A Faust table read (``table.get(key)``) asks the RocksDB store twice (``key in data``,
+then ``data[key]``) and decodes the value every time: a :class:`SyncState` with its
+occurrence index is a JSON document of some kilobytes. An availability query over
+ten resources reads five tables for each, and profiling the query benchmark found
+those reads to be most of its cost (``docs/benchmarks.md``, section 6).
+
+:class:`DecodedReads` reads the stored bytes once per call and keeps, per key, the
+last bytes it decoded and the value they gave: when the bytes are the same (the
+common case: most resources do not change between two queries), the value is
+reused without decoding. Comparing bytes is exact, so a read never returns a value
+older than the store's, whichever way the store changed (a write by this worker, a
+changelog restore, a rebalance).
+
+Values are shared between readers: callers must not mutate them (the web side only
+reads; the agents write through the table itself, never through this view).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar, cast
+
+__all__ = ["DecodedReads"]
+
+V = TypeVar("V")
+
+
+class DecodedReads(Generic[V]):
+    """A read-only view of ``table`` (a Faust table, or any mapping in tests) with a
+    decode cache of at most ``capacity`` keys (least recently read dropped first)."""
+
+    def __init__(
+        self,
+        table: Mapping[str, V],
+        *,
+        capacity: int = 4096,
+        partition_of: Callable[[str], int] | None = None,
+    ) -> None:
+        self._table = table
+        self._capacity = capacity
+        self._partition_of = partition_of
+        #: key -> [encoded key, partition it was last found in, raw bytes, value]
+        self._memo: OrderedDict[str, list[Any]] = OrderedDict()
+        # A Faust table's store: read raw bytes and decode here. Anything else (a dict
+        # in unit tests, Faust's memory store) is read as it is.
+        store = getattr(table, "data", None)
+        self._store: Any = store if hasattr(store, "_get") else None
+
+    def get(self, key: str) -> V | None:
+        """The value stored under ``key`` now, or None."""
+        store = self._store
+        if store is None:
+            return self._table.get(key)
+        memo = self._memo.get(key)
+        if memo is None:
+            partition = self._partition_of(key) if self._partition_of is not None else None
+            memo = [store._encode_key(key), partition, None, None]
+        raw = self._read(store, memo, known=self._partition_of is not None)
+        if raw is None:
+            self._memo.pop(key, None)
+            return None
+        if memo[2] is not None and memo[2] == raw:
+            self._memo.move_to_end(key)
+            return cast(V, memo[3])
+        memo[2], memo[3] = raw, store._decode_value(raw)
+        self._memo[key] = memo
+        self._memo.move_to_end(key)
+        if len(self._memo) > self._capacity:
+            self._memo.popitem(last=False)
+        return cast(V, memo[3])
+
+    @staticmethod
+    def _read(store: Any, memo: list[Any], *, known: bool) -> bytes | None:
+        """The stored bytes of ``memo``'s key. The RocksDB store keeps one database per
+        partition (``_dbs``) and, asked outside an event, looks the key up in each
+        through a locked LRU and a bloom-filter probe. Here the key's partition is
+        asked alone when ``known`` (``partition_of``: the tables are co-partitioned
+        with the topics, so a key is written to, and restored into, the partition the
+        producer gives it); otherwise the partition it was last found in first, then
+        the others (a key lives in exactly one). Stores without ``_dbs`` are asked
+        through ``_get``."""
+        encoded = memo[0]
+        dbs = getattr(store, "_dbs", None)
+        if not isinstance(dbs, dict):
+            return cast("bytes | None", store._get(encoded))
+        last = memo[1]
+        if last is not None:
+            db = dbs.get(last)
+            if db is not None:
+                value = db.get(encoded)
+                if value is not None:
+                    return cast(bytes, value)
+        if known:
+            return None
+        for partition, db in list(dbs.items()):
+            if partition != last:
+                value = db.get(encoded)
+                if value is not None:
+                    memo[1] = partition
+                    return cast(bytes, value)
+        return None
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None

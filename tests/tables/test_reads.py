@@ -1,0 +1,116 @@
+"""DecodedReads: one store read per call, a decode only when the stored bytes changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from calsync.tables.reads import DecodedReads
+from calsync.tables.records import SyncState
+
+
+class SerializedStoreDouble:
+    """The three members of Faust's ``SerializedStore`` the view uses, over a dict of
+    bytes, counting decodes."""
+
+    def __init__(self) -> None:
+        self.raw: dict[bytes, bytes] = {}
+        self.decodes = 0
+
+    def _encode_key(self, key: str) -> bytes:
+        return json.dumps(key).encode()
+
+    def _get(self, key: bytes) -> bytes | None:
+        return self.raw.get(key)
+
+    def _decode_value(self, value: bytes) -> Any:
+        self.decodes += 1
+        return json.loads(value)
+
+    def put(self, key: str, value: Any) -> None:
+        self.raw[self._encode_key(key)] = json.dumps(value).encode()
+
+
+class TableDouble(dict[str, Any]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = SerializedStoreDouble()
+
+
+def test_unchanged_bytes_are_decoded_once_and_changed_bytes_again() -> None:
+    table = TableDouble()
+    reads: DecodedReads[Any] = DecodedReads(table)
+    table.data.put("a", {"v": 1})
+    assert reads.get("a") == {"v": 1}
+    assert reads.get("a") == {"v": 1}
+    assert table.data.decodes == 1
+    table.data.put("a", {"v": 2})
+    assert reads.get("a") == {"v": 2}
+    assert table.data.decodes == 2
+
+
+def test_a_deleted_key_reads_as_none_and_is_forgotten() -> None:
+    table = TableDouble()
+    reads: DecodedReads[Any] = DecodedReads(table)
+    table.data.put("a", {"v": 1})
+    assert "a" in reads
+    table.data.raw.clear()
+    assert reads.get("a") is None
+    assert "a" not in reads
+    table.data.put("a", {"v": 1})
+    assert reads.get("a") == {"v": 1}
+    assert table.data.decodes == 2
+
+
+def test_the_cache_keeps_at_most_capacity_keys() -> None:
+    table = TableDouble()
+    reads: DecodedReads[Any] = DecodedReads(table, capacity=2)
+    for key in "abc":
+        table.data.put(key, key)
+        reads.get(key)
+    reads.get("a")  # dropped as the least recently read: decoded again
+    assert table.data.decodes == 4
+    reads.get("c")
+    assert table.data.decodes == 4
+
+
+def test_a_plain_mapping_is_read_as_it_is() -> None:
+    reads: DecodedReads[int] = DecodedReads({"a": 1})
+    assert reads.get("a") == 1
+    assert reads.get("b") is None
+
+
+def test_reads_a_faust_rocksdb_table_in_any_of_its_partitions(tmp_path: Path) -> None:
+    """Against Faust's own RocksDB store (rocksdict): pins the store members the view
+    reads (``_dbs``, ``_encode_key``, ``_encode_value``, ``_decode_value``)."""
+    app = faust.App("reads-test", store="rocksdb://", datadir=str(tmp_path))
+    table = app.Table("sync_state", value_type=SyncState, partitions=2)
+    store = table.data
+    reads: DecodedReads[SyncState] = DecodedReads(table)
+    key = store._encode_key("cal-1")
+    store._db_for_partition(0)[key] = store._encode_value(SyncState(cursor="c1"))
+    store._db_for_partition(1)
+    first = reads.get("cal-1")
+    assert first == SyncState(cursor="c1")
+    assert reads.get("cal-1") is first  # unchanged bytes: decoded once
+    # the key moves to the other partition's database (the store was rebuilt)
+    del store._db_for_partition(0)[key]
+    store._db_for_partition(1)[key] = store._encode_value(SyncState(cursor="c2"))
+    assert reads.get("cal-1") == SyncState(cursor="c2")
+    del store._db_for_partition(1)[key]
+    assert reads.get("cal-1") is None
+    assert reads.get("nobody") is None
+
+
+def test_with_the_partition_known_only_that_partition_is_read(tmp_path: Path) -> None:
+    app = faust.App("reads-test-2", store="rocksdb://", datadir=str(tmp_path))
+    table = app.Table("resources", value_type=SyncState, partitions=2)
+    store = table.data
+    reads: DecodedReads[SyncState] = DecodedReads(table, partition_of=lambda key: 1)
+    store._db_for_partition(0)[store._encode_key("elsewhere")] = store._encode_value(SyncState())
+    store._db_for_partition(1)[store._encode_key("here")] = store._encode_value(SyncState())
+    assert reads.get("here") == SyncState()
+    assert reads.get("elsewhere") is None
