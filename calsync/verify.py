@@ -422,8 +422,9 @@ async def list_truth(
 ) -> dict[str, Interval]:
     """The provider's occurrences inside ``window`` now: a full listing (no cursor), the
     changes applied in page order as the full sync applies them. A rate limit or a
-    transient failure restarts the listing after the delay the provider asked for (at
-    most ``max_wait`` s, ``attempts`` times); other :class:`ProviderError`\\ s propagate."""
+    transient failure restarts the listing after the delay the provider asked for
+    (``attempts`` times in all); a longer wait than ``max_wait`` s, and any other
+    :class:`ProviderError`, propagates."""
     for attempt in range(attempts):
         truth: dict[str, Interval] = {}
         try:
@@ -437,12 +438,13 @@ async def list_truth(
                         truth.pop(change.native_event_id, None)
             return truth
         except ProviderError as exc:
-            if not exc.retriable or attempt + 1 >= attempts:
-                raise
             requested = exc.retry_after if isinstance(exc, RateLimited) else None
             delay = retry_delay(attempt, requested=requested, base=1.0, cap=max_wait)
+            # never ask before the provider allows it: a longer wait is an error here
+            if not exc.retriable or attempt + 1 >= attempts or delay > max_wait:
+                raise
             log.info("listing failed (%s); again in %.1f s", exc, delay)
-            await asyncio.sleep(min(delay, max_wait))
+            await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
