@@ -317,12 +317,12 @@ def compare(
 async def read_to_end(
     bootstrap: str,
     topic: str,
-    on_record: Callable[[bytes | None, bytes | None], None],
+    on_record: Callable[[bytes | None, bytes | None, int], None],
     *,
     timeout: float = 300.0,
 ) -> int:
     """Feed every record of ``topic``, from the beginning up to the end offsets found at
-    start, to ``on_record(key, value)``, partition by partition in offset order. No
+    start, to ``on_record(key, value, timestamp_ms)``, partition by partition in offset order. No
     consumer group: nothing is committed. Returns how many records were read; raises
     :class:`ConfigurationError` when the topic does not exist or the broker cannot be
     reached, :class:`TimeoutError` after ``timeout`` seconds."""
@@ -360,7 +360,7 @@ async def read_to_end(
                 for tp, messages in batches.items():
                     for message in messages:
                         if message.offset < ends[tp]:
-                            on_record(message.key, message.value)
+                            on_record(message.key, message.value, message.timestamp)
                             read += 1
     finally:
         await consumer.stop()
@@ -372,7 +372,7 @@ async def read_view(settings: Settings, report: Report, only: frozenset[str] | N
     (only ``only``'s resources when given); counts go to ``report``."""
     view: Busy = {}
 
-    def on_record(key: bytes | None, value: bytes | None) -> None:
+    def on_record(key: bytes | None, value: bytes | None, timestamp: int) -> None:
         report.events_read += 1
         if value is None:
             return
@@ -390,28 +390,59 @@ async def read_view(settings: Settings, report: Report, only: frozenset[str] | N
 
 async def read_resources(settings: Settings) -> dict[str, Resource]:
     """The registered resources, from the ``resources`` table's changelog (compacted:
-    the last record of a key wins; a tombstone removes it). Credentials stay encrypted."""
-    resources: dict[str, Resource] = {}
+    the last record of a key wins; a tombstone removes it). Credentials stay encrypted.
 
-    def on_record(key: bytes | None, value: bytes | None) -> None:
+    A ``rotate`` command on ``calsync.commands`` newer than a resource's changelog record
+    is one its worker has not applied yet (it is stopped, or behind): its credentials
+    are the current ones (a Microsoft refresh token stops working once rotated, at the
+    emulator at least), so they replace the stored ones here.
+    """
+    resources: dict[str, tuple[int, Resource]] = {}
+    rotations: dict[str, tuple[int, dict[str, str]]] = {}
+
+    def resource_id(key: bytes | None, *, as_json: bool) -> str | None:
         if key is None:
-            return
+            return None
+        if not as_json:
+            return key.decode(errors="replace")
         try:
             rid = json.loads(key)  # Faust tables write JSON keys
         except ValueError:
-            rid = key.decode(errors="replace")
-        if not isinstance(rid, str):
+            return None
+        return rid if isinstance(rid, str) else None
+
+    def on_resource(key: bytes | None, value: bytes | None, timestamp: int) -> None:
+        rid = resource_id(key, as_json=True)
+        if rid is None:
             return
         if value is None:
             resources.pop(rid, None)
             return
         try:
-            resources[rid] = Resource.loads(value)
+            resources[rid] = (timestamp, Resource.loads(value))
         except Exception:  # a damaged record: the worker cannot use it either
             log.warning("resources changelog record of %s cannot be decoded", rid)
 
-    await read_to_end(settings.kafka_bootstrap, changelog_topic(settings, "resources"), on_record)
-    return resources
+    def on_command(key: bytes | None, value: bytes | None, timestamp: int) -> None:
+        if value is None or b'"rotate"' not in value:
+            return
+        try:
+            command = Command.loads(value)
+        except Exception:  # the worker quarantines these; nothing to learn from it
+            return
+        if command.kind == CommandKind.ROTATE.value and command.credentials:
+            rotations[command.resource_id] = (timestamp, dict(command.credentials))
+
+    bootstrap = settings.kafka_bootstrap
+    await read_to_end(bootstrap, changelog_topic(settings, "resources"), on_resource)
+    await read_to_end(bootstrap, settings.topic("commands"), on_command)
+    out: dict[str, Resource] = {}
+    for rid, (stored_at, resource) in resources.items():
+        rotated = rotations.get(rid)
+        if rotated is not None and rotated[0] > stored_at:
+            resource = resource.derive(credentials={**resource.credentials, **rotated[1]})
+        out[rid] = resource
+    return out
 
 
 # -- asking the providers -------------------------------------------------------------
