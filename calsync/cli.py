@@ -823,12 +823,21 @@ def demo(duration: float) -> None:
     type=click.FloatRange(min=1),
     help="Seconds a provider may take to list one calendar.",
 )
+@click.option(
+    "--recheck-after",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Check resources that differ again after this many seconds; report what still "
+    "differs (changes in flight on a live deployment).",
+)
 def verify(
     resource_ids: tuple[str, ...],
     as_json: bool,
     limit: int,
     margin_hours: float,
     resource_timeout: float,
+    recheck_after: float,
 ) -> None:
     """Compare calsync.events with what the providers answer now (read-only).
 
@@ -841,7 +850,11 @@ def verify(
 
     from calsync.verify import verify as run_verify
 
-    settings = _settings()
+    try:
+        settings = Settings.from_env(os.environ)
+    except CalsyncError as exc:  # exit 2, not click's 1: 1 means "differences"
+        click.echo(f"verify failed: {exc}", err=True)
+        sys.exit(2)
     try:
         report = asyncio.run(
             run_verify(
@@ -850,15 +863,12 @@ def verify(
                 limit=limit,
                 margin=timedelta(hours=margin_hours),
                 resource_timeout=resource_timeout,
+                recheck_after=recheck_after,
             )
         )
     except Exception as exc:  # Kafka or configuration trouble: nothing was compared
-        click.echo(
-            f"verify failed: {exc!r}"
-            if not isinstance(exc, CalsyncError)
-            else f"verify failed: {exc}",
-            err=True,
-        )
+        reason = str(exc) if isinstance(exc, CalsyncError) else repr(exc)
+        click.echo(f"verify failed: {reason}", err=True)
         sys.exit(2)
     click.echo(report.to_json() if as_json else report.to_text())
     sys.exit(report.exit_code)

@@ -50,7 +50,7 @@ from calsync.errors import CalsyncError, ConfigurationError, ProviderError, Rate
 from calsync.model import ChangeKind, Occurrence, UnifiedEvent, Window
 from calsync.providers.base import Provider
 from calsync.providers.factory import ProviderFactory
-from calsync.providers.registry import rate_limit_specs
+from calsync.providers.registry import REGISTRY, rate_limit_specs
 from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_delay
 from calsync.settings import Settings
@@ -139,21 +139,27 @@ def horizon(settings: Settings, now: datetime, margin: timedelta) -> Window:
     )
 
 
-def fold(events: Iterable[UnifiedEvent], busy: Busy | None = None) -> Busy:
+def fold(
+    events: Iterable[UnifiedEvent], busy: Busy | None = None, *, window: Window | None = None
+) -> Busy:
     """Fold events in topic order as a consumer does: an upsert replaces the occurrence's
     interval, a delete removes it. Per resource order is the topic's (one partition per
-    resource), so the last record of an occurrence wins."""
+    resource), so the last record of an occurrence wins. With ``window``, an upsert
+    outside it removes the occurrence too (it cannot be compared), which keeps the view
+    as small as the horizon."""
     view: Busy = busy if busy is not None else {}
     for event in events:
         interval = Interval.of_event(event)
-        if interval is None:
-            intervals = view.get(event.resource_id)
-            if intervals is not None:
-                intervals.pop(event.native_event_id, None)
-                if not intervals:
-                    del view[event.resource_id]
-        else:
+        if interval is not None and (
+            window is None or window.overlaps(interval.start_utc, interval.end_utc)
+        ):
             view.setdefault(event.resource_id, {})[event.native_event_id] = interval
+            continue
+        intervals = view.get(event.resource_id)
+        if intervals is not None:
+            intervals.pop(event.native_event_id, None)
+            if not intervals:
+                del view[event.resource_id]
     return view
 
 
@@ -229,6 +235,8 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)
     events_read: int = 0
     undecodable: int = 0
+    #: resources that differed at first and were checked again (the counts are the second's)
+    rechecked: list[str] = field(default_factory=list)
 
     @property
     def differences(self) -> int:
@@ -259,6 +267,7 @@ class Report:
             "skipped": dict(sorted(self.skipped.items())),
             "events_read": self.events_read,
             "undecodable": self.undecodable,
+            "rechecked": list(self.rechecked),
         }
 
     def to_json(self) -> str:
@@ -285,6 +294,8 @@ class Report:
             lines.append(f"skipped {rid}: {reason}")
         for rid, error in sorted(self.errors.items()):
             lines.append(f"error {rid}: {error}")
+        if self.rechecked:
+            lines.append(f"checked twice (they differed at first): {', '.join(self.rechecked)}")
         if self.undecodable:
             lines.append(f"{self.undecodable} records of the events topic could not be decoded")
         return "\n".join(lines)
@@ -382,7 +393,7 @@ async def read_view(settings: Settings, report: Report, only: frozenset[str] | N
             report.undecodable += 1
             return
         if only is None or event.resource_id in only:
-            fold((event,), view)
+            fold((event,), view, window=report.window)
 
     await read_to_end(settings.kafka_bootstrap, settings.topic("events"), on_record)
     return view
@@ -509,6 +520,7 @@ async def verify(
     limit: int = 20,
     margin: timedelta = timedelta(hours=1),
     resource_timeout: float = 300.0,
+    recheck_after: float = 0.0,
     http_client_factory: Callable[[], httpx.AsyncClient] = _default_http_client,
     on_rotate: Callable[[str, dict[str, str]], Awaitable[None]] | None = None,
 ) -> Report:
@@ -519,20 +531,65 @@ async def verify(
     within ``resource_timeout`` seconds, is reported in ``errors``; a paused one, or one
     waiting for re-consent, in ``skipped``. A removed or unregistered resource has no
     truth to ask: whatever the events still hold for it is extra. Resources are listed
-    one at a time through the worker's rate limiter specs.
+    one at a time, through a rate limiter with the worker's specs and one partition's
+    share of an app-wide quota.
 
+    Against a live deployment a change may be on its way (the worker syncs it within
+    seconds, or at the next reconciliation for a missed push): with ``recheck_after``
+    the resources that differ are checked again that many seconds later, and only what
+    still differs then is reported (those resources are listed in ``rechecked``).
+
+    ``on_rotate(resource_id, credentials)`` receives credentials a provider rotated
+    while listing (default: written as a ``rotate`` command for the owning worker).
     Raises :class:`ConfigurationError` when Kafka or the topics cannot be read.
     """
-    only = frozenset(resource_ids) or None
+    check = functools.partial(
+        _check,
+        settings,
+        limit=limit,
+        margin=margin,
+        resource_timeout=resource_timeout,
+        http_client_factory=http_client_factory,
+        on_rotate=on_rotate or functools.partial(_hand_over_rotation, settings),
+    )
+    first = await check(frozenset(resource_ids) or None)
+    differing = sorted(rid for rid, c in first.resources.items() if c.missing or c.extra or c.stale)
+    if recheck_after <= 0 or not differing:
+        return first
+    await asyncio.sleep(recheck_after)
+    second = await check(frozenset(differing))
+    agreeing = {rid: c for rid, c in first.resources.items() if rid not in differing}
+    second.resources = {**agreeing, **second.resources}
+    second.errors = {**first.errors, **second.errors}
+    second.skipped = {**first.skipped, **second.skipped}
+    second.rechecked = differing
+    return second
+
+
+async def _check(
+    settings: Settings,
+    only: frozenset[str] | None,
+    *,
+    limit: int,
+    margin: timedelta,
+    resource_timeout: float,
+    http_client_factory: Callable[[], httpx.AsyncClient],
+    on_rotate: Callable[[str, dict[str, str]], Awaitable[None]],
+) -> Report:
+    """One pass of :func:`verify` over ``only`` (or every resource)."""
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     now = datetime.fromtimestamp(clock(), UTC)
     report = Report(window=horizon(settings, now, margin), limit=limit)
     resources = await read_resources(settings)
     view = await read_view(settings, report, only)
     wanted = sorted(only if only is not None else resources.keys() | view.keys())
-    rotate = on_rotate or functools.partial(_hand_over_rotation, settings)
     limiter = RateLimiter(rate_limit_specs(settings))
-    factory = ProviderFactory(settings, http_client_factory, limiter, clock=clock, on_rotate=rotate)
+    for name, spec in REGISTRY.items():
+        if spec.shares_app_quota:  # as much of the app's quota as one partition's owner
+            limiter.set_share(name, 1 / max(1, settings.topic_partitions))
+    factory = ProviderFactory(
+        settings, http_client_factory, limiter, clock=clock, on_rotate=on_rotate
+    )
     try:
         for rid in wanted:
             resource = resources.get(rid)
