@@ -80,6 +80,14 @@ def test_fold_continues_an_existing_view() -> None:
     assert sorted(view["r"]) == ["a", "b"]
 
 
+def test_fold_with_a_window_drops_what_moved_out_of_it() -> None:
+    inside, outside = occurrence("a", 1), occurrence("a", 0, days=-60)
+    view = fold([upsert("r", inside), upsert("r", outside)], window=WINDOW)
+    assert view == {}
+    view = fold([upsert("r", outside), upsert("r", inside)], window=WINDOW)
+    assert view == {"r": {"a": interval(inside)}}
+
+
 def test_an_interval_of_an_event_equals_that_of_its_occurrence() -> None:
     occ = occurrence("a", 1, status=StatusIntent.TENTATIVE)
     assert Interval.of_event(upsert("r", occ)) == interval(occ)
