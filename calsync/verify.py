@@ -73,8 +73,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: (resource id, native event id)
-Key = tuple[str, str]
 #: resource id -> native event id -> interval
 Busy = dict[str, dict[str, "Interval"]]
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 import pytest
 
 from calsync.crypto import SecretBox
+from calsync.gateway.publisher import KafkaPublisher
 from calsync.settings import Settings
 from calsync.testing.caldav_servers import DavServer, RadicaleServer, XandikosServer
 from calsync.verify import Report, read_resources, verify
@@ -108,10 +109,18 @@ async def test_verify_caldav_and_the_command_line(kafka_settings, dav_server: Da
         await dav.register("dav")
         await dav.converged("dav")
 
+        # a record that is not a UnifiedEvent is counted, not folded, and stops nothing
+        publisher = KafkaPublisher(world.settings.kafka_bootstrap)
+        try:
+            await publisher.publish(world.settings.topic("events"), "dav", b"not avro")
+        finally:
+            await publisher.aclose()
+
         report = await verify(world.settings)
         assert report.errors == {}, report.to_text()
         assert report.differences == 0, report.to_text()
         assert report.resources["dav"].provider == 4
+        assert report.undecodable == 1
 
         await asyncio.to_thread(world.worker.stop)
         await dav.put("ev0", BASE + timedelta(hours=20))  # stale
