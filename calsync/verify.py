@@ -385,6 +385,8 @@ async def read_view(settings: Settings, report: Report, only: frozenset[str] | N
         report.events_read += 1
         if value is None:
             return
+        if only is not None and key is not None and key.decode(errors="replace") not in only:
+            return  # keyed by resource id: no need to decode another resource's events
         try:
             event = decode_event(value)
         except CalsyncError:

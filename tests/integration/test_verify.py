@@ -60,10 +60,14 @@ async def test_verify_google_and_graph_agree_then_see_what_the_worker_missed(
         await world.register("bob")
         await world.wait_converged(["alice", "bob"])
 
+        channels, subscriptions = len(world.emulator.channels), len(world.ms.subscriptions)
         report = await verify(world.settings)
         assert report.errors == {}, report.to_text()
         assert report.differences == 0, report.to_text()
         assert report.exit_code == 0
+        # read-only: no push channel or subscription was made for the listing
+        assert len(world.emulator.channels) == channels
+        assert len(world.ms.subscriptions) == subscriptions
         assert (report.resources["alice"].provider, report.resources["alice"].events) == (4, 4)
         assert (report.resources["bob"].provider, report.resources["bob"].events) == (3, 3)
 
