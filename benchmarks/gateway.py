@@ -19,7 +19,7 @@ import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from benchmarks.harness.benchmark import Benchmark, Context
 from benchmarks.harness.env import free_port, raw_producer
@@ -44,6 +44,7 @@ class GatewayRun:
     result: LoadResult
     cpu_ms_per_request: float
     targeted: bool  # whether the gateway p99 target applies (not to baselines, diagnostics)
+    rate: float = 0.0
 
     @property
     def p99(self) -> float:
@@ -65,6 +66,9 @@ class GatewayResults:
     warmup: float
     record_bytes: float
     runs: list[GatewayRun]
+    #: the rate sweep (``--rates``): every rate's raw, standalone and embedded runs
+    sweep: list[GatewayRun] = field(default_factory=list)
+    sweep_duration: float = 0.0
 
     @property
     def raw(self) -> GatewayRun:
@@ -97,18 +101,22 @@ async def measured(
     opts: argparse.Namespace,
     *,
     targeted: bool,
+    rate: float = 0.0,
 ) -> GatewayRun:
-    """Run ``work``; its result and ``pid``'s CPU milliseconds per request sent."""
+    """Run ``work`` (at ``rate``, ``opts.rate`` unless given); its result and ``pid``'s CPU
+    milliseconds per request sent."""
     before = process_cpu(pid)
     result = await work()
     spent = process_cpu(pid) - before
-    requests = int((opts.warmup + opts.duration) * opts.rate)
-    return GatewayRun(label, result, spent / requests * 1000, targeted)
+    rate = rate or opts.rate
+    requests = int((opts.warmup + opts.duration) * rate)
+    return GatewayRun(label, result, spent / requests * 1000, targeted, rate)
 
 
-async def run(ctx: Context) -> Section:
-    env, worker, opts = ctx.env, ctx.worker, ctx.opts
-    total = int((opts.warmup + opts.duration) * opts.rate)
+def notifications(rate: float, duration: float, warmup: float) -> tuple[list[bytes], list[bytes]]:
+    """Keys and values the raw baseline produces at ``rate``: the notifications the
+    gateway would write for the same pushes."""
+    total = int((warmup + duration) * rate)
     keys = [f"bench-gw-{i % RESOURCES:02d}".encode() for i in range(total)]
     now = time.time()
     values = [
@@ -116,14 +124,24 @@ async def run(ctx: Context) -> Section:
             provider="google",
             resource_id=key.decode(),
             reason=Reason.PUSH.value,
-            received_at=now + i / opts.rate,
+            received_at=now + i / rate,
             channel_id=CHANNEL,
             message_number=1000 + i % RESOURCES,
         ).dumps()
         for i, key in enumerate(keys)
     ]
-    headers = push_headers(env.secret_key)
-    schedule = {"rate": opts.rate, "duration": opts.duration, "warmup": opts.warmup}
+    return keys, values
+
+
+async def three_paths(
+    ctx: Context, rate: float, duration: float, headers: list[dict[str, str]]
+) -> list[GatewayRun]:
+    """Raw ``send_and_wait``, the standalone gateway in this process and the gateway
+    embedded in the shared worker, each at ``rate`` for ``duration`` s (after the warm-up)."""
+    env, worker, opts = ctx.env, ctx.worker, ctx.opts
+    keys, values = notifications(rate, duration, opts.warmup)
+    schedule = {"rate": rate, "duration": duration, "warmup": opts.warmup}
+    timing = replace_opts(opts, rate=rate, duration=duration)
     runs: list[GatewayRun] = []
 
     # Raw baseline: same keys, same-size values, same rate, same producer configuration.
@@ -137,7 +155,7 @@ async def run(ctx: Context) -> Section:
             return open_loop(produce, **schedule)
 
         label = "raw baseline: `AIOKafkaProducer.send_and_wait`"
-        runs.append(await measured(label, raw_load, os.getpid(), opts, targeted=False))
+        runs.append(await measured(label, raw_load, os.getpid(), timing, targeted=False))
 
     # The standalone gateway, served by this process; the client is another process.
     settings = env.settings("gateway")
@@ -146,7 +164,7 @@ async def run(ctx: Context) -> Section:
         label = "standalone gateway (aiohttp + `KafkaPublisher`)"
         runs.append(
             await measured(
-                label, lambda: http_load(url, headers, schedule), os.getpid(), opts, targeted=True
+                label, lambda: http_load(url, headers, schedule), os.getpid(), timing, targeted=True
             )
         )
 
@@ -157,8 +175,20 @@ async def run(ctx: Context) -> Section:
         raise RuntimeError("the worker is not running")
     label = "gateway embedded in a worker subprocess"
     runs.append(
-        await measured(label, lambda: http_load(url, headers, schedule), pid, opts, targeted=True)
+        await measured(label, lambda: http_load(url, headers, schedule), pid, timing, targeted=True)
     )
+    return runs
+
+
+def replace_opts(opts: argparse.Namespace, **values: float) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(opts), **values})
+
+
+async def run(ctx: Context) -> Section:
+    env, worker, opts = ctx.env, ctx.worker, ctx.opts
+    headers = push_headers(env.secret_key)
+    runs = await three_paths(ctx, opts.rate, opts.duration, headers)
+    schedule = {"rate": opts.rate, "duration": opts.duration, "warmup": opts.warmup}
 
     # Diagnostic: the same standalone gateway as a process of its own, while the worker
     # (same topics) consumes what it writes: the process boundary without sharing a process
@@ -181,12 +211,19 @@ async def run(ctx: Context) -> Section:
     finally:
         await asyncio.to_thread(gateway.stop)
 
+    sweep: list[GatewayRun] = []
+    for rate in opts.rates:
+        sweep += await three_paths(ctx, rate, opts.sweep_duration, headers)
+
+    _, values = notifications(opts.rate, opts.duration, opts.warmup)
     results = GatewayResults(
         rate=opts.rate,
         duration=opts.duration,
         warmup=opts.warmup,
         record_bytes=statistics.fmean(len(v) for v in values),
         runs=runs,
+        sweep=sweep,
+        sweep_duration=opts.sweep_duration,
     )
     return Section(report(results), summary(results))
 
@@ -230,6 +267,46 @@ def report(r: GatewayResults) -> list[str]:
             f"{ms(lag['p99'])} ms, max {ms(lag['max'])} ms (included above); "
             f"failures: {fails or 'none'}"
         )
+    if r.sweep:
+        lines += ["", *sweep_report(r)]
+    return lines
+
+
+def sweep_report(r: GatewayResults) -> list[str]:
+    """The rate sweep: each path at each rate, and the highest rate each sustained."""
+    lines = [
+        f"**Rate sweep**, open loop, {r.sweep_duration:g} s per rate after a {r.warmup:g} s "
+        "warm-up, the same pushes and baseline as above. *Sustained*: p99 within the "
+        f"{P99_TARGET_MS:g} ms target and no request failed. *Capacity per core*: 1,000 ms "
+        "divided by the serving process's CPU ms per request (for the raw baseline: this "
+        "benchmark's process, which runs the producer), an estimate of the requests/s one "
+        "fully busy core would carry. The load generator is one Python "
+        "process on the same 2-core machine as the broker and the server; at the higher "
+        "rates it is itself late (its lateness is included).",
+        "",
+        "| rate /s | path | p50 ms | p95 ms | p99 ms | max ms | errors | p99 / raw p99 "
+        "| CPU ms / request | capacity per core /s | sustained |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    raw_p99 = {run.rate: run.p99 for run in r.sweep if not run.targeted}
+    for run in r.sweep:
+        base = raw_p99.get(run.rate, float("nan"))
+        capacity = 1000 / run.cpu_ms_per_request if run.cpu_ms_per_request > 0 else float("nan")
+        lines.append(
+            f"| {run.rate:,.0f} | {run.label.split(' (')[0].split(':')[0]} "
+            f"| {latency_cells(run.result.latencies_ms)} | {run.failed} "
+            f"| {run.p99 / base:.2f}x | {run.cpu_ms_per_request:.2f} | {capacity:,.0f} "
+            f"| {'yes' if run.ok else 'no'} |"
+        )
+    lines.append("")
+    for label in dict.fromkeys(run.label for run in r.sweep):
+        held = [run.rate for run in r.sweep if run.label == label and run.ok]
+        short = label.split(" (")[0].split(":")[0]
+        lines.append(
+            f"- {short}: highest rate sustained {max(held):,.0f}/s"
+            if held
+            else f"- {short}: sustained none of the rates"
+        )
     return lines
 
 
@@ -248,11 +325,30 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--rate", type=float, default=200.0, help="requests/s (%(default)s)")
     group.add_argument("--duration", type=float, default=10.0, help="measured s (%(default)s)")
     group.add_argument("--warmup", type=float, default=2.0, help="warm-up s (%(default)s)")
+    group.add_argument(
+        "--rates",
+        type=_rates,
+        default=[],
+        help="a rate sweep after the main run, e.g. 200,500,1000,2000 (none by default)",
+    )
+    group.add_argument(
+        "--sweep-duration", type=float, default=60.0, help="measured s per rate (%(default)s)"
+    )
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of rates: {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError("rates must be positive")
+    return rates
 
 
 def check(opts: argparse.Namespace) -> str | None:
-    if opts.rate <= 0 or opts.duration <= 0 or opts.warmup < 0:
-        return "--rate and --duration must be positive, --warmup not negative"
+    if opts.rate <= 0 or opts.duration <= 0 or opts.warmup < 0 or opts.sweep_duration <= 0:
+        return "--rate, --duration and --sweep-duration must be positive, --warmup not negative"
     return None
 
 
