@@ -1,0 +1,185 @@
+"""The Kafka broker goes away in the middle of a run, as deployed: a standalone gateway
+is the public webhook URL, two workers with their own data directories, calendars
+changing and pushing. Each test has its own broker (the session's is shared by the
+whole suite), restarted on the same port and data directory.
+
+What users depend on: a webhook the gateway acknowledged with 202 is never lost, a
+webhook it could not write is refused with a status the provider retries (5xx), the
+workers survive and resume by themselves, and once the broker is back every change
+reaches calsync.events with the provider's content (nothing stale)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from calsync.emulators.google import DeliveryRecord
+from calsync.model import ChangeKind
+from calsync.settings import Settings
+from calsync.testing.broker import KafkaBroker
+from tests.integration.conftest import Cluster, View, cluster
+
+#: How long the broker stays away: longer than the session timeout (6 s) and than a
+#: provider's push timeout (the emulator's 10 s), short enough for CI.
+DOWN = 20.0
+#: From the broker's return to every change on calsync.events: a bound on a crowded
+#: 2-core machine (the workers reconnect, rejoin the group and replay), not a target.
+RECOVERY_BOUND = 120.0
+
+
+@pytest.fixture
+async def own_broker() -> AsyncIterator[KafkaBroker]:
+    """A broker for this test alone, so that stopping it disturbs no other test."""
+    broker = KafkaBroker()
+    await asyncio.to_thread(broker.start)
+    try:
+        yield broker
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+
+@pytest.fixture
+def own_settings(make_settings, own_broker: KafkaBroker) -> Callable[..., Settings]:  # type: ignore[no-untyped-def]
+    bootstrap = own_broker.bootstrap
+
+    def factory(**overrides: Any) -> Settings:
+        return make_settings(kafka_bootstrap=bootstrap, **overrides)  # type: ignore[no-any-return]
+
+    return factory
+
+
+def calendar_of(world: Cluster, record: DeliveryRecord) -> str | None:
+    channel = world.emulator.channels.get(record.channel_id)
+    return channel.calendar_id.split("@")[0] if channel is not None else None
+
+
+async def settle_pushes(world: Cluster, timeout: float) -> None:
+    """Wait until the emulator delivered (or gave up on) every push queued so far."""
+    await asyncio.wait_for(world.emulator.flush_pushes(), timeout)
+
+
+async def steady(world: Cluster, names: list[str]) -> None:
+    await world.register(names)
+    await world.converge(deadline=time.monotonic() + 90)
+    await asyncio.to_thread(world.workers.wait_balanced)
+
+
+def last_pushes(world: Cluster, records: list[DeliveryRecord]) -> dict[str, list[DeliveryRecord]]:
+    """Per calendar, the attempts of the last push it was sent among ``records``."""
+    last: dict[str, int] = {}
+    for r in records:
+        name = calendar_of(world, r)
+        if name is not None:
+            last[name] = max(last.get(name, -1), r.message_number)
+    return {
+        name: [r for r in records if calendar_of(world, r) == name and r.message_number == n]
+        for name, n in last.items()
+    }
+
+
+def agree_with_any(world: Cluster, mark: int, states: list[View]) -> None:
+    """Every event emitted since ``mark`` carries content the emulator had at one of
+    ``states`` (snapshots taken around each change): a replay or a late delta may
+    repeat older content, never invent any."""
+    for e in world.events.events()[mark:]:
+        key = (e.resource_id, e.native_event_id)
+        assert e.change is ChangeKind.UPSERT, e
+        state = (e.start_utc, e.status_intent.value if e.status_intent else None)
+        seen = [s.get(key) for s in states]
+        assert state in seen, f"{key}: emitted {state}, the emulator had {seen}"
+
+
+async def converge_after_outage(
+    world: Cluster, names: list[str], outage: list[DeliveryRecord], back: float
+) -> tuple[float, list[str]]:
+    """After the broker is back: calendars whose last push during the outage was
+    acknowledged (202) must converge with no help; the others get one more change (a
+    provider retries a refused push: Google for hours, the emulator for under a
+    second). Returns the seconds from ``back`` to convergence and the re-pushed names."""
+    last = last_pushes(world, outage)
+    acked = {name for name, attempts in last.items() if any(r.status == 202 for r in attempts)}
+    refused = [name for name in names if name not in acked]
+    if acked:
+        deadline = back + RECOVERY_BOUND
+        while True:
+            view, truth = world.view(), world.truth()
+            missing = sorted(k for k, v in truth.items() if k[0] in acked and view.get(k) != v)
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"acknowledged pushes lost: {missing[:8]}\n{await world.workers_status()}\n"
+                    + "\n".join(w.tail(40) for w in world.workers.workers)
+                )
+            await world.events.poll(0.2)
+    world.change(refused, 7)
+    await world.converge(deadline=back + RECOVERY_BOUND)
+    return time.monotonic() - back, refused
+
+
+def summary(records: list[DeliveryRecord]) -> Counter[str]:
+    return Counter(
+        str(r.status) if r.status is not None else (r.error or "?")[:40] for r in records
+    )
+
+
+@pytest.mark.parametrize("fault", ["restart", "freeze"])
+async def test_a_broker_outage_loses_no_acknowledged_push(  # type: ignore[no-untyped-def]
+    own_broker, own_settings, fault: str
+) -> None:
+    """The broker goes away for ``DOWN`` seconds while calendars change: ``restart``
+    stops it (SIGTERM: connections refused) and starts it again on the same port and
+    data; ``freeze`` SIGSTOPs it (unreachable: connections open, nothing answers) and
+    SIGCONTs it. The gateway answers every push (503 while it cannot write, within
+    its publish timeout: never a hung webhook), loses nothing it acknowledged, and the
+    workers carry on by themselves."""
+    async with cluster(own_settings) as world:
+        names = world.add_calendars(20, 3)
+        await steady(world, names)
+        mark = len(world.events.values)
+        states = [world.truth()]
+        world.change(names, 0)  # syncs in flight when the broker goes
+        states.append(world.truth())
+        await asyncio.sleep(0.5)
+        pushed = len(world.emulator.delivery_log)
+        if fault == "restart":
+            await asyncio.to_thread(own_broker.halt)
+        else:
+            own_broker.freeze()
+        away = time.monotonic()
+        world.change(names, 1)
+        states.append(world.truth())
+        with contextlib.suppress(TimeoutError):
+            await settle_pushes(world, DOWN)
+        await asyncio.sleep(max(0.0, away + DOWN - time.monotonic()))
+        during = world.emulator.delivery_log[pushed:]
+        if fault == "restart":
+            await asyncio.to_thread(own_broker.start)
+        else:
+            own_broker.thaw()
+        back = time.monotonic()
+        await settle_pushes(world, 60)
+        outage = world.emulator.delivery_log[pushed:]
+        print(
+            f"{fault}: broker away {back - away:.1f}s; pushes while away {dict(summary(during))}, "
+            f"in all {dict(summary(outage))}"
+        )
+        # The gateway answered every attempt: 503 (Retry-After, the provider retries)
+        # while it could not write, 202 once it could; never a timeout
+        assert {r.status for r in outage} <= {202, 503}, dict(summary(outage))
+        assert any(r.status == 503 for r in during), "the outage refused nothing: void"
+        took, refused = await converge_after_outage(world, names, outage, back)
+        states.append(world.truth())
+        agree_with_any(world, mark, states)
+        print(
+            f"{fault}: broker back -> converged in {took:.1f}s ({len(refused)} calendars re-pushed)"
+        )
+        assert all(w.running for w in world.workers.workers), [
+            w.tail(40) for w in world.workers.workers
+        ]
