@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from calsync.emulators.google import DeliveryRecord
-from calsync.model import ChangeKind
 from calsync.settings import Settings
 from calsync.testing.broker import KafkaBroker
-from tests.integration.conftest import Cluster, View, cluster
+from tests.integration.conftest import Cluster, cluster
+from tests.integration.test_failover import agree_with_any
 
 #: How long the broker stays away: longer than the session timeout (6 s) and than a
 #: provider's push timeout (the emulator's 10 s), short enough for CI.
@@ -31,6 +31,8 @@ DOWN = 20.0
 #: From the broker's return to every change on calsync.events: a bound on a crowded
 #: 2-core machine (the workers reconnect, rejoin the group and replay), not a target.
 RECOVERY_BOUND = 120.0
+#: Calendars x events whose initial sync is running when the broker goes.
+BACKFILL = (6, 300)
 
 
 @pytest.fixture
@@ -83,18 +85,6 @@ def last_pushes(world: Cluster, records: list[DeliveryRecord]) -> dict[str, list
     }
 
 
-def agree_with_any(world: Cluster, mark: int, states: list[View]) -> None:
-    """Every event emitted since ``mark`` carries content the emulator had at one of
-    ``states`` (snapshots taken around each change): a replay or a late delta may
-    repeat older content, never invent any."""
-    for e in world.events.events()[mark:]:
-        key = (e.resource_id, e.native_event_id)
-        assert e.change is ChangeKind.UPSERT, e
-        state = (e.start_utc, e.status_intent.value if e.status_intent else None)
-        seen = [s.get(key) for s in states]
-        assert state in seen, f"{key}: emitted {state}, the emulator had {seen}"
-
-
 async def converge_after_outage(
     world: Cluster, names: list[str], outage: list[DeliveryRecord], back: float
 ) -> tuple[float, list[str]]:
@@ -144,9 +134,15 @@ async def test_a_broker_outage_loses_no_acknowledged_push(  # type: ignore[no-un
         await steady(world, names)
         mark = len(world.events.values)
         states = [world.truth()]
-        world.change(names, 0)  # syncs in flight when the broker goes
+        # work in flight when the broker goes: initial syncs of larger calendars (their
+        # events and table writes half done) and a delta per small calendar
+        backfill = world.add_calendars(BACKFILL[0], BACKFILL[1])
+        await world.register(backfill)
+        await world.events.wait_for(lambda r: len(r.values) >= mark + 300, timeout=90)
+        world.change(names, 0)
         states.append(world.truth())
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)
+        assert len(world.events.values) < mark + BACKFILL[0] * BACKFILL[1], "backfill done: void"
         pushed = len(world.emulator.delivery_log)
         if fault == "restart":
             await asyncio.to_thread(own_broker.halt)
