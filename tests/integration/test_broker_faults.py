@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from calsync.emulators.google import DeliveryRecord
 from calsync.settings import Settings
 from calsync.testing.broker import KafkaBroker
-from tests.integration.conftest import Cluster, cluster
+from tests.integration.conftest import BASE, Cluster, cluster
+from tests.integration.test_availability import availability, eventually, hold, parse
 from tests.integration.test_failover import agree_with_any
 
 #: How long the broker stays away: longer than the session timeout (6 s) and than a
@@ -31,6 +36,8 @@ DOWN = 20.0
 #: From the broker's return to every change on calsync.events: a bound on a crowded
 #: 2-core machine (the workers reconnect, rejoin the group and replay), not a target.
 RECOVERY_BOUND = 120.0
+#: How long the broker stays away while holds are asked.
+HOLDS_DOWN = 12.0
 #: Calendars x events whose initial sync is running when the broker goes.
 BACKFILL = (6, 300)
 
@@ -149,6 +156,7 @@ async def test_a_broker_outage_loses_no_acknowledged_push(  # type: ignore[no-un
         else:
             own_broker.freeze()
         away = time.monotonic()
+        at_halt = len(world.events.values) - mark
         world.change(names, 1)
         states.append(world.truth())
         with contextlib.suppress(TimeoutError):
@@ -171,11 +179,93 @@ async def test_a_broker_outage_loses_no_acknowledged_push(  # type: ignore[no-un
         assert {r.status for r in outage} <= {202, 503}, dict(summary(outage))
         assert any(r.status == 503 for r in during), "the outage refused nothing: void"
         took, refused = await converge_after_outage(world, names, outage, back)
+        total = len(world.events.values) - mark
         states.append(world.truth())
         agree_with_any(world, mark, states)
         print(
-            f"{fault}: broker back -> converged in {took:.1f}s ({len(refused)} calendars re-pushed)"
+            f"{fault}: broker back -> converged in {took:.1f}s ({len(refused)} calendars "
+            f"re-pushed; {at_halt} of {total} events emitted before the broker went)"
         )
         assert all(w.running for w in world.workers.workers), [
             w.tail(40) for w in world.workers.workers
         ]
+
+
+async def test_holds_asked_across_a_broker_restart_are_never_double_accepted(  # type: ignore[no-untyped-def]
+    own_broker, own_settings
+) -> None:
+    """Overlapping holds on one resource (some across three) are asked of both
+    workers while the broker restarts; each client retries its own idempotency key
+    until it gets a decision. Afterwards every ask is decided, no resource has two
+    overlapping holds, and every accepted hold is on all of its resources."""
+    async with cluster(own_settings) as world:
+        names = world.add_calendars(4, 1)
+        await steady(world, names)
+        workers = world.workers.workers
+        contended = names[0]
+        slot0 = BASE + timedelta(days=10)
+        asks: list[tuple[list[str], datetime, str]] = []
+        for n in range(40):
+            group = sorted({contended, names[1 + n % 3]}) if n % 3 == 0 else [contended]
+            asks.append((group, slot0 + timedelta(minutes=20 * (n % 7)), uuid.uuid4().hex))
+        outcomes: dict[str, int] = {}
+        accepted: dict[str, str] = {}
+        answers: Counter[str] = Counter()
+
+        async def ask(client: httpx.AsyncClient, index: int) -> None:
+            group, at, key = asks[index]
+            await asyncio.sleep(index * 0.15)  # spread over the 6 s around the halt
+            url = workers[index % 2].url
+            deadline = time.monotonic() + 240
+            while True:
+                try:
+                    response = await hold(client, url, group, at, minutes=30, ttl=3600, key=key)
+                    answers[str(response.status_code)] += 1
+                    if response.status_code in (201, 409):
+                        outcomes[key] = response.status_code
+                        if response.status_code == 201:
+                            accepted[key] = response.json()["hold_id"]
+                        return
+                except httpx.HTTPError as exc:
+                    answers[type(exc).__name__] += 1
+                assert time.monotonic() < deadline, f"no decision for {key}: {dict(answers)}"
+                await asyncio.sleep(0.5)  # the same key again: idempotent
+
+        async with httpx.AsyncClient(timeout=60.0) as client:
+            tasks = [asyncio.ensure_future(ask(client, n)) for n in range(len(asks))]
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(own_broker.halt)
+            halted = time.monotonic()
+            await asyncio.sleep(HOLDS_DOWN)
+            await asyncio.to_thread(own_broker.start)
+            back = time.monotonic()
+            await asyncio.gather(*tasks)
+            decided = time.monotonic() - back
+            assert len(outcomes) == len(asks)
+            assert accepted, "some holds were accepted"
+
+            async def settled() -> dict[str, list[dict[str, Any]]]:
+                held: dict[str, list[dict[str, Any]]] = {}
+                for name in names:
+                    answer = await availability(client, workers[0].url, name)
+                    assert all(h["state"] != "pending" for h in answer["holds"]), answer["holds"]
+                    held[name] = answer["holds"]
+                return held
+
+            held = await eventually(settled, timeout=90, every=1.0)
+        for name, holds in held.items():
+            spans = sorted((parse(h["start"]), parse(h["end"]), h["hold_id"]) for h in holds)
+            for (_, e1, h1), (s2, _, h2) in itertools.pairwise(spans):
+                assert e1 <= s2, f"{name}: {h1} and {h2} overlap"
+        on = {name: {h["hold_id"] for h in holds} for name, holds in held.items()}
+        for key, hold_id in accepted.items():
+            group = next(g for g, _, k in asks if k == key)
+            assert all(hold_id in on[n] for n in group), f"accepted {hold_id} of {group}: {on}"
+        every = {h for ids in on.values() for h in ids}
+        assert every == set(accepted.values()), "a hold no client was told about"
+        assert all(w.running for w in world.workers.workers)
+        print(
+            f"holds across a broker restart ({back - halted:.1f}s down): answers "
+            f"{dict(answers)}; {len(accepted)} accepted of {len(asks)}; all decided "
+            f"{decided:.1f}s after the broker was back"
+        )
