@@ -114,6 +114,11 @@ class Settings:
     #: Seconds a client has to deliver a request head (counted from connecting or from
     #: its last response, so also the keep-alive idle limit), and again its body.
     gateway_read_timeout: float = 10.0
+    #: Seconds the gateway waits for the broker to acknowledge a write before it answers
+    #: 503 with ``Retry-After`` (the provider retries). Without a bound a webhook hung
+    #: for as long as the broker was away (up to the producer's 40 s), past the
+    #: provider's own timeout. A write given up on may still land later (harmless).
+    gateway_publish_timeout: float = 5.0
     #: Time-to-live requested for Google watch channels, in seconds.
     google_channel_ttl: int = 7 * 24 * 3600
     #: Retry attempts before work goes to the dead-letter topic.

@@ -10,7 +10,7 @@ body does not arrive within ``gateway_read_timeout`` gets 408. Status codes:
   message number that is not 1-16 ASCII digits up to 2**53); 401 no channel token;
   403 a token that does not verify, or whose channel has expired (the expiry is in the
   signed token; ``X-Goog-Channel-Expiration`` is not trusted); 503 the broker did not
-  acknowledge (Google retries 5xx).
+  acknowledge within ``gateway_publish_timeout`` (Google retries 5xx).
 * ``POST /webhooks/microsoft?resource=<id>`` and ``.../microsoft/lifecycle?resource=<id>``:
   ``?validationToken=`` (at most 1,024 characters, else 400) is echoed as
   ``200 text/plain`` with ``X-Content-Type-Options: nosniff``; otherwise every item of
@@ -38,6 +38,10 @@ body does not arrive within ``gateway_read_timeout`` gets 408. Status codes:
 * ``POST /api/connect`` (bearer): 201 a one-time connect link for a calendar's owner
   (``{"resource_id", "provider", "calendar_id"?, "time_zone"?, "busy_policy"?}``);
   the ``/connect/*`` pages it leads to are in :mod:`calsync.gateway.connect`.
+* Any request that writes: 503 with ``Retry-After`` when the broker does not acknowledge
+  the write within ``gateway_publish_timeout`` seconds (broker down or unreachable), so
+  a webhook does not hang for the whole outage. The producer keeps the record, so it
+  may still be written once the broker is back; a retry makes that harmless.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -103,18 +108,28 @@ BUSY_POLICY_SWITCHES = frozenset(switch.name for switch in fields(BusyPolicy))
 class RequestRejected(Exception):
     """A request the gateway refuses; becomes a JSON error response."""
 
-    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.retry_after = retry_after
 
     def response(self) -> web.Response:
         body: dict[str, str] = {"error": self.message}
         if self.field:
             body["field"] = self.field
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return web.json_response(body, status=self.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return web.json_response(body, status=self.status, headers=headers or None)
 
 
 def _busy_policy(value: object) -> dict[str, bool] | None:
@@ -371,11 +386,17 @@ class Gateway:
         return body
 
     async def _publish(self, topic: str, key: str, value: bytes) -> None:
+        timeout = self._settings.gateway_publish_timeout
         try:
-            await self._publisher.publish(topic, key, value)
-        except Exception as exc:
+            async with asyncio.timeout(timeout):
+                await self._publisher.publish(topic, key, value)
+        except Exception as exc:  # TimeoutError included: the broker is away
             log.warning("publish to %s failed: %r", topic, exc)
-            raise RequestRejected(503, "the broker did not acknowledge the write") from exc
+            raise RequestRejected(
+                503,
+                f"the broker did not acknowledge the write within {timeout:g}s",
+                retry_after=max(1, math.ceil(timeout)),
+            ) from exc
 
     async def google_push(self, request: web.Request) -> web.Response:
         """A Google push: check it, write one notification, answer 202."""

@@ -19,6 +19,12 @@ Contracts:
 * **Readiness**: :meth:`KafkaBroker.start` returns only after the broker logged
   ``Kafka Server started`` *and* answered a metadata request; otherwise it raises
   :class:`KafkaBrokerError` with the tail of the broker log and leaves no process behind.
+* **Restart**: :meth:`KafkaBroker.halt` stops the JVM (SIGTERM, or SIGKILL with
+  ``kill=True``) but keeps its ports and work dir; the next :meth:`KafkaBroker.start` brings the
+  same broker back (same bootstrap address, same topics, offsets and committed group offsets),
+  as an operator's broker restart or crash does to clients. :meth:`KafkaBroker.restart` does
+  both. :meth:`KafkaBroker.freeze` (SIGSTOP) makes it unreachable without closing a connection
+  until :meth:`KafkaBroker.thaw`.
 * **Cleanup**: :meth:`KafkaBroker.stop` sends SIGTERM to the one pid it started, waits up to
   15 s, then SIGKILLs it, and removes the work dir it created. An ``atexit`` hook does the
   same for brokers still running when the interpreter exits. The JVM runs in its own session
@@ -42,6 +48,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -467,6 +474,8 @@ class KafkaBroker(StartOnEnter):
         self._process: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
+        self._controller_port: int | None = None
+        self._halted = False
         self._work_dir: Path | None = None
         self._owns_work_dir = False
         self._log_path: Path | None = None
@@ -524,12 +533,24 @@ class KafkaBroker(StartOnEnter):
         with self._lock:
             if self.running:
                 return self.bootstrap
-            self.stop()  # clean up after a broker that died on its own
+            if not self._halted:
+                self.stop()  # clean up after a broker that died on its own
             java = _find_java()
             libs = ensure_kafka_libs()
             template = _ci_file("server.properties.in").read_text("utf-8")
             log4j = _ci_file("log4j2.properties")
             deadline = time.monotonic() + self._startup_timeout
+            if self._halted:  # the same broker again: its ports and data, one attempt
+                try:
+                    return self._start_once(java, libs, template, log4j, deadline)
+                except _PortClash as clash:
+                    self.stop()
+                    raise KafkaBrokerError(
+                        f"the restarted Kafka broker could not bind its ports again\n{clash}"
+                    ) from None
+                except BaseException:
+                    self.stop()
+                    raise
             for attempt in range(1, _PORT_ATTEMPTS + 1):
                 try:
                     return self._start_once(java, libs, template, log4j, deadline)
@@ -545,6 +566,55 @@ class KafkaBroker(StartOnEnter):
                     raise
             raise AssertionError("unreachable")  # pragma: no cover
 
+    def halt(self, *, kill: bool = False) -> None:
+        """Stop the broker JVM but keep its ports, config and data for :meth:`start`.
+
+        SIGTERM (a controlled shutdown, SIGKILL after 15 s) or, with ``kill``, SIGKILL at
+        once (a crash). Returns once the process is gone. While halted the bootstrap
+        address refuses connections; :meth:`start` serves it again with the same topics,
+        records and committed offsets, :meth:`stop` discards everything. Raises
+        :class:`KafkaBrokerError` if the broker is not running.
+        """
+        with self._lock:
+            process = self._process
+            if process is None or process.poll() is not None:
+                raise KafkaBrokerError("the Kafka broker is not running, so it cannot be halted")
+            watchdog, self._watchdog = self._watchdog, None
+            if watchdog is not None:
+                _disarm_watchdog(watchdog)
+            if kill:
+                process.kill()
+                process.wait()
+            else:
+                with contextlib.suppress(OSError):
+                    process.send_signal(signal.SIGCONT)
+                terminate(process, _STOP_GRACE_SECONDS)
+            self._process = None
+            self._halted = True  # still in _running: the atexit hook removes the work dir
+
+    def restart(self, *, down: float = 0.0, kill: bool = False) -> str:
+        """:meth:`halt` (``kill`` as there), wait ``down`` seconds, :meth:`start` again;
+        returns the bootstrap address, which is the same as before."""
+        self.halt(kill=kill)
+        time.sleep(down)
+        return self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP the broker JVM: its connections stay open but nothing answers, as when
+        the network to it drops packets or its host stalls. :meth:`thaw` resumes it."""
+        self._signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a :meth:`freeze`-stopped broker."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
+        with self._lock:
+            process = self._process
+            if process is None or process.poll() is not None:
+                raise KafkaBrokerError("the Kafka broker is not running")
+            process.send_signal(signum)
+
     def stop(self) -> None:
         """Stop the broker and remove the work dir it created; idempotent and safe to repeat.
 
@@ -557,22 +627,31 @@ class KafkaBroker(StartOnEnter):
             if watchdog is not None:
                 _disarm_watchdog(watchdog)
             if process is not None:
+                with contextlib.suppress(OSError):
+                    process.send_signal(signal.SIGCONT)  # a frozen JVM cannot act on SIGTERM
                 terminate(process, _STOP_GRACE_SECONDS)
-                with _running_lock:
-                    _running.discard(self)
+            with _running_lock:
+                _running.discard(self)  # also a halted broker's, whose process is gone
             if self._owns_work_dir and self._work_dir is not None:
                 shutil.rmtree(self._work_dir, ignore_errors=True)
             self._work_dir = None
             self._owns_work_dir = False
+            self._halted = False
+            self._port = self._controller_port = None
 
     # ------------------------------------------------------------------ internals
 
     def _start_once(
         self, java: str, libs: Path, template: str, log4j: Path, deadline: float
     ) -> str:
-        port = self._requested_port if self._requested_port is not None else _free_port()
-        controller_port = _free_port(avoid=port)
-        work = self._make_work_dir()
+        if self._halted and self._work_dir is not None and self._port is not None:
+            port, work = self._port, self._work_dir
+            controller_port = self._controller_port or _free_port(avoid=port)
+        else:
+            port = self._requested_port if self._requested_port is not None else _free_port()
+            controller_port = _free_port(avoid=port)
+            work = self._make_work_dir()
+        self._halted = False
         data = work / "data"
         log_path = work / "kafka.log"
         self._log_path = log_path
@@ -634,6 +713,7 @@ class KafkaBroker(StartOnEnter):
             self._process.pid, str(config), work if self._owns_work_dir else None
         )
         self._port = port
+        self._controller_port = controller_port
         bootstrap = self._bootstrap_of(port)
         self._wait_ready(self._process, bootstrap, log_path, deadline)
         return bootstrap

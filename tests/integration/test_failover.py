@@ -13,7 +13,9 @@ import time
 
 import httpx
 
-from tests.integration.conftest import Cluster, cluster
+from calsync.model import ChangeKind
+from tests.conftest import ADMIN_TOKEN
+from tests.integration.conftest import Cluster, View, cluster
 
 #: From the kill to the last pushed change on calsync.events (the requirement).
 DEADLINE = 15.0
@@ -22,6 +24,37 @@ DEADLINE = 15.0
 BACKFILL_BOUND = 180.0
 #: SIGKILL rounds in the main test: an intermittent loss must not hide.
 ROUNDS = int(os.environ.get("CALSYNC_FAILOVER_ROUNDS", "10"))
+
+
+def agree_with_any(world: Cluster, mark: int, states: list[View]) -> None:
+    """Every event emitted since ``mark`` carries content the emulator had in one of
+    ``states`` (snapshots taken before and after each change): a replay or a late
+    listing may repeat older content, never invent any."""
+    for e in world.events.events()[mark:]:
+        key = (e.resource_id, e.native_event_id)
+        assert e.change is ChangeKind.UPSERT, e
+        state = (e.start_utc, e.status_intent.value if e.status_intent else None)
+        seen = [s.get(key) for s in states]
+        assert state in seen, f"{key}: emitted {state}, the emulator had {seen}"
+
+
+async def owned_partitions(world: Cluster) -> list[list[int]]:
+    """Each worker's partitions of calsync.notifications, as its ``/api/status`` says
+    (the dispatcher's; [] for a worker that is down or does not answer)."""
+    owned: list[list[int]] = []
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        for worker in world.workers.workers:
+            partitions: list[int] = []
+            if worker.running:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    answer = await client.get(
+                        f"{worker.url}/api/status",
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                    )
+                    described = answer.json()["notifications"]["partitions"]
+                    partitions = sorted(int(key.rsplit(":", 1)[1]) for key in described)
+            owned.append(partitions)
+    return owned
 
 
 async def kill_and_change(
@@ -198,3 +231,48 @@ async def test_a_restarted_worker_with_static_membership_resumes_before_the_sess
         await world.converge(deadline=restarted + session + 30)
         took = time.monotonic() - restarted
         assert took < session / 2, f"resumed {took:.1f}s after the restart"
+
+
+async def test_a_worker_added_mid_sync_takes_partitions_and_loses_nothing(kafka_settings) -> None:
+    """Rebalance under load: one worker runs the initial sync of 20 x 200 events, a
+    second one joins in the middle while every calendar keeps changing. The newcomer
+    ends up owning partitions (disjoint from the first's, together all of them),
+    everything converges, and nothing emitted carries content the calendar never had."""
+    async with cluster(kafka_settings, workers=1) as world:
+        names = world.add_calendars(20, 200)
+        states = [world.truth()]
+        await world.register(names)
+        await world.events.wait_for(lambda r: len(r.values) >= 800, timeout=90)
+        assert len(world.events.values) < 20 * 200, "the sync finished before the join: void"
+        world.workers.add()
+        joined = time.monotonic()
+        joining = asyncio.ensure_future(asyncio.to_thread(world.workers.start, 1))
+        round_ = 0
+        while not joining.done() or round_ < 6:  # changes during the join and rebalance
+            world.change(names, round_)
+            states.append(world.truth())
+            round_ += 1
+            await asyncio.sleep(1.0)
+        await joining
+        await asyncio.to_thread(world.workers.wait_balanced, timeout=120)
+        await world.converge(deadline=joined + BACKFILL_BOUND)
+        took = time.monotonic() - joined
+        world.change(names, round_)  # and one more, handled by the new owners
+        states.append(world.truth())
+        changed = time.monotonic()
+        await world.converge(deadline=changed + 60)
+        after = time.monotonic() - changed
+        agree_with_any(world, 0, states)
+        deadline = time.monotonic() + 60
+        while True:
+            first, second = await owned_partitions(world)
+            partitions = world.settings.topic_partitions
+            if second and not set(first) & set(second) and len(first + second) == partitions:
+                break
+            assert time.monotonic() < deadline, f"partitions {first} / {second}"
+            await asyncio.sleep(0.5)
+        assert all(w.running for w in world.workers.workers)
+        print(
+            f"worker added mid-sync: partitions {first} / {second}; join -> converged "
+            f"in {took:.1f}s ({round_} change rounds), a later change in {after:.1f}s"
+        )
