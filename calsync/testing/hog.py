@@ -79,7 +79,7 @@ class CpuHog(StartOnEnter):
         if not self.processes:
             for _ in range(self.count):
                 self.processes.append(
-                    subprocess.Popen(
+                    subprocess.Popen(  # noqa: S603 - our interpreter and our own script
                         [sys.executable, "-c", _SPIN, str(os.getpid())],
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL,

@@ -332,3 +332,29 @@ async def test_hostile_and_lossy_series_are_collapsed_or_kept_with_a_status(
             await world.events.wait_for(
                 lambda r: any(e.native_event_id == "canary" for e in r.events()), timeout=30
             )
+
+
+async def test_caldav_polling_goes_on_after_the_collection_was_gone(
+    kafka_settings, dav_server: DavServer
+) -> None:
+    """A poll that finds the collection missing (deleted and not yet made again, as
+    while a client re-creates it) fails; the polls that follow still run, and once the
+    collection is back the calendar converges to what it holds."""
+    async with google_world(kafka_settings, **settings_for(dav_server)) as world:
+        dav = await dav_world(world, dav_server)
+        for n in range(5):
+            await dav.put(f"ev{n}", BASE + timedelta(hours=n))
+        await dav.register("cal")
+        await dav.converged("cal")
+
+        seen = len(await world.statuses())
+        await dav.admin.delete_collection(dav.url)
+        deadline = time.monotonic() + 30
+        while not [s for s in (await world.statuses())[seen:] if s.status == "failed"]:
+            assert time.monotonic() < deadline, world.worker.tail()
+            await asyncio.sleep(0.3)
+        await dav.admin.make_calendar(dav.server.home_url, dav.url.rstrip("/").rsplit("/", 1)[1])
+        dav.truth.clear()
+        for n in (1, 3, 7):
+            await dav.put(f"ev{n}", BASE + timedelta(days=1, hours=n))
+        await dav.converged("cal", timeout=30)
