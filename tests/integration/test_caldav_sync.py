@@ -7,7 +7,6 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urljoin
 
 import httpx
 import icalendar
@@ -131,22 +130,29 @@ class DavWorld:
         return events
 
     async def on_server(self) -> dict[str, datetime]:
-        """The server's own state: each resource's UID and DTSTART, read back over
-        WebDAV (PROPFIND, then GET), independently of calsync's CalDAV client."""
+        """The server's own state: each event's UID and DTSTART, read back with one
+        CalDAV ``calendar-query`` report, independently of calsync's CalDAV client."""
         async with self.server.client() as http:
-            listing = await http.request("PROPFIND", self.url, headers={"Depth": "1"})
-            assert listing.status_code == 207, listing.text
-            members = ET.fromstring(listing.content)  # noqa: S314 - our own test server
-            hrefs = [
-                h.text for h in members.iter("{DAV:}href") if h.text and h.text.endswith(".ics")
-            ]
-            state: dict[str, datetime] = {}
-            for href in hrefs:
-                response = await http.get(urljoin(self.url, href))
-                response.raise_for_status()
-                for event in icalendar.Calendar.from_ical(response.content).walk("VEVENT"):
-                    state[str(event["UID"])] = event.decoded("DTSTART")
+            answer = await http.request(
+                "REPORT",
+                self.url,
+                content=_EVERYTHING,
+                headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+            )
+        assert answer.status_code == 207, answer.text
+        state: dict[str, datetime] = {}
+        members = ET.fromstring(answer.content)  # noqa: S314 - our own test server
+        for data in members.iter("{urn:ietf:params:xml:ns:caldav}calendar-data"):
+            for event in icalendar.Calendar.from_ical(data.text or "").walk("VEVENT"):
+                state[str(event["UID"])] = event.decoded("DTSTART")
         return state
+
+
+_EVERYTHING = b"""<?xml version="1.0" encoding="utf-8"?>
+<C:calendar-query xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">
+  <D:prop><C:calendar-data/></D:prop>
+  <C:filter><C:comp-filter name="VCALENDAR"/></C:filter>
+</C:calendar-query>"""
 
 
 async def dav_world(world: GoogleWorld, server: DavServer) -> DavWorld:
