@@ -20,7 +20,7 @@ import sys
 
 from calsync.testing.lifecycle import StartOnEnter, terminate
 
-__all__ = ["CpuHog", "hog_count"]
+__all__ = ["CpuHog", "cores", "hog_count"]
 
 # The loop a hog runs: spin, and look at the parent's pid between short bursts.
 _SPIN = """
@@ -30,6 +30,13 @@ while os.getppid() == parent:
     for _ in range(200_000):
         pass
 """
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def hog_count(value: str | None) -> int:
@@ -42,7 +49,7 @@ def hog_count(value: str | None) -> int:
     if text in ("", "0"):
         return 0
     if text == "auto":
-        return os.cpu_count() or 1
+        return cores()
     count = int(text)
     if count < 0:
         raise ValueError(f"CALSYNC_TEST_HOG must be 'auto' or a count >= 0, not {value!r}")
@@ -59,7 +66,7 @@ class CpuHog(StartOnEnter):
     __slots__ = ("count", "processes")
 
     def __init__(self, count: int | None = None) -> None:
-        self.count = count if count is not None else (os.cpu_count() or 1)
+        self.count = count if count is not None else cores()
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def __repr__(self) -> str:
