@@ -12,9 +12,29 @@ from typing import Any
 import pytest
 
 from calsync.settings import Settings
+from calsync.testing.hog import CpuHog, hog_count
 
 SECRET_KEY = "test-secret-key-0123456789abcdef"
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+_HOG = pytest.StashKey[CpuHog]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under load (``CALSYNC_TEST_HOG=<n>|auto``, what ``./scripts/test --under-load``
+    sets): busy processes run from here until pytest exits, whatever the outcome."""
+    count = hog_count(os.environ.get("CALSYNC_TEST_HOG"))
+    if count:
+        hog = CpuHog(count)
+        hog.start()
+        config.add_cleanup(hog.stop)
+        config.stash[_HOG] = hog
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    hog = config.stash.get(_HOG, None)
+    return f"under load: {hog.count} CPU hog processes {hog.pids}" if hog else None
 
 
 def free_port() -> int:

@@ -568,6 +568,14 @@ class SyncService:
             rid, {"notification": notification.asdict(), "error": str(exc), "attempt": attempt}
         )
         await self.context.status(rid, "failed", str(exc), attempt=attempt, **flag)
+        if registry.spec(resource.provider).push is PushKind.POLL:
+            # Polls are all a polled calendar has (no pushes): the poll this notification
+            # released must not be the last one until the daily reconciliation. The next
+            # one backs off like a poll that found nothing.
+            interval = self.scheduler.poll(
+                rid, resource.provider, state.poll_interval, changed=False
+            )
+            self.sync_state[rid] = state.derive(poll_interval=interval)
 
     async def _retire(self, rid: str, resource: Resource, state: SyncState) -> None:
         """Emit deletes for everything known of a removed resource and forget it."""

@@ -61,8 +61,22 @@ class TopicReader:
                 raise TimeoutError(f"{self.topic}: condition not met after {timeout}s")
             await self.poll()
 
+    async def caught_up(self, *, timeout: float = 60.0) -> None:
+        """Poll until every value that was in the topic when called has been read;
+        raises :class:`TimeoutError` otherwise."""
+        ends = await self._consumer.end_offsets(list(self._consumer.assignment()))
+        deadline = time.monotonic() + timeout
+        for tp, end in ends.items():
+            while await self._consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.topic}: not read up to its end after {timeout}s")
+                await self.poll()
+
     async def settle(self, quiet: float = 2.0) -> None:
-        """Poll until nothing new arrived for ``quiet`` seconds."""
+        """Read what the topic holds now (:meth:`caught_up`), then poll until nothing
+        new arrived for ``quiet`` seconds. Without the first step a busy machine's
+        first fetch, slower than ``quiet``, would end the wait with nothing read."""
+        await self.caught_up()
         last = time.monotonic()
         while time.monotonic() - last < quiet:
             if await self.poll():

@@ -753,3 +753,27 @@ async def test_synced_statuses_carry_the_lag_of_a_change(world) -> None:
     synced = [s for s in outbox.statuses if s.status == "synced"][-1]
     assert synced.data is not None
     assert synced.data["lag_ms"] == 1500 and synced.data["reason"] == "push"
+
+
+async def test_a_polled_calendar_is_polled_again_after_a_failed_poll(world) -> None:
+    """A CalDAV calendar has nothing but its polls: one that fails for good (the
+    collection is gone for a moment: 404) still leaves the next poll scheduled."""
+    service, provider, outbox, clock = world
+    await service.on_command(
+        register(service).derive(provider="caldav", calendar_id="https://dav.example/cal/")
+    )
+    provider.put(occ(1))
+    await deliver(service, outbox.notifications[-1])
+    poll = service.timers["poll:r1"]
+    provider.errors.append(ProviderRejected("caldav 404", status=404))
+    clock[0] = poll.due_at
+    await deliver(service, poll.notification.derive(timer_key="poll:r1"))
+    assert outbox.status_names()[-1] == "failed"
+    after = service.timers["poll:r1"]
+    assert after.due_at > clock[0]
+    assert after.due_at - clock[0] <= service.settings.poll_max_interval
+    provider.put(occ(2))
+    clock[0] = after.due_at
+    await deliver(service, after.notification.derive(timer_key="poll:r1"))
+    assert outbox.status_names()[-1] == "synced"
+    assert "ev2" in upserted(outbox)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import icalendar
 import pytest
 
-from calsync.model import ChangeKind
+from calsync.model import ChangeKind, UnifiedEvent
 from calsync.streams.records import StatusEvent
 from calsync.testing.caldav_servers import DavAdmin, DavServer, RadicaleServer, XandikosServer
 from tests.conftest import ADMIN_TOKEN
@@ -76,10 +78,17 @@ class DavWorld:
             )
         assert response.status_code == 202, response.text
 
+    def seen(self, name: str) -> dict[str, datetime | None]:
+        """What a consumer folding ``calsync.events`` believes of calendar ``name``."""
+        return {k[1]: v[0] for k, v in self.world.view().items() if k[0] == name}
+
     async def converged(self, name: str, timeout: float = 30.0) -> None:
+        """Wait (at most ``timeout`` seconds) until the consumer's view of ``name`` is
+        what the server holds, checking first that ``truth`` is what it holds."""
+        assert await self.on_server() == self.truth
         deadline = time.monotonic() + timeout
         while True:
-            view = {k[1]: v[0] for k, v in self.world.view().items() if k[0] == name}
+            view = self.seen(name)
             if view == self.truth:
                 return
             if time.monotonic() > deadline:
@@ -90,6 +99,60 @@ class DavWorld:
                     f"{self.world.worker.tail()}"
                 )
             await self.world.events.poll(0.3)
+
+    async def stays_converged(self, name: str, polls: int = 2, timeout: float = 30.0) -> None:
+        """After :meth:`converged`: ``polls`` more polls of ``name`` go by (at least one
+        of them started after convergence) and the view still equals the truth, so
+        no late event (a stale start, a delete of a live event) follows convergence."""
+        synced = await self._synced(name)
+        deadline = time.monotonic() + timeout
+        while await self._synced(name) < synced + polls:
+            assert time.monotonic() < deadline, f"no poll of {name}\n{self.world.worker.tail()}"
+            await self.world.events.poll(0.3)
+        await self.world.events.poll(0.3)
+        assert self.seen(name) == self.truth
+
+    async def _synced(self, name: str) -> int:
+        return sum(
+            1 for s in await self.world.statuses() if s.resource_id == name and s.status == "synced"
+        )
+
+    def agree_since(self, mark: int, name: str) -> list[UnifiedEvent]:
+        """The events of ``name`` emitted since ``mark``; each upsert among them carries
+        the start the server holds now (no stale interval is ever emitted)."""
+        events = [e for e in self.world.decoded()[mark:] if e.resource_id == name]
+        for e in events:
+            if e.change is ChangeKind.UPSERT:
+                assert e.start_utc == self.truth.get(e.native_event_id), (
+                    f"{e.native_event_id}: emitted {e.start_utc}, "
+                    f"server has {self.truth.get(e.native_event_id)}"
+                )
+        return events
+
+    async def on_server(self) -> dict[str, datetime]:
+        """The server's own state: each event's UID and DTSTART, read back with one
+        CalDAV ``calendar-query`` report, independently of calsync's CalDAV client."""
+        async with self.server.client() as http:
+            answer = await http.request(
+                "REPORT",
+                self.url,
+                content=_EVERYTHING,
+                headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+            )
+        assert answer.status_code == 207, answer.text
+        state: dict[str, datetime] = {}
+        members = ET.fromstring(answer.content)  # noqa: S314 - our own test server
+        for data in members.iter("{urn:ietf:params:xml:ns:caldav}calendar-data"):
+            for event in icalendar.Calendar.from_ical(data.text or "").walk("VEVENT"):
+                state[str(event["UID"])] = event.decoded("DTSTART")
+        return state
+
+
+_EVERYTHING = b"""<?xml version="1.0" encoding="utf-8"?>
+<C:calendar-query xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">
+  <D:prop><C:calendar-data/></D:prop>
+  <C:filter><C:comp-filter name="VCALENDAR"/></C:filter>
+</C:calendar-query>"""
 
 
 async def dav_world(world: GoogleWorld, server: DavServer) -> DavWorld:
@@ -111,30 +174,40 @@ def settings_for(server: DavServer) -> dict[str, object]:
 async def test_caldav_sync_edits_deletes_inserts_and_invalid_tokens(
     kafka_settings, dav_server: DavServer
 ) -> None:
+    """Polls carry edits, deletes and inserts, and an invalid sync token (the collection
+    made again) ends in a full resync. What is judged is what a consumer ends up with,
+    against the server's own state, never the order or timing of the polls: on a busy
+    machine a poll may land in the middle of a change, and a later one completes it."""
     async with google_world(kafka_settings, **settings_for(dav_server)) as world:
         dav = await dav_world(world, dav_server)
         for n in range(20):
             await dav.put(f"ev{n}", BASE + timedelta(hours=n))
         await dav.register("cal")
         await dav.converged("cal")
-        assert len(world.decoded()) == 20
+        first = dav.agree_since(0, "cal")
+        # the first full sync emits each event once, as an upsert
+        assert sorted(e.native_event_id for e in first) == sorted(dav.truth)
 
-        changed_at = time.monotonic()
+        mark = len(world.decoded())
         await dav.put("ev3", BASE + timedelta(days=2, hours=3))  # edit
         await dav.delete("ev4")
         await dav.put("ev99", BASE + timedelta(days=3))
-        await dav.converged("cal", timeout=15)
-        assert time.monotonic() - changed_at < 2.0 * 3 + 5  # within the polling interval
-        changes = world.decoded()[20:]
+        # no pushes and a daily reconciliation: only the polls (every 0.5 to 2 s) can
+        # bring the changes within this bound
+        await dav.converged("cal", timeout=30)
+        changes = dav.agree_since(mark, "cal")
+        # only what changed is emitted (a poll in the middle of the changes may split
+        # them over two polls; that changes nothing here)
         assert {(e.native_event_id, e.change) for e in changes} == {
             ("ev3", ChangeKind.UPSERT),
             ("ev4", ChangeKind.DELETE),
             ("ev99", ChangeKind.UPSERT),
         }
+        await dav.stays_converged("cal")
 
         # The collection is deleted and made again: the stored sync token is now
         # invalid (Radicale 403, Xandikos 412) and some events are gone.
-        before = len(world.decoded())
+        mark = len(world.decoded())
         await dav.admin.delete_collection(dav.url)
         await dav.admin.make_calendar(dav.server.home_url, dav.url.rstrip("/").rsplit("/", 1)[1])
         gone = {"ev0", "ev1", "ev2"}
@@ -143,13 +216,13 @@ async def test_caldav_sync_edits_deletes_inserts_and_invalid_tokens(
         for uid, start in kept.items():
             if uid not in gone:
                 await dav.put(uid, start)
-        await dav.converged("cal", timeout=30)
-        after = world.decoded()[before:]
+        await dav.converged("cal", timeout=60)
+        await dav.stays_converged("cal")
         # A poll may land while the collection is being filled again; it then sees the
-        # events not yet put back as deleted, and the next one puts them back. So judge
-        # the net effect: the gone events end deleted and nothing else does.
-        last = {e.native_event_id: e.change for e in after}
-        assert {uid for uid, change in last.items() if change is ChangeKind.DELETE} == gone
+        # events not yet put back as deleted, and a later one puts them back. So judge
+        # the outcome: the view is the server's (above), each gone event was deleted,
+        # and every upsert carried the server's start.
+        after = dav.agree_since(mark, "cal")
         assert gone <= {e.native_event_id for e in after if e.change is ChangeKind.DELETE}
         statuses = [StatusEvent.loads(v) for v in (await _status_values(world))]
         assert any(
@@ -187,7 +260,6 @@ async def test_shipped_calendars_never_crash_the_worker(kafka_settings) -> None:
     import pathlib
     from zoneinfo import ZoneInfo
 
-    import icalendar
     import recurring_ical_events
 
     from calsync.errors import MalformedProviderData
@@ -249,8 +321,6 @@ async def test_moving_horizon_emits_newly_visible_occurrences(kafka_settings) ->
     rate = 10_000.0
     origin = time.time()
     clock = ScaledClock(origin=origin, rate=rate)
-    start = datetime.fromtimestamp(origin, UTC).replace(minute=0, second=0, microsecond=0)
-    start += timedelta(days=1)
     with RadicaleServer() as server:
         async with google_world(
             kafka_settings,
@@ -269,26 +339,38 @@ async def test_moving_horizon_emits_newly_visible_occurrences(kafka_settings) ->
             poll_max_interval=12 * 3600.0,
         ) as world:
             dav = await dav_world(world, server)
+
+            def now() -> datetime:  # the worker's "now": its clock is this one
+                return datetime.fromtimestamp(clock(), UTC)
+
+            # The series starts a day after the worker's "now" once it runs, not when the
+            # test began: starting the servers and the worker on a busy machine takes
+            # many "days" at this rate.
+            start = now().replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+            starts = [start + timedelta(days=d) for d in range(8)]
+            ids = [f"daily/{s.strftime('%Y%m%dT%H%M%SZ')}" for s in starts]
             await dav.admin.put(
-                dav.url, "daily.ics", ics("daily", start, rrule="FREQ=DAILY;COUNT=6")
+                dav.url, "daily.ics", ics("daily", start, rrule="FREQ=DAILY;COUNT=8")
             )
             await dav.register("series")
 
             def instance_ids() -> set[str]:
                 return {k[1] for k in world.view() if k[0] == "series"}
 
-            ids = [
-                f"daily/{(start + timedelta(days=d)).strftime('%Y%m%dT%H%M%SZ')}" for d in range(6)
-            ]
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 30
             while not instance_ids():
                 assert time.monotonic() < deadline, world.worker.tail()
                 await world.events.poll(0.3)
             first = instance_ids()
-            assert ids[5] not in first and first <= set(ids[:2])
-            # day 5's instance becomes visible when "now" passes day 3 (a 2-day horizon)
+            # whenever the worker synced, its horizon ended before the one of "now"
+            horizon = now() + timedelta(days=2)
+            assert first <= {i for i, s in zip(ids, starts, strict=True) if s < horizon}
+            # the last instance starts about 6 days past the horizon of the "now" when the
+            # series was written: at this rate over 50 s, longer than the wait above
+            assert ids[-1] not in first
+            # it becomes visible when "now" passes day 5 (a 2-day horizon)
             deadline = time.monotonic() + 150
-            while ids[5] not in instance_ids():
+            while ids[-1] not in instance_ids():
                 assert time.monotonic() < deadline, (
                     f"{sorted(instance_ids())}\n{world.worker.tail()}"
                 )
@@ -332,3 +414,32 @@ async def test_hostile_and_lossy_series_are_collapsed_or_kept_with_a_status(
             await world.events.wait_for(
                 lambda r: any(e.native_event_id == "canary" for e in r.events()), timeout=30
             )
+
+
+async def test_caldav_polling_goes_on_after_the_collection_was_gone(
+    kafka_settings, dav_server: DavServer
+) -> None:
+    """A poll that finds the collection missing (deleted and not yet made again, as
+    while a client re-creates it) fails; the polls that follow still run, and once the
+    collection is back the calendar converges to what it holds."""
+    async with google_world(kafka_settings, **settings_for(dav_server)) as world:
+        dav = await dav_world(world, dav_server)
+        for n in range(5):
+            await dav.put(f"ev{n}", BASE + timedelta(hours=n))
+        await dav.register("cal")
+        await dav.converged("cal")
+
+        async def failures() -> int:
+            return sum(1 for s in await world.statuses() if s.status == "failed")
+
+        assert await failures() == 0
+        await dav.admin.delete_collection(dav.url)
+        deadline = time.monotonic() + 30
+        while not await failures():  # a poll found the collection missing
+            assert time.monotonic() < deadline, world.worker.tail()
+            await asyncio.sleep(0.3)
+        await dav.admin.make_calendar(dav.server.home_url, dav.url.rstrip("/").rsplit("/", 1)[1])
+        dav.truth.clear()
+        for n in (1, 3, 7):
+            await dav.put(f"ev{n}", BASE + timedelta(days=1, hours=n))
+        await dav.converged("cal", timeout=30)
