@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import availability, codec, fullsync, gateway, push, takeover
+from benchmarks import availability, codec, fullsync, gateway, push, scale, takeover
 from benchmarks.harness.benchmark import Benchmark, Context
 from benchmarks.harness.env import CLIENT_ID, CLIENT_SECRET, ROOT, Env
 from benchmarks.harness.google import TimedGoogleEmulator
@@ -66,6 +66,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         codec.BENCHMARK,
         takeover.BENCHMARK,
         availability.BENCHMARK,
+        scale.BENCHMARK,
     )
 }
 
