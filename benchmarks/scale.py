@@ -348,6 +348,7 @@ class Follower(TopicReader):
         self.synced_at: dict[str, float] = {}  # rid → CreateTime completing its initial sync
         self.pending: dict[tuple[str, str], list[Edit]] = {}
         self.delivered: list[tuple[Edit, float]] = []
+        self.superseded = 0  # edits of events deleted before any record of them
         self.mark = math.inf
         self.first_after: dict[int, float] = {}  # partition → first CreateTime ≥ mark
 
@@ -356,9 +357,15 @@ class Follower(TopicReader):
         return sum(len(ids) for ids in self.fleet.initial.values())
 
     def edited(self, edit: Edit) -> None:
-        self.pending.setdefault((edit.rid, edit.native_id), []).append(edit)
-        if edit.start is None:  # an initial event deleted before it was synced
-            self._seen(edit.rid, edit.native_id, edit.at)
+        """Expect ``edit`` on the topic, unless it is the deletion of an event the view
+        does not hold (never synced, or gone already): no record has to say so then,
+        and the event's earlier edits never need to show up either."""
+        key = (edit.rid, edit.native_id)
+        if edit.start is None and edit.native_id not in self.view.get(edit.rid, {}):
+            self.superseded += len(self.pending.pop(key, ()))
+            self._seen(edit.rid, edit.native_id, edit.at)  # an initial event, if it was one
+            return
+        self.pending.setdefault(key, []).append(edit)
 
     def _seen(self, rid: str, native: str, at: float) -> None:
         remaining = self.remaining.get(rid)
@@ -487,6 +494,7 @@ class Outcome:
     populate_s: float = 0.0
     registered_at: float = 0.0
     fault_at: float = math.nan
+    fault_progress: float = math.nan  # share of the initial events on the topic then
     stable_at: float = math.nan  # add: the group stable again with the new worker
     resumed_at: float = math.nan  # first record from a moved (kill) / taken (add) partition
     moved_partitions: int = 0
@@ -494,6 +502,7 @@ class Outcome:
     converged_at: float = math.nan
     edits: int = 0
     undelivered: int = 0
+    superseded: int = 0
     latencies: dict[str, list[float]] = field(default_factory=dict)  # provider → ms
     records: int = 0
     undecodable: int = 0
@@ -645,6 +654,7 @@ class Run:
 
     async def fault(self) -> None:
         o, f = self.outcome, self.follower
+        o.fault_progress = f.initial_seen / max(1, f.initial_total)
         if self.opts.fault == "kill":
             owners = await notification_owners(self.settings)
             victim = max(
@@ -714,11 +724,11 @@ class Run:
             before_fault = [e for e in self.edits if e.at < o.fault_at]
             await self.wait(
                 "the edits made before the fault",
-                lambda: all(not f.pending.get((e.rid, e.native_id)) for e in before_fault),
+                lambda: not any(e.at < o.fault_at for es in f.pending.values() for e in es),
                 opts.settle_timeout,
             )
             await asyncio.sleep(0)
-            delivered_at = {id(e): at for e, at in f.delivered}
+            delivered_at = {id(e): at for e, at in f.delivered}  # the superseded do not count
             o.converged_at = max(
                 [o.synced_at, *(delivered_at[id(e)] for e in before_fault if id(e) in delivered_at)]
             )
@@ -741,6 +751,15 @@ class Run:
         mine = os.times()
         o.own_cpu_s = (mine.user + mine.system) - (self.own_cpu.user + self.own_cpu.system)
         o.undelivered = f.undelivered
+        o.superseded = f.superseded
+        now = time.time()
+        for edits in f.pending.values():
+            for e in edits[:1]:
+                if len(o.notes) < 25:
+                    o.notes.append(
+                        f"never delivered: {fleet.calendars[e.rid].provider} {e.rid} "
+                        f"{e.native_id} → {e.start or 'deleted'}, edited {now - e.at:.0f} s ago"
+                    )
         o.records, o.undecodable = f.records, f.undecodable
         for edit, at in f.delivered:
             provider = fleet.calendars[edit.rid].provider
@@ -811,7 +830,8 @@ def report(o: Outcome, opts: argparse.Namespace, partitions: int) -> list[str]:
         f"| initial sync rate | {o.initial_events / sync_s:,.0f} events/s |"
         if sync_s > 0
         else "| initial sync rate | n/a |",
-        f"| fault, after registration | {seconds(o.fault_at - o.registered_at)} |",
+        f"| fault, after registration | {seconds(o.fault_at - o.registered_at)} "
+        f"({o.fault_progress:.0%} of the initial events on the topic) |",
     ]
     if o.fault == "kill":
         lines.append(
@@ -827,7 +847,8 @@ def report(o: Outcome, opts: argparse.Namespace, partitions: int) -> list[str]:
     lines += [
         f"| fault → converged (initial sync done, edits before the fault delivered) "
         f"| {seconds(o.since_fault(o.converged_at))} |",
-        f"| edits made / never delivered | {o.edits:,} / {o.undelivered:,} |",
+        f"| edits made / never delivered / superseded (deleted before any record) "
+        f"| {o.edits:,} / {o.undelivered:,} / {o.superseded:,} |",
         f"| records on `calsync.events` (undecodable) | {o.records:,} ({o.undecodable}) |",
     ]
     if opts.holds:
