@@ -322,6 +322,15 @@ class Fleet:
             if isinstance(c, Occurrence) and window.overlaps(c.start_utc, c.end_utc)
         }
 
+    def push_failures(self) -> dict[str, int]:
+        """Per emulator, the push attempts that were not answered 2xx."""
+        return {
+            "google": sum(1 for d in self.google.delivery_log if not 200 <= (d.status or 0) < 300),
+            "microsoft": sum(
+                1 for d in self.graph.delivery_log if not 200 <= (d.status or 0) < 300
+            ),
+        }
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -351,6 +360,7 @@ class Follower(TopicReader):
         self.superseded = 0  # edits of events deleted before any record of them
         self.mark = math.inf
         self.first_after: dict[int, float] = {}  # partition → first CreateTime ≥ mark
+        self.partition_of: dict[str, int] = {}  # rid → its partition of the topic
 
     @property
     def initial_total(self) -> int:
@@ -392,6 +402,7 @@ class Follower(TopicReader):
                     continue
                 fold((event,), self.view, window=self.window)
                 rid, native = event.resource_id, event.native_event_id
+                self.partition_of[rid] = tp.partition
                 upsert = event.change is ChangeKind.UPSERT
                 if upsert:
                     self._seen(rid, native, at)
@@ -503,6 +514,7 @@ class Outcome:
     edits: int = 0
     undelivered: int = 0
     superseded: int = 0
+    push_failures: dict[str, int] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)  # provider → ms
     records: int = 0
     undecodable: int = 0
@@ -752,19 +764,36 @@ class Run:
         o.own_cpu_s = (mine.user + mine.system) - (self.own_cpu.user + self.own_cpu.system)
         o.undelivered = f.undelivered
         o.superseded = f.superseded
-        now = time.time()
         for edits in f.pending.values():
             for e in edits[:1]:
                 if len(o.notes) < 25:
-                    o.notes.append(
-                        f"never delivered: {fleet.calendars[e.rid].provider} {e.rid} "
-                        f"{e.native_id} → {e.start or 'deleted'}, edited {now - e.at:.0f} s ago"
-                    )
+                    o.notes.append(self.undelivered(e))
+        o.push_failures = fleet.push_failures()
         o.records, o.undecodable = f.records, f.undecodable
         for edit, at in f.delivered:
             provider = fleet.calendars[edit.rid].provider
             o.latencies.setdefault(provider, []).append((at - edit.at) * 1000)
         await self.truth()
+
+    def undelivered(self, e: Edit) -> str:
+        """Where and when an edit that never showed up was made, and its pushes."""
+        o, provider = self.outcome, self.fleet.calendars[e.rid].provider
+        partition = self.follower.partition_of.get(e.rid)
+        pushes = ""
+        if provider == "microsoft":
+            answers = [
+                f"{d.event} {d.status or d.error} at {d.time - o.registered_at:+.1f} s"
+                for d in self.fleet.graph.delivery_log
+                if d.resource_id == e.native_id
+            ]
+            pushes = f"; its change notifications: {answers or 'none'}"
+        return (
+            f"never delivered: {provider} {e.rid} (partition {partition}) {e.native_id} → "
+            f"{e.start or 'deleted'}, edited at {e.at - o.registered_at:+.1f} s after "
+            f"registration (fault at {o.fault_at - o.registered_at:+.1f} s, that calendar "
+            f"synced at {self.follower.synced_at.get(e.rid, math.nan) - o.registered_at:+.1f} s)"
+            f"{pushes}"
+        )
 
     async def truth(self) -> None:
         o, fleet = self.outcome, self.fleet
@@ -850,6 +879,8 @@ def report(o: Outcome, opts: argparse.Namespace, partitions: int) -> list[str]:
         f"| edits made / never delivered / superseded (deleted before any record) "
         f"| {o.edits:,} / {o.undelivered:,} / {o.superseded:,} |",
         f"| records on `calsync.events` (undecodable) | {o.records:,} ({o.undecodable}) |",
+        "| pushes not answered 2xx (Google / Graph) "
+        f"| {o.push_failures.get('google', 0)} / {o.push_failures.get('microsoft', 0)} |",
     ]
     if opts.holds:
         h = o.holds
@@ -949,7 +980,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--sync-timeout", type=float, default=3600.0, help="initial sync limit, s (%(default)s)"
     )
     group.add_argument(
-        "--settle-timeout", type=float, default=300.0, help="delivery limit, s (%(default)s)"
+        "--settle-timeout", type=float, default=120.0, help="delivery limit, s (%(default)s)"
     )
 
 
