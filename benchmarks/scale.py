@@ -630,7 +630,17 @@ class Run:
         )
 
     def tails(self) -> str:
-        return "\n".join(f"--- {w.log_path}\n{w.tail(30)}" for w in self.workers.workers)
+        """Each worker's first error lines and its last lines."""
+        out = []
+        for w in self.workers.workers:
+            with contextlib.suppress(OSError):
+                lines = w.log_path.read_text(errors="replace").splitlines()
+                errors = [line[:400] for line in lines if "[ERROR]" in line or "[CRITICAL]" in line]
+                out.append(f"--- {w.log_path} (exit {w.returncode}); first errors:")
+                out += errors[:5]
+                out.append("... last lines:")
+                out += [line[:400] for line in lines[-15:]]
+        return "\n".join(out)
 
     def sample_cpu(self) -> None:
         for i, w in enumerate(self.workers.workers):
@@ -655,6 +665,13 @@ class Run:
         deadline = time.monotonic() + timeout
         last_log = time.monotonic()
         while not done():
+            crashed = [w for w in self.workers.workers if w.returncode is not None]
+            if crashed:
+                self.log(f"a worker exited by itself while waiting for {what}")
+                raise RuntimeError(
+                    f"{len(crashed)} worker(s) exited by themselves (not killed by the "
+                    f"benchmark) while waiting for {what}:\n{self.tails()}"
+                )
             if time.monotonic() > deadline:
                 self.log(f"TIMEOUT waiting for {what}")
                 raise RuntimeError(f"{what}: not after {timeout:.0f} s\n{self.tails()}")
