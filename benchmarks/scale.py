@@ -756,7 +756,6 @@ class Run:
                 lambda: not any(e.at < o.fault_at for es in f.pending.values() for e in es),
                 opts.settle_timeout,
             )
-            await asyncio.sleep(0)
             delivered_at = {id(e): at for e, at in f.delivered}  # the superseded do not count
             o.converged_at = max(
                 [o.synced_at, *(delivered_at[id(e)] for e in before_fault if id(e) in delivered_at)]
