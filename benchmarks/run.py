@@ -15,6 +15,11 @@ command and one section per benchmark, numbered in this order:
 6. :mod:`benchmarks.availability`: the availability index of 10,000 resources x 200
    intervals: free-slot query p99 (target ≤ 5 ms on the owning worker), hold decisions/s,
    memory per million intervals, index build time from the changelog.
+7. :mod:`benchmarks.scale`: N workers, R calendars across Google, Microsoft and Radicale,
+   edits and one fault (``--fault none|kill|add``); initial sync, fault → resumed and →
+   converged, and a truth check of ``calsync.events`` (differences must be 0). A plain
+   run includes it at the issue's size (10,000 resources), which takes long: name the
+   others to leave it out, or give it ``--resources``.
 
 Each module declares a :class:`~benchmarks.harness.benchmark.Benchmark`; what they share
 (processes, readers, baselines' producers, the machine's load, the report) is
@@ -39,7 +44,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import availability, codec, fullsync, gateway, push, takeover
+from benchmarks import availability, codec, fullsync, gateway, push, scale, takeover
 from benchmarks.harness.benchmark import Benchmark, Context
 from benchmarks.harness.env import CLIENT_ID, CLIENT_SECRET, ROOT, Env
 from benchmarks.harness.google import TimedGoogleEmulator
@@ -66,6 +71,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         codec.BENCHMARK,
         takeover.BENCHMARK,
         availability.BENCHMARK,
+        scale.BENCHMARK,
     )
 }
 

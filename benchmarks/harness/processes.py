@@ -136,6 +136,30 @@ async def register(
         raise RuntimeError(f"registering {resource_id}: {response.status_code} {response.text}")
 
 
+async def register_bulk(
+    base_url: str, admin_token: str, rows: list[dict[str, Any]], *, per_request: int = 0
+) -> None:
+    """Register ``rows`` (``POST /api/resources`` bodies of any provider) through
+    ``POST /api/resources/bulk``, as JSON lines, at most ``per_request`` rows (default: the
+    endpoint's limit) a request."""
+    from calsync.gateway.bulk import MAX_ROWS
+
+    step = per_request or MAX_ROWS
+    async with httpx.AsyncClient(timeout=300.0) as client:
+        for first in range(0, len(rows), step):
+            lines = "\n".join(json.dumps(row) for row in rows[first : first + step])
+            response = await client.post(
+                f"{base_url}/api/resources/bulk",
+                content=lines.encode(),
+                headers={
+                    "Authorization": f"Bearer {admin_token}",
+                    "Content-Type": "application/x-ndjson",
+                },
+            )
+            if response.status_code != 202:
+                raise RuntimeError(f"bulk registration: {response.status_code} {response.text}")
+
+
 @dataclass(slots=True)
 class RunningWorker:
     worker: WorkerProcess
