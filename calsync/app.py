@@ -55,7 +55,7 @@ from calsync.providers.registry import REGISTRY, rate_limit_specs
 from calsync.ratelimit import RateLimiter
 from calsync.settings import Settings
 from calsync.streams.records import CommandKind, Notification
-from calsync.streams.topics import changelog_topic, declare_topics
+from calsync.streams.topics import changelog_topic, declare_topics, record_limit
 from calsync.tables.declare import declare_tables
 from calsync.tables.reads import DecodedReads
 from calsync.tables.records import Resource, SyncState
@@ -622,6 +622,9 @@ def create_app(
         topic_partitions=partitions,
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
+        # table values (a large calendar's index) can pass Kafka's default 1 MiB
+        producer_max_request_size=record_limit(settings),
+        consumer_max_fetch_size=record_limit(settings),
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.kafka_session_timeout,
         # A dead worker is noticed after the session timeout; the survivors' next

@@ -58,6 +58,12 @@ class Settings:
     topic_prefix: str = "calsync."
     topic_partitions: int = 8
     replication_factor: int = 1
+    #: The largest table value a worker writes (bytes): one resource's availability
+    #: index (about 55 bytes per occurrence in the horizon) or sync state (its
+    #: occurrence index). Kafka's default of 1 MiB stopped a worker on a 20,000-event
+    #: calendar; the table changelogs are created with this ``max.message.bytes`` and
+    #: the producer sends requests this large.
+    max_table_value_bytes: int = 16 * 1024 * 1024
     google_api_url: str = "https://www.googleapis.com/calendar/v3"
     google_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     #: Google's authorization endpoint (the consent screen of ``calsync connect``).

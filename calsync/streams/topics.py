@@ -42,6 +42,12 @@ def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{table}-changelog"
 
 
+def record_limit(settings: Settings) -> int:
+    """The largest record batch a worker's producer sends and a changelog accepts: a
+    table value of ``max_table_value_bytes`` plus room for its key and the batch."""
+    return settings.max_table_value_bytes + 64 * 1024
+
+
 def leader_topic(settings: Settings) -> str:
     """The name of the Faust assignor's leader-election topic (one partition)."""
     return f"{settings.app_id}-__assignor-__leader"
@@ -59,7 +65,12 @@ def ensure_topics(settings: Settings, *, timeout: float = 60.0) -> None:
     """
     changelogs = [changelog_topic(settings, table) for table in TABLES]
     names = [settings.topic(name) for name in TOPICS] + changelogs
-    compacted = {"cleanup.policy": "compact"}
+    # The broker's default record limit (1 MiB) is below a large calendar's table
+    # values; the changelogs take what the producer may send (Settings).
+    compacted = {
+        "cleanup.policy": "compact",
+        "max.message.bytes": str(record_limit(settings)),
+    }
     deadline = time.monotonic() + timeout
     while True:
         try:

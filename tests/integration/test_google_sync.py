@@ -215,3 +215,39 @@ async def test_sigkill_mid_full_sync_loses_nothing(kafka_settings) -> None:
         final = world.decoded()
         assert {e.native_event_id for e in final} == set(ids)
         assert all(e.change is ChangeKind.UPSERT for e in final)
+
+
+async def test_a_20000_event_calendar_syncs_and_its_index_answers(kafka_settings) -> None:
+    """A calendar's table values pass Kafka's default 1 MiB record limit near 20,000
+    occurrences (its availability index, its sync state): the worker must write them,
+    not stop on ``MessageSizeTooLargeError`` (found by the scale benchmark)."""
+    count = 20_000
+    async with google_world(kafka_settings) as world:
+        bodies = [
+            {
+                "summary": f"private meeting {n}",
+                "start": {"dateTime": (BASE + timedelta(minutes=24 * n)).isoformat()},
+                "end": {"dateTime": (BASE + timedelta(minutes=24 * n + 20)).isoformat()},
+            }
+            for n in range(count)
+        ]
+        ids = {str(e["id"]) for e in world.emulator.insert_events(CALENDAR, bodies)}
+        await world.register()
+        await world.events.wait_for(
+            lambda r: {e.native_event_id for e in r.events()} >= ids, timeout=300
+        )
+        async with httpx.AsyncClient(timeout=30) as client:
+            window = {"start": BASE.isoformat(), "end": (BASE + timedelta(days=2)).isoformat()}
+            for _ in range(600):  # the index is stored with the batch's sync state
+                answer = await client.get(
+                    f"{world.worker.url}/api/availability/team",
+                    params=window,
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                )
+                assert answer.status_code == 200, answer.text
+                if len(answer.json()["busy"]) == 2 * 24 * 60 // 24:
+                    break
+                await asyncio.sleep(0.5)
+        # two days of 20-minute meetings every 24 minutes: 120 busy intervals
+        assert len(answer.json()["busy"]) == 120, answer.json()["busy"][:3]
+        assert world.worker.running, world.worker.tail()
