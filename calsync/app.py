@@ -697,6 +697,7 @@ def create_app(
         busy=tables.busy,
         on_busy=lambda rid, changed: app.holds.on_busy(rid, changed),
         on_holds_due=lambda rid: app.holds.housekeep(rid),
+        durable=tables.sync_state.written,
     )
     app.holds = HoldService(
         busy=tables.busy,

@@ -66,6 +66,11 @@ def _digest(value: bytes) -> str:
 
 log = logging.getLogger(__name__)
 
+#: The index version of an occurrence that may have reached ``calsync.events``: stored
+#: before its emission (:meth:`SyncService._announce`). No provider version is empty,
+#: so the next walk re-emits the occurrence if it still exists and deletes it if not.
+MAYBE_EMITTED = ""
+
 
 class Lane(enum.StrEnum):
     LIVE = "live"
@@ -116,6 +121,7 @@ class SyncService:
         busy: MutableMapping[str, bytes] | None = None,
         on_busy: Callable[[str, list[Entry]], Awaitable[None]] | None = None,
         on_holds_due: Callable[[str], Awaitable[None]] | None = None,
+        durable: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.context = ServiceContext(
             settings=settings,
@@ -136,6 +142,9 @@ class SyncService:
         self.busy: MutableMapping[str, bytes] = busy if busy is not None else {}
         self._on_busy = on_busy
         self._on_holds_due = on_holds_due
+        #: waits until the last ``sync_state`` write of a resource is acknowledged by
+        #: the broker (:meth:`calsync.tables.declare.AckedTable.written`)
+        self._durable = durable
         self.outbox = outbox
         self.providers = providers
         self.clock = clock
@@ -277,14 +286,18 @@ class SyncService:
         known = dict(state.index or {})
         busy, complete = self._busy_index(rid, known, state)
         if not complete:
-            # No index of this resource's busy time (kept since calsync 0.3, or lost):
-            # rebuild it from a full listing that re-emits every occurrence. Consumers
-            # see upserts of versions they already have, which changes nothing for them.
-            cursor, known = None, {}
+            # No index of this resource's busy time (kept since calsync 0.3, or lost, or
+            # a walk cut short before storing it): rebuild it from a full listing that
+            # re-emits every occurrence. Consumers see upserts of versions they already
+            # have, which changes nothing for them. The ids the sync state knows stay,
+            # as maybe emitted, so the listing deletes those the provider no longer has.
+            cursor, known = None, dict.fromkeys(known, MAYBE_EMITTED)
         changed: list[Entry] = []
         applied = [not complete]  # whether the index differs from the stored one
+        announced: set[str] = set()  # ids stored as maybe emitted during this sync
 
         async def emit(events: list[UnifiedEvent]) -> None:
+            await self._announce(rid, events, announced)
             # The index takes exactly what the broker acknowledged, in order, so that
             # stored with the cursor (or the progress) it never disagrees with the topic.
             await self.outbox.events(rid, events)
@@ -313,22 +326,22 @@ class SyncService:
                 progress=progress,
             )
         except CursorExpired as exc:
-            kept = self._keep_progress(rid, progress, busy)
+            kept = self._keep_progress(rid, progress, busy, announced)
             await self._indexed(rid, changed)
             if lane is Lane.BULK or cursor is None:
                 await self._failed(notification, resource, kept, exc)
                 return
-            await self._hand_over_resync(notification, progress, busy, exc)
+            await self._hand_over_resync(notification, progress, busy, exc, announced)
             return
         except CalsyncError as exc:
-            kept = self._keep_progress(rid, progress, busy)
+            kept = self._keep_progress(rid, progress, busy, announced)
             await self._indexed(rid, changed)
             await self._failed(notification, resource, kept, exc)
             return
         except Exception as exc:  # a bug must not kill the worker or block the partition
             log.exception("sync of %s failed unexpectedly", rid)
             internal = InternalError(f"internal error: {exc!r}")
-            kept = self._keep_progress(rid, progress, busy)
+            kept = self._keep_progress(rid, progress, busy, announced)
             await self._indexed(rid, changed)
             await self._failed(notification, resource, kept, internal)
             return
@@ -416,18 +429,46 @@ class SyncService:
             rid, "synced", counts=counts, lane=lane.value, reason=notification.reason, **extra
         )
 
-    def _keep_progress(self, rid: str, progress: dict[str, str], busy: BusyIndex) -> SyncState:
+    async def _announce(self, rid: str, events: list[UnifiedEvent], announced: set[str]) -> None:
+        """Before ``events`` are emitted, store durably the ids among them that the
+        stored index does not know, as :data:`MAYBE_EMITTED`.
+
+        A walk keeps what it emitted in memory until it ends; a worker killed in the
+        middle of one would leave no trace of it, and the next walk (a full listing
+        from the old index) could never delete an event the dead worker emitted and
+        the provider deleted meanwhile: it stays on the topic for good. With the ids
+        stored first, the next walk re-emits each one it finds (its version cannot
+        match) and deletes the others; a delete of an id that never reached the topic
+        is harmless. Costs one acknowledged ``sync_state`` write per emission that
+        brings new ids (each page of a first sync; an insert in a delta).
+        """
+        state = self.sync_state.get(rid) or SyncState()
+        index = state.index or {}
+        new = [e.native_event_id for e in events if e.native_event_id not in index]
+        if not new:
+            return
+        announced.update(new)
+        self.sync_state[rid] = state.derive(index={**index, **dict.fromkeys(new, MAYBE_EMITTED)})
+        if self._durable is not None:
+            await self._durable(rid)
+
+    def _keep_progress(
+        self, rid: str, progress: dict[str, str], busy: BusyIndex, announced: set[str]
+    ) -> SyncState:
         """After a failed walk, store the index as of its last acknowledged emission
         (with the old cursor), so the retry does not emit those changes again; the
         availability index ``busy`` holds the same emissions and is stored with it.
+        Ids the walk announced (:meth:`_announce`) and did not see acknowledged stay
+        as maybe emitted: a failed send may still have reached the topic.
 
-        Safe with any cursor: the index is exactly what consumers were told, and a
+        Safe with any cursor: the index is what consumers may have been told, and a
         full listing still deletes what it does not find, once it completes.
         """
         digest = self._store_busy(rid, busy)
         state = self.sync_state.get(rid) or SyncState()
-        if progress != (state.index or {}) or digest != state.busy_digest:
-            state = state.derive(index=dict(progress), busy_digest=digest)
+        kept = {**dict.fromkeys(announced - progress.keys(), MAYBE_EMITTED), **progress}
+        if kept != (state.index or {}) or digest != state.busy_digest:
+            state = state.derive(index=kept, busy_digest=digest)
             self.sync_state[rid] = state
         return state
 
@@ -437,6 +478,7 @@ class SyncService:
         progress: dict[str, str],
         busy: BusyIndex,
         exc: CursorExpired,
+        announced: set[str],
     ) -> None:
         """The live lane found the cursor expired: the full resync goes to the bulk lane.
 
@@ -445,7 +487,7 @@ class SyncService:
         for whatever vanished. ``cursor_expired_at`` sends further pushes the same way.
         """
         rid = notification.resource_id
-        state = self._keep_progress(rid, progress, busy)
+        state = self._keep_progress(rid, progress, busy, announced)
         self.sync_state[rid] = state.derive(cursor_expired_at=self.clock())
         await self.outbox.notify(notification.derive(full=True, timer_key=None))
         await self.context.status(rid, "cursor_expired", str(exc), handed_to=Lane.BULK.value)

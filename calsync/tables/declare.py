@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import EventT
 from faust.types.tuples import FutureMessage
 
 from calsync.tables.records import Channel, Resource, SyncState, Timer
@@ -41,20 +40,20 @@ class AckedTable(faust.Table[Any, Any]):
         super().__init__(*args, **kwargs)
         self._sent: dict[Any, FutureMessage] = {}
 
-    def _send_changelog(
+    def send_changelog(
         self,
-        event: EventT[Any] | None,
+        partition: int | None,
         key: Any,
         value: Any,
         key_serializer: Any = None,
         value_serializer: Any = None,
-    ) -> None:
-        if event is None:
-            raise RuntimeError("Cannot modify table outside of agent/stream.")
-        future = self.send_changelog(
-            event.message.partition, key, value, key_serializer, value_serializer
-        )
+    ) -> FutureMessage:
+        # Every write of a table goes through here (``Table.on_key_set`` calls it; an
+        # earlier version overrode ``_send_changelog``, which only Faust's set tables
+        # call, so ``written`` never waited: tests/tables/test_declare.py pins this).
+        future = super().send_changelog(partition, key, value, key_serializer, value_serializer)
         self._sent[key] = future
+        return future
 
     async def written(self, key: Any) -> None:
         """Return once the last write of ``key`` is acknowledged by the broker."""
@@ -79,7 +78,16 @@ def declare_tables(app: faust.App, partitions: int) -> WorkerTables:
     """Declare the six tables on ``app`` (names as in :data:`calsync.streams.topics.TABLES`)."""
     return WorkerTables(
         resources=app.Table("resources", value_type=Resource, partitions=partitions),
-        sync_state=app.Table("sync_state", value_type=SyncState, partitions=partitions),
+        # acked: a sync stores the ids it is about to emit, and waits (SyncService)
+        sync_state=app.tables.add(
+            AckedTable(
+                app,
+                name="sync_state",
+                beacon=app.tables.beacon,
+                value_type=SyncState,
+                partitions=partitions,
+            )
+        ),
         channels=app.Table("channels", value_type=Channel, partitions=partitions),
         timers=app.Table("timers", value_type=Timer, partitions=partitions),
         busy=app.Table("busy", value_type=bytes, partitions=partitions),

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from calsync.agents.service import Lane, SyncService, lane_of
+from calsync.agents.service import MAYBE_EMITTED, Lane, SyncService, lane_of
 from calsync.availability.index import BusyIndex, timeline_of
 from calsync.availability.intervals import Flag
 from calsync.crypto import SecretBox
@@ -251,10 +251,46 @@ async def test_cursor_is_stored_only_after_emission(world) -> None:
 
     outbox.events = broken  # type: ignore[method-assign]
     await deliver(service, outbox.notifications[-1])
-    state = service.sync_state["r1"]  # no cursor, no index: the replay starts over
-    assert state.cursor is None and not state.index and state.synced_at == 0
+    state = service.sync_state["r1"]  # no cursor, no version known: the replay starts over
+    assert state.cursor is None and state.synced_at == 0
+    # each id was stored as maybe emitted before the send (a failed send may still
+    # land): the replay re-emits what exists and deletes what does not
+    assert state.index == dict.fromkeys([f"ev{n}" for n in range(5)], MAYBE_EMITTED)
     assert state.failures == 1 and "broker down" in state.last_error  # the as_of says why
     assert outbox.retries and not outbox.dead  # retried, not given up
+
+
+async def test_ids_are_stored_as_maybe_emitted_before_their_page_is_emitted(world) -> None:
+    """What a worker killed in the middle of a walk leaves behind: the ids of the page it
+    was emitting, so the next walk can delete those the provider deleted meanwhile."""
+    service, provider, outbox, _ = world
+    await service.on_command(register(service))
+    for n in range(3):
+        provider.put(occ(n))
+    stored_at_send: list[dict[str, str]] = []
+    send = outbox.events
+
+    async def recording(resource_id, events):
+        stored_at_send.append(dict(service.sync_state["r1"].index or {}))
+        await send(resource_id, events)
+
+    outbox.events = recording  # type: ignore[method-assign]
+    await deliver(service, outbox.notifications[-1])
+    assert stored_at_send == [dict.fromkeys(["ev0", "ev1", "ev2"], MAYBE_EMITTED)]
+    # the walk that completed stored the real versions
+    assert set(service.sync_state["r1"].index or {}) == {"ev0", "ev1", "ev2"}
+    assert MAYBE_EMITTED not in (service.sync_state["r1"].index or {}).values()
+    # the provider deletes ev1 while calsync thinks it may have emitted it: a full walk
+    # from that state deletes it and re-emits the others
+    service.sync_state["r1"] = service.sync_state["r1"].derive(
+        cursor=None, index=dict.fromkeys(["ev0", "ev1", "ev2"], MAYBE_EMITTED)
+    )
+    provider.remove("ev1")
+    outbox.events = send  # type: ignore[method-assign]
+    before = len(outbox.emitted)
+    await deliver(service, outbox.notifications[-1].derive(full=True))
+    changes = {(e.native_event_id, e.change.value) for e in outbox.emitted[before:]}
+    assert changes == {("ev0", "upsert"), ("ev2", "upsert"), ("ev1", "delete")}
 
 
 async def test_rate_limit_becomes_a_retry_with_the_requested_delay(world) -> None:

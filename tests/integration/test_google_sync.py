@@ -217,6 +217,44 @@ async def test_sigkill_mid_full_sync_loses_nothing(kafka_settings) -> None:
         assert all(e.change is ChangeKind.UPSERT for e in final)
 
 
+async def test_an_event_deleted_after_a_kill_mid_first_sync_is_deleted_on_the_topic(
+    kafka_settings,
+) -> None:
+    """The first sync emits page 1 and dies; the provider deletes one of page 1's
+    events before the worker is back. The new walk lists the calendar without it, so
+    only a durable record of what page 1 emitted can make calsync emit its delete (found
+    by the scale benchmark: the event stayed on the topic for good)."""
+    async with google_world(kafka_settings) as world:
+        ids = [insert(world.emulator, n) for n in range(600)]
+        world.emulator.faults.add("latency", seconds=3.0, method="GET", path=r"/events$")
+        await world.register()
+        await world.wait_for_count(250, timeout=60)
+        world.worker.kill()
+        await world.events.settle(quiet=1.0)
+        emitted = {e.native_event_id for e in world.decoded()}
+        assert 250 <= len(emitted) < 600, "the kill must land mid-sync"
+        gone = sorted(emitted)[0]
+        world.emulator.delete_event(CALENDAR, gone, notify=False)
+        world.emulator.faults.clear()
+        await asyncio.to_thread(world.worker.start)
+        live = set(ids) - {gone}
+
+        def final(events: list[UnifiedEvent]) -> set[str]:
+            view: set[str] = set()
+            for e in events:
+                (view.discard if e.change is ChangeKind.DELETE else view.add)(e.native_event_id)
+            return view
+
+        try:
+            await world.events.wait_for(lambda r: final(r.events()) == live, timeout=120)
+        except TimeoutError:
+            view = final(world.decoded())
+            raise AssertionError(
+                f"missing {len(live - view)}, stale {sorted(view - live)[:5]}\n"
+                f"{world.worker.tail()}"
+            ) from None
+
+
 async def test_a_20000_event_calendar_syncs_and_its_index_answers(kafka_settings) -> None:
     """A calendar's table values pass Kafka's default 1 MiB record limit near 20,000
     occurrences (its availability index, its sync state): the worker must write them,

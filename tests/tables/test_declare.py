@@ -1,0 +1,48 @@
+"""AckedTable: ``written(key)`` waits for the changelog record of a plain table write.
+
+Faust's ``Table.__setitem__`` reaches ``on_key_set``, which calls ``send_changelog``;
+this pins that path (an override of ``_send_changelog``, which only Faust's set tables
+call, made ``written`` return at once). The changelog topic's ``send_soon`` is
+Faust's producer buffer; here it hands back a future this test resolves, standing for
+the broker's acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+
+from calsync.tables.declare import AckedTable
+
+
+class _Sent(asyncio.Future[Any]):
+    """What ``send_soon`` returns: a future with the message's partition."""
+
+    message = SimpleNamespace(partition=0)
+
+
+async def test_written_waits_for_the_acknowledgement_of_a_plain_write(tmp_path: Path) -> None:
+    app = faust.App("acked-test", store="memory://", datadir=str(tmp_path))
+    table = app.tables.add(
+        AckedTable(app, name="t", beacon=app.tables.beacon, value_type=bytes, partitions=1)
+    )
+    table.use_partitioner = True  # no Faust event here to take the partition from
+    sent: list[_Sent] = []
+
+    def send_soon(**kwargs: Any) -> _Sent:
+        sent.append(_Sent())
+        return sent[-1]
+
+    table.changelog_topic.send_soon = send_soon  # type: ignore[method-assign]
+    table["k"] = b"v"
+    assert len(sent) == 1  # the plain write went to the changelog
+    waiting = asyncio.ensure_future(table.written("k"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # not acknowledged yet
+    sent[0].set_result(None)
+    await asyncio.wait_for(waiting, 5.0)
+    await table.written("k")  # nothing pending: returns at once
