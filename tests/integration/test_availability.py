@@ -299,6 +299,28 @@ async def test_holds_on_two_workers(kafka_settings) -> None:
         await holds.aclose()
 
 
+async def decided_holds(
+    client: httpx.AsyncClient, url: str, names: list[str]
+) -> dict[str, set[str]]:
+    """Once no hold on ``names`` is pending (asked of the worker at ``url``): each
+    resource's hold ids, after asserting that no two holds on one resource overlap."""
+
+    async def settled() -> dict[str, list[dict[str, Any]]]:
+        held: dict[str, list[dict[str, Any]]] = {}
+        for name in names:
+            answer = await availability(client, url, name)
+            assert all(h["state"] != "pending" for h in answer["holds"]), answer["holds"]
+            held[name] = answer["holds"]
+        return held
+
+    held = await eventually(settled, timeout=90, every=1.0)
+    for name, holds in held.items():
+        spans = sorted((parse(h["start"]), parse(h["end"]), h["hold_id"]) for h in holds)
+        for (_, e1, h1), (s2, _, h2) in itertools.pairwise(spans):
+            assert e1 <= s2, f"{name}: {h1} and {h2} overlap"
+    return {name: {h["hold_id"] for h in holds} for name, holds in held.items()}
+
+
 async def hold_records(world: Cluster, hold_id: str) -> list[tuple[str, str, str]]:
     reader = await TopicReader(
         world.settings.kafka_bootstrap, world.settings.topic("holds")
@@ -366,20 +388,7 @@ async def test_sigkill_of_the_owner_while_holds_are_decided(kafka_settings) -> N
             assert len(outcomes) == len(asks)
             assert accepted, "some holds were accepted"
 
-            async def settled() -> dict[str, list[dict[str, Any]]]:
-                held: dict[str, list[dict[str, Any]]] = {}
-                for name in names:
-                    answer = await availability(client, workers[survivor].url, name)
-                    assert all(h["state"] != "pending" for h in answer["holds"]), answer["holds"]
-                    held[name] = answer["holds"]
-                return held
-
-            held = await eventually(settled, timeout=90, every=1.0)
-        for name, holds in held.items():
-            spans = sorted((parse(h["start"]), parse(h["end"]), h["hold_id"]) for h in holds)
-            for (_, e1, h1), (s2, _, h2) in itertools.pairwise(spans):
-                assert e1 <= s2, f"{name}: {h1} and {h2} overlap"
-        on = {name: {h["hold_id"] for h in holds} for name, holds in held.items()}
+            on = await decided_holds(client, workers[survivor].url, names)
         for key, hold_id in accepted.items():
             group = next(g for g, _, k in asks if k == key)
             if not all(hold_id in on[n] for n in group):

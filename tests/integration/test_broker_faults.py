@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 import uuid
 from collections import Counter
@@ -27,7 +26,7 @@ from calsync.emulators.google import DeliveryRecord
 from calsync.settings import Settings
 from calsync.testing.broker import KafkaBroker
 from tests.integration.conftest import BASE, Cluster, cluster
-from tests.integration.test_availability import availability, eventually, hold, parse
+from tests.integration.test_availability import decided_holds, hold
 from tests.integration.test_failover import agree_with_any
 
 #: How long the broker stays away: longer than the session timeout (6 s) and than a
@@ -246,20 +245,7 @@ async def test_holds_asked_across_a_broker_restart_are_never_double_accepted(  #
             assert len(outcomes) == len(asks)
             assert accepted, "some holds were accepted"
 
-            async def settled() -> dict[str, list[dict[str, Any]]]:
-                held: dict[str, list[dict[str, Any]]] = {}
-                for name in names:
-                    answer = await availability(client, workers[0].url, name)
-                    assert all(h["state"] != "pending" for h in answer["holds"]), answer["holds"]
-                    held[name] = answer["holds"]
-                return held
-
-            held = await eventually(settled, timeout=90, every=1.0)
-        for name, holds in held.items():
-            spans = sorted((parse(h["start"]), parse(h["end"]), h["hold_id"]) for h in holds)
-            for (_, e1, h1), (s2, _, h2) in itertools.pairwise(spans):
-                assert e1 <= s2, f"{name}: {h1} and {h2} overlap"
-        on = {name: {h["hold_id"] for h in holds} for name, holds in held.items()}
+            on = await decided_holds(client, workers[0].url, names)
         for key, hold_id in accepted.items():
             group = next(g for g, _, k in asks if k == key)
             assert all(hold_id in on[n] for n in group), f"accepted {hold_id} of {group}: {on}"

@@ -196,17 +196,25 @@ async def test_expired_sync_token_resyncs_and_emits_only_the_deletes(kafka_setti
         await status.aclose()
 
 
+async def killed_mid_first_sync(world: World) -> tuple[list[str], set[str]]:
+    """600 events, a first sync SIGKILLed after its first page and before its last; the
+    ids inserted and those on the topic at the kill. The pages stay slow until the
+    caller clears the emulator's faults."""
+    ids = [insert(world.emulator, n) for n in range(600)]
+    # Slow pages so the kill lands between the first and the last page.
+    world.emulator.faults.add("latency", seconds=3.0, method="GET", path=r"/events$")
+    await world.register()
+    await world.wait_for_count(250, timeout=60)
+    world.worker.kill()
+    await world.events.settle(quiet=1.0)
+    at_kill = {e.native_event_id for e in world.decoded()}
+    assert 250 <= len(at_kill) < 600, "the kill must land mid-sync"
+    return ids, at_kill
+
+
 async def test_sigkill_mid_full_sync_loses_nothing(kafka_settings) -> None:
     async with google_world(kafka_settings) as world:
-        ids = [insert(world.emulator, n) for n in range(600)]
-        # Slow pages so the kill lands between the first and the last page.
-        world.emulator.faults.add("latency", seconds=3.0, method="GET", path=r"/events$")
-        await world.register()
-        await world.wait_for_count(250, timeout=60)
-        world.worker.kill()
-        await world.events.settle(quiet=1.0)
-        at_kill = {e.native_event_id for e in world.decoded()}
-        assert 250 <= len(at_kill) < 600, "the kill must land mid-sync"
+        ids, _ = await killed_mid_first_sync(world)
         world.emulator.faults.clear()
         await asyncio.to_thread(world.worker.start)
         await world.events.wait_for(
@@ -225,14 +233,7 @@ async def test_an_event_deleted_after_a_kill_mid_first_sync_is_deleted_on_the_to
     only a durable record of what page 1 emitted can make calsync emit its delete (found
     by the scale benchmark: the event stayed on the topic for good)."""
     async with google_world(kafka_settings) as world:
-        ids = [insert(world.emulator, n) for n in range(600)]
-        world.emulator.faults.add("latency", seconds=3.0, method="GET", path=r"/events$")
-        await world.register()
-        await world.wait_for_count(250, timeout=60)
-        world.worker.kill()
-        await world.events.settle(quiet=1.0)
-        emitted = {e.native_event_id for e in world.decoded()}
-        assert 250 <= len(emitted) < 600, "the kill must land mid-sync"
+        ids, emitted = await killed_mid_first_sync(world)
         gone = sorted(emitted)[0]
         world.emulator.delete_event(CALENDAR, gone, notify=False)
         world.emulator.faults.clear()
