@@ -76,28 +76,20 @@ class WorkerTables:
 
 def declare_tables(app: faust.App, partitions: int) -> WorkerTables:
     """Declare the six tables on ``app`` (names as in :data:`calsync.streams.topics.TABLES`)."""
+
+    def acked(name: str, value_type: Any) -> Any:
+        table = AckedTable(
+            app, name=name, beacon=app.tables.beacon, value_type=value_type, partitions=partitions
+        )
+        return app.tables.add(table)
+
     return WorkerTables(
         resources=app.Table("resources", value_type=Resource, partitions=partitions),
-        # acked: a sync stores the ids it is about to emit, and waits (SyncService)
-        sync_state=app.tables.add(
-            AckedTable(
-                app,
-                name="sync_state",
-                beacon=app.tables.beacon,
-                value_type=SyncState,
-                partitions=partitions,
-            )
-        ),
+        # acked: a sync stores the ids it is about to emit and waits for them (SyncService)
+        sync_state=acked("sync_state", SyncState),
         channels=app.Table("channels", value_type=Channel, partitions=partitions),
         timers=app.Table("timers", value_type=Timer, partitions=partitions),
         busy=app.Table("busy", value_type=bytes, partitions=partitions),
-        holds=app.tables.add(
-            AckedTable(
-                app,
-                name="holds",
-                beacon=app.tables.beacon,
-                value_type=bytes,
-                partitions=partitions,
-            )
-        ),
+        # acked: a hold decision is durable before anyone hears of it (HoldService)
+        holds=acked("holds", bytes),
     )
