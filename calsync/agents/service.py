@@ -145,6 +145,8 @@ class SyncService:
         #: waits until the last ``sync_state`` write of a resource is acknowledged by
         #: the broker (:meth:`calsync.tables.declare.AckedTable.written`)
         self._durable = durable
+        #: the sync state :meth:`_announce` last stored, per resource syncing now
+        self._announced_state: dict[str, SyncState] = {}
         self.outbox = outbox
         self.providers = providers
         self.clock = clock
@@ -345,6 +347,8 @@ class SyncService:
             await self._indexed(rid, changed)
             await self._failed(notification, resource, kept, internal)
             return
+        finally:
+            self._announced_state.pop(rid, None)
         digest = state.busy_digest
         if applied[0] or rid not in self.busy:
             digest = self._store_busy(rid, busy)
@@ -442,13 +446,18 @@ class SyncService:
         is harmless. Costs one acknowledged ``sync_state`` write per emission that
         brings new ids (each page of a first sync; an insert in a delta).
         """
-        state = self.sync_state.get(rid) or SyncState()
+        # Read once per sync (its first emission), then kept here: the walk is the only
+        # writer of this resource's sync state while it runs, and decoding a large
+        # index at every page would double the cost.
+        state = self._announced_state.get(rid) or self.sync_state.get(rid) or SyncState()
         index = state.index or {}
         new = [e.native_event_id for e in events if e.native_event_id not in index]
         if not new:
             return
         announced.update(new)
-        self.sync_state[rid] = state.derive(index={**index, **dict.fromkeys(new, MAYBE_EMITTED)})
+        state = state.derive(index={**index, **dict.fromkeys(new, MAYBE_EMITTED)})
+        self.sync_state[rid] = state
+        self._announced_state[rid] = state
         if self._durable is not None:
             await self._durable(rid)
 
