@@ -12,7 +12,7 @@ import enum
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 #: Namespace of the deterministic ``system_event_id`` (uuid5); never change it, or
 #: every id changes and consumers see every event twice.
@@ -52,6 +52,11 @@ class Window:
 
     def overlaps(self, start: datetime, end: datetime) -> bool:
         return end > self.start and start < self.end
+
+    @classmethod
+    def around(cls, now: datetime, *, past_days: int, future_days: int) -> Window:
+        """The horizon at ``now``: ``past_days`` back, ``future_days`` ahead."""
+        return cls(now - timedelta(days=past_days), now + timedelta(days=future_days))
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,10 +131,10 @@ class Interval:
 
 def horizon(settings: Settings, now: datetime, margin: timedelta) -> Window:
     """The worker's sync horizon at ``now``, shrunk by ``margin`` at both ends."""
-    return Window(
-        start=now - timedelta(days=settings.horizon_past_days) + margin,
-        end=now + timedelta(days=settings.horizon_future_days) - margin,
+    window = Window.around(
+        now, past_days=settings.horizon_past_days, future_days=settings.horizon_future_days
     )
+    return Window(window.start + margin, window.end - margin)
 
 
 def fold(
@@ -497,15 +497,11 @@ def _default_http_client() -> httpx.AsyncClient:
 async def _hand_over_rotation(settings: Settings, rid: str, credentials: dict[str, str]) -> None:
     """A provider rotated its credentials while listing: write them, encrypted, as the
     ``rotate`` command a worker writes (:meth:`calsync.agents.commands.Commands.on_rotated`)."""
+    from calsync.agents.commands import rotate_command
     from calsync.gateway.publisher import KafkaPublisher
 
     box = SecretBox(settings.secret_key)
-    command = Command(
-        kind=CommandKind.ROTATE.value,
-        resource_id=rid,
-        issued_at=time.time(),
-        credentials={k: box.encrypt(v) for k, v in credentials.items()},
-    )
+    command = rotate_command(box, rid, credentials, issued_at=time.time())
     publisher = KafkaPublisher(settings.kafka_bootstrap, client_id=f"{settings.app_id}-verify")
     try:
         await publisher.publish(settings.topic("commands"), rid, command.dumps())

@@ -132,15 +132,9 @@ class Commands:
         that loses the table write, and is applied again on replay.
         """
         context = self._context
-        encrypted = {k: self._secrets.encrypt(v) for k, v in credentials.items()}
-        await context.outbox.command(
-            Command(
-                kind=CommandKind.ROTATE.value,
-                resource_id=rid,
-                issued_at=context.clock(),
-                credentials=encrypted,
-            )
-        )
+        command = rotate_command(self._secrets, rid, credentials, issued_at=context.clock())
+        encrypted = command.credentials or {}
+        await context.outbox.command(command)
         resource = context.resources.get(rid)
         if resource is not None:
             updated = resource.derive(credentials={**resource.credentials, **encrypted})
@@ -226,4 +220,17 @@ def install_command_agent(
         settings.fail_agent,
         on_command,
         decoded(quarantine, Command),
+    )
+
+
+def rotate_command(
+    secrets: SecretBox, rid: str, credentials: dict[str, str], *, issued_at: float
+) -> Command:
+    """The ``rotate`` command that stores credentials a provider rotated, encrypted
+    (written by the worker that saw the rotation, and by ``calsync verify``)."""
+    return Command(
+        kind=CommandKind.ROTATE.value,
+        resource_id=rid,
+        issued_at=issued_at,
+        credentials={k: secrets.encrypt(v) for k, v in credentials.items()},
     )

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -164,10 +164,10 @@ class SyncService:
         self._behind_bulk: defaultdict[str, list[Notification]] = defaultdict(list)
 
     def window(self, at: float) -> Window:
-        now = datetime.fromtimestamp(at, UTC)
-        return Window(
-            start=now - timedelta(days=self.settings.horizon_past_days),
-            end=now + timedelta(days=self.settings.horizon_future_days),
+        return Window.around(
+            datetime.fromtimestamp(at, UTC),
+            past_days=self.settings.horizon_past_days,
+            future_days=self.settings.horizon_future_days,
         )
 
     # -- notifications -----------------------------------------------------------
