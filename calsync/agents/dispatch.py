@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Notification, Lane], Awaitable[None]]
 
+#: An upkeep round (commit and repair) slower than this, in seconds, is logged.
+SLOW_UPKEEP = 5.0
+
 
 class OffsetsPort(Protocol):
     """What the dispatcher needs from the consumer (see :class:`ConsumerOffsets`)."""
@@ -229,6 +232,7 @@ class NotificationDispatcher:
         base = await self._offsets.committed(tp)
         ledger = PartitionLedger(base)
         if epoch == self._epoch:
+            log.info("%s: reading from the committed offset %d", tp, base)
             self._ledgers[tp] = ledger
             self._committed[tp] = base
             self._last_seen[tp] = self._monotonic()
@@ -282,6 +286,7 @@ class NotificationDispatcher:
         """Commit and repair forever (a worker task)."""
         while True:
             await asyncio.sleep(self._commit_interval)
+            started = self._monotonic()
             try:
                 await self.commit()
                 await self.repair()
@@ -289,6 +294,11 @@ class NotificationDispatcher:
                 raise
             except Exception:
                 log.exception("dispatcher upkeep failed; retrying")
+            took = self._monotonic() - started
+            if took > SLOW_UPKEEP:
+                # Every broker call is bounded (ConsumerOffsets): a round this slow
+                # says the broker or the consumer's thread is struggling.
+                log.warning("dispatcher upkeep took %.1f s", took)
 
     async def commit(self) -> None:
         """Commit every partition's finished run of offsets that moved since the last commit."""

@@ -16,12 +16,21 @@ acks off, and two pieces here take over:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar, cast
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Longest wait, in seconds, for one broker call on the consumer's thread. Without a
+#: bound, one call that never returns (CI once saw the dispatcher's upkeep stop for
+#: good right after a takeover: two partitions never opened, nothing committed) holds
+#: one of the thread's two method-queue workers and every upkeep round after it.
+CALL_TIMEOUT = 10.0
 
 
 class Receipt(enum.Enum):
@@ -117,15 +126,29 @@ class ConsumerOffsets:
     Faust runs the aiokafka consumer on its own thread and event loop; everything
     that talks to the broker is sent there with ``call_thread``. Errors are returned
     as ``False`` / raised as :class:`OffsetsUnavailable`, never crash the app (Faust's
-    own commit crashes the app on a ``CommitFailedError``).
+    own commit crashes the app on a ``CommitFailedError``), and every call is bounded
+    by ``timeout`` seconds (:data:`CALL_TIMEOUT`).
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, timeout: float = CALL_TIMEOUT) -> None:
         self._app = app
+        self._timeout = timeout
 
     def _thread(self) -> Any:
         # faust.transport.drivers.aiokafka.Consumer._thread: AIOKafkaConsumerThread
         return self._app.consumer._thread
+
+    async def _call(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """``work(consumer)`` on the consumer's thread, cancelled there after the
+        timeout (which frees the thread's worker) and given up here a little later
+        (if the thread cannot even start it). Raises :class:`TimeoutError` then."""
+        thread = self._thread()
+        timeout = self._timeout
+
+        async def bounded() -> T:
+            return await asyncio.wait_for(work(thread._ensure_consumer()), timeout)
+
+        return cast(T, await asyncio.wait_for(thread.call_thread(bounded), timeout + 1.0))
 
     def assignment(self) -> set[Any]:
         """The partitions assigned to this worker now (empty while not started)."""
@@ -143,14 +166,13 @@ class ConsumerOffsets:
         return int(value) if value is not None else None
 
     async def committed(self, tp: Any) -> int:
-        """The committed offset of ``tp``; the log start if nothing was committed."""
-        thread = self._thread()
+        """The committed offset of ``tp``; the log start if nothing was committed.
+        Raises :class:`OffsetsUnavailable` when the broker cannot say in time."""
+        from aiokafka.structs import TopicPartition
 
-        async def read() -> int:
-            from aiokafka.structs import TopicPartition
+        ktp = TopicPartition(tp.topic, tp.partition)
 
-            consumer = thread._ensure_consumer()
-            ktp = TopicPartition(tp.topic, tp.partition)
+        async def read(consumer: Any) -> int:
             offset = await consumer.committed(ktp)
             if offset is None or offset < 0:
                 beginning = await consumer.beginning_offsets([ktp])
@@ -158,20 +180,18 @@ class ConsumerOffsets:
             return int(offset)
 
         try:
-            return cast(int, await thread.call_thread(read))
+            return await self._call(read)
         except Exception as exc:
             raise OffsetsUnavailable(f"cannot read the committed offset of {tp}: {exc!r}") from exc
 
     async def commit(self, offsets: Mapping[Any, int]) -> bool:
         """Commit ``offsets`` (next offset to read, per partition) in the current
         generation. Returns False if the broker refused (a rebalance is under way, the
-        partition moved): the new owner starts from the last successful commit."""
+        partition moved) or did not answer in time: the new owner starts from the last
+        successful commit, or the next round commits again."""
         from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-        thread = self._thread()
-
-        async def commit() -> None:
-            consumer = thread._ensure_consumer()
+        async def commit(consumer: Any) -> None:
             owned = consumer.assignment()
             await consumer.commit(
                 {
@@ -182,7 +202,7 @@ class ConsumerOffsets:
             )
 
         try:
-            await thread.call_thread(commit)
+            await self._call(commit)
         except Exception as exc:
             log.info("commit of %s refused: %r", dict(offsets), exc)
             return False
@@ -194,19 +214,17 @@ class ConsumerOffsets:
 
     async def log_start(self, tp: Any) -> int | None:
         """The first offset the broker still has for ``tp`` (None: it could not say)."""
-        thread = self._thread()
+        from aiokafka.structs import TopicPartition
 
-        async def read() -> int | None:
-            from aiokafka.structs import TopicPartition
+        ktp = TopicPartition(tp.topic, tp.partition)
 
-            consumer = thread._ensure_consumer()
-            ktp = TopicPartition(tp.topic, tp.partition)
+        async def read(consumer: Any) -> int | None:
             beginning = await consumer.beginning_offsets([ktp])
             value = beginning.get(ktp)
             return int(value) if value is not None else None
 
         try:
-            return cast("int | None", await thread.call_thread(read))
+            return await self._call(read)
         except Exception as exc:
             log.info("log start of %s unknown: %r", tp, exc)
             return None

@@ -79,6 +79,31 @@ class WorkerProcess(StartOnEnter):
         except FileNotFoundError:
             return "(no log)"
 
+    def stacks(self, *, wait: float = 2.0, limit: int = 60) -> str:
+        """Where the running worker's threads and tasks are waiting, for a failure
+        report: mode's SIGUSR1 dump (every thread and task stack, to the log), cut
+        down to its calsync and aiokafka frames, each once, in order."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return "(not running)"
+        try:
+            before = self.log_path.stat().st_size
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(wait)
+            with self.log_path.open("rb") as log:
+                log.seek(before)
+                dump = log.read().decode(errors="replace")
+        except OSError as exc:
+            return f"(no dump: {exc!r})"
+        frames: list[str] = []
+        lines = dump.splitlines()
+        for line, code in zip(lines, [*lines[1:], ""], strict=True):
+            if line.lstrip().startswith("File") and ("calsync/" in line or "aiokafka/" in line):
+                frame = f"{line.strip()} :: {code.strip()}"
+                if frame not in frames:
+                    frames.append(frame)
+        return "\n".join(frames[:limit]) or "(no calsync or aiokafka frames in the dump)"
+
     def kill(self) -> None:
         """SIGKILL the worker, as a crash would."""
         process, self._process = self._process, None

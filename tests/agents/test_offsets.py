@@ -1,15 +1,19 @@
-"""The partition ledger (pure) and the Faust internals that ConsumerOffsets relies on."""
+"""The partition ledger (pure), ConsumerOffsets' bounded calls, and the Faust
+internals that ConsumerOffsets relies on."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+from typing import Any
 
 import faust
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from mode.threads import QueueServiceThread, ServiceThread
 
-from calsync.agents.offsets import PartitionLedger, Receipt
+from calsync.agents.offsets import ConsumerOffsets, OffsetsUnavailable, PartitionLedger, Receipt
 
 
 def test_commits_only_over_an_unbroken_run_of_finished_offsets() -> None:
@@ -78,3 +82,70 @@ def test_faust_internals_the_dispatcher_relies_on() -> None:
     # The rebalance bug the design works around is still there: agent channels clear
     # their queue on resume (records dropped without being acked).
     assert "clear_on_resume=True" in inspect.getsource(faust.Channel)
+
+
+class HangingConsumer:
+    """aiokafka's consumer where every broker call waits forever (a coordinator
+    lookup that never ends): what ConsumerOffsets must not wait for."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def _forever(self) -> Any:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def committed(self, tp: Any) -> int:
+        return await self._forever()  # type: ignore[no-any-return]
+
+    async def beginning_offsets(self, tps: Any) -> dict[Any, int]:
+        return await self._forever()  # type: ignore[no-any-return]
+
+    async def commit(self, offsets: Any) -> None:
+        await self._forever()
+
+    def assignment(self) -> set[Any]:
+        return {TP("t", 0)}
+
+
+class SameLoopThread(QueueServiceThread):
+    """mode's QueueServiceThread, with its method queue on the caller's loop (the
+    real one runs it on the consumer's thread; the queue and its two workers are
+    mode's own)."""
+
+    def __init__(self, consumer: HangingConsumer) -> None:
+        loop = asyncio.get_running_loop()
+        super().__init__(loop=loop, thread_loop=loop)
+        self.consumer = consumer
+
+    def _ensure_consumer(self) -> HangingConsumer:
+        return self.consumer
+
+
+class App:
+    def __init__(self, thread: SameLoopThread) -> None:
+        self.consumer = type("Consumer", (), {"_thread": thread})()
+
+
+async def test_a_broker_call_that_never_returns_is_given_up_and_frees_the_thread() -> None:
+    hanging = HangingConsumer()
+    thread = SameLoopThread(hanging)
+    await thread.method_queue.start()
+    offsets = ConsumerOffsets(App(thread), timeout=0.2)
+    try:
+        try:
+            await offsets.committed(TP("t", 0))
+        except OffsetsUnavailable:
+            pass
+        else:
+            raise AssertionError("a committed offset out of nowhere")
+        assert await offsets.commit({TP("t", 0): 5}) is False
+        assert await offsets.log_start(TP("t", 0)) is None
+        # Three calls, more than the method queue's two workers: each was cancelled
+        # on the thread, so none held a worker for the next.
+        assert hanging.cancelled == 3
+    finally:
+        await thread.method_queue.stop()

@@ -342,10 +342,14 @@ class Cluster:
                 missing = sorted(k for k, v in truth.items() if view.get(k) != v)
                 per_calendar = Counter(name for name, _ in missing)
                 logs = "\n".join(w.tail(25) for w in self.workers.workers)
+                stacks = "\n".join(
+                    f"worker {i} is waiting in:\n{w.stacks()}"
+                    for i, w in enumerate(self.workers.workers)
+                )
                 raise AssertionError(
                     f"not converged, {len(missing)} missing {missing[:8]}\n"
                     f"missing per calendar: {dict(per_calendar)}\n"
-                    f"{await self.workers_status()}\n{logs}"
+                    f"{await self.workers_status()}\n{stacks}\n{logs}"
                 )
             await self.events.poll(0.2)
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from calsync.settings import Settings
+from calsync.testing.worker import WorkerProcess
 from tests.conftest import ADMIN_TOKEN, free_port
 
 
@@ -91,3 +92,18 @@ def test_sigterm_stops_the_worker_cleanly(kafka_settings, tmp_path: Path, admin_
     assert code == 0, tail(log_path)
     assert "Unclosed AIOKafkaProducer" not in log, tail(log_path)
     assert "Unclosed" not in log, tail(log_path)
+
+
+def test_a_running_worker_says_where_its_tasks_wait(kafka_settings, tmp_path: Path) -> None:
+    """SIGUSR1 dumps every thread and task (mode's worker); WorkerProcess.stacks cuts it
+    down to calsync's and aiokafka's frames for a failure report."""
+    settings = kafka_settings()
+    worker = WorkerProcess(settings, log_path=tmp_path / "worker.log").start()
+    try:
+        stacks = worker.stacks()
+        assert "calsync/agents/dispatch.py" in stacks, stacks  # the upkeep task's sleep
+        assert "in run" in stacks, stacks
+        assert worker.running, "SIGUSR1 must not stop the worker"
+    finally:
+        worker.kill()
+    assert worker.stacks() == "(not running)"
