@@ -26,6 +26,18 @@ pushes for Google and Graph; CalDAV is polled) run from the registration until
   record from a partition the new worker took, once the group is stable again.
 * ``none``: the baseline; times run from the same point of the initial sync.
 
+The provider faults last ``--storm-seconds`` (``down``: ``--down-seconds``), while the
+edits go on, and are then lifted; *converged* is timed from the lift:
+
+* ``429``: half of the Google and Graph API calls answer 429 with ``Retry-After: 2``;
+* ``410``: a third of the Google list calls answer ``410 fullSyncRequired`` and of the
+  Graph calls ``410 syncStateNotFound`` (a full listing follows each);
+* ``drop``: 20 % of the emulators' pushes never leave (what a later push or the
+  reconciliation, ``--reconcile-period``, must make up for);
+* ``down``: every Google and Graph API call answers 503 (the provider is down);
+* ``revoke``: ``--revoke`` Google grants are revoked; at the lift each calendar is
+  registered again with a new grant (what the reconnect link ends in).
+
 ``--holds`` pairs of overlapping holds are posted to two different workers at the fault
 (retried at a live worker with the same idempotency key): both accepted is a double
 booking, which must never happen.
@@ -79,7 +91,10 @@ from calsync.testing.topics import TopicReader
 from calsync.verify import Busy, Interval, Report, compare, fold, horizon, list_truth
 
 PROVIDERS = ("google", "microsoft", "caldav")
-FAULTS = ("none", "kill", "add")
+FAULTS = ("none", "kill", "add", "429", "410", "drop", "down", "revoke")
+#: Faults that last a while (``--storm-seconds``; ``down``: ``--down-seconds``) and
+#: are then lifted: convergence is timed from the lift.
+STORMS = ("429", "410", "drop", "down", "revoke")
 UTC_ZONE = ZoneInfo("UTC")
 #: Edits move events within this many days after tomorrow; holds go after it.
 EDIT_DAYS = 120
@@ -507,6 +522,7 @@ class Outcome:
     fault_at: float = math.nan
     fault_progress: float = math.nan  # share of the initial events on the topic then
     stable_at: float = math.nan  # add: the group stable again with the new worker
+    lifted_at: float = math.nan  # a storm (STORMS) lifted
     resumed_at: float = math.nan  # first record from a moved (kill) / taken (add) partition
     moved_partitions: int = 0
     synced_at: float = math.nan  # every calendar's initial events on the topic
@@ -531,6 +547,12 @@ class Outcome:
 
     def since_fault(self, at: float) -> float:
         return at - self.fault_at
+
+    @property
+    def cut(self) -> float:
+        """Edits made before this are owed by convergence: the fault's moment, or a
+        storm's lift."""
+        return self.fault_at if math.isnan(self.lifted_at) else self.lifted_at
 
 
 async def scale(ctx: Context) -> Outcome:
@@ -579,6 +601,7 @@ async def scale(ctx: Context) -> Outcome:
             poll_max_interval=opts.caldav_poll * 4,
             kafka_session_timeout=opts.scale_session_timeout,
             standby_replicas=opts.standby_replicas,
+            reconcile_period=opts.reconcile_period,
         )
         gateway = await stack.enter_async_context(serve_gateway(base, "127.0.0.1", free_port()))
         settings = dataclasses.replace(base, public_url=gateway)
@@ -721,8 +744,48 @@ class Run:
                     120,
                 )
                 o.resumed_at = min(f.first_after[p] for p in taken & f.first_after.keys())
+        elif self.opts.fault in STORMS:
+            await self.storm(self.opts.fault)
         else:
             o.fault_at = time.time()
+
+    async def storm(self, kind: str) -> None:
+        """A provider fault (module docstring) from now until it is lifted."""
+        o, google, graph = self.outcome, self.fleet.google, self.fleet.graph
+        lasts = self.opts.down_seconds if kind == "down" else self.opts.storm_seconds
+        revoked: list[str] = []
+        o.fault_at = time.time()
+        if kind == "429":
+            google.faults.add("rate_limit_429", probability=0.5, retry_after=2)
+            graph.faults.add("throttle_429", probability=0.5, retry_after=2)
+        elif kind == "410":
+            google.faults.add("full_sync_required_410", probability=1 / 3, method="GET")
+            graph.faults.add("sync_state_not_found_410", probability=1 / 3, method="GET")
+        elif kind == "drop":
+            for emulator in (google, graph):
+                emulator.faults.drop_push_probability = 0.2
+        elif kind == "down":
+            google.faults.add("unavailable_503")
+            graph.faults.add("unavailable_503")
+        else:
+            rids = [rid for rid, cal in self.fleet.calendars.items() if cal.provider == "google"]
+            revoked = rids[: self.opts.revoke]
+            for rid in revoked:
+                google.revoke_refresh_token(self.fleet.tokens[rid])
+        o.notes.append(f"{kind} for {lasts:g} s" + (f": {len(revoked)} grants" if revoked else ""))
+        end = time.monotonic() + lasts
+        await self.wait(f"the end of the {kind} storm", lambda: time.monotonic() > end, math.inf)
+        for emulator in (google, graph):
+            emulator.faults.clear()
+        if revoked:
+            rows = []
+            for rid in revoked:
+                self.fleet.tokens[rid] = google.issue_refresh_token(
+                    CLIENT_ID, [self.fleet.calendar_id(rid)]
+                )
+                rows += [r for r in self.fleet.registrations() if r["resource_id"] == rid]
+            await register_bulk(self.gateway, self.env.admin_token, rows)
+        o.lifted_at = time.time()
 
     async def go(self) -> None:
         opts, o, f, fleet = self.opts, self.outcome, self.follower, self.fleet
@@ -750,10 +813,10 @@ class Run:
             )
             o.synced_at = max(f.synced_at.values())
             self.log("initial sync done")
-            before_fault = [e for e in self.edits if e.at < o.fault_at]
+            before_fault = [e for e in self.edits if e.at < o.cut]
             await self.wait(
-                "the edits made before the fault",
-                lambda: not any(e.at < o.fault_at for es in f.pending.values() for e in es),
+                "the edits made before the fault (or its lift)",
+                lambda: not any(e.at < o.cut for es in f.pending.values() for e in es),
                 opts.settle_timeout,
             )
             delivered_at = {id(e): at for e, at in f.delivered}  # the superseded do not count
@@ -889,6 +952,12 @@ def report(o: Outcome, opts: argparse.Namespace, partitions: int) -> list[str]:
             f"| add → first record from a taken partition ({o.moved_partitions}) "
             f"| {seconds(o.since_fault(o.resumed_at))} |",
         ]
+    if o.fault in STORMS:
+        lines += [
+            f"| fault lasted | {seconds(o.since_fault(o.lifted_at))} |",
+            f"| lift → converged (initial sync done, edits before the lift delivered) "
+            f"| {seconds(o.converged_at - o.lifted_at)} |",
+        ]
     lines += [
         f"| fault → converged (initial sync done, edits before the fault delivered) "
         f"| {seconds(o.since_fault(o.converged_at))} |",
@@ -941,8 +1010,12 @@ def summary(o: Outcome) -> list[str]:
     return [
         f"| scale, {o.workers} workers, {sum(o.calendars.values()):,} resources, fault {o.fault} "
         f"| initial sync {seconds(sync_s)} ({o.initial_events / sync_s:,.0f} events/s), "
-        f"converged {seconds(o.since_fault(o.converged_at))} after the fault, "
-        f"{r.differences if r else 'n/a'} differences, {o.holds.overlaps} overlapping holds "
+        + (
+            f"converged {seconds(o.converged_at - o.lifted_at)} after the lift, "
+            if o.fault in STORMS
+            else f"converged {seconds(o.since_fault(o.converged_at))} after the fault, "
+        )
+        + f"{r.differences if r else 'n/a'} differences, {o.holds.overlaps} overlapping holds "
         f"| 0 differences, 0 overlaps | {verdict(bad == 0)} |"
     ]
 
@@ -994,6 +1067,19 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--sync-timeout", type=float, default=3600.0, help="initial sync limit, s (%(default)s)"
+    )
+    group.add_argument(
+        "--storm-seconds", type=float, default=60.0, help="429/410/drop/revoke, s (%(default)s)"
+    )
+    group.add_argument(
+        "--down-seconds", type=float, default=300.0, help="provider down, s (%(default)s)"
+    )
+    group.add_argument("--revoke", type=int, default=5, help="grants revoked (%(default)s)")
+    group.add_argument(
+        "--reconcile-period",
+        type=float,
+        default=float(Settings.__dataclass_fields__["reconcile_period"].default),  # type: ignore[arg-type]
+        help="CALSYNC_RECONCILE_PERIOD, s (%(default)s)",
     )
     group.add_argument(
         "--settle-timeout", type=float, default=120.0, help="delivery limit, s (%(default)s)"

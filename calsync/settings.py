@@ -127,8 +127,15 @@ class Settings:
     gateway_publish_timeout: float = 5.0
     #: Time-to-live requested for Google watch channels, in seconds.
     google_channel_ttl: int = 7 * 24 * 3600
-    #: Retry attempts before work goes to the dead-letter topic.
+    #: Retry attempts before work goes to the dead-letter topic: it goes there once it
+    #: has failed this many times *and* has waited ``retry_patience`` seconds.
     max_attempts: int = 8
+    #: How long retriable trouble (throttling, a provider down, the network) is
+    #: retried, in seconds from the work's arrival, before it is dead-lettered. Eight
+    #: quick attempts are over in about a minute; an outage or a 429 storm lasts longer,
+    #: and a calendar whose first sync was dead-lettered would stay empty until its
+    #: daily reconciliation. Retries keep backing off to ``retry_max_delay`` meanwhile.
+    retry_patience: float = 3600.0
     #: First retry delay in seconds (doubled per attempt, full jitter).
     retry_base_delay: float = 0.5
     #: Longest retry delay in seconds.

@@ -588,7 +588,7 @@ class SyncService:
             credentials=flag.get("credentials", state.credentials),
         )
         self.sync_state[rid] = state
-        if getattr(exc, "retriable", False) and attempt < self.settings.max_attempts:
+        if getattr(exc, "retriable", False) and self._keeps_trying(notification, attempt):
             requested = exc.retry_after if isinstance(exc, RateLimited) else None
             delay = retry_delay(
                 notification.attempt,
@@ -627,6 +627,13 @@ class SyncService:
                 rid, resource.provider, state.poll_interval, changed=False
             )
             self.sync_state[rid] = state.derive(poll_interval=interval)
+
+    def _keeps_trying(self, notification: Notification, attempt: int) -> bool:
+        """Whether retriable trouble with ``notification`` is retried once more: until
+        it has failed ``max_attempts`` times and waited ``retry_patience`` seconds
+        since it arrived (``received_at``, kept by every retry)."""
+        waited = self.clock() - notification.received_at
+        return attempt < self.settings.max_attempts or waited < self.settings.retry_patience
 
     async def _retire(self, rid: str, resource: Resource, state: SyncState) -> None:
         """Emit deletes for everything known of a removed resource and forget it."""

@@ -19,6 +19,7 @@ from calsync.errors import (
     ProviderRejected,
     RateLimited,
     TokenRefreshFailed,
+    TransientProviderError,
 )
 from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency, Window
 from calsync.providers.base import ChangePage, Provider, Subscription
@@ -813,3 +814,29 @@ async def test_a_polled_calendar_is_polled_again_after_a_failed_poll(world) -> N
     await deliver(service, after.notification.derive(timer_key="poll:r1"))
     assert outbox.status_names()[-1] == "synced"
     assert "ev2" in upserted(outbox)
+
+
+async def test_retriable_trouble_is_retried_for_the_patience_then_dead_lettered(world) -> None:
+    """A 429 storm or a provider down for minutes outlasts eight quick attempts; a
+    first sync dead-lettered then would leave the calendar empty until its daily
+    reconciliation. Work is dead-lettered only once it has failed ``max_attempts``
+    times and waited ``retry_patience`` seconds since it arrived."""
+    service, provider, outbox, clock = world
+    settings = service.settings
+    await service.on_command(register(service))
+    work = outbox.notifications[-1]
+    arrived = work.received_at
+    for _ in range(settings.max_attempts + 3):  # more failures than attempts, quickly
+        provider.errors.append(TransientProviderError("google 503", status=503))
+        await deliver(service, work)
+        work = outbox.retries[-1].notification
+        clock[0] = outbox.retries[-1].due_at
+    assert outbox.dead == []
+    assert work.received_at == arrived  # every retry keeps when the work arrived
+    clock[0] = arrived + settings.retry_patience
+    provider.errors.append(TransientProviderError("google 503", status=503))
+    retries = len(outbox.retries)
+    await deliver(service, work)
+    assert len(outbox.retries) == retries
+    assert [rid for rid, _ in outbox.dead] == ["r1"]
+    assert outbox.status_names()[-1] == "failed"

@@ -65,6 +65,7 @@ def worker(
             microsoft_client_id="props-client",
             microsoft_client_secret="props-secret",
             max_attempts=2,
+            retry_patience=0.0,  # dead-lettered after the attempts, at once
             retry_base_delay=0.2,
             retry_max_delay=1.0,
         )

@@ -18,6 +18,7 @@ async def test_a_dead_letter_is_replayed_once(kafka_settings) -> None:
         kafka_settings,
         read_token=READ_TOKEN,
         max_attempts=2,
+        retry_patience=0.0,  # dead-lettered after the attempts, at once
         retry_base_delay=0.2,
         retry_max_delay=0.5,
     ) as world:
