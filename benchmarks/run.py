@@ -16,7 +16,7 @@ command and one section per benchmark, numbered in this order:
    intervals: free-slot query p99 (target ≤ 5 ms on the owning worker), hold decisions/s,
    memory per million intervals, index build time from the changelog.
 7. :mod:`benchmarks.scale`: N workers, R calendars across Google, Microsoft and Radicale,
-   edits and one fault (``--fault none|kill|add``); initial sync, fault → resumed and →
+   edits and one fault (``--fault none|kill|add|429|410|drop|down|revoke|diskfull``); initial sync, fault → resumed and →
    converged, and a truth check of ``calsync.events`` (differences must be 0). A plain
    run includes it at the issue's size (10,000 resources), which takes long: name the
    others to leave it out, or give it ``--resources``.

@@ -36,7 +36,11 @@ edits go on, and are then lifted; *converged* is timed from the lift:
   reconciliation, ``--reconcile-period``, must make up for);
 * ``down``: every Google and Graph API call answers 503 (the provider is down);
 * ``revoke``: ``--revoke`` Google grants are revoked; at the lift each calendar is
-  registered again with a new grant (what the reconnect link ends in).
+  registered again with a new grant (what the reconnect link ends in);
+* ``diskfull``: worker 0's data dir is a ``--disk-mib`` tmpfs (mounted by the
+  harness: root only) that a file fills up; the worker must stop by itself, and at
+  the lift the file is removed and the worker started again (what its supervisor
+  would do once space returns).
 
 ``--holds`` pairs of overlapping holds are posted to two different workers at the fault
 (retried at a live worker with the same idempotency key): both accepted is a double
@@ -54,15 +58,18 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import math
 import os
 import random
+import subprocess
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -91,10 +98,10 @@ from calsync.testing.topics import TopicReader
 from calsync.verify import Busy, Interval, Report, compare, fold, horizon, list_truth
 
 PROVIDERS = ("google", "microsoft", "caldav")
-FAULTS = ("none", "kill", "add", "429", "410", "drop", "down", "revoke")
+FAULTS = ("none", "kill", "add", "429", "410", "drop", "down", "revoke", "diskfull")
 #: Faults that last a while (``--storm-seconds``; ``down``: ``--down-seconds``) and
 #: are then lifted: convergence is timed from the lift.
-STORMS = ("429", "410", "drop", "down", "revoke")
+STORMS = ("429", "410", "drop", "down", "revoke", "diskfull")
 UTC_ZONE = ZoneInfo("UTC")
 #: Edits move events within this many days after tomorrow; holds go after it.
 EDIT_DAYS = 120
@@ -348,6 +355,39 @@ class Fleet:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+# --------------------------------------------------------------------------- the disk
+
+
+def mount_tmpfs(path: Path, mib: int) -> None:
+    """A ``mib`` MiB tmpfs at ``path`` (root only: ``mount``), private to its owner."""
+    if os.geteuid() != 0:
+        raise RuntimeError("--fault diskfull mounts a small tmpfs: run it as root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(path)],
+        check=True,
+    )
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> int:
+    """Write ``path`` until the file system is full; returns the bytes written."""
+    chunk, written = b"\0" * (1 << 20), 0
+    with path.open("wb") as out:
+        while True:
+            try:
+                out.write(chunk)
+                out.flush()
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return written
+            written += len(chunk)
 
 
 # --------------------------------------------------------------------------- the stream
@@ -607,6 +647,10 @@ async def scale(ctx: Context) -> Outcome:
         settings = dataclasses.replace(base, public_url=gateway)
         workers = WorkerCluster(settings, opts.workers)
         stack.push_async_callback(asyncio.to_thread, workers.stop)
+        if opts.fault == "diskfull":
+            small = workers.workers[0].settings.data_dir
+            mount_tmpfs(small, opts.disk_mib)
+            stack.callback(unmount, small)
         await asyncio.to_thread(workers.start)
 
         began = time.monotonic()
@@ -642,6 +686,8 @@ class Run:
         self.edits: list[Edit] = []
         self.rng = random.Random(1414)
         self.own_cpu = os.times()
+        #: workers allowed to exit by themselves (diskfull: the one whose disk is full)
+        self.may_exit: set[int] = set()
 
     def log(self, message: str) -> None:
         f = self.follower
@@ -688,7 +734,11 @@ class Run:
         deadline = time.monotonic() + timeout
         last_log = time.monotonic()
         while not done():
-            crashed = [w for w in self.workers.workers if w.returncode is not None]
+            crashed = [
+                w
+                for i, w in enumerate(self.workers.workers)
+                if w.returncode is not None and i not in self.may_exit
+            ]
             if crashed:
                 self.log(f"a worker exited by itself while waiting for {what}")
                 raise RuntimeError(
@@ -767,6 +817,9 @@ class Run:
         elif kind == "down":
             google.faults.add("unavailable_503")
             graph.faults.add("unavailable_503")
+        elif kind == "diskfull":
+            await self.fill_disk(lasts)
+            return
         else:
             rids = [rid for rid, cal in self.fleet.calendars.items() if cal.provider == "google"]
             revoked = rids[: self.opts.revoke]
@@ -785,6 +838,38 @@ class Run:
                 )
                 rows += [r for r in self.fleet.registrations() if r["resource_id"] == rid]
             await register_bulk(self.gateway, self.env.admin_token, rows)
+        o.lifted_at = time.time()
+
+    async def fill_disk(self, lasts: float) -> None:
+        """Fill worker 0's data dir; wait (at most ``lasts`` s) for it to stop by itself;
+        free the space and start it again."""
+        o, worker = self.outcome, self.workers.workers[0]
+        filler = worker.settings.data_dir / "filler"
+        self.may_exit.add(0)
+        await asyncio.to_thread(fill, filler)
+        end = time.monotonic() + lasts
+        await self.wait(
+            "worker 0 to stop on its full disk",
+            lambda: worker.returncode is not None or time.monotonic() > end,
+            math.inf,
+        )
+        code = worker.returncode
+        with contextlib.suppress(OSError):
+            lines = worker.log_path.read_text(errors="replace").splitlines()
+            errors = [line[:300] for line in lines if "[ERROR]" in line or "[CRITICAL]" in line]
+            o.notes += [f"worker 0 on a full disk: {line}" for line in errors[:3]]
+        if code is None:
+            o.notes.append(f"worker 0 still running {lasts:g} s after its disk filled")
+            worker.kill()
+        else:
+            o.notes.append(
+                f"worker 0 stopped by itself, exit code {code}, after "
+                f"{time.time() - o.fault_at:.1f} s"
+            )
+        filler.unlink()
+        await asyncio.to_thread(self.workers.start, 0, timeout=180.0)
+        self.may_exit.discard(0)
+        await asyncio.to_thread(self.workers.wait_balanced, timeout=120.0)
         o.lifted_at = time.time()
 
     async def go(self) -> None:
@@ -906,6 +991,12 @@ def seconds(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.1f} s"
 
 
+def after_lift(o: Outcome) -> str:
+    """Lift → converged; the survivors may have converged before the lift (diskfull)."""
+    took = o.converged_at - o.lifted_at
+    return "before the lift" if took < 0 else seconds(took)
+
+
 def report(o: Outcome, opts: argparse.Namespace, partitions: int) -> list[str]:
     r = o.report
     sync_s = o.synced_at - o.registered_at
@@ -956,7 +1047,7 @@ def report(o: Outcome, opts: argparse.Namespace, partitions: int) -> list[str]:
         lines += [
             f"| fault lasted | {seconds(o.since_fault(o.lifted_at))} |",
             f"| lift → converged (initial sync done, edits before the lift delivered) "
-            f"| {seconds(o.converged_at - o.lifted_at)} |",
+            f"| {after_lift(o)} |",
         ]
     lines += [
         f"| fault → converged (initial sync done, edits before the fault delivered) "
@@ -1011,7 +1102,7 @@ def summary(o: Outcome) -> list[str]:
         f"| scale, {o.workers} workers, {sum(o.calendars.values()):,} resources, fault {o.fault} "
         f"| initial sync {seconds(sync_s)} ({o.initial_events / sync_s:,.0f} events/s), "
         + (
-            f"converged {seconds(o.converged_at - o.lifted_at)} after the lift, "
+            f"converged {after_lift(o)} after the lift, "
             if o.fault in STORMS
             else f"converged {seconds(o.since_fault(o.converged_at))} after the fault, "
         )
@@ -1075,6 +1166,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--down-seconds", type=float, default=300.0, help="provider down, s (%(default)s)"
     )
     group.add_argument("--revoke", type=int, default=5, help="grants revoked (%(default)s)")
+    group.add_argument(
+        "--disk-mib", type=int, default=256, help="diskfull: worker 0's tmpfs (%(default)s)"
+    )
     group.add_argument(
         "--reconcile-period",
         type=float,
