@@ -1116,6 +1116,11 @@ async def run(ctx: Context) -> Section:
     return Section(report(outcome, ctx.opts, ctx.env.partitions), summary(outcome))
 
 
+def setting_default(name: str) -> float:
+    """The default of a numeric :class:`Settings` field (what a worker runs with)."""
+    return float(Settings.__dataclass_fields__[name].default)  # type: ignore[arg-type]
+
+
 def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--workers", type=int, default=3, help="worker processes (%(default)s)")
     group.add_argument("--resources", type=int, default=10_000, help="calendars (%(default)s)")
@@ -1150,7 +1155,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--scale-session-timeout",
         type=float,
-        default=float(Settings.__dataclass_fields__["kafka_session_timeout"].default),  # type: ignore[arg-type]
+        default=setting_default("kafka_session_timeout"),
         help="CALSYNC_KAFKA_SESSION_TIMEOUT, s (%(default)s)",
     )
     group.add_argument(
@@ -1172,7 +1177,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--reconcile-period",
         type=float,
-        default=float(Settings.__dataclass_fields__["reconcile_period"].default),  # type: ignore[arg-type]
+        default=setting_default("reconcile_period"),
         help="CALSYNC_RECONCILE_PERIOD, s (%(default)s)",
     )
     group.add_argument(
