@@ -16,6 +16,7 @@
         ├── AuthorizationRevoked    the grant is gone (invalid_grant): the user must re-consent
         ├── ProviderRejected        a 4xx that retrying will not fix
         ├── ResponseTooLarge        a response body over its size limit; carries limit
+        ├── CalendarTooLarge        more events in the horizon than a worker keeps: paused
         └── MalformedProviderData   an item the normalizer cannot represent; quarantine it
 
 Foreign exceptions (httpx, google.auth, fastavro, ...) are translated into these at
@@ -102,6 +103,16 @@ class ResponseTooLarge(ProviderError):
 
     def __init__(self, message: str, *, limit: int, status: int | None = None) -> None:
         super().__init__(message, status=status)
+        self.limit = limit
+
+
+class CalendarTooLarge(ProviderError):
+    """A calendar holds more events inside the horizon than a worker keeps for one
+    resource (``max_events_per_calendar``): its stored state would pass the table value
+    limit. The resource is paused, never retried: every walk would hit the bound again."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
         self.limit = limit
 
 

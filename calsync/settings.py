@@ -64,6 +64,11 @@ class Settings:
     #: calendar; the table changelogs are created with this ``max.message.bytes`` and
     #: the producer sends requests this large.
     max_table_value_bytes: int = 16 * 1024 * 1024
+    #: The most events inside the horizon a worker keeps for one calendar. Its sync
+    #: state stores each event's id and version (Graph ids alone are about 150 bytes),
+    #: so this keeps that value well under ``max_table_value_bytes``; a calendar past it
+    #: is paused with a ``paused`` status saying why, instead of stopping the worker.
+    max_events_per_calendar: int = 50_000
     google_api_url: str = "https://www.googleapis.com/calendar/v3"
     google_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     #: Google's authorization endpoint (the consent screen of ``calsync connect``).

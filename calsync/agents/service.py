@@ -41,6 +41,7 @@ from calsync.availability.index import BusyIndex, Entry
 from calsync.crypto import SecretBox, WebhookSigner
 from calsync.errors import (
     AuthorizationRevoked,
+    CalendarTooLarge,
     CalsyncError,
     CodecError,
     CursorExpired,
@@ -454,6 +455,15 @@ class SyncService:
         new = [e.native_event_id for e in events if e.native_event_id not in index]
         if not new:
             return
+        limit = self.settings.max_events_per_calendar
+        if len(index) + len(set(new)) > limit:
+            # Checked before anything is emitted or stored: the stored state would pass
+            # the table value limit, and a worker that cannot write it stops.
+            raise CalendarTooLarge(
+                f"more than {limit:,} events inside the horizon: paused "
+                "(raise CALSYNC_MAX_EVENTS_PER_CALENDAR, then resume)",
+                limit=limit,
+            )
         announced.update(new)
         state = state.derive(index={**index, **dict.fromkeys(new, MAYBE_EMITTED)})
         self.sync_state[rid] = state
@@ -567,6 +577,10 @@ class SyncService:
         rid = notification.resource_id
         state = self.sync_state.get(rid) or state  # written meanwhile (progress, backoff)
         resource = self.resources.get(rid) or resource  # rotated credentials, meanwhile
+        if isinstance(exc, CalendarTooLarge):
+            self.resources[rid] = resource.derive(state="paused")
+            await self.context.status(rid, "paused", str(exc), reason="too_large", limit=exc.limit)
+            return
         if isinstance(exc, AuthorizationRevoked):
             self.resources[rid] = resource.derive(state="reauth_required")
             self.providers.forget(rid)

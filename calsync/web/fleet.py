@@ -50,6 +50,11 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
         "A sync failed on its last attempt; the work went to the dead-letter topic.",
         "Read the detail, fix the cause, then replay the dead letters.",
     ),
+    "too_large": (
+        "The calendar holds more events inside the horizon than a worker keeps for one "
+        "calendar, so calsync paused it (the first events stay on the topic).",
+        "Raise CALSYNC_MAX_EVENTS_PER_CALENDAR on every worker, then resume the resource.",
+    ),
     "rate_limited": (
         "The provider is throttling requests for this account.",
         "Nothing: calsync waits as asked and retries. If it lasts, ask for more quota.",
@@ -97,6 +102,8 @@ class ResourceView:
     lag_ms: int | None = None
     channel_expires_at: float | None = None
     subscription_lost: bool = False
+    #: why calsync itself paused it ("too_large"); "" when an operator did
+    paused_reason: str = ""
     poll_interval: float | None = None
     retries: int = 0
     next_retry_at: float | None = None
@@ -114,7 +121,8 @@ class ResourceView:
 
     @property
     def problem(self) -> bool:
-        return self.state in ("failing", "reauth_required") or self.subscription_lost
+        too_large = self.state == "paused" and self.paused_reason == "too_large"
+        return self.state in ("failing", "reauth_required") or self.subscription_lost or too_large
 
     def to_json(self, now: float, *, detail: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -239,12 +247,16 @@ class Fleet:
             view.subscription_lost = True
         elif status == "paused":
             view.state = "paused"
+            view.paused_reason = str(data.get("reason") or "")
         elif status == "resumed":
             view.state = "pending"
+            view.paused_reason = ""
         elif status == "removed":
             view.state = "removed"
-        if status in _ERRORS:
-            cause, action = explain(status)
+        # "too_large" is no status of its own: a paused status saying why
+        why = "too_large" if status == "paused" and view.paused_reason == "too_large" else status
+        if why in _ERRORS:
+            cause, action = explain(why)
             view.errors.append(
                 {
                     "at": event.at,

@@ -840,3 +840,36 @@ async def test_retriable_trouble_is_retried_for_the_patience_then_dead_lettered(
     assert len(outbox.retries) == retries
     assert [rid for rid, _ in outbox.dead] == ["r1"]
     assert outbox.status_names()[-1] == "failed"
+
+
+async def test_a_calendar_past_the_event_bound_is_paused_not_stored(make_settings) -> None:
+    """Its stored state would pass the table value limit (and a worker that cannot
+    write it stops): the walk stops at the bound, the resource is paused saying why,
+    and no provider call is made for it until it is resumed."""
+    provider = FlakyProvider(page_size=3)
+    outbox = ListOutbox()
+    clock = [NOW.timestamp()]
+    service = SyncService(
+        make_settings(max_events_per_calendar=5),
+        resources={},
+        sync_state={},
+        channels={},
+        timers={},
+        outbox=outbox,
+        providers=Source(provider),
+        clock=lambda: clock[0],
+    )
+    await service.on_command(register(service))
+    for n in range(8):
+        provider.put(occ(n))
+    await deliver(service, outbox.notifications[-1])
+    assert service.resources["r1"].state == "paused"
+    paused = [s for s in outbox.statuses if s.status == "paused"][-1]
+    assert paused.data == {"reason": "too_large", "limit": 5}
+    assert "CALSYNC_MAX_EVENTS_PER_CALENDAR" in paused.detail
+    assert len(upserted(outbox)) <= 5  # the pages before the bound, acknowledged
+    assert len(service.sync_state["r1"].index or {}) <= 5
+    assert outbox.dead == []  # nothing to replay: resuming is the way back
+    fetches = provider.fetches
+    await deliver(service, push(clock[0] + 1))
+    assert provider.fetches == fetches

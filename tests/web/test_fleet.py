@@ -199,3 +199,18 @@ def test_a_summary_carries_the_refreshing_credentials_and_their_end() -> None:
     assert fleet.resources["r1"].credential == "refreshing"
     fleet.feed(status("r1", "summary", T + 10, state="active", credentials="ok"))
     assert fleet.resources["r1"].credential == "ok"
+
+
+def test_a_calendar_paused_for_its_size_is_a_problem_with_its_cause() -> None:
+    fleet = fed(
+        status("r1", "registered", T, provider="google"),
+        status("r1", "paused", T + 1, "more than 50,000 events", reason="too_large", limit=50_000),
+    )
+    view = fleet.resources["r1"]
+    assert view.state == "paused" and view.problem
+    assert "CALSYNC_MAX_EVENTS_PER_CALENDAR" in view.errors[-1]["action"]
+    fleet.feed(status("r1", "resumed", T + 2))
+    fleet.feed(status("r1", "synced", T + 3))
+    assert not fleet.resources["r1"].problem
+    operator = fed(status("r2", "registered", T), status("r2", "paused", T + 1))
+    assert not operator.resources["r2"].problem and not operator.resources["r2"].errors
