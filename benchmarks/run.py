@@ -16,10 +16,14 @@ command and one section per benchmark, numbered in this order:
    intervals: free-slot query p99 (target ≤ 5 ms on the owning worker), hold decisions/s,
    memory per million intervals, index build time from the changelog.
 7. :mod:`benchmarks.scale`: N workers, R calendars across Google, Microsoft and Radicale,
-   edits and one fault (``--fault none|kill|add|429|410|drop|down|revoke|diskfull``); initial sync, fault → resumed and →
-   converged, and a truth check of ``calsync.events`` (differences must be 0). A plain
-   run includes it at the issue's size (10,000 resources), which takes long: name the
-   others to leave it out, or give it ``--resources``.
+   edits and one fault (``--fault none|kill|add|429|410|drop|down|revoke|diskfull``);
+   initial sync, fault → resumed and → converged, and a truth check of
+   ``calsync.events`` (differences must be 0). A plain run includes it at the issue's
+   size (10,000 resources), which takes long: name the others to leave it out, or give
+   it ``--resources``.
+8. :mod:`benchmarks.notifications`: a burst of pushes for synced calendars drained by one
+   worker: notifications/s and fetches per calendar (coalescing), next to raw aiokafka
+   consumption of the same records.
 
 Each module declares a :class:`~benchmarks.harness.benchmark.Benchmark`; what they share
 (processes, readers, baselines' producers, the machine's load, the report) is
@@ -44,7 +48,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import availability, codec, fullsync, gateway, push, scale, takeover
+from benchmarks import (
+    availability,
+    codec,
+    fullsync,
+    gateway,
+    notifications,
+    push,
+    scale,
+    takeover,
+)
 from benchmarks.harness.benchmark import Benchmark, Context
 from benchmarks.harness.env import CLIENT_ID, CLIENT_SECRET, ROOT, Env
 from benchmarks.harness.google import TimedGoogleEmulator
@@ -72,6 +85,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         takeover.BENCHMARK,
         availability.BENCHMARK,
         scale.BENCHMARK,
+        notifications.BENCHMARK,
     )
 }
 
