@@ -143,8 +143,11 @@ class Settings:
     retry_patience: float = 3600.0
     #: First retry delay in seconds (doubled per attempt, full jitter).
     retry_base_delay: float = 0.5
-    #: Longest retry delay in seconds.
-    retry_max_delay: float = 300.0
+    #: Longest retry delay in seconds: Google's truncated exponential backoff keeps
+    #: retrying at a cap of 32 or 64 s (docs/reference: provider-protocols §1.4), and a
+    #: longer cap is how long calendars stay stale after a provider comes back (a
+    #: 5-minute outage converged 250 s after its end with 300 s; benchmarks §7).
+    retry_max_delay: float = 64.0
     #: How often every resource gets a low-priority full reconciliation, in seconds.
     reconcile_period: float = 24 * 3600.0
     #: Reconciliations are spread by up to this fraction of the period either way.
