@@ -29,10 +29,17 @@ class TopicReader:
 
     async def start(self) -> TopicReader:
         await self._consumer.start()
+        client = self._consumer._client
         partitions = self._consumer.partitions_for_topic(self.topic)
-        while not partitions:
+        # A topic created a moment ago may list partitions whose leader is not elected
+        # yet; aiokafka then cannot find their positions until its next metadata
+        # refresh (5 minutes), and position() (caught_up, settle) waits that long.
+        while not partitions or any(
+            client.cluster.leader_for_partition(TopicPartition(self.topic, p)) in (None, -1)
+            for p in partitions
+        ):
             await asyncio.sleep(0.1)
-            await self._consumer._client.force_metadata_update()
+            await client.force_metadata_update()
             partitions = self._consumer.partitions_for_topic(self.topic)
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
