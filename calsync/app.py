@@ -32,7 +32,6 @@ from faust.web.drivers import aiohttp as aiohttp_driver
 from mode import ServiceT
 from yarl import URL
 
-from calsync.agents.commands import install_command_agent
 from calsync.agents.dispatch import NotificationDispatcher
 from calsync.agents.holds import HoldService, install_holds_agent
 from calsync.agents.offsets import ConsumerOffsets
@@ -40,7 +39,7 @@ from calsync.agents.outbox import KafkaOutbox
 from calsync.agents.quarantine import Quarantine
 from calsync.agents.service import Lane, SyncService, lane_of
 from calsync.agents.supervision import Health, fatal
-from calsync.agents.sync import install_sync_agent
+from calsync.agents.sync import COMMANDS, install_dispatched_agent
 from calsync.agents.timers import TimerDispatcher, install_retry_agent, install_timer_task
 from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
@@ -54,7 +53,7 @@ from calsync.providers.factory import ProviderFactory
 from calsync.providers.registry import REGISTRY, rate_limit_specs
 from calsync.ratelimit import RateLimiter
 from calsync.settings import Settings
-from calsync.streams.records import CommandKind, Notification
+from calsync.streams.records import Command, CommandKind, Notification
 from calsync.streams.topics import changelog_topic, declare_topics, record_limit
 from calsync.tables.declare import declare_tables
 from calsync.tables.reads import DecodedReads
@@ -118,6 +117,7 @@ class CalsyncApp(faust.App):
     #: the public (webhooks + ``/healthz``) server, when CALSYNC_ADMIN_BIND separates it
     public_server: SiteServer | None = None
     notification_dispatcher: NotificationDispatcher
+    command_dispatcher: NotificationDispatcher
     quarantine: Quarantine
     health: Health
     holds: HoldService
@@ -296,6 +296,7 @@ class CalsyncApp(faust.App):
                 },
                 "dispatcher": self.dispatcher.describe(),
                 "notifications": self.notification_dispatcher.describe(),
+                "commands": self.command_dispatcher.describe(),
                 "quarantined": dict(self.quarantine.counts),
                 "rate_limits": self.limiter.snapshot(),
             }
@@ -763,11 +764,30 @@ def create_app(
         quarantine=quarantine,
     )
     app.notification_dispatcher = sync_dispatcher
+
+    async def command(command: Command, lane: Lane) -> None:
+        await service.on_command(command)
+
+    command_dispatcher = NotificationDispatcher(
+        command,
+        offsets,
+        topic=settings.topic("commands"),
+        # one lane: a resource's commands one at a time, in order; resources in parallel
+        live_slots=settings.live_concurrency,
+        ready=lambda: not app.rebalancing,
+        on_fatal=lambda exc: fatal(app, health, COMMANDS, exc),
+        quarantine=quarantine,
+        record_type=Command,
+        lane_for=lambda _: Lane.LIVE,
+    )
+    app.command_dispatcher = command_dispatcher
     _install_operator_views(app, settings, offsets, clock)
 
-    install_sync_agent(app, health, topics.notifications, sync_dispatcher, settings)
+    install_dispatched_agent(app, health, topics.notifications, sync_dispatcher, settings)
+    install_dispatched_agent(
+        app, health, topics.commands, command_dispatcher, settings, name=COMMANDS
+    )
     install_retry_agent(app, health, topics.retries, service.on_retry, quarantine, settings)
-    install_command_agent(app, health, topics.commands, service.on_command, quarantine, settings)
     install_holds_agent(
         app, health, topics.hold_requests, app.holds.on_request, quarantine, settings
     )

@@ -12,14 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-import faust
-
 from calsync.agents.context import ServiceContext
-from calsync.agents.quarantine import Quarantine, decoded
 from calsync.agents.subscriptions import Subscriptions
-from calsync.agents.supervision import Health, install_agent
 from calsync.crypto import SecretBox
-from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind, Notification, Reason
 from calsync.tables.records import Resource, SyncState
 
@@ -200,27 +195,6 @@ class Commands:
             calendar_id=resource.calendar_id,
             issued_at=command.issued_at,
         )
-
-
-def install_command_agent(
-    app: faust.App,
-    health: Health,
-    topic: faust.TopicT,
-    on_command: Callable[[Command], Awaitable[None]],
-    quarantine: Quarantine,
-    settings: Settings,
-) -> None:
-    """Register the ``calsync.commands`` agent: each command that decodes goes to
-    ``on_command`` (:meth:`~calsync.agents.service.SyncService.on_command`)."""
-    install_agent(
-        app,
-        health,
-        topic,
-        "calsync.commands",
-        settings.fail_agent,
-        on_command,
-        decoded(quarantine, Command),
-    )
 
 
 def rotate_command(

@@ -1,9 +1,13 @@
-"""The in-process dispatcher of ``calsync.notifications``: lanes, per-resource order,
-and offsets committed only over finished work.
+"""The in-process dispatcher of ``calsync.notifications`` (and ``calsync.commands``):
+lanes, per-resource order, and offsets committed only over finished work.
 
 One Faust agent reads the topic with Faust's acks off and hands every record to
 :meth:`NotificationDispatcher.submit`, which returns at once (unless ``max_pending``
-records are waiting). The dispatcher
+records are waiting). Faust's own acks lose records around a rebalance (its agent
+channels drop queued records, and its gap handling then commits past them:
+``docs/architecture.md``, "Failover"); a registration lost that way never syncs, so
+``calsync.commands`` goes through a dispatcher of its own too (``record_type``
+:class:`~calsync.streams.records.Command`, one lane). The dispatcher
 
 * runs each record as its own task, one at a time per resource (FIFO), on a *live*
   lane (pushes needing a delta, renewals: ``live_slots`` at a time) or a *bulk*
@@ -46,7 +50,7 @@ from calsync.streams.records import Notification
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Notification, Lane], Awaitable[None]]
+Handler = Callable[[Any, Lane], Awaitable[None]]
 
 #: An upkeep round (commit and repair) slower than this, in seconds, is logged.
 SLOW_UPKEEP = 5.0
@@ -72,7 +76,7 @@ class OffsetsPort(Protocol):
 class _Run:
     tp: Any
     offset: int
-    notification: Notification
+    record: Any  # a Notification, or the dispatcher's record_type
     lane: Lane
     epoch: int
     ledger: PartitionLedger
@@ -99,8 +103,16 @@ class NotificationDispatcher:
         quarantine: Quarantine | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        record_type: type[Any] = Notification,
+        lane_for: Callable[[Any], Lane] = lane_of,
     ) -> None:
+        """``record_type`` is what the topic's values decode to (a Faust record with a
+        ``resource_id``: runs of one resource go one at a time, in offset order), and
+        ``lane_for`` the lane of each (:func:`~calsync.agents.service.lane_of` for
+        notifications)."""
         self._handler = handler
+        self._record_type = record_type
+        self._lane_for = lane_for
         self._offsets = offsets
         self._topic = topic
         self._slots = {
@@ -147,7 +159,7 @@ class NotificationDispatcher:
         self,
         tp: Any,
         offset: int,
-        value: bytes | Notification | None,
+        value: Any,
         keep: object,
         *,
         key: bytes | None = None,
@@ -172,8 +184,8 @@ class NotificationDispatcher:
             self.counts["holes"] += 1
             await self._seek_back(tp, ledger, force=False)
             return
-        notification = await self._decode(tp, offset, value, key)
-        if notification is None:
+        record = await self._decode(tp, offset, value, key)
+        if record is None:
             ledger.finish(offset)
             return
         while len(self._tasks) >= self._max_pending:
@@ -185,31 +197,35 @@ class NotificationDispatcher:
                 self._blocked = False
             if epoch != self._epoch:
                 return
-        run = _Run(tp, offset, notification, lane_of(notification), epoch, ledger, keep)
+        run = _Run(tp, offset, record, self._lane_for(record), epoch, ledger, keep)
         pending = self._pending.setdefault(tp, dict.fromkeys(Lane, 0))
         pending[run.lane] += 1
         task = asyncio.create_task(self._execute(run), context=contextvars.copy_context())
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    async def _decode(
-        self, tp: Any, offset: int, value: bytes | Notification | None, key: bytes | None
-    ) -> Notification | None:
-        if isinstance(value, Notification):
+    async def _decode(self, tp: Any, offset: int, value: Any, key: bytes | None) -> Any | None:
+        if isinstance(value, self._record_type):
             return value
+        record: Any | None
         if self._quarantine is not None:
-            notification = await self._quarantine.decode(
-                Notification, value, topic=tp.topic, partition=tp.partition, offset=offset, key=key
+            record = await self._quarantine.decode(
+                self._record_type,
+                value,
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                key=key,
             )
         else:
             try:
-                notification = decode_record(Notification, value)
+                record = decode_record(self._record_type, value)
             except Malformed as exc:
-                log.warning("malformed notification at %s@%d skipped: %s", tp, offset, exc)
-                notification = None
-        if notification is None:
+                log.warning("malformed record at %s@%d skipped: %s", tp, offset, exc)
+                record = None
+        if record is None:
             self.counts["undecodable"] += 1
-        return notification
+        return record
 
     async def _ledger(self, tp: Any) -> PartitionLedger | None:
         ledger = self._ledgers.get(tp)
@@ -241,20 +257,20 @@ class NotificationDispatcher:
     # -- runs ----------------------------------------------------------------------
 
     async def _execute(self, run: _Run) -> None:
-        rid = run.notification.resource_id
+        rid = run.record.resource_id
         lock, users = self._resources.get(rid) or (asyncio.Lock(), 0)
         self._resources[rid] = (lock, users + 1)
         try:
             async with lock, self._slots[run.lane]:
                 if run.epoch != self._epoch:
                     return  # revoked before it started: the partition's owner replays it
-                await self._handler(run.notification, run.lane)
+                await self._handler(run.record, run.lane)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # SyncService turns provider trouble into retries; what reaches here is a
             # broken table or producer. Stopping is better than a stuck partition.
-            log.exception("notification for %s failed; the worker stops", rid)
+            log.exception("%s for %s failed; the worker stops", self._topic, rid)
             self._fail(exc)
             return
         finally:

@@ -135,9 +135,9 @@ def declare_topics(app: faust.App, settings: Settings) -> WorkerTopics:
 
     Every one is read as raw bytes: the agents decode through the quarantine
     (:mod:`calsync.agents.quarantine`), so a record Faust could not decode never raises
-    inside an agent (and again after every restart). The notifications topic also has
-    Faust's acks off: the dispatcher commits its offsets itself, only over finished work
-    (:mod:`calsync.agents.dispatch`).
+    inside an agent (and again after every restart). The notifications and commands
+    topics also have Faust's acks off: their dispatchers commit the offsets themselves,
+    only over finished work (:mod:`calsync.agents.dispatch`).
     """
     partitions = settings.topic_partitions
     return WorkerTopics(
@@ -149,7 +149,7 @@ def declare_topics(app: faust.App, settings: Settings) -> WorkerTopics:
         ),
         retries=app.topic(settings.topic("retries"), value_serializer="raw", partitions=partitions),
         commands=app.topic(
-            settings.topic("commands"), value_serializer="raw", partitions=partitions
+            settings.topic("commands"), value_serializer="raw", partitions=partitions, acks=False
         ),
         hold_requests=app.topic(
             settings.topic("hold-requests"), value_serializer="raw", partitions=partitions
