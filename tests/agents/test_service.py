@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -110,22 +111,36 @@ def occ(n: int) -> Occurrence:
     )
 
 
+World = tuple[SyncService, "FlakyProvider", ListOutbox, list[float]]
+
+
 @pytest.fixture
-def world(make_settings: SettingsFactory):
-    provider = FlakyProvider()
-    outbox = ListOutbox()
-    clock = [NOW.timestamp()]
-    service = SyncService(
-        make_settings(),
-        resources={},
-        sync_state={},
-        channels={},
-        timers={},
-        outbox=outbox,
-        providers=Source(provider),
-        clock=lambda: clock[0],
-    )
-    return service, provider, outbox, clock
+def make_world(make_settings: SettingsFactory) -> Callable[..., World]:
+    """A factory: a SyncService on a FlakyProvider (``page_size``), settings overridden
+    by keyword."""
+
+    def factory(*, page_size: int = 100, **overrides: Any) -> World:
+        provider = FlakyProvider(page_size=page_size)
+        outbox = ListOutbox()
+        clock = [NOW.timestamp()]
+        service = SyncService(
+            make_settings(**overrides),
+            resources={},
+            sync_state={},
+            channels={},
+            timers={},
+            outbox=outbox,
+            providers=Source(provider),
+            clock=lambda: clock[0],
+        )
+        return service, provider, outbox, clock
+
+    return factory
+
+
+@pytest.fixture
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
 
 
 def register(service: SyncService) -> Command:
@@ -842,23 +857,11 @@ async def test_retriable_trouble_is_retried_for_the_patience_then_dead_lettered(
     assert outbox.status_names()[-1] == "failed"
 
 
-async def test_a_calendar_past_the_event_bound_is_paused_not_stored(make_settings) -> None:
+async def test_a_calendar_past_the_event_bound_is_paused_not_stored(make_world) -> None:
     """Its stored state would pass the table value limit (and a worker that cannot
     write it stops): the walk stops at the bound, the resource is paused saying why,
     and no provider call is made for it until it is resumed."""
-    provider = FlakyProvider(page_size=3)
-    outbox = ListOutbox()
-    clock = [NOW.timestamp()]
-    service = SyncService(
-        make_settings(max_events_per_calendar=5),
-        resources={},
-        sync_state={},
-        channels={},
-        timers={},
-        outbox=outbox,
-        providers=Source(provider),
-        clock=lambda: clock[0],
-    )
+    service, provider, outbox, clock = make_world(page_size=3, max_events_per_calendar=5)
     await service.on_command(register(service))
     for n in range(8):
         provider.put(occ(n))
