@@ -83,6 +83,12 @@ class _Run:
     keep: object  # the Faust event: Faust's current_event() is a weak reference to it
 
 
+def _being_cancelled() -> bool:
+    """Whether the current task itself is being cancelled (not just an awaited future)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class NotificationDispatcher:
     """Runs notifications off the agent, commits their offsets itself (module docstring)."""
 
@@ -243,6 +249,14 @@ class NotificationDispatcher:
             log.warning("%s", exc)
             self._inits.pop(tp, None)
             return None
+        except asyncio.CancelledError:
+            if init.cancelled() and not _being_cancelled():
+                # on_revoked cancelled the lookup (a rebalance), not this task: the
+                # partition is not ours for now. Raising here killed the upkeep task
+                # for good (a CancelledError ends it silently): moved partitions never
+                # opened and nothing was committed again.
+                return None
+            raise
 
     async def _new_ledger(self, tp: Any, epoch: int) -> PartitionLedger:
         base = await self._offsets.committed(tp)
@@ -307,7 +321,10 @@ class NotificationDispatcher:
                 await self.commit()
                 await self.repair()
             except asyncio.CancelledError:
-                raise
+                if _being_cancelled():
+                    raise
+                # a cancellation from below (not of this task) must not end the upkeep
+                log.warning("dispatcher upkeep round cancelled; retrying")
             except Exception:
                 log.exception("dispatcher upkeep failed; retrying")
             took = self._monotonic() - started

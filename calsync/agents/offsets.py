@@ -27,9 +27,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Longest wait, in seconds, for one broker call on the consumer's thread. Without a
-#: bound, one call that never returns (CI once saw the dispatcher's upkeep stop for
-#: good right after a takeover: two partitions never opened, nothing committed) holds
-#: one of the thread's two method-queue workers and every upkeep round after it.
+#: bound, one call that never returns would hold one of the thread's two method-queue
+#: workers and every upkeep round after it.
 CALL_TIMEOUT = 10.0
 
 

@@ -164,3 +164,48 @@ async def test_a_command_dispatcher_runs_each_resources_commands_in_order_and_co
     assert ran == [("b", "pause"), ("a", "register"), ("a", "remove")]
     await dispatcher.commit()
     assert offsets.committed_at[p1] == 3
+
+
+class SlowOffsets(Offsets):
+    """Committed offsets that answer only when ``answer`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def committed(self, tp: Any) -> int:
+        self.asked.set()
+        await self.answer.wait()
+        return await super().committed(tp)
+
+
+async def test_a_rebalance_during_a_ledger_lookup_does_not_end_the_upkeep() -> None:
+    """on_revoked cancels pending committed-offset lookups; the upkeep round awaiting
+    one must go on to the next round. It used to die of the CancelledError, silently:
+    after that takeover no moved partition opened and nothing was committed again
+    (seen twice in CI as pushes never synced)."""
+
+    async def handler(notification: Notification, lane: Lane) -> None:
+        return None
+
+    offsets = SlowOffsets()
+    dispatcher = NotificationDispatcher(handler, offsets, topic="n", commit_interval=0.01)
+    upkeep = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.wait_for(offsets.asked.wait(), 5)
+        await dispatcher.on_revoked()  # the lookup in flight is cancelled
+        await asyncio.sleep(0.05)
+        assert not upkeep.done(), upkeep
+        offsets.answer.set()
+        for _ in range(500):
+            partitions = dispatcher.describe()["partitions"]
+            if all(p["committed"] is not None for p in partitions.values()):
+                break
+            await asyncio.sleep(0.01)
+        partitions = dispatcher.describe()["partitions"]
+        assert (partitions["n:0"]["committed"], partitions["n:1"]["committed"]) == (10, 0)
+    finally:
+        upkeep.cancel()
+        await asyncio.gather(upkeep, return_exceptions=True)
+    assert upkeep.cancelled()  # cancelling the task itself still stops it
