@@ -211,7 +211,7 @@ def report(d: Drain) -> list[str]:
         f"| first send → drained by the worker | {d.drain_s:.2f} s |",
         f"| **notifications/s, one worker** | **{d.rate:,.0f}** |",
         f"| raw aiokafka consumption, records/s | {d.raw_rate:,.0f} |",
-        f"| calsync ÷ raw | {d.rate / d.raw_rate:.0%} |",
+        f"| calsync ÷ raw | {d.rate / d.raw_rate:.1%} |",
         f"| worker CPU per 1,000 notifications | {1000 * d.worker_cpu_s / d.notifications:.3f} s |",
         f"| delta fetches of these calendars (coalescing) | {d.fetches:,} "
         f"({d.fetches / d.resources:.1f} per calendar, "
@@ -222,7 +222,7 @@ def report(d: Drain) -> list[str]:
 def summary(d: Drain) -> list[str]:
     return [
         f"| notifications/s, one worker, with coalescing | {d.rate:,.0f}/s = "
-        f"{d.rate / d.raw_rate:.0%} of raw consumption ({d.raw_rate:,.0f}/s), "
+        f"{d.rate / d.raw_rate:.1%} of raw consumption ({d.raw_rate:,.0f}/s), "
         f"{d.fetches / d.resources:.1f} fetches per calendar | measured | — |"
     ]
 
