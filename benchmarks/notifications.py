@@ -61,13 +61,9 @@ class Drain:
         return self.notifications / self.raw_s
 
 
-def committed_total(bootstrap: str, group: str, topic: str) -> int:
+def committed_total(admin: KafkaAdminClient, group: str, topic: str) -> int:
     """The sum of ``group``'s committed offsets of ``topic`` (blocking)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-offsets")
-    try:
-        offsets = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
+    offsets = admin.list_group_offsets({group: None}).get(group, {})
     return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
 
 
@@ -169,12 +165,16 @@ async def run(ctx: Context) -> Section:
         say(f"{opts.notifications:,} pushes produced in {produce_s:.2f} s")
         goal = before + opts.notifications
         deadline = time.monotonic() + max(300.0, opts.notifications / 100)
-        while (
-            await asyncio.to_thread(committed_total, env.bootstrap, settings.app_id, topic) < goal
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not drain the burst:\n{running.worker.tail()}")
-            await asyncio.sleep(0.1)
+        admin = KafkaAdminClient(bootstrap_servers=env.bootstrap, client_id="bench-offsets")
+        try:  # one client for the whole wait: polled every 0.1 s
+            while await asyncio.to_thread(committed_total, admin, settings.app_id, topic) < goal:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the worker did not drain the burst:\n{running.worker.tail()}"
+                    )
+                await asyncio.sleep(0.1)
+        finally:
+            admin.close()
         drain_s = time.perf_counter() - began
         worker_cpu = (process_cpu(pid) if pid else 0.0) - cpu_before
         fetches = sum(

@@ -831,12 +831,12 @@ class Run:
         for emulator in (google, graph):
             emulator.faults.clear()
         if revoked:
-            rows = []
             for rid in revoked:
                 self.fleet.tokens[rid] = google.issue_refresh_token(
                     CLIENT_ID, [self.fleet.calendar_id(rid)]
                 )
-                rows += [r for r in self.fleet.registrations() if r["resource_id"] == rid]
+            again = set(revoked)
+            rows = [r for r in self.fleet.registrations() if r["resource_id"] in again]
             await register_bulk(self.gateway, self.env.admin_token, rows)
         o.lifted_at = time.time()
 
