@@ -20,7 +20,7 @@ import html
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -33,14 +33,14 @@ from mode import ServiceT
 from yarl import URL
 
 from calsync.agents.dispatch import NotificationDispatcher
-from calsync.agents.holds import HoldService, install_holds_agent
+from calsync.agents.holds import HoldService
 from calsync.agents.offsets import ConsumerOffsets
 from calsync.agents.outbox import KafkaOutbox
 from calsync.agents.quarantine import Quarantine
 from calsync.agents.service import Lane, SyncService, lane_of
 from calsync.agents.supervision import Health, fatal
-from calsync.agents.sync import COMMANDS, install_dispatched_agent
-from calsync.agents.timers import TimerDispatcher, install_retry_agent, install_timer_task
+from calsync.agents.sync import COMMANDS, HOLDS, NAME, RETRIES, install_dispatched_agent
+from calsync.agents.timers import TimerDispatcher, install_timer_task
 from calsync.clock import make_clock
 from calsync.codecs.avro import register_codecs
 from calsync.connect.store import StoreFull
@@ -53,7 +53,13 @@ from calsync.providers.factory import ProviderFactory
 from calsync.providers.registry import REGISTRY, rate_limit_specs
 from calsync.ratelimit import RateLimiter
 from calsync.settings import Settings
-from calsync.streams.records import Command, CommandKind, Notification
+from calsync.streams.records import (
+    Command,
+    CommandKind,
+    HoldRequest,
+    Notification,
+    RetryEnvelope,
+)
 from calsync.streams.topics import changelog_topic, declare_topics, record_limit
 from calsync.tables.declare import declare_tables
 from calsync.tables.reads import DecodedReads
@@ -118,6 +124,8 @@ class CalsyncApp(faust.App):
     public_server: SiteServer | None = None
     notification_dispatcher: NotificationDispatcher
     command_dispatcher: NotificationDispatcher
+    retry_dispatcher: NotificationDispatcher
+    hold_dispatcher: NotificationDispatcher
     quarantine: Quarantine
     health: Health
     holds: HoldService
@@ -297,6 +305,8 @@ class CalsyncApp(faust.App):
                 "dispatcher": self.dispatcher.describe(),
                 "notifications": self.notification_dispatcher.describe(),
                 "commands": self.command_dispatcher.describe(),
+                "retries": self.retry_dispatcher.describe(),
+                "hold_requests": self.hold_dispatcher.describe(),
                 "quarantined": dict(self.quarantine.counts),
                 "rate_limits": self.limiter.snapshot(),
             }
@@ -760,36 +770,54 @@ def create_app(
         live_slots=settings.live_concurrency,
         bulk_slots=settings.bulk_concurrency,
         ready=lambda: not app.rebalancing,
-        on_fatal=lambda exc: fatal(app, health, "calsync.sync", exc),
+        on_fatal=lambda exc: fatal(app, health, NAME, exc),
         quarantine=quarantine,
     )
     app.notification_dispatcher = sync_dispatcher
 
-    async def command(command: Command, lane: Lane) -> None:
-        await service.on_command(command)
+    def one_lane(
+        handler: Callable[[Any], Awaitable[None]],
+        topic: str,
+        name: str,
+        record_type: type[Any],
+        resource_of: Callable[[Any], str] | None = None,
+    ) -> NotificationDispatcher:
+        """A dispatcher of one lane: a resource's records one at a time, in order;
+        resources in parallel."""
 
-    command_dispatcher = NotificationDispatcher(
-        command,
-        offsets,
-        topic=settings.topic("commands"),
-        # one lane: a resource's commands one at a time, in order; resources in parallel
-        live_slots=settings.live_concurrency,
-        ready=lambda: not app.rebalancing,
-        on_fatal=lambda exc: fatal(app, health, COMMANDS, exc),
-        quarantine=quarantine,
-        record_type=Command,
-        lane_for=lambda _: Lane.LIVE,
+        async def run(record: Any, lane: Lane) -> None:
+            await handler(record)
+
+        return NotificationDispatcher(
+            run,
+            offsets,
+            topic=settings.topic(topic),
+            live_slots=settings.live_concurrency,
+            ready=lambda: not app.rebalancing,
+            on_fatal=lambda exc: fatal(app, health, name, exc),
+            quarantine=quarantine,
+            record_type=record_type,
+            lane_for=lambda _: Lane.LIVE,
+            resource_of=resource_of,
+        )
+
+    app.command_dispatcher = one_lane(service.on_command, "commands", COMMANDS, Command)
+    app.retry_dispatcher = one_lane(
+        service.on_retry,
+        "retries",
+        RETRIES,
+        RetryEnvelope,
+        lambda envelope: str(envelope.notification.resource_id),
     )
-    app.command_dispatcher = command_dispatcher
+    app.hold_dispatcher = one_lane(app.holds.on_request, "hold-requests", HOLDS, HoldRequest)
     _install_operator_views(app, settings, offsets, clock)
 
-    install_dispatched_agent(app, health, topics.notifications, sync_dispatcher, settings)
-    install_dispatched_agent(
-        app, health, topics.commands, command_dispatcher, settings, name=COMMANDS
-    )
-    install_retry_agent(app, health, topics.retries, service.on_retry, quarantine, settings)
-    install_holds_agent(
-        app, health, topics.hold_requests, app.holds.on_request, quarantine, settings
-    )
+    for topic, dispatched, name in (
+        (topics.notifications, sync_dispatcher, NAME),
+        (topics.commands, app.command_dispatcher, COMMANDS),
+        (topics.retries, app.retry_dispatcher, RETRIES),
+        (topics.hold_requests, app.hold_dispatcher, HOLDS),
+    ):
+        install_dispatched_agent(app, health, topic, dispatched, settings, name=name)
     install_timer_task(app, dispatcher)
     return app

@@ -104,11 +104,22 @@ class Deletion:
 Change = Occurrence | Deletion
 
 
+_NAMESPACE_BYTES = SYSTEM_EVENT_NAMESPACE.bytes
+#: the RFC 4122 variant bits over the top two bits of the 17th hex digit
+_VARIANT = "89ab89ab89ab89ab"
+
+
 def system_event_id(origin: ProviderOrigin, resource_id: str, native_event_id: str) -> str:
-    """The deterministic id of an occurrence: the same inputs give the same id forever."""
-    return str(
-        uuid.uuid5(SYSTEM_EVENT_NAMESPACE, f"{origin.value}\x1f{resource_id}\x1f{native_event_id}")
-    )
+    """The deterministic id of an occurrence: the same inputs give the same id forever.
+
+    ``str(uuid.uuid5(SYSTEM_EVENT_NAMESPACE, "<origin>\\x1f<resource>\\x1f<native id>"))``,
+    spelled out: the SHA-1 of the namespace and the name, version and variant bits
+    set, in the canonical form. ``uuid.UUID`` validates and converts through an int,
+    which cost a tenth of a full sync's CPU (docs/benchmarks.md, section 3).
+    """
+    name = f"{origin.value}\x1f{resource_id}\x1f{native_event_id}".encode()
+    h = hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:32]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,17 @@
-"""The in-process dispatcher of ``calsync.notifications`` (and ``calsync.commands``):
-lanes, per-resource order, and offsets committed only over finished work.
+"""The in-process dispatcher of every topic a worker consumes (``calsync.notifications``,
+``calsync.commands``, ``calsync.retries``, ``calsync.hold-requests``): lanes,
+per-resource order, and offsets committed only over finished work.
 
 One Faust agent reads the topic with Faust's acks off and hands every record to
 :meth:`NotificationDispatcher.submit`, which returns at once (unless ``max_pending``
 records are waiting). Faust's own acks lose records around a rebalance (its agent
 channels drop queued records, and its gap handling then commits past them:
-``docs/architecture.md``, "Failover"); a registration lost that way never syncs, so
-``calsync.commands`` goes through a dispatcher of its own too (``record_type``
-:class:`~calsync.streams.records.Command`, one lane). The dispatcher
+``docs/architecture.md``, "Failover"). A registration lost that way never syncs, a
+retry lost that way leaves a calendar behind until its reconciliation, and a hold
+request lost that way is never decided; so each of those topics goes through a
+dispatcher of its own too (``record_type`` :class:`~calsync.streams.records.Command`,
+:class:`~calsync.streams.records.RetryEnvelope` or
+:class:`~calsync.streams.records.HoldRequest`, one lane). The dispatcher
 
 * runs each record as its own task, one at a time per resource (FIFO), on a *live*
   lane (pushes needing a delta, renewals: ``live_slots`` at a time) or a *bulk*
@@ -83,6 +87,10 @@ class _Run:
     keep: object  # the Faust event: Faust's current_event() is a weak reference to it
 
 
+def _resource_id(record: Any) -> str:
+    return str(record.resource_id)
+
+
 def _being_cancelled() -> bool:
     """Whether the current task itself is being cancelled (not just an awaited future)."""
     task = asyncio.current_task()
@@ -111,14 +119,16 @@ class NotificationDispatcher:
         wall: Callable[[], float] = time.time,
         record_type: type[Any] = Notification,
         lane_for: Callable[[Any], Lane] = lane_of,
+        resource_of: Callable[[Any], str] | None = None,
     ) -> None:
-        """``record_type`` is what the topic's values decode to (a Faust record with a
-        ``resource_id``: runs of one resource go one at a time, in offset order), and
-        ``lane_for`` the lane of each (:func:`~calsync.agents.service.lane_of` for
-        notifications)."""
+        """``record_type`` is what the topic's values decode to (a Faust record),
+        ``resource_of`` the resource each is about (runs of one resource go one at a
+        time, in offset order; by default its ``resource_id``), and ``lane_for`` the
+        lane of each (:func:`~calsync.agents.service.lane_of` for notifications)."""
         self._handler = handler
         self._record_type = record_type
         self._lane_for = lane_for
+        self._resource_of = resource_of or _resource_id
         self._offsets = offsets
         self._topic = topic
         self._slots = {
@@ -271,7 +281,7 @@ class NotificationDispatcher:
     # -- runs ----------------------------------------------------------------------
 
     async def _execute(self, run: _Run) -> None:
-        rid = run.record.resource_id
+        rid = self._resource_of(run.record)
         lock, users = self._resources.get(rid) or (asyncio.Lock(), 0)
         self._resources[rid] = (lock, users + 1)
         try:

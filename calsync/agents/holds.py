@@ -28,11 +28,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import faust
-
 from calsync.agents.outbox import Outbox
-from calsync.agents.quarantine import Quarantine, decoded
-from calsync.agents.supervision import Health, install_agent
 from calsync.agents.timers import Scheduler
 from calsync.availability.holds import (
     Conflict,
@@ -45,15 +41,12 @@ from calsync.availability.index import BusyIndex, Entry
 from calsync.codecs.holds import encode_hold_event
 from calsync.model import system_event_id
 from calsync.providers import registry
-from calsync.settings import Settings
 from calsync.streams.records import HoldRequest, StatusEvent
 from calsync.tables.records import Resource
 
-__all__ = ["HoldService", "install_holds_agent"]
+__all__ = ["HoldService"]
 
 log = logging.getLogger(__name__)
-
-NAME = "calsync.holds"
 
 
 class HoldService:
@@ -214,18 +207,3 @@ def _serialize(effects: Effects) -> list[dict[str, Any]]:
     ]
     out += [{"t": "request", "k": r.resource_id, "v": r.dumps().decode()} for r in effects.requests]
     return out
-
-
-def install_holds_agent(
-    app: faust.App,
-    health: Health,
-    topic: faust.TopicT,
-    on_request: Callable[[HoldRequest], Awaitable[None]],
-    quarantine: Quarantine,
-    settings: Settings,
-) -> None:
-    """Register the ``calsync.holds`` agent: each request that decodes goes to
-    ``on_request`` (:meth:`HoldService.on_request`)."""
-    install_agent(
-        app, health, topic, NAME, settings.fail_agent, on_request, decoded(quarantine, HoldRequest)
-    )

@@ -1,13 +1,14 @@
 """Poison records: decoded in one place, quarantined, never fatal.
 
-The agents of ``calsync.notifications``, ``calsync.retries`` and ``calsync.commands``
-read raw bytes and decode them here. A record that is not UTF-8 JSON, not an object,
-or does not have the shape of its record type (a missing required field, a field of
-the wrong JSON type) is *quarantined*: one warning is logged and one ``quarantined``
-status event names its topic, partition and offset (never its contents, which may be
-anything, secrets included); the caller then acks it and goes on. So malformed input
-never blocks a partition and never kills a worker (a crash replays from the committed
-offset, and would meet the same record again: a crash loop).
+The dispatched agents (:mod:`calsync.agents.sync`: notifications, commands,
+retries, hold requests) read raw bytes and decode them here. A record that is not
+UTF-8 JSON, not an object, or does not have the shape of its record type (a missing
+required field, a field of the wrong JSON type) is *quarantined*: one warning is
+logged and one ``quarantined`` status event names its topic, partition and offset
+(never its contents, which may be anything, secrets included); the caller then
+counts it as finished and goes on. So malformed input never blocks a partition and
+never kills a worker (a crash replays from the committed offset, and would meet the
+same record again: a crash loop).
 
 Only the shape is checked here; what a well-formed record *means* (an unknown command
 kind, a register without credentials) is the sync service's business.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import faust
@@ -158,26 +159,3 @@ class Quarantine:
             )
         )
         return None
-
-
-def decoded(
-    quarantine: Quarantine, record_type: type[R]
-) -> Callable[[faust.StreamT[bytes]], AsyncIterator[R]]:
-    """A stream of raw records → the ones that decode; malformed ones are quarantined
-    (and acked by the stream, like every record an agent has been given)."""
-
-    async def records(stream: faust.StreamT[bytes]) -> AsyncIterator[R]:
-        async for event in stream.events():
-            message = event.message
-            record = await quarantine.decode(
-                record_type,
-                event.value,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                key=message.key,
-            )
-            if record is not None:
-                yield record
-
-    return records

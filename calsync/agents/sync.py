@@ -1,11 +1,17 @@
-"""The agents whose offsets calsync commits itself: every record, handed to a dispatcher.
+"""The agents of a worker: every record, handed to a dispatcher that commits its offset.
 
-``calsync.sync`` takes every notification off ``calsync.notifications`` and
-``calsync.commands`` every command off ``calsync.commands``, at once (raw bytes, Faust's
-acks off); a :class:`~calsync.agents.dispatch.NotificationDispatcher` runs each (a
-notification on its lane, :meth:`~calsync.agents.service.SyncService.on_notification`;
-a command in its resource's order, :meth:`~calsync.agents.service.SyncService.on_command`)
-and commits its offset when it has finished.
+Each agent takes every record off its topic at once (raw bytes, Faust's acks off); a
+:class:`~calsync.agents.dispatch.NotificationDispatcher` runs each in its resource's
+order and commits its offset when it has finished:
+
+* ``calsync.sync``: ``calsync.notifications``, on its lane
+  (:meth:`~calsync.agents.service.SyncService.on_notification`);
+* ``calsync.commands``: ``calsync.commands``
+  (:meth:`~calsync.agents.service.SyncService.on_command`);
+* ``calsync.retry``: ``calsync.retries``, each envelope kept as a timer until it is due
+  (:meth:`~calsync.agents.service.SyncService.on_retry`);
+* ``calsync.holds``: ``calsync.hold-requests``
+  (:meth:`~calsync.agents.holds.HoldService.on_request`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from calsync.settings import Settings
 
 NAME = "calsync.sync"
 COMMANDS = "calsync.commands"
+RETRIES = "calsync.retry"
+HOLDS = "calsync.holds"
 
 
 def install_dispatched_agent(

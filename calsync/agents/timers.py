@@ -19,17 +19,14 @@ import heapq
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import faust
 
 from calsync.agents.context import ServiceContext
 from calsync.agents.outbox import Outbox
-from calsync.agents.quarantine import Quarantine, decoded
-from calsync.agents.supervision import Health, install_agent
 from calsync.retry import next_poll, next_reconcile, next_renewal
-from calsync.settings import Settings
 from calsync.streams.records import Notification, Reason, RetryEnvelope
 from calsync.tables.records import Channel, Timer
 
@@ -264,27 +261,6 @@ class TimerDispatcher:
 
     def describe(self) -> dict[str, Any]:
         return {"pending": len(self._heap), "released": self.fired_count}
-
-
-def install_retry_agent(
-    app: faust.App,
-    health: Health,
-    topic: faust.TopicT,
-    on_retry: Callable[[RetryEnvelope], Awaitable[None]],
-    quarantine: Quarantine,
-    settings: Settings,
-) -> None:
-    """Register the ``calsync.retry`` agent: each envelope that decodes becomes a timer
-    (:meth:`~calsync.agents.service.SyncService.on_retry`)."""
-    install_agent(
-        app,
-        health,
-        topic,
-        "calsync.retry",
-        settings.fail_agent,
-        on_retry,
-        decoded(quarantine, RetryEnvelope),
-    )
 
 
 def install_timer_task(app: faust.App, dispatcher: TimerDispatcher) -> None:

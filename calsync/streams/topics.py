@@ -135,9 +135,9 @@ def declare_topics(app: faust.App, settings: Settings) -> WorkerTopics:
 
     Every one is read as raw bytes: the agents decode through the quarantine
     (:mod:`calsync.agents.quarantine`), so a record Faust could not decode never raises
-    inside an agent (and again after every restart). The notifications and commands
-    topics also have Faust's acks off: their dispatchers commit the offsets themselves,
-    only over finished work (:mod:`calsync.agents.dispatch`).
+    inside an agent (and again after every restart). Every one also has Faust's acks
+    off: their dispatchers commit the offsets themselves, only over finished work
+    (:mod:`calsync.agents.dispatch`).
     """
     partitions = settings.topic_partitions
     return WorkerTopics(
@@ -147,11 +147,16 @@ def declare_topics(app: faust.App, settings: Settings) -> WorkerTopics:
             partitions=partitions,
             acks=False,
         ),
-        retries=app.topic(settings.topic("retries"), value_serializer="raw", partitions=partitions),
+        retries=app.topic(
+            settings.topic("retries"), value_serializer="raw", partitions=partitions, acks=False
+        ),
         commands=app.topic(
             settings.topic("commands"), value_serializer="raw", partitions=partitions, acks=False
         ),
         hold_requests=app.topic(
-            settings.topic("hold-requests"), value_serializer="raw", partitions=partitions
+            settings.topic("hold-requests"),
+            value_serializer="raw",
+            partitions=partitions,
+            acks=False,
         ),
     )

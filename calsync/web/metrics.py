@@ -14,6 +14,7 @@ collide.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -124,13 +125,24 @@ class Metrics:
         self.totals: dict[str, int] = {"events": 0, "notifications": 0}
 
     def observe_events(self, events: Iterable[UnifiedEvent]) -> None:
+        # Counted per label set, not per event: ``labels()`` costs more than the rest
+        # of an event's bookkeeping, and a page of a full sync is hundreds of events
+        # of one provider (the full-sync benchmark, docs/benchmarks.md).
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        latencies: dict[str, list[float]] = {}
         for event in events:
-            origin = event.provider_origin
-            provider = _PROVIDER_OF_ORIGIN.get(origin.value, origin.value)
-            self.events.labels(provider, event.change.value).inc()
-            self.totals["events"] += 1
+            origin = event.provider_origin.value
+            provider = _PROVIDER_OF_ORIGIN.get(origin, origin)
+            counts[provider, event.change.value] += 1
             if event.latency_ms is not None:
-                self.webhook_to_event.labels(provider).observe(event.latency_ms / 1000)
+                latencies.setdefault(provider, []).append(event.latency_ms / 1000)
+        for (provider, change), count in counts.items():
+            self.events.labels(provider, change).inc(count)
+            self.totals["events"] += count
+        for provider, seconds in latencies.items():
+            histogram = self.webhook_to_event.labels(provider)
+            for value in seconds:
+                histogram.observe(value)
 
     def observe_notification(self, reason: str) -> None:
         self.notifications.labels(reason).inc()

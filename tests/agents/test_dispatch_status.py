@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from calsync.agents.dispatch import NotificationDispatcher
 from calsync.agents.service import Lane
-from calsync.streams.records import Command, Notification, Reason
+from calsync.streams.records import Command, Notification, Reason, RetryEnvelope
 
 
 class TP(NamedTuple):
@@ -162,6 +162,48 @@ async def test_a_command_dispatcher_runs_each_resources_commands_in_order_and_co
     gate.set()
     await asyncio.sleep(0.01)
     assert ran == [("b", "pause"), ("a", "register"), ("a", "remove")]
+    await dispatcher.commit()
+    assert offsets.committed_at[p1] == 3
+
+
+async def test_a_retry_dispatcher_orders_by_the_envelopes_resource_and_commits() -> None:
+    """``calsync.retries`` goes through a dispatcher too: a retry lost around a
+    rebalance would leave its calendar behind until the next reconciliation. An
+    envelope has no ``resource_id`` of its own: ``resource_of`` reads its
+    notification's, so a resource's envelopes are kept in offset order."""
+    ran: list[tuple[str, int]] = []
+    gate = asyncio.Event()
+
+    async def handler(envelope: RetryEnvelope, lane: Lane) -> None:
+        if envelope.attempt == 1:
+            await gate.wait()
+        ran.append((envelope.notification.resource_id, envelope.attempt))
+
+    offsets = Offsets()
+    dispatcher = NotificationDispatcher(
+        handler,
+        offsets,
+        topic="n",
+        record_type=RetryEnvelope,
+        lane_for=lambda _: Lane.LIVE,
+        resource_of=lambda envelope: envelope.notification.resource_id,
+    )
+    p1 = TP("n", 1)
+    for offset, (rid, attempt) in enumerate([("a", 1), ("a", 2), ("b", 1)]):
+        envelope = RetryEnvelope(
+            notification=note(rid, Reason.RETRY),
+            attempt=attempt if rid == "a" else 3,
+            due_at=2.0,
+            last_error="429",
+        )
+        await dispatcher.submit(p1, offset, envelope.dumps(), None)
+    await asyncio.sleep(0.01)
+    assert ran == [("b", 3)]  # the other resource's envelope does not wait
+    await dispatcher.commit()
+    assert offsets.committed_at[p1] == 0
+    gate.set()
+    await asyncio.sleep(0.01)
+    assert ran == [("b", 3), ("a", 1), ("a", 2)]
     await dispatcher.commit()
     assert offsets.committed_at[p1] == 3
 
