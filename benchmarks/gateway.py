@@ -18,7 +18,7 @@ import asyncio
 import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from benchmarks.harness.benchmark import Benchmark, Context
@@ -97,17 +97,18 @@ def push_headers(secret_key: str) -> list[dict[str, str]]:
 async def measured(
     label: str,
     work: Callable[[], Awaitable[LoadResult]],
-    pid: int,
+    pid: int | Sequence[int],
     opts: argparse.Namespace,
     *,
     targeted: bool,
     rate: float = 0.0,
 ) -> GatewayRun:
-    """Run ``work`` (at ``rate``, ``opts.rate`` unless given); its result and ``pid``'s CPU
-    milliseconds per request sent."""
-    before = process_cpu(pid)
+    """Run ``work`` (at ``rate``, ``opts.rate`` unless given); its result and the CPU
+    milliseconds per request sent of ``pid`` (of every one, if several)."""
+    pids = [pid] if isinstance(pid, int) else list(pid)
+    before = sum(process_cpu(p) for p in pids)
     result = await work()
-    spent = process_cpu(pid) - before
+    spent = sum(process_cpu(p) for p in pids) - before
     rate = rate or opts.rate
     requests = int((opts.warmup + opts.duration) * rate)
     return GatewayRun(label, result, spent / requests * 1000, targeted, rate)
@@ -180,6 +181,31 @@ async def three_paths(
     return runs
 
 
+async def processes_path(
+    ctx: Context, rate: float, duration: float, headers: list[dict[str, str]]
+) -> GatewayRun:
+    """``calsync gateway --processes N`` (``--gateway-processes``) at ``rate``: N
+    processes sharing the port; CPU is all of theirs."""
+    env, opts = ctx.env, ctx.opts
+    n = opts.gateway_processes
+    gateway = GatewayProcess(replace(env.settings("gateway"), web_port=free_port()), processes=n)
+    await asyncio.to_thread(gateway.start)
+    try:
+        await asyncio.sleep(2.0)  # the helpers start after the primary answers
+        schedule = {"rate": rate, "duration": duration, "warmup": opts.warmup}
+        timing = replace_opts(opts, rate=rate, duration=duration)
+        return await measured(
+            f"standalone gateway, {n} processes (`calsync gateway --processes {n}`)",
+            lambda: http_load(f"{gateway.url}/webhooks/google", headers, schedule),
+            gateway.pids(),
+            timing,
+            targeted=True,
+            rate=rate,
+        )
+    finally:
+        await asyncio.to_thread(gateway.stop)
+
+
 def replace_opts(opts: argparse.Namespace, **values: float) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(opts), **values})
 
@@ -214,6 +240,8 @@ async def run(ctx: Context) -> Section:
     sweep: list[GatewayRun] = []
     for rate in opts.rates:
         sweep += await three_paths(ctx, rate, opts.sweep_duration, headers)
+        if opts.gateway_processes > 1:
+            sweep.append(await processes_path(ctx, rate, opts.sweep_duration, headers))
 
     _, values = notifications(opts.rate, opts.duration, opts.warmup)
     results = GatewayResults(
@@ -333,6 +361,12 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--sweep-duration", type=float, default=60.0, help="measured s per rate (%(default)s)"
+    )
+    group.add_argument(
+        "--gateway-processes",
+        type=int,
+        default=0,
+        help="in the sweep, also `calsync gateway --processes N` (none by default)",
     )
 
 

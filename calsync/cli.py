@@ -74,20 +74,45 @@ def worker() -> None:
 
 
 @main.command()
-def gateway() -> None:
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Processes sharing CALSYNC_WEB_PORT (SO_REUSEPORT); each answers webhooks.",
+)
+@click.option("--relay-to", hidden=True, default=None)  # a helper's primary (internal)
+@click.option("--index", hidden=True, default=0, type=int)
+def gateway(processes: int, relay_to: str | None, index: int) -> None:
     """Run the webhook gateway and admin API alone (no sync), on CALSYNC_WEB_PORT.
 
     With CALSYNC_ADMIN_BIND the admin API moves to that address and CALSYNC_WEB_PORT
     serves only the webhooks, the connect pages and /healthz. Connect links live in
     this process: with several gateways, route /api/connect and /connect/ to one.
+    With --processes N, N processes share CALSYNC_WEB_PORT: every one answers the
+    webhooks, and the others relay everything else to this one (the connect links'
+    home); see calsync.gateway.processes.
     """
     from calsync.gateway.http import Gateway, build_gateway_app, server_options
+    from calsync.gateway.processes import (
+        relay_socket,
+        serve_helper,
+        start_helpers,
+        stop_helpers,
+        tag_responses,
+    )
     from calsync.gateway.publisher import KafkaPublisher
     from calsync.streams.topics import ensure_topics
     from calsync.web.metrics import Metrics
     from calsync.web.sites import Site, Surface, serve_until_signalled
 
     settings = _settings()
+    if relay_to is not None:
+        try:
+            serve_helper(settings, relay_to, index)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve the gateway: {exc}") from exc
+        return
     try:
         ensure_topics(settings)
     except CalsyncError as exc:
@@ -100,7 +125,10 @@ def gateway() -> None:
     # on the public one
     shared = Gateway(settings, publisher, clock=clock)
 
-    def site(surface: Surface, host: str, port: int) -> Site:
+    shared_port = processes > 1
+    relay = relay_socket() if shared_port else None
+
+    def site(surface: Surface, host: str, port: int, *, public: bool = False) -> Site:
         app = build_gateway_app(
             settings,
             publisher,
@@ -109,23 +137,35 @@ def gateway() -> None:
             metrics=metrics,
             gateway=shared,
         )
-        return Site(app, host, port, options)
+        if not public or relay is None:
+            return Site(app, host, port, options)
+        app.middlewares.append(tag_responses(0))
+        return Site(app, host, port, options, reuse_port=True, sockets=(relay,))
 
     if settings.admin_address is None:
-        sites = [site(Surface.ALL, settings.web_bind, settings.web_port)]
+        sites = [site(Surface.ALL, settings.web_bind, settings.web_port, public=True)]
     else:
         sites = [
-            site(Surface.PUBLIC, settings.web_bind, settings.web_port),
+            site(Surface.PUBLIC, settings.web_bind, settings.web_port, public=True),
             site(Surface.ADMIN, *settings.admin_address),
         ]
+    helpers: list[Any] = []
+
+    def spawn() -> None:
+        if relay is not None:
+            port = relay.getsockname()[1]
+            helpers.extend(start_helpers(processes - 1, f"http://127.0.0.1:{port}"))
 
     async def serve() -> None:
         await publisher.start()
         try:
             for each in sites:
                 click.echo(f"calsync gateway: serving on {each.url}")
-            await serve_until_signalled(sites)
+            if shared_port:
+                click.echo(f"calsync gateway: {processes} processes share {sites[0].url}")
+            await serve_until_signalled(sites, on_serving=spawn)
         finally:
+            await asyncio.to_thread(stop_helpers, helpers)
             await publisher.aclose()
 
     try:

@@ -81,6 +81,7 @@ async def sync_resource(
     caused_at: datetime,
     full_on_expiry: bool = True,
     progress: dict[str, str] | None = None,
+    prepare: Emit | None = None,
 ) -> SyncOutcome:
     """Bring ``index`` up to date with the provider, emitting every change.
 
@@ -96,23 +97,28 @@ async def sync_resource(
     was already emitted: the diff finds those versions known. ``index`` itself is not
     modified. ``caused_at`` is when the notification behind this sync was received:
     ``latency_ms`` of each event is measured from it.
+
+    ``prepare``, if given, is called with each batch of events as soon as its page is
+    diffed, while the previous batch may still be in flight; the batch is emitted
+    only after ``prepare`` returned, and not at all if it raised (the walk then
+    raises). It may run ahead of emissions, so it must be harmless for a batch that
+    is never emitted (the sync service stores the batch's new ids as maybe emitted).
     """
     start = dict(index)  # ``progress`` may be ``index`` itself
     acked = progress if progress is not None else {}
     acked.clear()
     acked.update(start)
+    walk = functools.partial(
+        _walk, provider, resource_id, acked=acked, window=window, emit=emit, prepare=prepare
+    )
     try:
-        return await _walk(
-            provider, resource_id, cursor, dict(acked), acked, window, emit, now, caused_at
-        )
+        return await walk(cursor, dict(acked), now, caused_at)
     except CursorExpired:
         if cursor is None or not full_on_expiry:
             raise
     # Restart from what was acknowledged: changes of the expired walk that were
     # diffed but never emitted must be emitted by the full listing.
-    outcome = await _walk(
-        provider, resource_id, None, dict(acked), acked, window, emit, now, caused_at
-    )
+    outcome = await walk(None, dict(acked), now, caused_at)
     outcome.cursor_expired = True
     return outcome
 
@@ -122,11 +128,13 @@ async def _walk(
     resource_id: str,
     cursor: str | None,
     index: dict[str, str],
+    now: Clock,
+    caused_at: datetime,
+    *,
     acked: dict[str, str],
     window: Window,
     emit: Emit,
-    now: Clock,
-    caused_at: datetime,
+    prepare: Emit | None,
 ) -> SyncOutcome:
     """One walk; ``index`` is diffed in place, ``acked`` follows it one emission behind."""
     origin = provider.origin
@@ -165,22 +173,37 @@ async def _walk(
             else:
                 acked.pop(change.native_event_id, None)
 
-    # Page k is emitted while page k+1 is fetched; emissions still happen in order,
-    # and the caller gets the cursor only after the last of them was acknowledged.
+    # Page k is emitted while page k+1 is fetched and prepared; emissions still happen
+    # in order, and the caller gets the cursor only after the last of them was
+    # acknowledged.
     pending: asyncio.Task[None] | None = None
     pending_changes: list[Change] = []
+    preparing: list[asyncio.Task[None]] = []
+
+    async def emit_when_prepared(
+        ready: asyncio.Task[None] | None, events: list[UnifiedEvent]
+    ) -> None:
+        if ready is not None:
+            await ready
+        await emit(events)
+
     try:
         async for page in provider.fetch_changes(cursor, window):
             outcome.time_zone = page.time_zone or outcome.time_zone
             outcome.quarantined.extend(page.quarantined)
             changes = diff_page(page.changes, index, window, seen)
             events = events_for(changes, page.cursor)
+            ready = None
+            if events and prepare is not None:
+                # overlaps with the emission in flight: its wait for the broker, mostly
+                ready = asyncio.ensure_future(prepare(events))
+                preparing.append(ready)
             if pending is not None:
                 await pending
                 pending = None
                 acknowledge(pending_changes)
             if events:
-                pending = asyncio.ensure_future(emit(events))
+                pending = asyncio.ensure_future(emit_when_prepared(ready, events))
                 pending_changes = changes
             upserts = sum(1 for c in changes if isinstance(c, Occurrence))
             outcome.upserts += upserts
@@ -198,11 +221,18 @@ async def _walk(
                 await pending
             if not pending.cancelled() and pending.exception() is None:
                 acknowledge(pending_changes)  # it was produced before the failure
+        for ready in preparing:  # none runs on after the walk, none fails unheard
+            ready.cancel()
+            with contextlib.suppress(BaseException):
+                await ready
     if seen is not None:
         vanished = sorted(set(index) - seen)
         if vanished:
             deletions: list[Change] = [Deletion(key) for key in vanished]
-            await emit(events_for(deletions, outcome.cursor))
+            events = events_for(deletions, outcome.cursor)
+            if prepare is not None:
+                await prepare(events)
+            await emit(events)
             acknowledge(deletions)
             for key in vanished:
                 del index[key]

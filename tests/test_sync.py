@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -287,3 +289,58 @@ async def test_consumer_view_matches_provider_truth(ops: list[tuple[str, int]]) 
             await sync()
     await sync()
     assert view == {k: o.version for k, o in provider.items.items()}
+
+
+async def test_each_batch_is_prepared_before_it_is_emitted_and_the_next_overlaps() -> None:
+    """``prepare`` (the service's write-ahead of new ids) sees every batch before it is
+    emitted, and the next page's runs while the previous batch is still in flight:
+    its wait for the broker overlaps the emission's."""
+    provider = MemoryProvider(page_size=2)
+    for n in range(6):
+        provider.put(occurrence(n))
+    log: list[tuple[str, tuple[str, ...]]] = []
+    release = asyncio.Event()
+
+    async def prepare(events: list[UnifiedEvent]) -> None:
+        log.append(("prepare", tuple(e.native_event_id for e in events)))
+
+    async def emit(events: list[UnifiedEvent]) -> None:
+        ids = tuple(e.native_event_id for e in events)
+        log.append(("emit", ids))
+        if ids == ("ev0", "ev1"):
+            await release.wait()  # the first batch waits for its acks
+        log.append(("acked", ids))
+
+    walk = asyncio.ensure_future(run(provider, None, {}, emit, prepare=prepare))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    first, second = ("ev0", "ev1"), ("ev2", "ev3")
+    assert log == [("prepare", first), ("emit", first), ("prepare", second)]
+    release.set()
+    outcome = await walk
+    assert sorted(outcome.index) == [f"ev{n}" for n in range(6)]
+    emitted = [ids for kind, ids in log if kind == "emit"]
+    assert emitted == [first, second, ("ev4", "ev5")]
+    for ids in emitted:  # prepared, then emitted; the next emitted only once acked
+        assert log.index(("prepare", ids)) < log.index(("emit", ids))
+    for earlier, later in itertools.pairwise(emitted):
+        assert log.index(("acked", earlier)) < log.index(("emit", later))
+
+
+async def test_a_batch_whose_preparation_fails_is_never_emitted() -> None:
+    """A failing ``prepare`` (a calendar over its size limit) stops the walk before
+    that batch goes out; what was emitted before it stays acknowledged in ``progress``."""
+    provider = MemoryProvider(page_size=2)
+    for n in range(6):
+        provider.put(occurrence(n))
+    sink = Sink()
+
+    async def prepare(events: list[UnifiedEvent]) -> None:
+        if events[0].native_event_id == "ev2":
+            raise RuntimeError("too large")
+
+    progress: dict[str, str] = {}
+    with pytest.raises(RuntimeError, match="too large"):
+        await run(provider, None, {}, sink, prepare=prepare, progress=progress)
+    assert [e.native_event_id for e in sink.events] == ["ev0", "ev1"]
+    assert sorted(progress) == ["ev0", "ev1"]

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,12 +50,26 @@ async def serve_gateway(settings: Settings, host: str, port: int) -> AsyncIterat
 
 
 class GatewayProcess:
-    """``python -m benchmarks.gateway_proc`` with ``settings``, until :meth:`stop`."""
+    """``python -m benchmarks.gateway_proc`` with ``settings``, until :meth:`stop`; with
+    ``processes`` > 0, ``calsync gateway --processes N`` instead (N processes sharing
+    the port, :mod:`calsync.gateway.processes`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, processes: int = 0) -> None:
         self.settings = settings
+        self.processes = processes
         self.log_path = settings.data_dir / "gateway.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def pids(self) -> list[int]:
+        """The gateway's processes: the one started and its children (the helpers)."""
+        if self.process is None:
+            return []
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            extra = [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            extra = []
+        return [self.process.pid, *extra]
 
     @property
     def url(self) -> str:
@@ -64,8 +79,13 @@ class GatewayProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
+            command = (
+                ["-m", "calsync.cli", "gateway", "--processes", str(self.processes)]
+                if self.processes
+                else ["-m", "benchmarks.gateway_proc"]
+            )
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.gateway_proc"],
+                [sys.executable, *command],
                 env=env,
                 cwd=ROOT,
                 stdout=log,

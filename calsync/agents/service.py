@@ -299,8 +299,10 @@ class SyncService:
         applied = [not complete]  # whether the index differs from the stored one
         announced: set[str] = set()  # ids stored as maybe emitted during this sync
 
-        async def emit(events: list[UnifiedEvent]) -> None:
+        async def announce(events: list[UnifiedEvent]) -> None:
             await self._announce(rid, events, announced)
+
+        async def emit(events: list[UnifiedEvent]) -> None:
             # The index takes exactly what the broker acknowledged, in order, so that
             # stored with the cursor (or the progress) it never disagrees with the topic.
             await self.outbox.events(rid, events)
@@ -327,6 +329,8 @@ class SyncService:
                 # pushes for as long as it runs: the bulk lane does it instead.
                 full_on_expiry=lane is Lane.BULK,
                 progress=progress,
+                # each page's new ids are stored before its events go out (_announce)
+                prepare=announce,
             )
         except CursorExpired as exc:
             kept = self._keep_progress(rid, progress, busy, announced)
@@ -445,7 +449,9 @@ class SyncService:
         stored first, the next walk re-emits each one it finds (its version cannot
         match) and deletes the others; a delete of an id that never reached the topic
         is harmless. Costs one acknowledged ``sync_state`` write per emission that
-        brings new ids (each page of a first sync; an insert in a delta).
+        brings new ids (each page of a first sync; an insert in a delta); the walk
+        calls this as its ``prepare``, while the previous page is still in flight, so
+        the wait for that write overlaps the previous emission's.
         """
         # Read once per sync (its first emission), then kept here: the walk is the only
         # writer of this resource's sync state while it runs, and decoding a large

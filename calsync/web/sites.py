@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import enum
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,11 @@ class Site:
     port: int
     #: keyword arguments of ``web.AppRunner`` (timeouts)
     runner_options: Mapping[str, Any] = field(default_factory=dict)
+    #: bind with ``SO_REUSEPORT``: several processes share the port
+    #: (:mod:`calsync.gateway.processes`)
+    reuse_port: bool = False
+    #: listening sockets served by the same application too (the gateway's relay)
+    sockets: tuple[socket.socket, ...] = ()
 
     @property
     def url(self) -> str:
@@ -103,13 +109,19 @@ class SiteServer(Service):
             await runner.cleanup()
 
 
-async def serve_until_signalled(sites: Sequence[Site]) -> None:
-    """Serve every site until SIGINT or SIGTERM, then shut them down (cleanup hooks run).
+async def serve_until_signalled(
+    sites: Sequence[Site],
+    *,
+    until: asyncio.Event | None = None,
+    on_serving: Callable[[], None] | None = None,
+) -> None:
+    """Serve every site until SIGINT or SIGTERM (or ``until`` is set), then shut them
+    down (cleanup hooks run). ``on_serving`` is called once every site is listening.
 
     Raises ``OSError`` when an address is taken (the sites started so far are shut down).
     """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = until or asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     runners: list[web.AppRunner] = []
@@ -118,7 +130,13 @@ async def serve_until_signalled(sites: Sequence[Site]) -> None:
             runner = web.AppRunner(site.app, **site.runner_options)
             runners.append(runner)
             await runner.setup()
-            await web.TCPSite(runner, site.host, site.port).start()
+            await web.TCPSite(
+                runner, site.host, site.port, reuse_port=site.reuse_port or None
+            ).start()
+            for sock in site.sockets:
+                await web.SockSite(runner, sock).start()
+        if on_serving is not None:
+            on_serving()
         await stop.wait()
     finally:
         for runner in reversed(runners):
