@@ -171,7 +171,7 @@ class Runner:
             log("starting Kafka ...")
             try:
                 with KafkaBroker() as broker:
-                    env = Env(broker.bootstrap, workdir, self.opts.partitions)
+                    env = Env(broker.bootstrap, workdir, self.opts.partitions, broker=broker)
                     asyncio.run(self.with_broker(env))
             except Exception:
                 error = traceback.format_exc()

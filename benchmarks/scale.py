@@ -40,7 +40,14 @@ edits go on, and are then lifted; *converged* is timed from the lift:
 * ``diskfull``: worker 0's data dir is a ``--disk-mib`` tmpfs (mounted by the
   harness: root only) that a file fills up; the worker must stop by itself, and at
   the lift the file is removed and the worker started again (what its supervisor
-  would do once space returns).
+  would do once space returns);
+* ``broker-restart``: the broker stops (controlled shutdown) and starts again on the
+  same port and data;
+* ``broker-down``: the broker is SIGSTOPped for ``--storm-seconds`` (unreachable:
+  connections open, nothing answers), then resumed. Meanwhile the gateway answers
+  pushes 503 with ``Retry-After``; for both broker faults the emulators retry refused
+  pushes for about three minutes (Google retries for hours), so an edit is lost only
+  if calsync loses it.
 
 ``--holds`` pairs of overlapping holds are posted to two different workers at the fault
 (retried at a live worker with the same idempotency key): both accepted is a double
@@ -98,10 +105,26 @@ from calsync.testing.topics import TopicReader
 from calsync.verify import Busy, Interval, Report, compare, fold, horizon, list_truth
 
 PROVIDERS = ("google", "microsoft", "caldav")
-FAULTS = ("none", "kill", "add", "429", "410", "drop", "down", "revoke", "diskfull")
+FAULTS = (
+    "none",
+    "kill",
+    "add",
+    "429",
+    "410",
+    "drop",
+    "down",
+    "revoke",
+    "diskfull",
+    "broker-restart",
+    "broker-down",
+)
 #: Faults that last a while (``--storm-seconds``; ``down``: ``--down-seconds``) and
 #: are then lifted: convergence is timed from the lift.
-STORMS = ("429", "410", "drop", "down", "revoke", "diskfull")
+STORMS = ("429", "410", "drop", "down", "revoke", "diskfull", "broker-restart", "broker-down")
+#: Faults of the broker itself: the emulators then retry refused pushes for minutes
+#: (as Google does for hours), not for the emulators' default second.
+BROKER_FAULTS = ("broker-restart", "broker-down")
+BROKER_PUSH_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 64.0)
 UTC_ZONE = ZoneInfo("UTC")
 #: Edits move events within this many days after tomorrow; holds go after it.
 EDIT_DAYS = 120
@@ -613,10 +636,11 @@ async def scale(ctx: Context) -> Outcome:
         {p: sum(c.events for c in calendars if c.provider == p) for p in PROVIDERS},
     )
     async with contextlib.AsyncExitStack() as stack:
-        google = GoogleEmulator(seed=1414)
+        retries = {"push_retry_delays": BROKER_PUSH_RETRIES} if opts.fault in BROKER_FAULTS else {}
+        google = GoogleEmulator(seed=1414, **retries)
         await google.start()
         stack.push_async_callback(google.aclose)
-        graph = MicrosoftEmulator(seed=1414)
+        graph = MicrosoftEmulator(seed=1414, **retries)
         await graph.start()
         stack.push_async_callback(graph.aclose)
         for emulator in (google, graph):
@@ -820,6 +844,9 @@ class Run:
         elif kind == "diskfull":
             await self.fill_disk(lasts)
             return
+        elif kind in BROKER_FAULTS:
+            await self.broker_fault(kind, lasts)
+            return
         else:
             rids = [rid for rid, cal in self.fleet.calendars.items() if cal.provider == "google"]
             revoked = rids[: self.opts.revoke]
@@ -838,6 +865,30 @@ class Run:
             again = set(revoked)
             rows = [r for r in self.fleet.registrations() if r["resource_id"] in again]
             await register_bulk(self.gateway, self.env.admin_token, rows)
+        o.lifted_at = time.time()
+
+    async def broker_fault(self, kind: str, lasts: float) -> None:
+        """``broker-restart``: stop the broker (a controlled shutdown) and start it again
+        on the same port and data at once; ``broker-down``: SIGSTOP it for ``lasts`` s
+        (unreachable: connections stay open, nothing answers), then SIGCONT."""
+        o, broker = self.outcome, self.env.broker
+        if broker is None:
+            raise RuntimeError(f"--fault {kind} needs the broker this run started")
+        if kind == "broker-restart":
+            await asyncio.to_thread(broker.halt)
+            o.notes.append("broker stopped (controlled shutdown)")
+            await asyncio.to_thread(broker.start)
+            o.notes.append(f"broker started again after {time.time() - o.fault_at:.1f} s")
+        else:
+            broker.freeze()
+            o.notes.append(f"broker frozen (SIGSTOP) for {lasts:g} s")
+            end = time.monotonic() + lasts
+            try:
+                await self.wait(
+                    "the end of the broker outage", lambda: time.monotonic() > end, math.inf
+                )
+            finally:
+                broker.thaw()
         o.lifted_at = time.time()
 
     async def fill_disk(self, lasts: float) -> None:

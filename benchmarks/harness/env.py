@@ -38,6 +38,9 @@ class Env:
     partitions: int
     secret_key: str = field(default_factory=lambda: secrets.token_hex(16))
     admin_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    #: the run's :class:`~calsync.testing.broker.KafkaBroker`, for the faults that
+    #: restart or freeze it (``benchmarks.scale --fault broker-*``)
+    broker: Any = None
 
     def settings(self, name: str, **overrides: Any) -> Settings:
         """Settings with their own app id, topic prefix, data dir and web port.

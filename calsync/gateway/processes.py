@@ -15,7 +15,9 @@ relayed by a helper to the primary over a loopback socket only the primary
 listens on, and answered there: same routes, same token check, same bodies
 (bounded by the application's body limit). ``/healthz`` is answered locally. Every
 response carries ``X-Calsync-Gateway: <k>``, the index of the process that took the
-connection (0 is the primary), so an operator can see the spread.
+connection (0 is the primary), so an operator can see the spread. Each process
+counts the webhooks it answered in its own metrics: ``/metrics`` (the primary's,
+relayed) shows the primary's share only.
 
 A helper ends when the primary does: it reads its standard input, a pipe the
 primary holds, and stops at end of file (the primary stopped, or died).
