@@ -69,6 +69,8 @@ class GatewayResults:
     #: the rate sweep (``--rates``): every rate's raw, standalone and embedded runs
     sweep: list[GatewayRun] = field(default_factory=list)
     sweep_duration: float = 0.0
+    #: paths that could not be measured, and why
+    failures: list[str] = field(default_factory=list)
 
     @property
     def raw(self) -> GatewayRun:
@@ -135,10 +137,15 @@ def notifications(rate: float, duration: float, warmup: float) -> tuple[list[byt
 
 
 async def three_paths(
-    ctx: Context, rate: float, duration: float, headers: list[dict[str, str]]
+    ctx: Context,
+    rate: float,
+    duration: float,
+    headers: list[dict[str, str]],
+    failures: list[str],
 ) -> list[GatewayRun]:
     """Raw ``send_and_wait``, the standalone gateway in this process and the gateway
-    embedded in the shared worker, each at ``rate`` for ``duration`` s (after the warm-up)."""
+    embedded in the shared worker, each at ``rate`` for ``duration`` s (after the warm-up).
+    A worker that cannot be reached is noted in ``failures`` (with its log's tail)."""
     env, worker, opts = ctx.env, ctx.worker, ctx.opts
     keys, values = notifications(rate, duration, opts.warmup)
     schedule = {"rate": rate, "duration": duration, "warmup": opts.warmup}
@@ -172,12 +179,18 @@ async def three_paths(
     # The gateway inside a worker (its sync agent consumes the notifications meanwhile).
     url = f"{worker.worker.url}/webhooks/google"
     pid = worker.worker.pid
-    if pid is None:
-        raise RuntimeError("the worker is not running")
     label = "gateway embedded in a worker subprocess"
-    runs.append(
-        await measured(label, lambda: http_load(url, headers, schedule), pid, timing, targeted=True)
-    )
+    if pid is None or not worker.worker.running:
+        failures.append(f"{rate:g}/s, {label}: the worker is not running\n{worker.worker.tail(30)}")
+        return runs
+    try:
+        runs.append(
+            await measured(
+                label, lambda: http_load(url, headers, schedule), pid, timing, targeted=True
+            )
+        )
+    except RuntimeError as exc:  # the rest of the sweep still counts
+        failures.append(f"{rate:g}/s, {label}: {exc}\n{worker.worker.tail(30)}")
     return runs
 
 
@@ -213,7 +226,8 @@ def replace_opts(opts: argparse.Namespace, **values: float) -> argparse.Namespac
 async def run(ctx: Context) -> Section:
     env, worker, opts = ctx.env, ctx.worker, ctx.opts
     headers = push_headers(env.secret_key)
-    runs = await three_paths(ctx, opts.rate, opts.duration, headers)
+    failures: list[str] = []
+    runs = await three_paths(ctx, opts.rate, opts.duration, headers, failures)
     schedule = {"rate": opts.rate, "duration": opts.duration, "warmup": opts.warmup}
 
     # Diagnostic: the same standalone gateway as a process of its own, while the worker
@@ -239,9 +253,12 @@ async def run(ctx: Context) -> Section:
 
     sweep: list[GatewayRun] = []
     for rate in opts.rates:
-        sweep += await three_paths(ctx, rate, opts.sweep_duration, headers)
+        sweep += await three_paths(ctx, rate, opts.sweep_duration, headers, failures)
         if opts.gateway_processes > 1:
-            sweep.append(await processes_path(ctx, rate, opts.sweep_duration, headers))
+            try:
+                sweep.append(await processes_path(ctx, rate, opts.sweep_duration, headers))
+            except RuntimeError as exc:
+                failures.append(f"{rate:g}/s, {opts.gateway_processes} processes: {exc}")
 
     _, values = notifications(opts.rate, opts.duration, opts.warmup)
     results = GatewayResults(
@@ -252,6 +269,7 @@ async def run(ctx: Context) -> Section:
         runs=runs,
         sweep=sweep,
         sweep_duration=opts.sweep_duration,
+        failures=failures,
     )
     return Section(report(results), summary(results))
 
@@ -297,6 +315,13 @@ def report(r: GatewayResults) -> list[str]:
         )
     if r.sweep:
         lines += ["", *sweep_report(r)]
+    if r.failures:
+        lines += ["", "**Not measured:**", ""]
+        for failure in r.failures:
+            head, _, tail = failure.partition("\n")
+            lines.append(f"- {head}")
+            if tail:
+                lines += ["", "```", tail.strip()[-3000:], "```", ""]
     return lines
 
 
@@ -327,6 +352,10 @@ def sweep_report(r: GatewayResults) -> list[str]:
             f"| {'yes' if run.ok else 'no'} |"
         )
     lines.append("")
+    for run in r.sweep:
+        if run.result.failures:
+            fails = ", ".join(f"{k}: {v}" for k, v in sorted(run.result.failures.items()))
+            lines.append(f"- {run.rate:,.0f}/s, {run.label.split(' (')[0]}: failures {fails}")
     for label in dict.fromkeys(run.label for run in r.sweep):
         held = [run.rate for run in r.sweep if run.label == label and run.ok]
         short = label.split(" (")[0].split(":")[0]

@@ -32,7 +32,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 
 import aiohttp
@@ -172,18 +171,26 @@ def serve_helper(settings: Settings, relay_to: str, index: int) -> None:
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         orphaned = asyncio.Event()
+        pipe = sys.stdin.fileno()
 
-        def watch_stdin() -> None:  # a blocking read: the primary's end of the pipe
-            with contextlib.suppress(OSError, ValueError):
-                while sys.stdin.buffer.read(1):
-                    pass
-            loop.call_soon_threadsafe(orphaned.set)
+        def primary_gone() -> None:  # readable: end of file (or a stray byte)
+            try:
+                data = os.read(pipe, 1)
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(pipe)
+                orphaned.set()
 
-        threading.Thread(target=watch_stdin, name="primary-watch", daemon=True).start()
+        # watched by the loop, not a thread: a thread blocked on stdin makes the
+        # interpreter's shutdown fail ("could not acquire lock for <stdin>")
+        loop.add_reader(pipe, primary_gone)
         await publisher.start()
         try:
             await serve_until_signalled([site], until=orphaned)
         finally:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(pipe)
             await publisher.aclose()
 
     asyncio.run(serve())
