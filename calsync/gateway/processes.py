@@ -41,7 +41,7 @@ from aiohttp.typedefs import Handler, Middleware
 from calsync.gateway.http import Gateway, server_options
 from calsync.gateway.publisher import KafkaPublisher
 from calsync.settings import Settings
-from calsync.web.sites import Site
+from calsync.web.sites import Site, Surface, new_application, select_routes
 
 __all__ = [
     "GATEWAY_HEADER",
@@ -106,19 +106,16 @@ def build_helper_app(
     """A helper's application: the webhooks and ``/healthz`` answered here, every
     other request relayed to the primary at ``relay_to`` (``http://127.0.0.1:<port>``).
 
-    No token check here: a relayed request meets the primary's middlewares (the
-    token, the body validation), and what the helper answers itself is public.
+    The helper declares the primary's routes of its surface and checks tokens (and
+    bodies) like the primary, which checks them again; a path the primary does not
+    serve is a 404 here.
     """
     gateway = Gateway(settings, publisher)
-    local = [
-        route
-        for route in gateway.routes()
-        if route.path.startswith(_LOCAL_PREFIX) or route.path == "/healthz"
-    ]
-    app = web.Application(
-        client_max_size=settings.gateway_max_body, middlewares=[tag_responses(index)]
+    surface = Surface.ALL if settings.admin_address is None else Surface.PUBLIC
+    served = select_routes(
+        [*gateway.routes(), web.get("/metrics", _never), web.get("/openapi.json", _never)],
+        surface,
     )
-    app.add_routes(local)
     clients: list[aiohttp.ClientSession] = []
     timeout = aiohttp.ClientTimeout(total=settings.gateway_read_timeout + 30.0)
 
@@ -146,7 +143,12 @@ def build_helper_app(
                 headers={"Retry-After": "1"},
             )
 
-    app.router.add_route("*", "/{tail:.*}", relay)
+    # The primary's routes, each answered here (webhooks, /healthz) or relayed, under
+    # the same token middleware as the primary's: a stranger's admin request stops here.
+    local = [r for r in served if r.path.startswith(_LOCAL_PREFIX) or r.path == "/healthz"]
+    relayed = [web.route(r.method, r.path, relay) for r in served if r not in local]
+    app = new_application(settings, [*local, *relayed])
+    app.middlewares.insert(0, tag_responses(index))  # outermost: on every answer
 
     async def close(_: web.Application) -> None:
         await gateway.aclose()
@@ -155,6 +157,10 @@ def build_helper_app(
 
     app.on_cleanup.append(close)
     return app
+
+
+async def _never(request: web.Request) -> web.StreamResponse:
+    raise AssertionError("a relayed route is never answered here")  # pragma: no cover
 
 
 def serve_helper(settings: Settings, relay_to: str, index: int) -> None:
