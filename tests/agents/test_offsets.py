@@ -149,3 +149,23 @@ async def test_a_broker_call_that_never_returns_is_given_up_and_frees_the_thread
         assert hanging.cancelled == 3
     finally:
         await thread.method_queue.stop()
+
+
+class NeverCommitted(HangingConsumer):
+    """A partition nobody committed yet; asking its leader for the log start would
+    wait (a ListOffsets queued behind the fetcher's long poll)."""
+
+    async def committed(self, tp: Any) -> Any:
+        return None
+
+
+async def test_a_never_committed_partition_opens_at_zero_without_asking_its_leader() -> None:
+    consumer = NeverCommitted()
+    thread = SameLoopThread(consumer)
+    await thread.method_queue.start()
+    offsets = ConsumerOffsets(App(thread), timeout=5.0)
+    try:
+        assert await asyncio.wait_for(offsets.committed(TP("t", 0)), 1.0) == 0
+        assert consumer.cancelled == 0
+    finally:
+        await thread.method_queue.stop()

@@ -145,6 +145,12 @@ async def test_sigkill_while_a_thousand_retries_wait_loses_none(kafka_settings) 
 
 
 async def test_backfill_does_not_delay_a_live_push(kafka_settings) -> None:
+    """A live push overtakes a 50 x 2,000-event backfill (issue 3): every one is
+    emitted while most of the backfill is still to come, and a typical one (the
+    median) takes no longer than a push on the idle worker did. One sample may be
+    slow on a busy machine (CI once saw 989 ms next to 53 and 68 ms, the CPU shared
+    with the backfill, the broker and the emulator); queued behind the backfill, all
+    of them would wait for tens of thousands of events."""
     async with google_world(kafka_settings) as world:
         live = world.calendar("live")
         live_ids = [
@@ -154,22 +160,30 @@ async def test_backfill_does_not_delay_a_live_push(kafka_settings) -> None:
         await world.register("live")
         await world.wait_for_count(5)
 
-        async def live_change(n: int) -> int:
+        async def live_change(n: int) -> tuple[int, int]:
+            """Patch a live event; its latency and how many events were emitted
+            between the patch and it."""
             before = len(world.events.values)
             world.emulator.patch_event(live, live_ids[n % 5], event_body(50 + n))
 
-            def live_events(reader: TopicReader) -> list[UnifiedEvent]:
+            def live_events(reader: TopicReader) -> list[tuple[int, UnifiedEvent]]:
                 # decode only what is new and keyed "live": the reader holds 100k records
-                return [decode_event(v) for v in reader.values[before:] if b"live" in v]
+                return [
+                    (before + i, decode_event(v))
+                    for i, v in enumerate(reader.values[before:])
+                    if b"live" in v
+                ]
 
             await world.events.wait_for(
-                lambda r: any(e.resource_id == "live" for e in live_events(r)), timeout=30
+                lambda r: any(e.resource_id == "live" for _, e in live_events(r)), timeout=30
             )
-            (event,) = [e for e in live_events(world.events) if e.resource_id == "live"]
+            ((at, event),) = [
+                (i, e) for i, e in live_events(world.events) if e.resource_id == "live"
+            ]
             assert event.latency_ms is not None
-            return event.latency_ms
+            return event.latency_ms, at - before
 
-        baseline = sorted([await live_change(n) for n in range(5)])[2]
+        baseline = sorted([(await live_change(n))[0] for n in range(5)])[2]
 
         bulk = [f"bulk{n}" for n in range(50)]
         for name in bulk:
@@ -181,11 +195,22 @@ async def test_backfill_does_not_delay_a_live_push(kafka_settings) -> None:
             await world.register(name)
         total = 5 + 5 + 50 * 2000
         await world.wait_for_count(5 + 5 + 2000, timeout=60)
-        during = [await live_change(10 + n) for n in range(3)]
+        during, overtook = [], []
+        for n in range(5):
+            remaining = total - len(world.events.values)
+            latency, overtaken = await live_change(10 + n)
+            during.append(latency)
+            overtook.append(remaining - overtaken)
+            assert overtaken < remaining / 4, (
+                f"live push {n} waited for {overtaken} of the {remaining} backfill events"
+            )
         seen_at_end = len(world.events.values)
-        print(f"live push latency: baseline {baseline} ms, during backfill {during} ms")
+        print(
+            f"live push latency: baseline {baseline} ms, during backfill {during} ms, "
+            f"ahead of {overtook} backfill events"
+        )
         assert seen_at_end < total, "the backfill finished before the live pushes: test is void"
-        assert max(during) <= baseline + 250, (
+        assert sorted(during)[2] <= baseline + 250, (
             f"live push took {during} ms during backfill (baseline {baseline} ms)"
         )
 
