@@ -18,6 +18,7 @@ import asyncio
 import functools
 import html
 import logging
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -613,6 +614,17 @@ def _default_http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
 
 
+#: Seconds over which a provider's retries released early are spread (the limiter
+#: spaces the calls themselves; this keeps the release from being one burst).
+RELEASE_SPREAD = 5.0
+
+
+def _release_retries(dispatcher: TimerDispatcher, provider: str) -> None:
+    moved = dispatcher.release_early(provider, spread=RELEASE_SPREAD, rng=random.Random())
+    if moved:
+        log.info("%s answers again: %d waiting retries released early", provider, moved)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -709,6 +721,7 @@ def create_app(
         on_busy=lambda rid, changed: app.holds.on_busy(rid, changed),
         on_holds_due=lambda rid: app.holds.housekeep(rid),
         durable=tables.sync_state.written,
+        on_recovered=lambda provider: _release_retries(dispatcher, provider),
     )
     app.holds = HoldService(
         busy=tables.busy,

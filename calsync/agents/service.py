@@ -48,6 +48,7 @@ from calsync.errors import (
     InternalError,
     RateLimited,
     TokenRefreshFailed,
+    TransientProviderError,
 )
 from calsync.model import UnifiedEvent, Window
 from calsync.providers import registry
@@ -71,6 +72,11 @@ log = logging.getLogger(__name__)
 #: before its emission (:meth:`SyncService._announce`). No provider version is empty,
 #: so the next walk re-emits the occurrence if it still exists and deletes it if not.
 MAYBE_EMITTED = ""
+
+
+#: Seconds between two early releases of one provider's waiting retries
+#: (:meth:`SyncService._answered_again`).
+RELEASE_INTERVAL = 15.0
 
 
 class Lane(enum.StrEnum):
@@ -123,6 +129,7 @@ class SyncService:
         on_busy: Callable[[str, list[Entry]], Awaitable[None]] | None = None,
         on_holds_due: Callable[[str], Awaitable[None]] | None = None,
         durable: Callable[[str], Awaitable[None]] | None = None,
+        on_recovered: Callable[[str], None] | None = None,
     ) -> None:
         self.context = ServiceContext(
             settings=settings,
@@ -146,6 +153,13 @@ class SyncService:
         #: waits until the last ``sync_state`` write of a resource is acknowledged by
         #: the broker (:meth:`calsync.tables.declare.AckedTable.written`)
         self._durable = durable
+        #: called with a provider's name when it answers again after an outage (the
+        #: worker releases that provider's waiting retries early)
+        self._on_recovered = on_recovered
+        #: provider -> when a sync last failed for trouble on its side (5xx, network)
+        self._outage: dict[str, float] = {}
+        #: provider -> when its waiting retries were last released early
+        self._released: dict[str, float] = {}
         #: the sync state :meth:`_announce` last stored, per resource syncing now
         self._announced_state: dict[str, SyncState] = {}
         self.outbox = outbox
@@ -422,6 +436,7 @@ class SyncService:
             busy_digest=busy_digest,
         )
         self._deferred_until.pop(rid, None)
+        self._answered_again(resource.provider)
         for item in outcome.quarantined:
             await self.context.status(rid, "quarantined", item.reason, item=item.item_hash)
         counts = {"upserts": outcome.upserts, "deletes": outcome.deletes}
@@ -437,6 +452,23 @@ class SyncService:
         await self.context.status(
             rid, "synced", counts=counts, lane=lane.value, reason=notification.reason, **extra
         )
+
+    def _answered_again(self, provider: str) -> None:
+        """A sync of ``provider`` succeeded. After an outage (a 5xx or network failure
+        since the last release), its waiting retries are released now rather than at
+        their backed-off due times, up to ``retry_max_delay`` away: a provider back
+        after five minutes had its last calendars converge 250 s later
+        (docs/benchmarks.md §7). At most once per :data:`RELEASE_INTERVAL`, so a
+        provider that fails every other call still gets backoff."""
+        failed_at = self._outage.pop(provider, None)
+        if failed_at is None or self._on_recovered is None:
+            return
+        now = self.clock()
+        if now - self._released.get(provider, float("-inf")) < RELEASE_INTERVAL:
+            self._outage[provider] = failed_at  # not yet: the next success releases
+            return
+        self._released[provider] = now
+        self._on_recovered(provider)
 
     async def _announce(self, rid: str, events: list[UnifiedEvent], announced: set[str]) -> None:
         """Before ``events`` are emitted, store durably the ids among them that the
@@ -610,6 +642,8 @@ class SyncService:
         self.sync_state[rid] = state
         if getattr(exc, "retriable", False) and self._keeps_trying(notification, attempt):
             requested = exc.retry_after if isinstance(exc, RateLimited) else None
+            if isinstance(exc, TransientProviderError) and not isinstance(exc, RateLimited):
+                self._outage[resource.provider] = self.clock()  # 5xx, timeouts, network
             delay = retry_delay(
                 notification.attempt,
                 requested=requested,

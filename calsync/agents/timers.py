@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -34,10 +35,11 @@ log = logging.getLogger(__name__)
 
 #: Timers a released notification clears (reconciliations reschedule themselves).
 _CLEARED_ON_RELEASE = ("retry:", "renew:", "poll:", "holds:")
+RETRY_PREFIX = "retry:"
 
 
 def retry_timer_key(envelope_key: str) -> str:
-    return f"retry:{envelope_key}"
+    return f"{RETRY_PREFIX}{envelope_key}"
 
 
 def reconcile_timer_key(resource_id: str) -> str:
@@ -184,6 +186,8 @@ class TimerDispatcher:
         self._on_tick = on_tick
         self._heap: list[tuple[float, str, Notification]] = []
         self._fired: dict[str, float] = {}
+        #: retries pulled in by :meth:`release_early`, by key (kept across rebuilds)
+        self._early: dict[str, float] = {}
         self._last_rebuild = float("-inf")
         self.fired_count = 0
 
@@ -192,13 +196,43 @@ class TimerDispatcher:
         heapq.heappush(self._heap, (timer.due_at, key, timer.notification))
         self._fired.pop(key, None)
 
+    def release_early(self, provider: str, *, spread: float, rng: random.Random) -> int:
+        """``provider`` answers again after an outage: fire its waiting retries within
+        ``spread`` seconds from now instead of at their backed-off due times (up to
+        ``retry_max_delay`` away). Returns how many were pulled in.
+
+        Only the release moves; the timer stays in the table until its notification is
+        consumed (then the next rebuild drops its original entry). A retry of a
+        rate-limited resource is safe to release: the sync defers it again to the
+        provider's ``Retry-After`` (``SyncState.not_before``).
+        """
+        now = self._clock()
+        moved = 0
+        for due, key, notification in list(self._heap):
+            if (
+                key.startswith(RETRY_PREFIX)
+                and notification.provider == provider
+                and due > now + spread
+                and key not in self._fired
+                and key not in self._early
+            ):
+                at = now + rng.uniform(0.0, spread)
+                self._early[key] = at
+                heapq.heappush(self._heap, (at, key, notification))
+                moved += 1
+        return moved
+
     def _rebuild(self, tick: float) -> None:
         entries: Iterable[tuple[str, Timer]] = list(self._timers.items())
-        heap = [(t.due_at, key, t.notification) for key, t in entries]
+        early = self._early
+        heap = [
+            (min(t.due_at, early.get(key, t.due_at)), key, t.notification) for key, t in entries
+        ]
         heapq.heapify(heap)
         self._heap = heap
         live = {key for _, key, _ in heap}
         self._fired = {k: at for k, at in self._fired.items() if k in live}
+        self._early = {k: at for k, at in early.items() if k in live}
         self._last_rebuild = tick
 
     async def tick(self) -> int:
@@ -219,6 +253,7 @@ class TimerDispatcher:
             if fired_at is not None and tick - fired_at < self._refire_after:
                 continue  # released already; waiting for the agent to clear it
             due.append((key, notification))
+            self._early.pop(key, None)
         if due:
             # If this raises, nothing is marked fired: the next rebuild finds them again.
             await self._outbox.notify_all([n for _, n in due])

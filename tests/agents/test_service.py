@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from calsync.agents.service import MAYBE_EMITTED, Lane, SyncService, lane_of
+from calsync.agents.service import MAYBE_EMITTED, RELEASE_INTERVAL, Lane, SyncService, lane_of
 from calsync.availability.index import BusyIndex, timeline_of
 from calsync.availability.intervals import Flag
 from calsync.crypto import SecretBox
@@ -119,7 +119,9 @@ def make_world(make_settings: SettingsFactory) -> Callable[..., World]:
     """A factory: a SyncService on a FlakyProvider (``page_size``), settings overridden
     by keyword."""
 
-    def factory(*, page_size: int = 100, **overrides: Any) -> World:
+    def factory(
+        *, page_size: int = 100, on_recovered: Callable[[str], None] | None = None, **overrides: Any
+    ) -> World:
         provider = FlakyProvider(page_size=page_size)
         outbox = ListOutbox()
         clock = [NOW.timestamp()]
@@ -132,6 +134,7 @@ def make_world(make_settings: SettingsFactory) -> Callable[..., World]:
             outbox=outbox,
             providers=Source(provider),
             clock=lambda: clock[0],
+            on_recovered=on_recovered,
         )
         return service, provider, outbox, clock
 
@@ -876,3 +879,41 @@ async def test_a_calendar_past_the_event_bound_is_paused_not_stored(make_world) 
     fetches = provider.fetches
     await deliver(service, push(clock[0] + 1))
     assert provider.fetches == fetches
+
+
+async def test_a_provider_answering_again_after_an_outage_releases_its_retries(
+    make_world,
+) -> None:
+    """After 5xx trouble, the next successful sync of that provider asks for its waiting
+    retries at once (not at their backed-off due times), at most once per interval; a
+    429 is no outage (the provider asked for the wait)."""
+    recovered: list[str] = []
+    service, provider, outbox, clock = make_world(on_recovered=recovered.append)
+    await service.on_command(register(service))
+    await deliver(service, outbox.notifications[-1])  # first sync, no trouble yet
+    assert recovered == []
+
+    provider.errors.append(TransientProviderError("google 503", status=503))
+    clock[0] += 1
+    await deliver(service, push(clock[0]))
+    assert outbox.retries and recovered == []
+    clock[0] += 1
+    await deliver(service, push(clock[0]))  # it answers again
+    assert recovered == ["google"]
+
+    provider.errors.append(TransientProviderError("google 503", status=503))
+    clock[0] += 1
+    await deliver(service, push(clock[0]))
+    clock[0] += 1
+    await deliver(service, push(clock[0]))
+    assert recovered == ["google"]  # too soon after the last release
+    clock[0] += RELEASE_INTERVAL
+    await deliver(service, push(clock[0]))
+    assert recovered == ["google", "google"]  # the outage was remembered
+
+    provider.errors.append(RateLimited("slow down", retry_after=1.0, status=429))
+    clock[0] += RELEASE_INTERVAL + 1
+    await deliver(service, push(clock[0]))
+    clock[0] += 2
+    await deliver(service, push(clock[0]))
+    assert recovered == ["google", "google"]

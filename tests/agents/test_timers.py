@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 from calsync.agents.timers import TimerDispatcher
 from calsync.streams.records import Notification
 from calsync.tables.records import Channel, Timer
 from calsync.testing.outbox import ListOutbox
 
 
-def timer(due: float, rid: str = "r1") -> Timer:
-    notification = Notification(provider="google", resource_id=rid, reason="push", received_at=0)
+def timer(due: float, rid: str = "r1", provider: str = "google") -> Timer:
+    notification = Notification(provider=provider, resource_id=rid, reason="push", received_at=0)
     return Timer(due_at=due, notification=notification)
 
 
@@ -71,3 +73,33 @@ async def test_expired_channel_asks_for_a_reconciliation() -> None:
     assert [(n.resource_id, n.reason, n.full) for n in outbox.notifications] == [
         ("dead", "reconcile", True)
     ]
+
+
+async def test_an_early_release_pulls_in_only_that_providers_waiting_retries() -> None:
+    timers = {
+        **{f"retry:g{n}": timer(160.0 + n, f"g{n}") for n in range(20)},
+        **{f"retry:m{n}": timer(160.0 + n, f"m{n}", "microsoft") for n in range(20)},
+        "reconcile:g-rec": timer(150.0, "g-rec"),
+        "retry:soon": timer(101.0, "g-soon"),  # due within the spread anyway
+    }
+    dispatcher, outbox, clock = make(timers)
+    assert await dispatcher.tick() == 0
+    moved = dispatcher.release_early("google", spread=5.0, rng=random.Random(1))
+    assert moved == 20
+    assert dispatcher.release_early("google", spread=5.0, rng=random.Random(1)) == 0
+    clock[0] = 103.0  # a rebuild (every 5 s here) keeps what was pulled in
+    await dispatcher.tick()
+    clock[0] = 106.0
+    await dispatcher.tick()
+    clock[0] = 106.01
+    await dispatcher.tick()
+    released = {n.resource_id for n in outbox.notifications}
+    assert released == {f"g{n}" for n in range(20)} | {"g-soon"}
+    # each once, and the originals at their due times are not released again
+    assert len(outbox.notifications) == 21
+    for key in [k for k, t in timers.items() if t.notification.resource_id in released]:
+        del timers[key]  # the agent consumed them
+    clock[0] = 185.0
+    await dispatcher.tick()
+    later = {n.resource_id for n in outbox.notifications[21:]}
+    assert later == {f"m{n}" for n in range(20)} | {"g-rec"}
