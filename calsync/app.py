@@ -686,7 +686,7 @@ def create_app(
     app.publisher = publisher
     metrics = Metrics()
     app.metrics = metrics
-    outbox = MeteredOutbox(KafkaOutbox(settings, publisher.send), metrics)
+    outbox = MeteredOutbox(KafkaOutbox(settings, publisher.send, publisher.send_many), metrics)
     clock = make_clock(settings.clock_rate, settings.clock_origin)
     limiter = RateLimiter(rate_limit_specs(settings))
     limiter.on_response = metrics.observe_response

@@ -21,6 +21,8 @@ from calsync.streams.records import (
 
 #: ``send(topic, key, value)`` schedules a record and returns its delivery future.
 Send = Callable[[str, bytes, bytes], Awaitable[Awaitable[Any]]]
+#: Queues several values under one key, in order; returns one future for them all.
+SendMany = Callable[[str, bytes, list[bytes]], Awaitable[Awaitable[Any]]]
 
 
 class Outbox(Protocol):
@@ -45,8 +47,9 @@ class KafkaOutbox:
     through a Faust topic's per-message serializer machinery.
     """
 
-    def __init__(self, settings: Settings, send: Send) -> None:
+    def __init__(self, settings: Settings, send: Send, send_many: SendMany | None = None) -> None:
         self._send = send
+        self._send_many = send_many
         self._events = settings.topic("events")
         self._notifications = settings.topic("notifications")
         self._retries = settings.topic("retries")
@@ -64,7 +67,11 @@ class KafkaOutbox:
         await asyncio.gather(*futures)
 
     async def events(self, resource_id: str, events: list[UnifiedEvent]) -> None:
-        await self._send_all(self._events, resource_id, [encode_event(e) for e in events])
+        values = [encode_event(e) for e in events]
+        if self._send_many is None:
+            await self._send_all(self._events, resource_id, values)
+            return
+        await (await self._send_many(self._events, resource_id.encode(), values))
 
     async def notify(self, notification: Notification) -> None:
         await self._send_all(self._notifications, notification.resource_id, [notification.dumps()])

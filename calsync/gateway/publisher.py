@@ -7,6 +7,7 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 
 class Publisher(Protocol):
@@ -50,13 +51,42 @@ class KafkaPublisher:
             await producer.start()
             self._producer = producer
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
-        """Queue one record (starting the producer on first use); returns its future."""
+    async def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
             await self.start()
         assert self._producer is not None
-        future: Awaitable[Any] = await self._producer.send(topic, value, key=key)
+        return self._producer
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
+        """Queue one record (starting the producer on first use); returns its future."""
+        producer = await self._started()
+        future: Awaitable[Any] = await producer.send(topic, value, key=key)
         return future
+
+    async def send_many(self, topic: str, key: bytes, values: list[bytes]) -> Awaitable[Any]:
+        """Queue ``values`` under one ``key``, in order; returns one future for them all.
+
+        The partition is chosen once, by the producer's own partitioner over the key
+        (murmur2, as :meth:`send` chooses it for every record), and the records are
+        appended to record batches built here (``create_batch``/``send_batch``), not
+        passed one by one through ``send`` (a metadata wait, the partitioner, the
+        accumulator and a future per record): a page of a full sync is one resource's
+        events (docs/benchmarks.md §3).
+        """
+        producer = await self._started()
+        partitions = sorted(await producer.partitions_for(topic))
+        partition = DefaultPartitioner()(key, partitions, partitions)
+        futures: list[Awaitable[Any]] = []
+        batch = producer.create_batch()
+        for value in values:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                # a batch takes its first record whatever its size (the broker decides)
+                batch.append(key=key, value=value, timestamp=None)
+        if batch.record_count():
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return asyncio.gather(*futures)
 
     async def publish(self, topic: str, key: str, value: bytes) -> None:
         await (await self.send(topic, key.encode(), value))
