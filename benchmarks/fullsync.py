@@ -20,6 +20,7 @@ from benchmarks.harness.processes import start_worker, stop_worker
 from benchmarks.harness.records import Seen
 from benchmarks.harness.report import Section, verdict
 from calsync.codecs.avro import decode_event, encode_event
+from calsync.gateway.publisher import KafkaPublisher
 from calsync.model import UnifiedEvent
 from calsync.settings import Settings
 
@@ -84,6 +85,7 @@ class FullSyncResults:
     lifted: WorkerSync  # the quota limiter lifted: what the target is about
     quota: WorkerSync  # the production defaults, quota limiter included
     raw: list[RawRun]
+    producer: ProducerCost
 
     @property
     def raw_rate(self) -> float:
@@ -108,6 +110,40 @@ async def raw_full_sync(env: Env, events: list[UnifiedEvent], key: bytes) -> Raw
             timestamps.extend(m.timestamp for m in metadata)
         wall = time.perf_counter() - began
     return RawRun(wall_s=wall, first_last_s=(max(timestamps) - min(timestamps)) / 1000)
+
+
+@dataclass(slots=True)
+class ProducerCost:
+    """Producer CPU per record for pages of pre-encoded values (this process's CPU)."""
+
+    send_us: list[float]  # plain aiokafka, ``send`` per record (the raw baseline's path)
+    send_many_us: list[float]  # ``KafkaPublisher.send_many`` (the worker's path)
+
+
+async def producer_cost(env: Env, values: list[bytes], key: bytes, repeats: int) -> ProducerCost:
+    """The producer's own CPU per record on both paths, alternated ``repeats`` times,
+    each sending ``values`` (already encoded) in pages of :data:`BATCH`, a page awaited
+    before the next, to a fresh topic."""
+    cost = ProducerCost([], [])
+    async with raw_producer(env, "producer") as (producer, topic):
+        publisher = KafkaPublisher(env.bootstrap, client_id="bench-send-many")
+        try:
+            await (await publisher.send(topic, key, b"warm-up"))
+            for _ in range(repeats):
+                began = time.process_time()
+                for b in range(0, len(values), BATCH):
+                    futures = [
+                        await producer.send(topic, v, key=key) for v in values[b : b + BATCH]
+                    ]
+                    await asyncio.gather(*futures)
+                cost.send_us.append((time.process_time() - began) / len(values) * 1e6)
+                began = time.process_time()
+                for b in range(0, len(values), BATCH):
+                    await (await publisher.send_many(topic, key, values[b : b + BATCH]))
+                cost.send_many_us.append((time.process_time() - began) / len(values) * 1e6)
+        finally:
+            await publisher.aclose()
+    return cost
 
 
 def page_phases(pages: list[ListCall], records: list[Seen]) -> dict[str, float] | None:
@@ -199,7 +235,11 @@ async def run(ctx: Context) -> Section:
     )
     quota, _ = await worker_full_sync(env, emulator, n, "production defaults", {})
     raw = [await raw_full_sync(env, events, b"bench-full") for _ in range(ctx.opts.raw_repeats)]
-    results = FullSyncResults(n=n, partitions=env.partitions, lifted=lifted, quota=quota, raw=raw)
+    values = [encode_event(e) for e in events]
+    producer = await producer_cost(env, values, b"bench-full", ctx.opts.raw_repeats)
+    results = FullSyncResults(
+        n=n, partitions=env.partitions, lifted=lifted, quota=quota, raw=raw, producer=producer
+    )
     return Section(report(results), summary(results))
 
 
@@ -254,6 +294,14 @@ def report(r: FullSyncResults) -> list[str]:
             "of it between the first and the last record."
         )
     lines.append(f"- Raw baseline, first send → last ack: {r.raw_wall_rate:,.0f} events/s.")
+    send, many = r.producer.send_us, r.producer.send_many_us
+    lines.append(
+        f"- Producer CPU per record, the same {r.n:,} encoded events in pages of {BATCH} "
+        f"(this process, {len(send)} alternated runs each): plain aiokafka `send` per record "
+        f"{statistics.median(send):.1f} µs ({', '.join(f'{x:.1f}' for x in send)}), the "
+        f"worker's `send_many` (record batches for the key's partition) "
+        f"{statistics.median(many):.1f} µs ({', '.join(f'{x:.1f}' for x in many)})."
+    )
     if lifted.phases and quota.phases:
         rows: list[tuple[str, float, float, bool]] = [
             (
