@@ -61,7 +61,6 @@ from calsync.streams.records import (
     Notification,
     RetryEnvelope,
 )
-from calsync.streams.routing import tolerate_unrouted
 from calsync.streams.topics import changelog_topic, declare_topics, record_limit
 from calsync.tables.declare import declare_tables
 from calsync.tables.reads import DecodedReads
@@ -151,11 +150,6 @@ class CalsyncApp(faust.App):
         """Whether this worker's tables can answer: assigned, and not being restored."""
         restoring = self.rebalancing or getattr(self, "in_recovery", False)
         return self._restored_once and not restoring
-
-    def _new_conductor(self) -> Any:
-        conductor = super()._new_conductor()
-        tolerate_unrouted(conductor)  # a rebalance race otherwise stops the worker
-        return conductor
 
     def _new_producer_transport(self) -> Any:
         return IdempotentTransport(self.conf.broker_producer, self)
