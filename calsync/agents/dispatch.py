@@ -390,7 +390,12 @@ class NotificationDispatcher:
                 log_start - 1,
             )
         log.info("seeking %s back to offset %d (hole or stall)", tp, ledger.expected)
-        await self._offsets.seek(tp, ledger.expected)
+        try:
+            await self._offsets.seek(tp, ledger.expected)
+        except OffsetsUnavailable as exc:
+            # moved in a rebalance (its owner reads it), or no answer: the stall repair
+            # seeks again while the records below the highwater stay missing
+            log.warning("%s", exc)
 
     async def on_revoked(self) -> None:
         """A rebalance began: finish or cancel every run, commit, forget all partitions."""

@@ -212,8 +212,30 @@ class ConsumerOffsets:
         return True
 
     async def seek(self, tp: Any, offset: int) -> None:
-        """Make the fetcher read ``tp`` from ``offset`` again."""
-        await self._app.consumer.seek(tp, offset)
+        """Make the fetcher read ``tp`` from ``offset`` again (on the consumer's thread).
+
+        Not through Faust's ``Consumer.seek``, which calls aiokafka's ``seek`` on the
+        caller's thread: that drops the partition's fetched records while the
+        consumer's thread may be iterating them, and the race raised ``KeyError`` in
+        aiokafka's ``Fetcher.fetched_records``, which stopped a worker (twice in the
+        10,000-calendar scale run). Afterwards, what Faust's ``seek`` does next: the
+        read offset moves back too, or Faust would drop the records read again as
+        already seen. Raises :class:`OffsetsUnavailable` when the seek fails (the
+        partition moved, or no answer in time); the stall repair tries again.
+        """
+        from aiokafka.structs import TopicPartition
+
+        ktp = TopicPartition(tp.topic, tp.partition)
+
+        async def seek(consumer: Any) -> None:
+            consumer.seek(ktp, offset)
+
+        try:
+            await self._call(seek)
+        except Exception as exc:
+            raise OffsetsUnavailable(f"cannot seek {tp} to {offset}: {exc!r}") from exc
+        # faust.transport.consumer.Consumer.seek, after its _seek
+        self._app.consumer._read_offset[tp] = offset if offset else None
 
     async def log_start(self, tp: Any) -> int | None:
         """The first offset the broker still has for ``tp`` (None: it could not say)."""

@@ -79,6 +79,11 @@ def test_faust_internals_the_dispatcher_relies_on() -> None:
     assert "acks_enabled_for(message.topic)" in ack
     drain = inspect.getsource(faust_consumer.Consumer._drain_messages)
     assert "if acks_enabled:" in drain and "_add_gap" in drain
+    # ConsumerOffsets.seek does on the consumer's thread what Faust's seek does on the
+    # caller's (which races the fetcher), then moves Faust's read offset back as it does.
+    assert "self._read_offset[ensure_TP(partition)]" in inspect.getsource(
+        faust_consumer.Consumer.seek
+    )
     # The rebalance bug the design works around is still there: agent channels clear
     # their queue on resume (records dropped without being acked).
     assert "clear_on_resume=True" in inspect.getsource(faust.Channel)
@@ -169,3 +174,29 @@ async def test_a_never_committed_partition_opens_at_zero_without_asking_its_lead
         assert consumer.cancelled == 0
     finally:
         await thread.method_queue.stop()
+
+
+class Seeking(HangingConsumer):
+    """Records seeks; aiokafka's seek is synchronous."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeks: list[tuple[Any, int]] = []
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+async def test_a_seek_runs_on_the_consumer_thread_and_moves_the_read_offset_back() -> None:
+    consumer = Seeking()
+    thread = SameLoopThread(consumer)
+    app = App(thread)
+    app.consumer._read_offset = {TP("t", 3): 120}  # Faust's: records below it are dropped
+    await thread.method_queue.start()
+    try:
+        await ConsumerOffsets(app, timeout=1.0).seek(TP("t", 3), 100)
+    finally:
+        await thread.method_queue.stop()
+    ((tp, offset),) = consumer.seeks
+    assert (tp.topic, tp.partition, offset) == ("t", 3, 100)
+    assert app.consumer._read_offset[TP("t", 3)] == 100
