@@ -47,7 +47,7 @@ class KafkaOutbox:
     through a Faust topic's per-message serializer machinery.
     """
 
-    def __init__(self, settings: Settings, send: Send, send_many: SendMany | None = None) -> None:
+    def __init__(self, settings: Settings, send: Send, send_many: SendMany) -> None:
         self._send = send
         self._send_many = send_many
         self._events = settings.topic("events")
@@ -68,9 +68,6 @@ class KafkaOutbox:
 
     async def events(self, resource_id: str, events: list[UnifiedEvent]) -> None:
         values = [encode_event(e) for e in events]
-        if self._send_many is None:
-            await self._send_all(self._events, resource_id, values)
-            return
         await (await self._send_many(self._events, resource_id.encode(), values))
 
     async def notify(self, notification: Notification) -> None:

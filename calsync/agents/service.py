@@ -156,8 +156,8 @@ class SyncService:
         #: called with a provider's name when it answers again after an outage (the
         #: worker releases that provider's waiting retries early)
         self._on_recovered = on_recovered
-        #: provider -> when a sync last failed for trouble on its side (5xx, network)
-        self._outage: dict[str, float] = {}
+        #: providers with trouble on their side (5xx, network) since their last release
+        self._outage: set[str] = set()
         #: provider -> when its waiting retries were last released early
         self._released: dict[str, float] = {}
         #: the sync state :meth:`_announce` last stored, per resource syncing now
@@ -460,13 +460,12 @@ class SyncService:
         after five minutes had its last calendars converge 250 s later
         (docs/benchmarks.md §7). At most once per :data:`RELEASE_INTERVAL`, so a
         provider that fails every other call still gets backoff."""
-        failed_at = self._outage.pop(provider, None)
-        if failed_at is None or self._on_recovered is None:
+        if provider not in self._outage or self._on_recovered is None:
             return
         now = self.clock()
         if now - self._released.get(provider, float("-inf")) < RELEASE_INTERVAL:
-            self._outage[provider] = failed_at  # not yet: the next success releases
-            return
+            return  # not yet: a success after the interval releases
+        self._outage.discard(provider)
         self._released[provider] = now
         self._on_recovered(provider)
 
@@ -643,7 +642,7 @@ class SyncService:
         if getattr(exc, "retriable", False) and self._keeps_trying(notification, attempt):
             requested = exc.retry_after if isinstance(exc, RateLimited) else None
             if isinstance(exc, TransientProviderError) and not isinstance(exc, RateLimited):
-                self._outage[resource.provider] = self.clock()  # 5xx, timeouts, network
+                self._outage.add(resource.provider)  # 5xx, timeouts, network
             delay = retry_delay(
                 notification.attempt,
                 requested=requested,
