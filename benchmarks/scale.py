@@ -66,6 +66,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import gc
 import math
 import os
 import random
@@ -85,7 +86,7 @@ import httpx
 from benchmarks.harness.benchmark import Benchmark, Context
 from benchmarks.harness.env import CLIENT_ID, CLIENT_SECRET, Env, free_port
 from benchmarks.harness.google import event_time, tomorrow
-from benchmarks.harness.load import process_cpu
+from benchmarks.harness.load import memory_available, process_cpu, process_rss
 from benchmarks.harness.processes import register_bulk, serve_gateway
 from benchmarks.harness.report import Section, ms, verdict
 from benchmarks.openloop import summarize
@@ -600,6 +601,8 @@ class Outcome:
     report: Report | None = None
     differing: dict[str, Counter[str]] = field(default_factory=dict)  # provider → kind counts
     cpu: dict[str, float] = field(default_factory=dict)  # worker → CPU s
+    peak_rss: dict[str, int] = field(default_factory=dict)  # process → highest RSS seen, bytes
+    least_available: int = 0  # the lowest MemAvailable seen, bytes (0: never sampled)
     own_cpu_s: float = 0.0
     holds: Holds = field(default_factory=Holds)
     notes: list[str] = field(default_factory=list)
@@ -680,6 +683,11 @@ async def scale(ctx: Context) -> Outcome:
         began = time.monotonic()
         await fleet.populate(calendars)
         outcome.populate_s = time.monotonic() - began
+        # The emulators' events live as long as the run (millions of objects at 10,000
+        # calendars): frozen, a full collection no longer walks them, which would stall
+        # the emulators (and the topic reader) for seconds each time. Run.wait freezes
+        # what the reader keeps as it grows.
+        gc.freeze()
 
         window = horizon(settings, datetime.now(UTC), timedelta(hours=1))
         follower = Follower(env.bootstrap, settings.topic("events"), fleet, window)
@@ -714,13 +722,35 @@ class Run:
         self.may_exit: set[int] = set()
 
     def log(self, message: str) -> None:
-        f = self.follower
+        f, calendars = self.follower, self.fleet.calendars
+        synced = Counter(calendars[rid].provider for rid in f.synced_at)
+        per_provider = "/".join(f"{synced[p]}" for p in PROVIDERS)
+        memory = self.sample_memory()
         print(
             f"[scale] {message} ({f.records:,} records, {f.initial_seen:,}/{f.initial_total:,} "
-            f"initial, {len(f.synced_at)}/{len(self.fleet.calendars)} synced, "
-            f"{f.undelivered} edits in flight)",
+            f"initial, {len(f.synced_at)}/{len(calendars)} synced (google/microsoft/caldav "
+            f"{per_provider}), {f.undelivered} edits in flight; {memory})",
             flush=True,
         )
+
+    def sample_memory(self) -> str:
+        """Resident memory of this process, the workers and the broker, and what the
+        machine has left; the peaks go into the outcome."""
+        o = self.outcome
+        rss = {"benchmark": process_rss(os.getpid())}
+        for i, w in enumerate(self.workers.workers):
+            if w.pid is not None and w.running:
+                rss[f"worker {i}"] = process_rss(w.pid)
+        broker = self.env.broker.pid if self.env.broker is not None else None
+        if broker is not None:
+            rss["broker"] = process_rss(broker)
+        for name, value in rss.items():
+            o.peak_rss[name] = max(o.peak_rss.get(name, 0), value)
+        available = memory_available()
+        if available:
+            o.least_available = min(o.least_available or available, available)
+        parts = ", ".join(f"{name} {value / 2**30:.1f}" for name, value in rss.items())
+        return f"GiB resident: {parts}; available {available / 2**30:.1f}"
 
     def tails(self) -> str:
         """Each worker's first error lines and its last lines."""
@@ -775,6 +805,7 @@ class Run:
             await self.follower.poll(0.2)
             if time.monotonic() - last_log > 10:
                 last_log = time.monotonic()
+                gc.freeze()  # what the reader kept so far stays (see scale())
                 self.sample_cpu()
                 self.log(f"waiting for {what}")
 
@@ -1136,6 +1167,13 @@ def report(o: Outcome, opts: argparse.Namespace, partitions: int) -> list[str]:
         + ", ".join(f"{name} {cpu:.0f} s" for name, cpu in sorted(o.cpu.items()))
         + f"; the benchmark process (emulators, gateway, reader) {o.own_cpu_s:.0f} s.",
     ]
+    if o.peak_rss:
+        lines += [
+            "",
+            "Memory, highest resident seen (sampled every 10 s): "
+            + ", ".join(f"{name} {rss / 2**30:.2f} GiB" for name, rss in sorted(o.peak_rss.items()))
+            + f"; least available on the machine {o.least_available / 2**30:.1f} GiB.",
+        ]
     if o.notes:
         lines += ["", *(f"- {n}" for n in o.notes)]
     if r is not None and (r.differences or r.errors):

@@ -95,3 +95,26 @@ def load_between(before: CpuSample | None, after: CpuSample | None, seconds: flo
     busy = after.busy - before.busy
     others = max(0.0, busy - (after.own - before.own))
     return Load(seconds=seconds, busy=busy / total, others=others / total)
+
+
+def process_rss(pid: int) -> int:
+    """Resident memory of one process (``VmRSS``), bytes; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def memory_available() -> int:
+    """``MemAvailable`` from ``/proc/meminfo`` (what can be had without swapping,
+    reclaimable page cache included), bytes; 0 where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

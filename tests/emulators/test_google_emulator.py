@@ -1604,3 +1604,29 @@ async def test_serve_forever_and_cli_parser(http: httpx.AsyncClient) -> None:
     )
     assert args.calendar == [("a@example.com", "Europe/Zurich"), ("b@example.com", "UTC")]
     assert args.client == [("id.apps.googleusercontent.com", "secret")]
+
+
+def test_events_sharing_default_fields_change_one_at_a_time() -> None:
+    """Events share their default ``creator``, ``organizer`` and ``reminders`` (memory
+    at scale): a change to one event, or to a copy handed out, never shows in another."""
+    emulator = GoogleEmulator()
+    emulator.add_calendar(CAL, time_zone="UTC")
+    start = {"dateTime": "2026-12-10T10:00:00Z"}
+    end = {"dateTime": "2026-12-10T11:00:00Z"}
+    first, second = emulator.insert_events(CAL, [{"start": start, "end": end}] * 2)
+    defaults = {k: second[k] for k in ("creator", "organizer", "reminders")}
+    assert defaults["reminders"] == {"useDefault": True}
+
+    emulator.patch_event(CAL, first["id"], {"reminders": {"useDefault": False, "overrides": []}})
+    handed_out = emulator.get_event(CAL, second["id"])
+    handed_out["creator"]["email"] = "mallory@example.com"
+    handed_out["reminders"]["useDefault"] = False
+
+    assert emulator.get_event(CAL, first["id"])["reminders"] == {
+        "useDefault": False,
+        "overrides": [],
+    }
+    after = emulator.get_event(CAL, second["id"])
+    assert {k: after[k] for k in defaults} == defaults
+    third = emulator.insert_event(CAL, {"start": start, "end": end})
+    assert {k: third[k] for k in defaults} == defaults

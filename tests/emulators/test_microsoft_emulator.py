@@ -1390,3 +1390,41 @@ async def test_serve_forever_and_cli_parser(http: httpx.AsyncClient) -> None:
     )
     assert args.mailbox == [("a@contoso.com", "W. Europe Standard Time"), ("b@contoso.com", "UTC")]
     assert args.client == [("app-id", "secret")]
+
+
+def test_events_sharing_default_fields_change_one_at_a_time() -> None:
+    """Events share their default nested fields (``location``, ``attendees``,
+    ``organizer``, ...; memory at scale): a change to one event, or to a copy handed
+    out, never shows in another."""
+    emulator = MicrosoftEmulator()
+    emulator.add_mailbox(ALICE, time_zone="UTC")
+    body = {
+        "subject": "s",
+        "start": {"dateTime": "2026-12-10T10:00:00", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-12-10T11:00:00", "timeZone": "UTC"},
+    }
+    first, second = emulator.create_events(ALICE, [body, body])
+    keys = ("body", "categories", "responseStatus", "location", "locations", "attendees")
+    defaults = {k: second[k] for k in (*keys, "organizer")}
+    assert defaults["attendees"] == [] and defaults["location"]["displayName"] == ""
+
+    emulator.update_event(
+        ALICE,
+        first["id"],
+        {
+            "location": {"displayName": "Room 4"},
+            "attendees": [{"emailAddress": {"address": BOB, "name": "Bob"}, "type": "required"}],
+        },
+    )
+    handed_out = emulator.get_event(ALICE, second["id"])
+    handed_out["organizer"]["emailAddress"]["address"] = "mallory@contoso.com"
+    handed_out["categories"].append("tampered")
+    handed_out["location"]["address"]["city"] = "Nowhere"
+
+    changed = emulator.get_event(ALICE, first["id"])
+    assert changed["location"]["displayName"] == "Room 4"
+    assert [a["emailAddress"]["address"] for a in changed["attendees"]] == [BOB]
+    after = emulator.get_event(ALICE, second["id"])
+    assert {k: after[k] for k in defaults} == defaults
+    third = emulator.create_event(ALICE, body)
+    assert {k: third[k] for k in defaults} == defaults
