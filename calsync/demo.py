@@ -29,6 +29,7 @@ from calsync.model import ChangeKind, UnifiedEvent
 from calsync.settings import Settings
 from calsync.testing.broker import KafkaBroker
 from calsync.testing.caldav_servers import DavAdmin, RadicaleServer
+from calsync.testing.ports import free_port
 from calsync.testing.topics import TopicReader
 from calsync.testing.worker import WorkerProcess
 
@@ -45,12 +46,13 @@ CLIENT_ID, CLIENT_SECRET = "demo-client", "demo-client-secret"
 
 
 def _port(preferred: int) -> int:
+    """``preferred`` when it is free, else one :func:`free_port` picks."""
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", preferred))
         except OSError:
-            sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+            return free_port()
+        return preferred
 
 
 def _say(message: str) -> None:

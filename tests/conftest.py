@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +12,9 @@ import pytest
 
 from calsync.settings import Settings
 from calsync.testing.hog import CpuHog, hog_count
+from calsync.testing.ports import free_port
+
+__all__ = ["free_port"]  # the tests' port picker, shared with the benchmarks
 
 SECRET_KEY = "test-secret-key-0123456789abcdef"
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -35,12 +37,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> str | None:
     hog = config.stash.get(_HOG, None)
     return f"under load: {hog.count} CPU hog processes {hog.pids}" if hog else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,16 +16,11 @@ from aiokafka import AIOKafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from calsync.settings import Settings
+from calsync.testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_ID = "bench-client"
 CLIENT_SECRET = "bench-client-secret"  # noqa: S105 - the emulator's test client, not a secret
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(slots=True)

@@ -49,7 +49,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ from typing import Final
 
 from calsync.errors import ConfigurationError, KafkaBrokerError
 from calsync.testing.lifecycle import StartOnEnter, terminate
+from calsync.testing.ports import free_port as _free_port
 
 __all__ = [
     "CLUSTER_ID",
@@ -311,16 +311,6 @@ def _remove_stale_temps(parent: Path) -> None:
 
 def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
-
-
-def _free_port(*, avoid: int | None = None) -> int:
-    """Return a loopback TCP port that was free a moment ago (and is not ``avoid``)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port != avoid:
-            return port
 
 
 def _default_work_root() -> Path | None:

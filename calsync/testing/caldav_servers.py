@@ -39,7 +39,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -51,14 +50,9 @@ from pathlib import Path
 import httpx
 
 from calsync.testing.lifecycle import StartOnEnter, terminate
+from calsync.testing.ports import free_port
 
 __all__ = ["DavAdmin", "DavServer", "RadicaleServer", "XandikosServer", "free_port"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class DavServer(StartOnEnter):

@@ -7,7 +7,6 @@ the same app id, topics and consumer group; tests kill, stop and restart them.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,13 +14,8 @@ from typing import Any
 
 from calsync.settings import Settings
 from calsync.testing.lifecycle import StopOnExit
+from calsync.testing.ports import free_port
 from calsync.testing.worker import WorkerProcess
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class WorkerCluster(StopOnExit):
@@ -43,7 +37,7 @@ class WorkerCluster(StopOnExit):
         data_dir: Path = self.settings.data_dir / f"worker-{index}"
         data_dir.mkdir(parents=True, exist_ok=True)
         settings = dataclasses.replace(
-            self.settings, data_dir=data_dir, web_port=_free_port(), **overrides
+            self.settings, data_dir=data_dir, web_port=free_port(), **overrides
         )
         worker = WorkerProcess(settings, log_path=data_dir.parent / f"worker-{index}.log")
         self.workers.append(worker)

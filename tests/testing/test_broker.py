@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from calsync.errors import ConfigurationError
 from calsync.testing.broker import KafkaBroker, KafkaBrokerError, ensure_kafka_libs
+from calsync.testing.ports import free_port
 
 
 def _process_exists(pid: int) -> bool:
@@ -32,13 +33,6 @@ def _process_exists(pid: int) -> bool:
             return False
         return True
     return "\nState:\tZ" not in status
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _produce(bootstrap: str, topic: str, value: bytes) -> None:
@@ -108,7 +102,7 @@ async def test_produce_consume_and_stop() -> None:
 
 
 async def test_fixed_port_and_reused_work_dir_keep_data(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     work_dir = tmp_path / "kafka"
     topic = f"broker-test-{uuid.uuid4().hex}"
 
