@@ -189,10 +189,27 @@ class ConsumerOffsets:
 
     async def commit(self, offsets: Mapping[Any, int]) -> bool:
         """Commit ``offsets`` (next offset to read, per partition) in the current
-        generation. Returns False if the broker refused (a rebalance is under way, the
-        partition moved) or did not answer in time: the new owner starts from the last
-        successful commit, or the next round commits again."""
+        generation, once everything the app's producer holds is acknowledged. Returns
+        False if the producer did not flush in time, or the broker refused (a
+        rebalance is under way, the partition moved) or did not answer in time: the
+        new owner starts from the last successful commit, or the next round commits
+        again.
+
+        The flush comes first because table writes (Faust's changelog records) leave
+        through the producer's buffer and nobody awaits them. A commit before they
+        are acknowledged lets a SIGKILL lose them while the record that made them is
+        never read again. (In a scale run a rotated Microsoft refresh token was missing
+        on the survivor after the kill, and its refresh with the old one was refused:
+        ``reauth_required``. A rotation's ``rotate`` command had been committed by the
+        killed worker, whose table write of it can have been lost this way.) Faust's
+        own commit flushes first for the same reason."""
         from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+        try:
+            await asyncio.wait_for(self._app.producer.flush(), self._timeout)
+        except Exception as exc:
+            log.info("commit of %s postponed, the producer did not flush: %r", dict(offsets), exc)
+            return False
 
         async def commit(consumer: Any) -> None:
             owned = consumer.assignment()

@@ -130,9 +130,31 @@ class SameLoopThread(QueueServiceThread):
         return self.consumer
 
 
+class Producer:
+    """Faust's producer as ConsumerOffsets sees it: ``flush`` returns once every
+    buffered record (table changelog writes) is acknowledged."""
+
+    def __init__(self) -> None:
+        self.buffered = 0
+        self.acknowledged = asyncio.Event()
+        self.acknowledged.set()
+
+    def send_soon(self) -> None:
+        self.buffered += 1
+        self.acknowledged.clear()
+
+    def acknowledge(self) -> None:
+        self.buffered = 0
+        self.acknowledged.set()
+
+    async def flush(self) -> None:
+        await self.acknowledged.wait()
+
+
 class App:
     def __init__(self, thread: SameLoopThread) -> None:
         self.consumer = type("Consumer", (), {"_thread": thread})()
+        self.producer = Producer()
 
 
 async def test_a_broker_call_that_never_returns_is_given_up_and_frees_the_thread() -> None:
@@ -200,3 +222,39 @@ async def test_a_seek_runs_on_the_consumer_thread_and_moves_the_read_offset_back
     ((tp, offset),) = consumer.seeks
     assert (tp.topic, tp.partition, offset) == ("t", 3, 100)
     assert app.consumer._read_offset[TP("t", 3)] == 100
+
+
+class Committing(HangingConsumer):
+    """Records commits, and how many records the producer still held at each."""
+
+    def __init__(self, producer: Producer) -> None:
+        super().__init__()
+        self.producer = producer
+        self.commits: list[tuple[dict[Any, Any], int]] = []
+
+    async def commit(self, offsets: Any) -> None:
+        self.commits.append((dict(offsets), self.producer.buffered))
+
+
+async def test_a_commit_waits_until_the_table_writes_before_it_are_acknowledged() -> None:
+    thread = SameLoopThread(HangingConsumer())
+    app = App(thread)
+    consumer = Committing(app.producer)
+    thread.consumer = consumer
+    await thread.method_queue.start()
+    offsets = ConsumerOffsets(app, timeout=0.3)
+    try:
+        app.producer.send_soon()  # a run's table write, still in the producer's buffer
+        # never acknowledged in time: nothing is committed (the next round tries again)
+        assert await offsets.commit({TP("t", 0): 7}) is False
+        assert consumer.commits == []
+        committing = asyncio.create_task(offsets.commit({TP("t", 0): 7}))
+        await asyncio.sleep(0.05)
+        assert not committing.done() and consumer.commits == []
+        app.producer.acknowledge()
+        assert await committing is True
+        ((committed, still_buffered),) = consumer.commits
+        assert still_buffered == 0
+        assert [(tp.partition, o.offset) for tp, o in committed.items()] == [(0, 7)]
+    finally:
+        await thread.method_queue.stop()
