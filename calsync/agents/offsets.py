@@ -198,11 +198,9 @@ class ConsumerOffsets:
         The flush comes first because table writes (Faust's changelog records) leave
         through the producer's buffer and nobody awaits them. A commit before they
         are acknowledged lets a SIGKILL lose them while the record that made them is
-        never read again. (In a scale run a rotated Microsoft refresh token was missing
-        on the survivor after the kill, and its refresh with the old one was refused:
-        ``reauth_required``. A rotation's ``rotate`` command had been committed by the
-        killed worker, whose table write of it can have been lost this way.) Faust's
-        own commit flushes first for the same reason."""
+        never read again. Faust's own commit flushes first for the same reason (its
+        ``Consumer.commit``: ``await self.app.producer.flush()``), but calsync commits
+        these topics itself."""
         from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
         try:
