@@ -97,24 +97,23 @@ def load_between(before: CpuSample | None, after: CpuSample | None, seconds: flo
     return Load(seconds=seconds, busy=busy / total, others=others / total)
 
 
-def process_rss(pid: int) -> int:
-    """Resident memory of one process (``VmRSS``), bytes; 0 once it is gone."""
+def _kib_field(path: str, name: str) -> int:
+    """The ``name: N kB`` line of a ``/proc`` file, in bytes; 0 where it cannot be read."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def process_rss(pid: int) -> int:
+    """Resident memory of one process (``VmRSS``), bytes; 0 once it is gone."""
+    return _kib_field(f"/proc/{pid}/status", "VmRSS")
 
 
 def memory_available() -> int:
-    """``MemAvailable`` from ``/proc/meminfo`` (what can be had without swapping,
-    reclaimable page cache included), bytes; 0 where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    """``MemAvailable`` (what can be had without swapping, reclaimable page cache
+    included), bytes; 0 where it cannot be read."""
+    return _kib_field("/proc/meminfo", "MemAvailable")

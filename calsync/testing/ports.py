@@ -23,16 +23,16 @@ _DEFAULT_EPHEMERAL_LOW = 32_768  # Linux's default, where the file cannot be rea
 
 _issued: set[int] = set()
 _lock = threading.Lock()
+#: private, so that tests seeding the global ``random`` cannot make two processes draw
+#: the same ports (spreading picks, not a secret)
 _rng = random.Random()
-# tests seeding the global ``random`` cannot make two processes draw the same ports
 
 
 def _ephemeral_low() -> int:
     try:
-        low = int(_RANGE_FILE.read_text().split()[0])
+        return int(_RANGE_FILE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return _DEFAULT_EPHEMERAL_LOW
-    return low
 
 
 def _bindable(port: int, host: str) -> bool:
