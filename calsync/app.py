@@ -62,7 +62,7 @@ from calsync.streams.records import (
     RetryEnvelope,
 )
 from calsync.streams.topics import changelog_topic, declare_topics, record_limit
-from calsync.tables.declare import declare_tables
+from calsync.tables.declare import TableWrites, declare_tables
 from calsync.tables.reads import DecodedReads
 from calsync.tables.records import Resource, SyncState
 from calsync.web.auth import access_middleware, session_signer
@@ -138,6 +138,9 @@ class CalsyncApp(faust.App):
     fleet_follower: FleetFollower
     dashboard: Dashboard
     heartbeat: Heartbeat
+
+    #: the table writes the broker has not acknowledged yet, which commits wait for
+    table_writes: TableWrites
 
     #: set once the first assignment's tables are restored (Faust's ``on_rebalance_end``)
     _restored_once = False
@@ -678,7 +681,8 @@ def create_app(
     app.settings = settings
 
     topics = declare_topics(app, settings)
-    tables = declare_tables(app, partitions)
+    app.table_writes = TableWrites()
+    tables = declare_tables(app, partitions, app.table_writes)
     resources, sync_state = tables.resources, tables.sync_state
     channels, timers = tables.channels, tables.timers
 
@@ -759,6 +763,8 @@ def create_app(
     health = Health()
     health.tables_ready = app.tables_ready
     app.health = health
+    # A refused table write: stop, so that a restart replays and rebuilds the tables.
+    app.table_writes.on_lost = lambda exc: fatal(app, health, "tables", exc)
     if settings.admin_address is not None:
         public = new_application(settings, select_routes(app.gateway.routes(), Surface.PUBLIC))
         public.middlewares.append(health.middleware)  # a load balancer's /healthz is here
@@ -775,7 +781,7 @@ def create_app(
             metrics.observe_notification(notification.reason)
         await service.on_notification(notification, lane)
 
-    offsets = ConsumerOffsets(app)
+    offsets = ConsumerOffsets(app, app.table_writes)
     sync_dispatcher = NotificationDispatcher(
         handle,
         offsets,

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
+from calsync.tables.declare import TableWrites
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -129,8 +131,9 @@ class ConsumerOffsets:
     by ``timeout`` seconds (:data:`CALL_TIMEOUT`).
     """
 
-    def __init__(self, app: Any, *, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(self, app: Any, writes: TableWrites, *, timeout: float = CALL_TIMEOUT) -> None:
         self._app = app
+        self._writes = writes
         self._timeout = timeout
 
     def _thread(self) -> Any:
@@ -189,24 +192,26 @@ class ConsumerOffsets:
 
     async def commit(self, offsets: Mapping[Any, int]) -> bool:
         """Commit ``offsets`` (next offset to read, per partition) in the current
-        generation, once everything the app's producer holds is acknowledged. Returns
-        False if the producer did not flush in time, or the broker refused (a
-        rebalance is under way, the partition moved) or did not answer in time: the
-        new owner starts from the last successful commit, or the next round commits
-        again.
+        generation, once the broker acknowledged every table write made before.
+        Returns False if those writes were not acknowledged in time (or one was
+        lost), or the broker refused the commit (a rebalance is under way, the
+        partition moved) or did not answer in time: the new owner starts from the
+        last successful commit, or the next round commits again.
 
-        The flush comes first because table writes (Faust's changelog records) leave
-        through the producer's buffer and nobody awaits them. A commit before they
-        are acknowledged lets a SIGKILL lose them while the record that made them is
-        never read again. Faust's own commit flushes first for the same reason (its
-        ``Consumer.commit``: ``await self.app.producer.flush()``), but calsync commits
-        these topics itself."""
+        The writes come first because they (Faust's changelog records) leave through
+        the producer's buffer and nobody awaits them. A commit before they are
+        acknowledged lets a SIGKILL lose them while the record that made them is
+        never read again: a rotated refresh token whose ``rotate`` command is behind
+        the commit, say. Faust's own commit flushes its producer for the same reason,
+        but that flush is no barrier (:class:`~calsync.tables.declare.TableWrites`)."""
         from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
         try:
-            await asyncio.wait_for(self._app.producer.flush(), self._timeout)
+            await asyncio.wait_for(self._writes.acknowledged(), self._timeout)
         except Exception as exc:
-            log.info("commit of %s postponed, the producer did not flush: %r", dict(offsets), exc)
+            log.info(
+                "commit of %s postponed, table writes not acknowledged: %r", dict(offsets), exc
+            )
             return False
 
         async def commit(consumer: Any) -> None:

@@ -12,10 +12,16 @@ writer of every resource in it.
   ``renew:``, ``poll:``, ``holds:``);
 * ``busy``: the availability index, raw bytes (:mod:`calsync.availability.index`);
 * ``holds``: the holds of each resource, raw bytes (:mod:`calsync.availability.holds`).
+
+Every table is an :class:`AckedTable` reporting its writes to one :class:`TableWrites`,
+which a commit of offsets waits for (:class:`calsync.agents.offsets.ConsumerOffsets`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,21 +30,80 @@ from faust.types.tuples import FutureMessage
 
 from calsync.tables.records import Channel, Resource, SyncState, Timer
 
+log = logging.getLogger(__name__)
+
+
+class TableWritesLost(Exception):
+    """A table write (a changelog record) was refused by the broker: the changelog no
+    longer holds what the worker did, and a commit past the record that made the
+    write would lose it for good."""
+
+
+class TableWrites:
+    """The table writes (changelog records) of a worker that the broker has not
+    acknowledged yet: what a commit of offsets must wait for.
+
+    Faust's ``Producer.flush`` is no such barrier. Its buffer flush gives up once
+    0.1 s pass without a record leaving the buffer (``ProducerBuffer.flush_atmost``),
+    which happens on a busy worker, and a record already taken from the buffer but not
+    yet handed to aiokafka is in neither of the buffers it drains. Each write's future
+    (what ``send_changelog`` returns) is resolved by the broker's acknowledgement;
+    waiting for every one outstanding is the barrier.
+
+    ``on_lost`` is called once with :class:`TableWritesLost` when a write fails: the
+    worker should stop, so that a restart replays from the last commit.
+    """
+
+    def __init__(self, on_lost: Callable[[TableWritesLost], None] | None = None) -> None:
+        self._pending: set[asyncio.Future[Any]] = set()
+        self.lost: TableWritesLost | None = None
+        self.on_lost = on_lost
+
+    def add(self, write: asyncio.Future[Any]) -> None:
+        """Track ``write`` until it is acknowledged (or fails)."""
+        self._pending.add(write)
+        write.add_done_callback(self._done)
+
+    def _done(self, write: asyncio.Future[Any]) -> None:
+        self._pending.discard(write)
+        if write.cancelled() or write.exception() is None or self.lost is not None:
+            return
+        self.lost = TableWritesLost(f"a table write was not acknowledged: {write.exception()!r}")
+        log.error("%s", self.lost)
+        if self.on_lost is not None:
+            self.on_lost(self.lost)
+
+    @property
+    def outstanding(self) -> int:
+        """How many writes wait for the broker's acknowledgement."""
+        return len(self._pending)
+
+    async def acknowledged(self) -> None:
+        """Return once every write made before this call is acknowledged. Raises
+        :class:`TableWritesLost` if one was refused, then or before: after a lost
+        write nothing may be committed any more."""
+        if self._pending:
+            await asyncio.wait(list(self._pending))
+        if self.lost is not None:
+            raise self.lost
+
 
 class AckedTable(faust.Table[Any, Any]):
     """A table whose writes can be awaited until the broker acknowledged them.
 
     Faust sends a table write to its changelog later, from a buffer, and commits
-    consumer offsets after a flush that gives up when the buffer does not move for
-    0.1 s (``ProducerBuffer.flush_atmost``): under load an offset can be committed
-    before the write it covers is durable, and a crash then loses the write. Where
-    that matters (a hold decision must be durable before anyone hears of it),
-    :meth:`written` waits for the changelog record of a key.
+    consumer offsets after a flush that is no barrier (see :class:`TableWrites`):
+    under load an offset can be committed before the write it covers is durable, and
+    a crash then loses the write. Every write is reported to ``writes``, which the
+    commits calsync makes itself wait for; where one key matters (a hold decision
+    must be durable before anyone hears of it), :meth:`written` waits for the
+    changelog record of that key.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, writes: TableWrites | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._sent: dict[Any, FutureMessage] = {}
+        self._writes = writes
 
     def send_changelog(
         self,
@@ -53,6 +118,8 @@ class AckedTable(faust.Table[Any, Any]):
         # call, so ``written`` never waited: tests/tables/test_declare.py pins this).
         future = super().send_changelog(partition, key, value, key_serializer, value_serializer)
         self._sent[key] = future
+        if self._writes is not None:
+            self._writes.add(future)
         return future
 
     async def written(self, key: Any) -> None:
@@ -74,22 +141,28 @@ class WorkerTables:
     holds: Any
 
 
-def declare_tables(app: faust.App, partitions: int) -> WorkerTables:
-    """Declare the six tables on ``app`` (names as in :data:`calsync.streams.topics.TABLES`)."""
+def declare_tables(app: faust.App, partitions: int, writes: TableWrites) -> WorkerTables:
+    """Declare the six tables on ``app`` (names as in :data:`calsync.streams.topics.TABLES`),
+    each reporting its writes to ``writes``."""
 
     def acked(name: str, value_type: Any) -> Any:
         table = AckedTable(
-            app, name=name, beacon=app.tables.beacon, value_type=value_type, partitions=partitions
+            app,
+            name=name,
+            beacon=app.tables.beacon,
+            value_type=value_type,
+            partitions=partitions,
+            writes=writes,
         )
         return app.tables.add(table)
 
     return WorkerTables(
-        resources=app.Table("resources", value_type=Resource, partitions=partitions),
-        # acked: a sync stores the ids it is about to emit and waits for them (SyncService)
+        resources=acked("resources", Resource),
+        # a sync stores the ids it is about to emit and waits for them (SyncService)
         sync_state=acked("sync_state", SyncState),
-        channels=app.Table("channels", value_type=Channel, partitions=partitions),
-        timers=app.Table("timers", value_type=Timer, partitions=partitions),
-        busy=app.Table("busy", value_type=bytes, partitions=partitions),
-        # acked: a hold decision is durable before anyone hears of it (HoldService)
+        channels=acked("channels", Channel),
+        timers=acked("timers", Timer),
+        busy=acked("busy", bytes),
+        # a hold decision is durable before anyone hears of it (HoldService)
         holds=acked("holds", bytes),
     )

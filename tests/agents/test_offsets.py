@@ -14,6 +14,7 @@ from faust.types import TP
 from mode.threads import QueueServiceThread, ServiceThread
 
 from calsync.agents.offsets import ConsumerOffsets, OffsetsUnavailable, PartitionLedger, Receipt
+from calsync.tables.declare import TableWrites, TableWritesLost
 
 
 def test_commits_only_over_an_unbroken_run_of_finished_offsets() -> None:
@@ -130,38 +131,16 @@ class SameLoopThread(QueueServiceThread):
         return self.consumer
 
 
-class Producer:
-    """Faust's producer as ConsumerOffsets sees it: ``flush`` returns once every
-    buffered record (table changelog writes) is acknowledged."""
-
-    def __init__(self) -> None:
-        self.buffered = 0
-        self.acknowledged = asyncio.Event()
-        self.acknowledged.set()
-
-    def send_soon(self) -> None:
-        self.buffered += 1
-        self.acknowledged.clear()
-
-    def acknowledge(self) -> None:
-        self.buffered = 0
-        self.acknowledged.set()
-
-    async def flush(self) -> None:
-        await self.acknowledged.wait()
-
-
 class App:
     def __init__(self, thread: SameLoopThread) -> None:
         self.consumer = type("Consumer", (), {"_thread": thread})()
-        self.producer = Producer()
 
 
 async def test_a_broker_call_that_never_returns_is_given_up_and_frees_the_thread() -> None:
     hanging = HangingConsumer()
     thread = SameLoopThread(hanging)
     await thread.method_queue.start()
-    offsets = ConsumerOffsets(App(thread), timeout=0.2)
+    offsets = ConsumerOffsets(App(thread), TableWrites(), timeout=0.2)
     try:
         try:
             await offsets.committed(TP("t", 0))
@@ -190,7 +169,7 @@ async def test_a_never_committed_partition_opens_at_zero_without_asking_its_lead
     consumer = NeverCommitted()
     thread = SameLoopThread(consumer)
     await thread.method_queue.start()
-    offsets = ConsumerOffsets(App(thread), timeout=5.0)
+    offsets = ConsumerOffsets(App(thread), TableWrites(), timeout=5.0)
     try:
         assert await asyncio.wait_for(offsets.committed(TP("t", 0)), 1.0) == 0
         assert consumer.cancelled == 0
@@ -216,7 +195,7 @@ async def test_a_seek_runs_on_the_consumer_thread_and_moves_the_read_offset_back
     app.consumer._read_offset = {TP("t", 3): 120}  # Faust's: records below it are dropped
     await thread.method_queue.start()
     try:
-        await ConsumerOffsets(app, timeout=1.0).seek(TP("t", 3), 100)
+        await ConsumerOffsets(app, TableWrites(), timeout=1.0).seek(TP("t", 3), 100)
     finally:
         await thread.method_queue.stop()
     ((tp, offset),) = consumer.seeks
@@ -225,36 +204,64 @@ async def test_a_seek_runs_on_the_consumer_thread_and_moves_the_read_offset_back
 
 
 class Committing(HangingConsumer):
-    """Records commits, and how many records the producer still held at each."""
+    """Records commits, and how many table writes were unacknowledged at each."""
 
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, writes: TableWrites) -> None:
         super().__init__()
-        self.producer = producer
+        self.writes = writes
         self.commits: list[tuple[dict[Any, Any], int]] = []
 
     async def commit(self, offsets: Any) -> None:
-        self.commits.append((dict(offsets), self.producer.buffered))
+        self.commits.append((dict(offsets), self.writes.outstanding))
 
 
 async def test_a_commit_waits_until_the_table_writes_before_it_are_acknowledged() -> None:
-    thread = SameLoopThread(HangingConsumer())
-    app = App(thread)
-    consumer = Committing(app.producer)
-    thread.consumer = consumer
+    """Each future stands for one changelog record's acknowledgement by the broker
+    (what Faust's ``send_changelog`` returns)."""
+    writes = TableWrites()
+    consumer = Committing(writes)
+    thread = SameLoopThread(consumer)
     await thread.method_queue.start()
-    offsets = ConsumerOffsets(app, timeout=0.3)
+    offsets = ConsumerOffsets(App(thread), writes, timeout=0.3)
+    loop = asyncio.get_running_loop()
     try:
-        app.producer.send_soon()  # a run's table write, still in the producer's buffer
+        first, second = loop.create_future(), loop.create_future()
+        writes.add(first)  # a run's table writes, not acknowledged yet
+        writes.add(second)
         # never acknowledged in time: nothing is committed (the next round tries again)
         assert await offsets.commit({TP("t", 0): 7}) is False
         assert consumer.commits == []
         committing = asyncio.create_task(offsets.commit({TP("t", 0): 7}))
+        first.set_result(None)
         await asyncio.sleep(0.05)
-        assert not committing.done() and consumer.commits == []
-        app.producer.acknowledge()
+        assert not committing.done() and consumer.commits == []  # one still outstanding
+        later = loop.create_future()
+        writes.add(later)  # made after the commit began: not waited for
+        second.set_result(None)
         assert await committing is True
-        ((committed, still_buffered),) = consumer.commits
-        assert still_buffered == 0
+        ((committed, outstanding),) = consumer.commits
+        assert outstanding == 1
         assert [(tp.partition, o.offset) for tp, o in committed.items()] == [(0, 7)]
+        later.set_result(None)
+    finally:
+        await thread.method_queue.stop()
+
+
+async def test_after_a_lost_table_write_nothing_is_committed_and_the_worker_is_told() -> None:
+    lost: list[Exception] = []
+    writes = TableWrites(on_lost=lost.append)
+    consumer = Committing(writes)
+    thread = SameLoopThread(consumer)
+    await thread.method_queue.start()
+    offsets = ConsumerOffsets(App(thread), writes, timeout=0.3)
+    try:
+        refused = asyncio.get_running_loop().create_future()
+        writes.add(refused)
+        refused.set_exception(RuntimeError("NotLeaderForPartition, retries exhausted"))
+        await asyncio.sleep(0)  # done callbacks run on the loop
+        assert [type(exc) for exc in lost] == [TableWritesLost]
+        assert await offsets.commit({TP("t", 0): 7}) is False
+        assert await offsets.commit({TP("t", 0): 7}) is False  # not the next round either
+        assert consumer.commits == []
     finally:
         await thread.method_queue.stop()

@@ -1,4 +1,5 @@
-"""AckedTable: ``written(key)`` waits for the changelog record of a plain table write.
+"""AckedTable: ``written(key)`` waits for the changelog record of a plain table write,
+and every table's writes reach the :class:`TableWrites` that commits wait for.
 
 Faust's ``Table.__setitem__`` reaches ``on_key_set``, which calls ``send_changelog``;
 this pins that path (an override of ``_send_changelog``, which only Faust's set tables
@@ -10,13 +11,14 @@ the broker's acknowledgement.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import faust
 
-from calsync.tables.declare import AckedTable
+from calsync.tables.declare import AckedTable, TableWrites, declare_tables
 
 
 class _Sent(asyncio.Future[Any]):
@@ -46,3 +48,31 @@ async def test_written_waits_for_the_acknowledgement_of_a_plain_write(tmp_path: 
     sent[0].set_result(None)
     await asyncio.wait_for(waiting, 5.0)
     await table.written("k")  # nothing pending: returns at once
+
+
+async def test_every_table_reports_its_writes_to_the_ones_commits_wait_for(
+    tmp_path: Path,
+) -> None:
+    app = faust.App("acked-all", store="memory://", datadir=str(tmp_path))
+    writes = TableWrites()
+    tables = declare_tables(app, 1, writes)
+    sent: list[_Sent] = []
+
+    def send_soon(**kwargs: Any) -> _Sent:
+        sent.append(_Sent())
+        return sent[-1]
+
+    every = [getattr(tables, field.name) for field in dataclasses.fields(tables)]
+    for table in every:
+        table.use_partitioner = True
+        table.changelog_topic.send_soon = send_soon
+        table["k"] = b"v"
+    assert writes.outstanding == len(every) == 6
+    waiting = asyncio.ensure_future(writes.acknowledged())
+    for future in sent[:-1]:
+        future.set_result(None)
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # the last table's write is still unacknowledged
+    sent[-1].set_result(None)
+    await asyncio.wait_for(waiting, 5.0)
+    assert writes.outstanding == 0
