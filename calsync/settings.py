@@ -166,7 +166,8 @@ class Settings:
     #: A rate-limit wait longer than this goes through the retry topic instead of sleeping.
     max_inline_wait: float = 0.25
     #: Syncs of different resources that may run at once per worker: live work (pushes
-    #: needing a delta, renewals) and bulk work (full syncs, reconciliations, polls).
+    #: needing a delta, renewals) and bulk work (full syncs, reconciliations, polls),
+    #: the latter per provider (one provider's backlog never holds up another's).
     #: A full sync spends much of its time waiting on the provider and the broker, so
     #: two overlap well; more compete for the CPU with the live lane.
     live_concurrency: int = 8

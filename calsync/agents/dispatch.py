@@ -15,8 +15,10 @@ dispatcher of its own too (``record_type`` :class:`~calsync.streams.records.Comm
 
 * runs each record as its own task, one at a time per resource (FIFO), on a *live*
   lane (pushes needing a delta, renewals: ``live_slots`` at a time) or a *bulk*
-  lane (full syncs, reconciliations, polls: ``bulk_slots`` at a time), so a
-  backfill never holds up a live push;
+  lane (full syncs, reconciliations, polls: ``bulk_slots`` at a time *per provider*),
+  so a backfill never holds up a live push, and one provider's backlog (10,000 Google
+  calendars registered at once, a provider's quota waits or slow answers) never holds
+  up another provider's full syncs: they are different services with their own limits;
 * keeps a :class:`~calsync.agents.offsets.PartitionLedger` per partition and
   commits, every ``commit_interval``, the offset below which every record has
   finished: never over a hole, never over unfinished work;
@@ -50,6 +52,7 @@ from typing import Any, Protocol
 from calsync.agents.offsets import OffsetsUnavailable, PartitionLedger, Receipt
 from calsync.agents.quarantine import Malformed, Quarantine, decode_record
 from calsync.agents.service import Lane, lane_of
+from calsync.providers.registry import REGISTRY
 from calsync.streams.records import Notification
 
 log = logging.getLogger(__name__)
@@ -131,10 +134,10 @@ class NotificationDispatcher:
         self._resource_of = resource_of or _resource_id
         self._offsets = offsets
         self._topic = topic
-        self._slots = {
-            Lane.LIVE: asyncio.Semaphore(live_slots),
-            Lane.BULK: asyncio.Semaphore(bulk_slots),
-        }
+        self._live_slots = asyncio.Semaphore(live_slots)
+        self._bulk_size = bulk_slots
+        #: provider -> its bulk lane's slots (records of no known provider share "")
+        self._bulk_slots: dict[str, asyncio.Semaphore] = {}
         self._max_pending = max_pending
         self._commit_interval = commit_interval
         self._stall_after = stall_after
@@ -285,7 +288,7 @@ class NotificationDispatcher:
         lock, users = self._resources.get(rid) or (asyncio.Lock(), 0)
         self._resources[rid] = (lock, users + 1)
         try:
-            async with lock, self._slots[run.lane]:
+            async with lock, self._slots(run):
                 if run.epoch != self._epoch:
                     return  # revoked before it started: the partition's owner replays it
                 await self._handler(run.record, run.lane)
@@ -308,6 +311,18 @@ class NotificationDispatcher:
                 self._resources[rid] = (lock, users - 1)
         self.counts["runs"] += 1
         run.ledger.finish(run.offset)  # committed by on_revoked too, if it finished in the grace
+
+    def _slots(self, run: _Run) -> asyncio.Semaphore:
+        """The slots ``run`` waits for: the live lane's, or its provider's bulk lane's."""
+        if run.lane is Lane.LIVE:
+            return self._live_slots
+        provider = getattr(run.record, "provider", "")
+        if provider not in REGISTRY:
+            provider = ""
+        slots = self._bulk_slots.get(provider)
+        if slots is None:
+            slots = self._bulk_slots[provider] = asyncio.Semaphore(self._bulk_size)
+        return slots
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
