@@ -60,11 +60,15 @@ Contracts worth knowing before writing a test against it:
   ``timestamp``, ``trace_id``, ``correlation_id``, ``error_uri``, and
   ``suberror`` for ``invalid_grant``).
 - Refresh tokens rotate: every successful refresh answers a new
-  ``refresh_token`` and the one used stops working (``invalid_grant``
-  AADSTS70008). Real Entra usually keeps the old one valid until it expires;
-  the emulator is stricter so that a client that forgets to store the new one
-  fails at once. :meth:`MicrosoftEmulator.account_of` is stable across
-  rotation (it names the grant, not the token string).
+  ``refresh_token``. By default the one used stops working (``invalid_grant``
+  AADSTS70008), stricter than Entra, so that a client that forgets to store the
+  new one fails at once. Entra "doesn't revoke old refresh tokens when used to
+  fetch new access tokens" (learn.microsoft.com/entra/identity-platform/
+  refresh-tokens): ``old_refresh_tokens="valid"`` does the same, and a revoked
+  grant still refuses every token it issued. With single-use tokens, a client
+  killed between the token endpoint's answer and storing the new token has lost
+  the grant; with Entra it has not. :meth:`MicrosoftEmulator.account_of` is
+  stable across rotation (it names the grant, not the token string).
 - Delta state tokens (``$skiptoken``, ``$deltatoken``) are opaque, HMAC-sealed
   and bound to one emulator instance and mailbox. A ``$deltatoken`` encodes the
   window and the mailbox's change-sequence number when the round that minted it
@@ -1125,7 +1129,9 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
     ``mailbox_concurrency`` the concurrent calls per app and mailbox before
     429 ``ApplicationThrottled`` (None: unlimited); ``reauthorize_within``
     (seconds, None = never) sends ``reauthorizationRequired`` once to a
-    subscription's lifecycle URL when it gets that close to expiry.
+    subscription's lifecycle URL when it gets that close to expiry;
+    ``old_refresh_tokens`` whether a refresh token still works once it was rotated
+    (``"revoked"``, the default, or ``"valid"`` as Entra does: see the module notes).
     """
 
     API_PREFIX = API_PREFIX
@@ -1146,6 +1152,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         validation_timeout: float = 10.0,
         mailbox_concurrency: int | None = 4,
         reauthorize_within: float | None = None,
+        old_refresh_tokens: Literal["revoked", "valid"] = "revoked",
     ) -> None:
         if not 1 <= page_size_default <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size_default must be within [1, {MAX_PAGE_SIZE}]")
@@ -1164,6 +1171,8 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
         self.validation_timeout = validation_timeout
         self.mailbox_concurrency = mailbox_concurrency
         self.reauthorize_within = reauthorize_within
+        #: whether a rotated refresh token keeps working ("valid": Entra's behaviour)
+        self.old_refresh_tokens = old_refresh_tokens
         self.delta_replay_probability: float = 0.0
         self.subscriptions: dict[str, Subscription] = {}
         self.delivery_log: list[DeliveryRecord] = []
@@ -3046,7 +3055,7 @@ class MicrosoftEmulator(_base.BaseEmulator[_Grant, GraphApiError, _Push]):
                 message,
                 suberror=_SUBERRORS.get(code, "bad_token"),
             )
-        if refresh_token != grant.current:
+        if refresh_token != grant.current and self.old_refresh_tokens == "revoked":
             return self._aad_error(
                 request, 400, "invalid_grant", 70008, _AADSTS_MESSAGES[70008], suberror="bad_token"
             )

@@ -97,6 +97,29 @@ class Hooks:
     lifecycle: Hook
 
 
+async def test_like_entra_a_rotated_refresh_token_keeps_working_until_the_grant_is_revoked(
+    clock: FakeClock,
+) -> None:
+    async with MicrosoftEmulator(seed=7, clock=clock, old_refresh_tokens="valid") as emu:
+        emu.add_mailbox(ALICE)
+        emu.add_client(CLIENT_ID, CLIENT_SECRET)
+        first_rt = emu.issue_refresh_token(CLIENT_ID, [ALICE])
+        app = await asyncio.to_thread(msal_app, emu)
+        ok = await asyncio.to_thread(app.acquire_token_by_refresh_token, first_rt, SCOPES)
+        second_rt = ok["refresh_token"]
+        assert second_rt != first_rt  # still rotated: a new token on every use
+        # the one used is not revoked: a client that died before storing the new one
+        # still holds a working grant
+        again = await asyncio.to_thread(app.acquire_token_by_refresh_token, first_rt, SCOPES)
+        assert "error" not in again, again
+        assert again["refresh_token"] not in (first_rt, second_rt)
+        assert emu.account_of(again["refresh_token"]) == emu.account_of(first_rt)
+        emu.revoke_refresh_token(second_rt)  # revoking the grant ends every token of it
+        for token in (first_rt, second_rt, again["refresh_token"]):
+            refused = await asyncio.to_thread(app.acquire_token_by_refresh_token, token, SCOPES)
+            assert refused["error_codes"] == [50173], refused
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
