@@ -69,7 +69,7 @@ from calsync.web.auth import access_middleware, session_signer
 from calsync.web.availability import AvailabilityApi, IndexTables
 from calsync.web.dashboard import Dashboard
 from calsync.web.fleet import Fleet, FleetFollower
-from calsync.web.heartbeat import Heartbeat
+from calsync.web.heartbeat import Heartbeat, count, paced
 from calsync.web.holds import HoldsApi
 from calsync.web.metrics import MeteredOutbox, Metrics, WorkerFigures
 from calsync.web.openapi import body_validation, serve_document
@@ -480,11 +480,11 @@ def _install_operator_views(
     def app_buckets() -> dict[str, dict[str, float]]:
         return {k: v for k, v in app.limiter.snapshot().items() if "/" not in k}
 
-    def describe() -> dict[str, Any]:
+    async def describe() -> dict[str, Any]:
         return {
             "url": f"http://{app.conf.web_host}:{app.conf.web_port}",
             "partitions": [tp.partition for tp in owned()],
-            "resources": sum(1 for _ in app.sync_service.resources),
+            "resources": await count(app.sync_service.resources),
             "consumer_lag": {f"{t}:{p}": n for (t, p), n in consumer_lag().items()},
             "rate_limits": rate_limit_levels(app.limiter.snapshot()),
             "counters": dict(app.metrics.totals),
@@ -492,14 +492,13 @@ def _install_operator_views(
         }
 
     def summaries() -> Iterator[tuple[str, dict[str, Any]] | None]:
-        # A generator, and it yields None every few hundred timers: a worker owning
-        # thousands of resources must not hold the event loop for the whole walk
-        # (Heartbeat.beat gives the loop a turn between items).
+        # A generator, and it yields None for every timer: a worker owning thousands
+        # of resources must not hold the event loop for the whole walk (Heartbeat.beat
+        # walks it paced).
         service = app.sync_service
         retries: dict[str, list[float]] = {}
-        for n, (key, timer) in enumerate(service.timers.items()):
-            if n % 200 == 199:
-                yield None
+        for key, timer in service.timers.items():
+            yield None
             if key.startswith("retry:"):
                 retries.setdefault(timer.notification.resource_id, []).append(timer.due_at)
         for rid, resource in service.resources.items():
@@ -524,12 +523,12 @@ def _install_operator_views(
                 },
             )
 
-    def figures() -> dict[str, Any]:
+    async def figures() -> dict[str, Any]:
         service = app.sync_service
         now = clock()
         states: dict[str, int] = {}
         ages: list[float] = []
-        for rid, resource in service.resources.items():
+        async for rid, resource in paced(service.resources.items()):
             sync_state = service.sync_state.get(rid) or SyncState()
             label = resource.state
             if label == "active" and sync_state.credentials == "refreshing":

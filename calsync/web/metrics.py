@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -51,8 +51,9 @@ AGE_BUCKETS = (60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 24 * 3600.0, 7 * 24 * 360
 
 #: Events name their origin (``google_calendar_v3``); metrics use the provider's name.
 _PROVIDER_OF_ORIGIN = {spec.origin.value: name for name, spec in REGISTRY.items()}
-#: What a scrape-time collector reads from the worker; see :class:`WorkerFigures`.
-Snapshot = Callable[[], Mapping[str, Any]]
+#: What a scrape-time collector reads from the worker (awaited: a walk over the
+#: worker's tables gives the event loop turns); see :class:`WorkerFigures`.
+Snapshot = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
 class Metrics:
@@ -62,6 +63,7 @@ class Metrics:
         # ``*_created`` series (one per labelled child) say nothing Prometheus needs
         disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
         self.registry = CollectorRegistry(auto_describe=True)
+        self._figures: list[WorkerFigures] = []
         r = self.registry
         self.webhook_requests = Counter(
             "calsync_webhook_requests",
@@ -155,15 +157,18 @@ class Metrics:
         self.rate_limit_waits.labels(provider).inc()
         self.rate_limit_wait_seconds.labels(provider).inc(seconds)
 
-    def add(self, collector: Collector) -> None:
-        """Register a scrape-time collector (a :class:`WorkerFigures`)."""
+    def add(self, collector: WorkerFigures) -> None:
+        """Register a scrape-time collector, refreshed before each scrape."""
         self.registry.register(collector)
+        self._figures.append(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     async def handle(self, request: web.Request) -> web.Response:
         """``GET /metrics`` (behind the token like every non-webhook route)."""
+        for figures in self._figures:
+            await figures.refresh()
         return web.Response(
             body=self.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
         )
@@ -203,11 +208,19 @@ class WorkerFigures(Collector):
 
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
+        self._figures: Mapping[str, Any] | None = None
+
+    async def refresh(self) -> None:
+        """Read the figures for the next :meth:`collect` (the scrape awaits this; the
+        collector interface itself is synchronous)."""
+        try:
+            self._figures = await self._snapshot()
+        except Exception:  # a scrape must not fail because the tables are recovering
+            self._figures = None
 
     def collect(self) -> Iterable[Metric]:
-        try:
-            figures = self._snapshot()
-        except Exception:  # a scrape must not fail because the tables are recovering
+        figures, self._figures = self._figures, None
+        if figures is None:
             return
         states = GaugeMetricFamily(
             "calsync_resources", "Resources this worker owns, by state.", labels=["state"]
