@@ -50,6 +50,7 @@ from calsync.gateway.connect import CONNECT_PROVIDERS
 from calsync.gateway.holds import HoldFollower
 from calsync.gateway.http import Gateway, server_options
 from calsync.gateway.publisher import KafkaPublisher
+from calsync.pacing import count, paced
 from calsync.providers.factory import ProviderFactory
 from calsync.providers.registry import REGISTRY, rate_limit_specs
 from calsync.ratelimit import RateLimiter
@@ -69,7 +70,7 @@ from calsync.web.auth import access_middleware, session_signer
 from calsync.web.availability import AvailabilityApi, IndexTables
 from calsync.web.dashboard import Dashboard
 from calsync.web.fleet import Fleet, FleetFollower
-from calsync.web.heartbeat import Heartbeat, count, paced
+from calsync.web.heartbeat import Heartbeat
 from calsync.web.holds import HoldsApi
 from calsync.web.metrics import MeteredOutbox, Metrics, WorkerFigures
 from calsync.web.openapi import body_validation, serve_document

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from calsync.pacing import paced
+
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
@@ -118,9 +120,10 @@ class TopicFollower:
                 log.warning("reading %s failed: %r", self._topic, exc)
                 await asyncio.sleep(1.0)
                 continue
-            for messages in batches.values():
-                for message in messages:
-                    self._on_record(message.value)
+            # a batch can hold thousands of records: decode them paced
+            records = (message for messages in batches.values() for message in messages)
+            async for message in paced(records):
+                self._on_record(message.value)
 
     async def aclose(self) -> None:
         task, self._task = self._task, None

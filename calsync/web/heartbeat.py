@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
+from calsync.pacing import paced
 from calsync.streams.records import StatusEvent
 from calsync.web.fleet import HEARTBEAT, SUMMARY, WORKER_PREFIX
 
@@ -21,33 +22,6 @@ log = logging.getLogger(__name__)
 
 #: ``publish(key, value)`` writes one record to the status topic (acknowledged).
 Publish = Callable[[str, bytes], Awaitable[None]]
-
-T = TypeVar("T")
-
-#: Longest stretch, in seconds, a walk over a worker's resources holds the event loop:
-#: the availability API answers on the same loop, and its p99 target is 5 ms.
-SLICE = 0.001
-
-
-async def paced(items: Iterable[T], budget: float = SLICE) -> AsyncIterator[T]:
-    """``items``, giving the event loop a turn whenever ``budget`` seconds have passed
-    since the last one: a walk over thousands of table entries (each a RocksDB read
-    and a decode) never holds the loop for more than about ``budget`` plus one item."""
-    clock = time.perf_counter
-    since = clock()
-    for item in items:
-        yield item
-        if clock() - since >= budget:
-            await asyncio.sleep(0)
-            since = clock()
-
-
-async def count(items: Iterable[Any]) -> int:
-    """How many ``items`` there are, counted :func:`paced`."""
-    n = 0
-    async for _ in paced(items):
-        n += 1
-    return n
 
 
 class Heartbeat:

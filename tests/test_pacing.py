@@ -1,4 +1,4 @@
-"""The heartbeat's walks over a worker's resources give the event loop its turns."""
+"""Long walks (over a worker's resources, over a fetched batch) give the event loop its turns."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-from calsync.web.heartbeat import count, paced
+from calsync.pacing import count, paced
 
 
 def slow(n: int, seconds: float) -> Iterator[int]:
