@@ -20,6 +20,7 @@ which a commit of offsets waits for (:class:`calsync.agents.offsets.ConsumerOffs
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,9 +119,17 @@ class AckedTable(faust.Table[Any, Any]):
         # call, so ``written`` never waited: tests/tables/test_declare.py pins this).
         future = super().send_changelog(partition, key, value, key_serializer, value_serializer)
         self._sent[key] = future
+        future.add_done_callback(functools.partial(self._settled, key))
         if self._writes is not None:
             self._writes.add(future)
         return future
+
+    def _settled(self, key: Any, future: FutureMessage) -> None:
+        # An acknowledged write needs no more waiting: drop it, so that a table nobody
+        # calls ``written`` on does not keep its last record of every key. A failed
+        # one stays, for ``written`` to raise.
+        if self._sent.get(key) is future and not future.cancelled() and future.exception() is None:
+            del self._sent[key]
 
     async def written(self, key: Any) -> None:
         """Return once the last write of ``key`` is acknowledged by the broker."""

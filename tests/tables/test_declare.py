@@ -76,3 +76,31 @@ async def test_every_table_reports_its_writes_to_the_ones_commits_wait_for(
     sent[-1].set_result(None)
     await asyncio.wait_for(waiting, 5.0)
     assert writes.outstanding == 0
+
+
+async def test_an_acknowledged_write_is_not_kept_but_a_failed_one_is(tmp_path: Path) -> None:
+    app = faust.App("acked-settled", store="memory://", datadir=str(tmp_path))
+    table = app.tables.add(
+        AckedTable(app, name="t", beacon=app.tables.beacon, value_type=bytes, partitions=1)
+    )
+    table.use_partitioner = True
+    sent: list[_Sent] = []
+
+    def send_soon(**kwargs: Any) -> _Sent:
+        sent.append(_Sent())
+        return sent[-1]
+
+    table.changelog_topic.send_soon = send_soon  # type: ignore[method-assign]
+    table["ok"] = b"v"
+    table["bad"] = b"v"
+    sent[0].set_result(None)
+    sent[1].set_exception(RuntimeError("refused"))
+    await asyncio.sleep(0)  # done callbacks run on the loop
+    assert "ok" not in table._sent  # nothing left holding the record
+    await table.written("ok")
+    try:
+        await table.written("bad")
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("a refused write reported as written")
