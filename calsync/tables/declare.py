@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,17 +57,20 @@ class TableWrites:
     """
 
     def __init__(self, on_lost: Callable[[TableWritesLost], None] | None = None) -> None:
-        self._pending: set[asyncio.Future[Any]] = set()
+        #: sequence number -> write, oldest first (writes mostly settle in that order)
+        self._pending: OrderedDict[int, asyncio.Future[Any]] = OrderedDict()
+        self._added = 0
         self.lost: TableWritesLost | None = None
         self.on_lost = on_lost
 
     def add(self, write: asyncio.Future[Any]) -> None:
         """Track ``write`` until it is acknowledged (or fails)."""
-        self._pending.add(write)
-        write.add_done_callback(self._done)
+        self._added += 1
+        self._pending[self._added] = write
+        write.add_done_callback(functools.partial(self._done, self._added))
 
-    def _done(self, write: asyncio.Future[Any]) -> None:
-        self._pending.discard(write)
+    def _done(self, seq: int, write: asyncio.Future[Any]) -> None:
+        self._pending.pop(seq, None)
         if write.cancelled() or write.exception() is None or self.lost is not None:
             return
         self.lost = TableWritesLost(f"a table write was not acknowledged: {write.exception()!r}")
@@ -82,9 +86,16 @@ class TableWrites:
     async def acknowledged(self) -> None:
         """Return once every write made before this call is acknowledged. Raises
         :class:`TableWritesLost` if one was refused, then or before: after a lost
-        write nothing may be committed any more."""
-        if self._pending:
-            await asyncio.wait(list(self._pending))
+        write nothing may be committed any more.
+
+        Waits for the oldest outstanding write at a time: a commit costs a few waits,
+        not one per write in flight."""
+        last = self._added
+        while self._pending:
+            seq, oldest = next(iter(self._pending.items()))
+            if seq > last:
+                break
+            await asyncio.wait([oldest])
         if self.lost is not None:
             raise self.lost
 
