@@ -27,19 +27,31 @@ class _Sent(asyncio.Future[Any]):
     message = SimpleNamespace(partition=0)
 
 
-async def test_written_waits_for_the_acknowledgement_of_a_plain_write(tmp_path: Path) -> None:
+def acked_table(tmp_path: Path, sent: list[_Sent]) -> Any:
+    """An :class:`AckedTable` whose changelog writes land in ``sent``."""
     app = faust.App("acked-test", store="memory://", datadir=str(tmp_path))
     table = app.tables.add(
         AckedTable(app, name="t", beacon=app.tables.beacon, value_type=bytes, partitions=1)
     )
+    capture_changelog(table, sent)
+    return table
+
+
+def capture_changelog(table: Any, sent: list[_Sent]) -> None:
+    """Make ``table``'s changelog writes land in ``sent``, each a future this test
+    resolves (standing for the broker's acknowledgement)."""
     table.use_partitioner = True  # no Faust event here to take the partition from
-    sent: list[_Sent] = []
 
     def send_soon(**kwargs: Any) -> _Sent:
         sent.append(_Sent())
         return sent[-1]
 
-    table.changelog_topic.send_soon = send_soon  # type: ignore[method-assign]
+    table.changelog_topic.send_soon = send_soon
+
+
+async def test_written_waits_for_the_acknowledgement_of_a_plain_write(tmp_path: Path) -> None:
+    sent: list[_Sent] = []
+    table = acked_table(tmp_path, sent)
     table["k"] = b"v"
     assert len(sent) == 1  # the plain write went to the changelog
     waiting = asyncio.ensure_future(table.written("k"))
@@ -57,15 +69,9 @@ async def test_every_table_reports_its_writes_to_the_ones_commits_wait_for(
     writes = TableWrites()
     tables = declare_tables(app, 1, writes)
     sent: list[_Sent] = []
-
-    def send_soon(**kwargs: Any) -> _Sent:
-        sent.append(_Sent())
-        return sent[-1]
-
     every = [getattr(tables, field.name) for field in dataclasses.fields(tables)]
     for table in every:
-        table.use_partitioner = True
-        table.changelog_topic.send_soon = send_soon
+        capture_changelog(table, sent)
         table["k"] = b"v"
     assert writes.outstanding == len(every) == 6
     waiting = asyncio.ensure_future(writes.acknowledged())
@@ -79,18 +85,8 @@ async def test_every_table_reports_its_writes_to_the_ones_commits_wait_for(
 
 
 async def test_an_acknowledged_write_is_not_kept_but_a_failed_one_is(tmp_path: Path) -> None:
-    app = faust.App("acked-settled", store="memory://", datadir=str(tmp_path))
-    table = app.tables.add(
-        AckedTable(app, name="t", beacon=app.tables.beacon, value_type=bytes, partitions=1)
-    )
-    table.use_partitioner = True
     sent: list[_Sent] = []
-
-    def send_soon(**kwargs: Any) -> _Sent:
-        sent.append(_Sent())
-        return sent[-1]
-
-    table.changelog_topic.send_soon = send_soon  # type: ignore[method-assign]
+    table = acked_table(tmp_path, sent)
     table["ok"] = b"v"
     table["bad"] = b"v"
     sent[0].set_result(None)
