@@ -20,10 +20,10 @@ reads; the agents write through the table itself, never through this view).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar, cast
 
-__all__ = ["DecodedReads"]
+__all__ = ["DecodedReads", "DecodedScan"]
 
 V = TypeVar("V")
 
@@ -105,3 +105,39 @@ class DecodedReads(Generic[V]):
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
+
+
+class DecodedScan(Generic[V]):
+    """Every ``(key, value)`` of ``table`` (a Faust table: its active partitions, as
+    iterating the table gives), each value decoded only when its stored bytes changed
+    since the previous scan.
+
+    For a worker's periodic walks over a whole table (the timer dispatcher's rebuild
+    of its heap): at 10,000 resources, decoding every ``Timer`` record again took
+    most of a second of the event loop every two seconds. The memo holds the bytes
+    and value of every key seen by the last complete scan. Values are shared: callers
+    must not mutate them. Anything but a Faust store (a dict in unit tests, Faust's
+    memory store) is iterated as it is.
+    """
+
+    def __init__(self, table: Mapping[str, V]) -> None:
+        self._table = table
+        store = getattr(table, "data", None)
+        self._store: Any = store if hasattr(store, "_iteritems") else None
+        #: encoded key -> (stored bytes, key, value), as of the last complete scan
+        self._memo: dict[bytes, tuple[bytes, str, V]] = {}
+
+    def items(self) -> Iterator[tuple[str, V]]:
+        """The table's entries now; abandoning the walk keeps the previous memo."""
+        store = self._store
+        if store is None:
+            yield from list(self._table.items())
+            return
+        memo, seen = self._memo, {}
+        for raw_key, raw in store._iteritems():
+            entry = memo.get(raw_key)
+            if entry is None or entry[0] != raw:
+                entry = (raw, store._decode_key(raw_key), store._decode_value(raw))
+            seen[raw_key] = entry
+            yield entry[1], entry[2]
+        self._memo = seen

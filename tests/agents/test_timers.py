@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import random
 
+import pytest
+
+from calsync.agents import timers as timers_module
 from calsync.agents.timers import TimerDispatcher
+from calsync.pacing import paced
 from calsync.streams.records import Notification
 from calsync.tables.records import Channel, Timer
 from calsync.testing.outbox import ListOutbox
@@ -103,3 +109,24 @@ async def test_an_early_release_pulls_in_only_that_providers_waiting_retries() -
     await dispatcher.tick()
     later = {n.resource_id for n in outbox.notifications[21:]}
     assert later == {f"m{n}" for n in range(20)} | {"g-rec"}
+
+
+async def test_a_timer_written_while_the_heap_is_rebuilt_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # every item of the rebuild's walk gives the loop a turn (no time budget)
+    monkeypatch.setattr(timers_module, "paced", functools.partial(paced, budget=0.0))
+    timers = {f"reconcile:r{n}": timer(10_000.0, f"r{n}") for n in range(50)}
+    dispatcher, outbox, clock = make(timers)
+
+    async def write_during_the_walk() -> None:
+        await asyncio.sleep(0)  # the rebuild has begun its walk
+        timers["retry:x"] = timer(100.5, "x")
+        dispatcher.schedule("retry:x", timers["retry:x"])
+
+    writer = asyncio.create_task(write_during_the_walk())
+    assert await dispatcher.tick() == 0  # the first tick rebuilds
+    await writer
+    clock[0] = 101.0  # before the next rebuild: only the fast path knows of it
+    assert await dispatcher.tick() == 1
+    assert [n.resource_id for n in outbox.notifications] == ["x"]

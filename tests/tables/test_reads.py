@@ -1,4 +1,5 @@
-"""DecodedReads: one store read per call, a decode only when the stored bytes changed."""
+"""DecodedReads: one store read per call, a decode only when the stored bytes changed;
+DecodedScan: the same for walks over a whole table."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import pytest
+from faust.types import TP
 
-from calsync.tables.reads import DecodedReads
+from calsync.tables.reads import DecodedReads, DecodedScan
 from calsync.tables.records import SyncState
 
 
@@ -114,3 +117,45 @@ def test_with_the_partition_known_only_that_partition_is_read(tmp_path: Path) ->
     store._db_for_partition(1)[store._encode_key("here")] = store._encode_value(SyncState())
     assert reads.get("here") == SyncState()
     assert reads.get("elsewhere") is None
+
+
+def test_a_scan_decodes_only_what_changed_and_sees_active_partitions_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against Faust's own RocksDB store: pins ``_iteritems`` (the active partitions'
+    entries), ``_decode_key`` and ``_decode_value``."""
+    app = faust.App("scan-test", store="rocksdb://", datadir=str(tmp_path))
+    table = app.Table("timers", value_type=SyncState, partitions=2)
+    store = table.data
+    topic = table.changelog_topic_name
+    monkeypatch.setattr(app.assignor, "assigned_actives", lambda: {TP(topic, 0)})
+    decodes = 0
+    decode = store._decode_value
+
+    def counting(value: bytes) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return decode(value)
+
+    monkeypatch.setattr(store, "_decode_value", counting)
+    for n in range(3):
+        store._db_for_partition(0)[store._encode_key(f"k{n}")] = store._encode_value(
+            SyncState(cursor=f"c{n}")
+        )
+    store._db_for_partition(1)[store._encode_key("standby")] = store._encode_value(SyncState())
+    scan: DecodedScan[SyncState] = DecodedScan(table)
+    assert dict(scan.items()) == {f"k{n}": SyncState(cursor=f"c{n}") for n in range(3)}
+    assert decodes == 3
+    assert dict(scan.items())["k1"] == SyncState(cursor="c1")
+    assert decodes == 3  # nothing changed: nothing decoded again
+    store._db_for_partition(0)[store._encode_key("k1")] = store._encode_value(
+        SyncState(cursor="new")
+    )
+    del store._db_for_partition(0)[store._encode_key("k2")]
+    assert dict(scan.items()) == {"k0": SyncState(cursor="c0"), "k1": SyncState(cursor="new")}
+    assert decodes == 4
+
+
+def test_a_scan_of_a_plain_mapping_is_its_items() -> None:
+    table = {"a": 1, "b": 2}
+    assert dict(DecodedScan(table).items()) == table
