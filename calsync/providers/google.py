@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
+from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -31,6 +32,7 @@ from calsync.model import (
 )
 from calsync.normalize.busy import BusyPolicy
 from calsync.normalize.google import normalize_google_event
+from calsync.pacing import paced
 from calsync.providers.base import ChangePage, Subscription
 from calsync.providers.http import (
     JSON_PAGE_LIMIT,
@@ -39,6 +41,7 @@ from calsync.providers.http import (
     BoundedSession,
     ProviderHttp,
     json_page,
+    read_ahead,
     status_error,
 )
 from calsync.providers.spec import BuildContext, ProviderSpec, PushKind, account_key
@@ -241,15 +244,22 @@ class GoogleProvider:
             base["timeMax"] = window.end.isoformat()
         else:
             base["syncToken"] = cursor
-        page_token: str | None = None
-        while True:
-            params = dict(base)
-            if page_token:
-                params["pageToken"] = page_token
+
+        async def request(params: dict[str, str]) -> tuple[Any, list[Any]]:
             response = await self._http.send("GET", self._events_url, params=params)
             if response.status_code != 200:
                 raise _translate(response)
-            body, items = json_page(response, "items", NAME)
+            return json_page(response, "items", NAME)
+
+        def after(
+            page: tuple[Any, list[Any]],
+        ) -> Callable[[], Awaitable[tuple[Any, list[Any]]]] | None:
+            page_token = page[0].get("nextPageToken")
+            if not page_token:
+                return None
+            return partial(request, {**base, "pageToken": str(page_token)})
+
+        async for body, items in read_ahead(partial(request, base), after):
             zone_name = body.get("timeZone")
             zone = self._default_zone
             if isinstance(zone_name, str):
@@ -258,18 +268,15 @@ class GoogleProvider:
                 except (ZoneInfoNotFoundError, ValueError):
                     zone = self._default_zone
             page = ChangePage(changes=[], full=cursor is None, time_zone=str(zone.key))
-            for raw in items:
+            async for raw in paced(items):  # the next page's request gets on meanwhile
                 page.add(
                     raw, partial(normalize_google_event, calendar_zone=zone, policy=self._policy)
                 )
-            page_token = body.get("nextPageToken")
-            if not page_token:
+            if not body.get("nextPageToken"):
                 sync_token = body.get("nextSyncToken")
                 if not isinstance(sync_token, str):
                     raise TransientProviderError("google's last page carried no nextSyncToken")
                 page.cursor = sync_token
-                yield page
-                return
             yield page
 
     async def subscribe(

@@ -51,7 +51,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import orjson
@@ -82,6 +82,7 @@ __all__ = [
     "ProviderHttp",
     "TokenSource",
     "json_page",
+    "read_ahead",
     "read_bounded",
     "send_bounded",
     "status_error",
@@ -273,6 +274,50 @@ def json_page(response: httpx.Response, items_key: str, what: str) -> tuple[Any,
     except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
         raise TransientProviderError(f"{what} returned a malformed page") from exc
     return body, items
+
+
+_P = TypeVar("_P")
+
+#: The request for the page after a given one, or None after the last page.
+NextRequest = Callable[[_P], Callable[[], Awaitable[_P]] | None]
+
+
+async def read_ahead(
+    first: Callable[[], Awaitable[_P]], after: NextRequest[_P]
+) -> AsyncIterator[_P]:
+    """Yield the pages of a paged listing in order, each next one already requested.
+
+    ``first()`` fetches the first page; ``after(page)`` gives the request for the next
+    one (None after the last). That request is started *before* ``page`` is yielded,
+    so the provider serves it while the caller normalizes, diffs and emits ``page``:
+    one request in flight at most, the same requests as one after another. (It gets
+    on only when the caller gives the event loop a turn: normalize a page
+    :func:`~calsync.pacing.paced`.) A failed
+    request raises when its page is asked for, in page order, never earlier. When the
+    caller stops early (an error, a break), the request in flight is cancelled.
+    """
+    pending: asyncio.Future[_P] | None = asyncio.ensure_future(first())
+    try:
+        while pending is not None:
+            page = await pending
+            follow = after(page)
+            if follow is not None:
+                pending = asyncio.ensure_future(follow())
+                await asyncio.sleep(0)  # it starts now, not when the caller next awaits
+            else:
+                pending = None
+            yield page
+    finally:
+        if pending is not None:
+            pending.cancel()
+            # not awaited (this may run in the generator's finalizer); its outcome is
+            # collected so that a failure of a page nobody asked for is not logged
+            pending.add_done_callback(_collect)
+
+
+def _collect(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class ProviderHttp:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypedDict, TypeVar
 from urllib.parse import quote, urlsplit
@@ -41,6 +42,7 @@ from calsync.model import (
 from calsync.normalize.busy import BusyPolicy
 from calsync.normalize.microsoft import normalize_graph_event, parse_wall
 from calsync.normalize.windows_zones import zone_for
+from calsync.pacing import paced
 from calsync.providers.base import ChangePage, Subscription
 from calsync.providers.http import (
     JSON_PAGE_LIMIT,
@@ -49,6 +51,7 @@ from calsync.providers.http import (
     BoundedSession,
     ProviderHttp,
     json_page,
+    read_ahead,
     status_error,
 )
 from calsync.providers.spec import BuildContext, ProviderSpec, PushKind, account_key
@@ -558,13 +561,26 @@ class MicrosoftProvider:
             raise CursorExpired("the stored delta link does not point at the configured Graph")
         else:
             url = cursor
-        while True:
+
+        async def request(url: str, params: dict[str, str] | None) -> tuple[Any, list[Any]]:
             response = await self._http.send("GET", url, params=params, headers=self._delta_headers)
             if response.status_code != 200:
                 raise _translate(response, delta=True)
-            body, items = json_page(response, "value", NAME)
+            return json_page(response, "value", NAME)
+
+        def after(
+            page: tuple[Any, list[Any]],
+        ) -> Callable[[], Awaitable[tuple[Any, list[Any]]]] | None:
+            next_link = page[0].get("@odata.nextLink")
+            if not isinstance(next_link, str) or not next_link:
+                return None
+            if not self._same_origin(next_link):
+                return None  # never requested; refused below, before its page is handed out
+            return partial(request, next_link, None)
+
+        async for body, items in read_ahead(partial(request, url, params), after):
             page = ChangePage(changes=[], full=full, time_zone=mailbox_zone.key)
-            for raw in _last_appearances(items):
+            async for raw in paced(_last_appearances(items)):
                 if isinstance(raw, Mapping) and _is_series_master(raw):
                     continue
                 page.add(
@@ -574,15 +590,12 @@ class MicrosoftProvider:
             if isinstance(next_link, str) and next_link:
                 if not self._same_origin(next_link):
                     raise ProviderRejected("microsoft sent a nextLink outside the Graph origin")
-                url, params = next_link, None
-                yield page
-                continue
-            delta_link = body.get("@odata.deltaLink")
-            if not isinstance(delta_link, str) or not delta_link:
-                raise TransientProviderError("microsoft's last page carried no deltaLink")
-            page.cursor = delta_link
+            else:
+                delta_link = body.get("@odata.deltaLink")
+                if not isinstance(delta_link, str) or not delta_link:
+                    raise TransientProviderError("microsoft's last page carried no deltaLink")
+                page.cursor = delta_link
             yield page
-            return
 
     def _expiration(self, ttl_seconds: int) -> str:
         seconds = max(0, min(ttl_seconds, MAX_SUBSCRIPTION_SECONDS))

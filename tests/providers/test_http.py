@@ -5,11 +5,12 @@ streamed without a Content-Length, declared by one, or compressed."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import http.server
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,13 +18,19 @@ import httpx
 import pytest
 import trustme
 
-from calsync.errors import AuthorizationRevoked, ResponseTooLarge, TokenRefreshFailed
+from calsync.errors import (
+    AuthorizationRevoked,
+    ResponseTooLarge,
+    TokenRefreshFailed,
+    TransientProviderError,
+)
 from calsync.model import Window
 from calsync.providers.google import GoogleProvider, GoogleTokenSource
 from calsync.providers.http import (
     JSON_PAGE_LIMIT,
     TOKEN_RESPONSE_LIMIT,
     BoundedSession,
+    read_ahead,
     send_bounded,
 )
 from calsync.providers.microsoft import MicrosoftTokenSource
@@ -302,3 +309,64 @@ async def test_a_token_endpoint_failure_is_refreshing_or_revoked(
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- read_ahead: the next page is requested while the caller works on this one -----
+
+
+class Pages:
+    """Three pages behind requests whose start and end are logged; ``fail_at`` fails one."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.log: list[str] = []
+        self.fail_at = fail_at
+        self.cancelled: list[int] = []
+
+    async def request(self, number: int) -> int:
+        self.log.append(f"request {number}")
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            self.cancelled.append(number)
+            raise
+        if number == self.fail_at:
+            raise TransientProviderError(f"page {number} failed")
+        return number
+
+    def after(self, page: int) -> Callable[[], Awaitable[int]] | None:
+        return None if page == 3 else functools.partial(self.request, page + 1)
+
+
+async def test_read_ahead_requests_the_next_page_before_handing_out_this_one() -> None:
+    pages = Pages()
+    async for page in read_ahead(functools.partial(pages.request, 1), pages.after):
+        pages.log.append(f"handled {page}")
+    assert pages.log == [
+        "request 1",
+        "request 2",
+        "handled 1",
+        "request 3",
+        "handled 2",
+        "handled 3",
+    ]
+
+
+async def test_read_ahead_raises_a_failed_request_at_its_page_in_order() -> None:
+    pages = Pages(fail_at=2)
+    handled: list[int] = []
+    with pytest.raises(TransientProviderError, match="page 2 failed"):
+        async for page in read_ahead(functools.partial(pages.request, 1), pages.after):
+            handled.append(page)
+    assert handled == [1]
+
+
+async def test_read_ahead_cancels_the_request_in_flight_when_the_caller_stops() -> None:
+    pages = Pages()
+    listing = read_ahead(functools.partial(pages.request, 1), pages.after)
+    async for page in listing:
+        assert page == 1
+        break
+    await listing.aclose()  # what the event loop's finalizer does for a dropped walk
+    await asyncio.sleep(0.05)
+    assert pages.cancelled == [2]
+    assert "request 3" not in pages.log
