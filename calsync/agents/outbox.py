@@ -8,7 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from calsync.codecs.avro import encode_event
+from calsync.codecs.avro import encode_events
 from calsync.model import UnifiedEvent
 from calsync.settings import Settings
 from calsync.streams.records import (
@@ -67,7 +67,7 @@ class KafkaOutbox:
         await asyncio.gather(*futures)
 
     async def events(self, resource_id: str, events: list[UnifiedEvent]) -> None:
-        values = [encode_event(e) for e in events]
+        values = encode_events(events)
         await (await self._send_many(self._events, resource_id.encode(), values))
 
     async def notify(self, notification: Notification) -> None:

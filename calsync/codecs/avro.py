@@ -12,8 +12,9 @@ resolve it against a newer one.
 Two entry points, one format:
 
 - :func:`encode_event` / :func:`decode_event`: plain functions over one schema parsed
-  at import; the hot path of the sync agent, which produces events in pipelined
-  batches through the producer rather than through Faust's ``topic.send``.
+  at import; :func:`encode_events` writes the same bytes for a page of events without
+  fastavro, the hot path of the sync agent, which produces events in pipelined batches
+  through the producer rather than through Faust's ``topic.send``.
 - :class:`UnifiedEventCodec`: a Faust codec (registered by :func:`register_codecs`
   under :data:`CODEC_NAME`) that writes and reads the dict form of
   :func:`to_record` / :func:`from_record`, for topics and Records that name it.
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import resources
@@ -55,6 +56,7 @@ __all__ = [
     "UnifiedEventRecord",
     "decode_event",
     "encode_event",
+    "encode_events",
     "from_record",
     "load_schema",
     "register_codecs",
@@ -270,6 +272,159 @@ def encode_event(event: UnifiedEvent) -> bytes:
     such as a ``latency_ms`` outside a signed 64-bit long).
     """
     return write_record(_SCHEMA, to_record(event), key="system_event_id")
+
+
+def encode_events(events: Sequence[UnifiedEvent]) -> list[bytes]:
+    """The Avro bodies of ``events``: byte for byte ``[encode_event(e) for e in events]``.
+
+    The hot path of a full sync, where one page is hundreds of events of one resource
+    with one sync token, latency and emission time: those parts are encoded once per
+    call, and the rest is written here directly rather than through the dict form and
+    fastavro (5 µs per event instead of about 30). An event that is not plainly valid
+    (a zone other than UTC, a value outside an enum, an upsert without times, ...)
+    goes through :func:`encode_event`, which writes it the same way or raises its
+    :class:`CodecError`. A test holds the two to the same bytes.
+    """
+    out: list[bytes] = []
+    strings: dict[str, bytes] = {}  # resource ids, mostly one per call
+    metadata: dict[tuple[str | None, int | None, datetime], bytes] = {}
+    for event in events:
+        try:
+            body = _fast_body(event, strings, metadata)
+        except (AttributeError, TypeError, KeyError, UnicodeEncodeError):
+            body = None  # not a plain event: encode_event writes it or says why not
+        out.append(encode_event(event) if body is None else body)
+    return out
+
+
+def _zigzag(n: int) -> bytes:
+    """An Avro ``long``: zigzag, then base-128 groups, least significant first."""
+    n = (n << 1) ^ (n >> 63)
+    if n < 0x80:
+        return _SMALL[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL: Final = [bytes((n,)) for n in range(0x80)]
+_LONG_MIN: Final = -(2**63)
+_LONG_MAX: Final = 2**63 - 1
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _string(value: str) -> bytes:
+    data = value.encode()
+    return _zigzag(len(data)) + data
+
+
+def _enum_bytes(name: str) -> dict[str, bytes]:
+    """Each symbol of the schema's enum ``name``, as the ``long`` of its index."""
+
+    def find(node: Any) -> list[str] | None:
+        if isinstance(node, dict):
+            if node.get("type") == "enum" and node.get("name") == name:
+                symbols: list[str] = node["symbols"]
+                return symbols
+            return next((f for f in map(find, node.values()) if f is not None), None)
+        if isinstance(node, list):
+            return next((f for f in map(find, node) if f is not None), None)
+        return None
+
+    symbols = find(load_schema())
+    if symbols is None:
+        raise CodecError(f"the schema has no enum {name}")
+    return {symbol: _zigzag(i) for i, symbol in enumerate(symbols)}
+
+
+def _micros(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_ORIGINS: Final = _enum_bytes("ProviderOrigin")
+_CHANGES: Final = _enum_bytes("ChangeKind")
+_TRANSPARENCY: Final = _enum_bytes("Transparency")
+_INTENTS: Final = _enum_bytes("StatusIntent")
+# every nullable field of the schema is ["null", X]: branch 0 is null, branch 1 the value
+_NULL: Final = b"\x00"
+_VALUE: Final = b"\x02"
+_BOOL: Final = {False: b"\x00", True: b"\x01"}
+
+
+def _fast_body(
+    event: UnifiedEvent,
+    strings: dict[str, bytes],
+    metadata: dict[tuple[str | None, int | None, datetime], bytes],
+) -> bytes | None:
+    """``event``'s Avro body, or None when it is not plainly valid (see :func:`encode_events`)."""
+    origin = event.provider_origin
+    change = event.change
+    if type(origin) is not ProviderOrigin or type(change) is not ChangeKind:
+        return None
+    if change is ChangeKind.UPSERT:
+        start, end, all_day = event.start_utc, event.end_utc, event.is_all_day
+        transparency, intent = event.transparency, event.status_intent
+        if (
+            start is None
+            or end is None
+            or start.tzinfo is not UTC
+            or end.tzinfo is not UTC
+            or type(all_day) is not bool
+            or type(transparency) is not Transparency
+            or type(intent) is not StatusIntent
+        ):
+            return None
+        temporal = _VALUE + _zigzag(_micros(start)) + _zigzag(_micros(end)) + _BOOL[all_day]
+        operational = _VALUE + _TRANSPARENCY[transparency.value] + _INTENTS[intent.value]
+    elif (
+        event.start_utc is None
+        and event.end_utc is None
+        and event.is_all_day is None
+        and event.transparency is None
+        and event.status_intent is None
+    ):
+        temporal = operational = _NULL
+    else:
+        return None
+    token, latency, emitted = event.sync_sequence_token, event.latency_ms, event.emitted_at
+    if latency is not None and type(latency) is not int:
+        return None
+    key = (token, latency, emitted)
+    meta = metadata.get(key)
+    if meta is None:
+        if emitted.tzinfo is not UTC or not (latency is None or _LONG_MIN <= latency <= _LONG_MAX):
+            return None
+        delta = emitted - _EPOCH
+        millis = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+        meta = metadata[key] = b"".join(
+            (
+                _NULL if token is None else _VALUE + _string(token),
+                _NULL if latency is None else _VALUE + _zigzag(latency),
+                _zigzag(millis),
+            )
+        )
+    resource = strings.get(event.resource_id)
+    if resource is None:
+        resource = strings[event.resource_id] = _string(event.resource_id)
+    series = event.series_id
+    return b"".join(
+        (
+            _string(event.system_event_id),
+            resource,
+            _ORIGINS[origin.value],
+            _string(event.native_event_id),
+            _NULL if series is None else _VALUE + _string(series),
+            _CHANGES[change.value],
+            _string(event.version),
+            meta,
+            temporal,
+            operational,
+        )
+    )
 
 
 def decode_event(data: bytes) -> UnifiedEvent:

@@ -27,6 +27,7 @@ from calsync.codecs.avro import (
     UnifiedEventCodec,
     decode_event,
     encode_event,
+    encode_events,
     from_record,
     load_schema,
     register_codecs,
@@ -411,3 +412,96 @@ def test_from_record_missing_field_is_a_codec_error() -> None:
     del record["resource_id"]
     with pytest.raises(CodecError):
         from_record(record)
+
+
+# -- encode_events: a page at once, the same bytes -----------------------------------
+
+any_datetimes = st.datetimes(
+    min_value=datetime(1, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.sampled_from([UTC, UTC, UTC, CET]),
+)
+#: values an event should not carry: each must give encode_event's bytes or its error
+broken_fields = st.sampled_from(
+    [
+        {"start_utc": datetime(2026, 12, 1, 9, 0)},  # naive
+        {"emitted_at": datetime(2026, 12, 1, 9, 0)},
+        {"start_utc": None},
+        {"transparency": None},
+        {"is_all_day": 1},
+        {"status_intent": "busy"},  # the value, not the enum member
+        {"status_intent": "maybe"},
+        {"provider_origin": "google_calendar_v3"},
+        {"change": "upsert"},
+        {"latency_ms": 2**63},
+        {"latency_ms": True},
+        {"latency_ms": 1.5},
+        {"native_event_id": "\ud800"},  # a lone surrogate: not UTF-8
+        {"sync_sequence_token": 7},
+        {"version": None},
+    ]
+)
+
+
+@st.composite
+def pages(draw: st.DrawFn) -> list[UnifiedEvent]:
+    """A page as a sync emits it (one resource, token, latency and emission time,
+    mostly), with some events that differ in those or are broken."""
+    shared = {
+        "resource_id": draw(texts),
+        "sync_sequence_token": draw(optional_texts),
+        "latency_ms": draw(st.none() | longs),
+        "emitted_at": draw(any_datetimes),
+    }
+    page = []
+    for _ in range(draw(st.integers(0, 8))):
+        change = draw(st.sampled_from(ChangeKind))
+        base = make_upsert() if change is ChangeKind.UPSERT else make_delete()
+        fields: dict[str, Any] = {
+            "system_event_id": draw(texts),
+            "native_event_id": draw(texts),
+            "version": draw(texts),
+            "series_id": draw(optional_texts),
+            "provider_origin": draw(st.sampled_from(ProviderOrigin)),
+            **shared,
+        }
+        if change is ChangeKind.UPSERT:
+            fields |= {
+                "start_utc": draw(any_datetimes),
+                "end_utc": draw(any_datetimes),
+                "is_all_day": draw(st.booleans()),
+                "transparency": draw(st.sampled_from(Transparency)),
+                "status_intent": draw(st.sampled_from(StatusIntent)),
+            }
+        if draw(st.integers(0, 9)) == 0:
+            fields |= {"emitted_at": draw(any_datetimes), "latency_ms": draw(longs)}
+        if draw(st.integers(0, 9)) == 0:
+            fields |= draw(broken_fields)
+        page.append(dataclasses.replace(base, **fields))
+    return page
+
+
+def _outcome(encode: Any) -> Any:
+    try:
+        return encode()
+    except CodecError as exc:
+        return ("CodecError", str(exc))
+
+
+@settings(max_examples=400)
+@given(pages())
+def test_encode_events_writes_what_encode_event_writes_or_fails_alike(
+    page: list[UnifiedEvent],
+) -> None:
+    expected = _outcome(lambda: [encode_event(e) for e in page])
+    assert _outcome(lambda: encode_events(page)) == expected
+    if not isinstance(expected, tuple):
+        assert [decode_event(data) for data in expected] == [
+            from_record(to_record(e)) for e in page
+        ]
+
+
+@pytest.mark.parametrize("latency", [0, 63, 64, -64, -65, 2**63 - 1, -(2**63)])
+def test_encode_events_writes_varint_edges_like_fastavro(latency: int) -> None:
+    events = [make_upsert(latency_ms=latency), make_delete(latency_ms=latency)]
+    assert encode_events(events) == [encode_event(e) for e in events]
