@@ -103,8 +103,15 @@ DEFAULT_BLOCKING: int = int(Flag.BUSY | Flag.OUT_OF_OFFICE | Flag.HOLD)
 
 def flags_for(intent: StatusIntent, *, all_day: bool = False) -> int:
     """The flags of one occurrence with this intent."""
-    flags = int(INTENT_FLAGS[intent])
-    return flags | int(Flag.ALL_DAY) if all_day else flags
+    return _FLAGS_FOR[intent, bool(all_day)]
+
+
+# flags_for runs once per occurrence applied; IntFlag arithmetic costs more than this
+_FLAGS_FOR: Mapping[tuple[StatusIntent, bool], int] = {
+    (intent, all_day): int(flag) | (int(Flag.ALL_DAY) if all_day else 0)
+    for intent, flag in INTENT_FLAGS.items()
+    for all_day in (False, True)
+}
 
 
 def epoch_seconds(moment: datetime, *, ceil: bool = False) -> int:
