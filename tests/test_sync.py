@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from calsync.errors import CursorExpired, RateLimited
 from calsync.model import ChangeKind, Occurrence, StatusIntent, Transparency, UnifiedEvent, Window
 from calsync.providers.base import ChangePage
-from calsync.sync import sync_resource
+from calsync.sync import MAX_BATCH_PAGES, sync_resource
 from calsync.testing.memory_provider import MemoryProvider
 
 T0 = datetime(2026, 12, 1, 9, tzinfo=UTC)
@@ -88,7 +88,8 @@ async def test_full_then_incremental() -> None:
         provider.put(occurrence(n))
     sink = Sink()
     first = await run(provider, None, {}, sink)
-    assert first.full and first.upserts == 20 and len(sink.batches) == 3
+    assert first.full and first.upserts == 20
+    assert [len(batch) for batch in sink.batches] == [7, 13]  # page 1, then pages 2 and 3
     assert {e.native_event_id for e in sink.events} == {f"ev{n}" for n in range(20)}
     assert all(e.latency_ms == 1000 for e in sink.events)
 
@@ -151,12 +152,12 @@ async def test_a_throttled_first_sync_resumes_without_re_emitting() -> None:
     provider = ThrottledProvider(page_size=50)
     for n in range(350):
         provider.put(occurrence(n, offset_days=n // 48))
-    provider.throttle_at = 4
+    provider.throttle_at = 4  # page 1 was emitted; pages 2 and 3, one batch, were not
     sink = Sink()
     progress: dict[str, str] = {}
     with pytest.raises(RateLimited):
         await run(provider, None, {}, sink, progress=progress)
-    assert len(sink.events) == 100 and set(progress) == {e.native_event_id for e in sink.events}
+    assert len(sink.events) == 50 and set(progress) == {e.native_event_id for e in sink.events}
     # meanwhile: one emitted event is deleted, one edited, one added
     provider.items.pop("ev10")
     provider.put(occurrence(20, hours=3, offset_days=20 // 48))
@@ -164,8 +165,8 @@ async def test_a_throttled_first_sync_resumes_without_re_emitting() -> None:
     outcome = await run(provider, None, progress, sink, progress=progress)
     emitted = [(e.native_event_id, e.change) for e in sink.events]
     assert len(emitted) == 350 + 3  # every event once, then the three changes
-    assert emitted[100:].count(("ev20", ChangeKind.UPSERT)) == 1
-    assert ("ev10", ChangeKind.DELETE) in emitted[100:]
+    assert emitted[50:].count(("ev20", ChangeKind.UPSERT)) == 1
+    assert ("ev10", ChangeKind.DELETE) in emitted[50:]
     view: dict[str, str] = {}
     for e in sink.events:
         if e.change is ChangeKind.UPSERT:
@@ -293,10 +294,11 @@ async def test_consumer_view_matches_provider_truth(ops: list[tuple[str, int]]) 
 
 async def test_each_batch_is_prepared_before_it_is_emitted_and_the_next_overlaps() -> None:
     """``prepare`` (the service's write-ahead of new ids) sees every batch before it is
-    emitted, and the next page's runs while the previous batch is still in flight:
-    its wait for the broker overlaps the emission's."""
+    emitted, and the next batch's runs while the previous batch is still in flight:
+    its wait for the broker overlaps the emission's. Batches are whole pages, the
+    first page alone, then twice as many pages each time."""
     provider = MemoryProvider(page_size=2)
-    for n in range(6):
+    for n in range(14):
         provider.put(occurrence(n))
     log: list[tuple[str, tuple[str, ...]]] = []
     release = asyncio.Event()
@@ -314,17 +316,30 @@ async def test_each_batch_is_prepared_before_it_is_emitted_and_the_next_overlaps
     walk = asyncio.ensure_future(run(provider, None, {}, emit, prepare=prepare))
     for _ in range(20):
         await asyncio.sleep(0)
-    first, second = ("ev0", "ev1"), ("ev2", "ev3")
+    ids = sorted((f"ev{n}" for n in range(14)), key=lambda i: int(i[2:]))
+    first, second, third = tuple(ids[:2]), tuple(ids[2:6]), tuple(ids[6:])
     assert log == [("prepare", first), ("emit", first), ("prepare", second)]
     release.set()
     outcome = await walk
-    assert sorted(outcome.index) == [f"ev{n}" for n in range(6)]
+    assert sorted(outcome.index) == sorted(ids)
     emitted = [ids for kind, ids in log if kind == "emit"]
-    assert emitted == [first, second, ("ev4", "ev5")]
+    assert emitted == [first, second, third]
     for ids in emitted:  # prepared, then emitted; the next emitted only once acked
         assert log.index(("prepare", ids)) < log.index(("emit", ids))
     for earlier, later in itertools.pairwise(emitted):
         assert log.index(("acked", earlier)) < log.index(("emit", later))
+
+
+async def test_batches_double_up_to_the_cap() -> None:
+    """A first sync of n pages emits (and the service stores its announced ids)
+    O(log n + n / MAX_BATCH_PAGES) times, not n times."""
+    provider = MemoryProvider(page_size=1)
+    for n in range(200):
+        provider.put(occurrence(n, offset_days=n // 48))
+    sink = Sink()
+    outcome = await run(provider, None, {}, sink)
+    assert [len(batch) for batch in sink.batches] == [1, 2, 4, 8, 16, 32, 64, 64, 9]
+    assert MAX_BATCH_PAGES == 64 and len(outcome.index) == 200
 
 
 async def test_a_batch_whose_preparation_fails_is_never_emitted() -> None:

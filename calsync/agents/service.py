@@ -480,9 +480,11 @@ class SyncService:
         stored first, the next walk re-emits each one it finds (its version cannot
         match) and deletes the others; a delete of an id that never reached the topic
         is harmless. Costs one acknowledged ``sync_state`` write per emission that
-        brings new ids (each page of a first sync; an insert in a delta); the walk
-        calls this as its ``prepare``, while the previous page is still in flight, so
-        the wait for that write overlaps the previous emission's.
+        brings new ids (each batch of a first sync, whose batches double from one page
+        to :data:`calsync.sync.MAX_BATCH_PAGES`, so that these writes stay linear in
+        the calendar's size; an insert in a delta); the walk calls this as its
+        ``prepare``, while the previous batch is still in flight, so the wait for that
+        write overlaps the previous emission's.
         """
         # Read once per sync (its first emission), then kept here: the walk is the only
         # writer of this resource's sync state while it runs, and decoding a large
