@@ -292,9 +292,9 @@ async def read_ahead(
     so the provider serves it while the caller normalizes, diffs and emits ``page``:
     one request in flight at most, the same requests as one after another. (It gets
     on only when the caller gives the event loop a turn: normalize a page
-    :func:`~calsync.pacing.paced`.) A failed
-    request raises when its page is asked for, in page order, never earlier. When the
-    caller stops early (an error, a break), the request in flight is cancelled.
+    :func:`~calsync.pacing.paced`.) A failed request raises when its page is asked
+    for, in page order, never earlier. When the caller stops early (an error, a
+    break), the request in flight is cancelled.
     """
     pending: asyncio.Future[_P] | None = asyncio.ensure_future(first())
     try:
