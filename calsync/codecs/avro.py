@@ -280,7 +280,7 @@ def encode_events(events: Sequence[UnifiedEvent]) -> list[bytes]:
     The hot path of a full sync, where one page is hundreds of events of one resource
     with one sync token, latency and emission time: those parts are encoded once per
     call, and the rest is written here directly rather than through the dict form and
-    fastavro (5 µs per event instead of about 30). An event that is not plainly valid
+    fastavro (about 6 µs per event instead of 22). An event that is not plainly valid
     (a zone other than UTC, a value outside an enum, an upsert without times, ...)
     goes through :func:`encode_event`, which writes it the same way or raises its
     :class:`CodecError`. A test holds the two to the same bytes.
