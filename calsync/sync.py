@@ -25,8 +25,9 @@ from calsync.providers.base import Provider, Quarantined
 Emit = Callable[[list[UnifiedEvent]], Awaitable[None]]
 Clock = Callable[[], datetime]
 
-#: The most pages a walk emits at once (64 pages of 250: 16,000 events in memory).
-MAX_BATCH_PAGES = 64
+#: The most pages a walk emits at once (16 pages of 250: 4,000 events), so a live push
+#: never queues behind a huge emission on the producer (test_resilience, under load).
+MAX_BATCH_PAGES = 16
 
 
 @dataclass(slots=True)

@@ -338,8 +338,25 @@ async def test_batches_double_up_to_the_cap() -> None:
         provider.put(occurrence(n, offset_days=n // 48))
     sink = Sink()
     outcome = await run(provider, None, {}, sink)
-    assert [len(batch) for batch in sink.batches] == [1, 2, 4, 8, 16, 32, 64, 64, 9]
-    assert MAX_BATCH_PAGES == 64 and len(outcome.index) == 200
+    assert [len(batch) for batch in sink.batches] == [
+        1,
+        2,
+        4,
+        8,
+        16,
+        16,
+        16,
+        16,
+        16,
+        16,
+        16,
+        16,
+        16,
+        16,
+        16,
+        9,
+    ]
+    assert MAX_BATCH_PAGES == 16 and len(outcome.index) == 200
 
 
 async def test_a_batch_whose_preparation_fails_is_never_emitted() -> None:
