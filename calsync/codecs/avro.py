@@ -398,8 +398,7 @@ def _fast_body(
     if meta is None:
         if emitted.tzinfo is not UTC or not (latency is None or _LONG_MIN <= latency <= _LONG_MAX):
             return None
-        delta = emitted - _EPOCH
-        millis = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+        millis = _micros(emitted) // 1000  # floored, as to_record floors it
         meta = metadata[key] = b"".join(
             (
                 _NULL if token is None else _VALUE + _string(token),
