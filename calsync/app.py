@@ -221,14 +221,30 @@ class CalsyncApp(faust.App):
         """
         if not self.tables_ready():
             raise LookupError(resource_id)
+        owners = self._owners()
         partition = self.partition_of(resource_id)
+        if partition not in owners:
+            raise LookupError(resource_id)
+        return owners[partition]
+
+    def _owners(self) -> dict[int, str | None]:
+        """Partition of ``resources`` -> its owner's URL (``None``: this worker), computed
+        once per assignment: the assignor replaces its distribution map on every
+        rebalance (never changes it in place), so the map object is the cache key. A
+        query asks this for every resource it names."""
+        distribution = self.router.tables_metadata()
+        cached: tuple[object, dict[int, str | None]] | None = self.__dict__.get("_owners_of")
+        if cached is not None and cached[0] is distribution:
+            return cached[1]
         changelog = changelog_topic(self.settings, "resources")
+        here = _urlident(str(self.conf.canonical_url))
+        owners: dict[int, str | None] = {}
         for url, topics in self.router.table_metadata("resources").items():
-            if partition in topics.get(changelog, ()):
-                if _urlident(str(url)) == _urlident(str(self.conf.canonical_url)):
-                    return None
-                return str(url)
-        raise LookupError(resource_id)
+            owner = None if _urlident(str(url)) == here else str(url)
+            for partition in topics.get(changelog, ()):
+                owners.setdefault(partition, owner)
+        self.__dict__["_owners_of"] = (distribution, owners)
+        return owners
 
     def partition_of(self, resource_id: str) -> int:
         """The partition of ``resource_id``, as the producer picks it (murmur2 in Python,
@@ -547,12 +563,12 @@ def _install_operator_views(
 
     app.metrics.add(WorkerFigures(figures))
 
-    async def publish(key: str, value: bytes) -> None:
-        await app.publisher.publish(settings.topic("status"), key, value)
+    async def send(key: str, value: bytes) -> Awaitable[Any]:
+        return await app.publisher.send(settings.topic("status"), key.encode(), value)
 
     heartbeat = Heartbeat(
         name,
-        publish,
+        send,
         describe,
         summaries,
         interval=settings.heartbeat_interval,

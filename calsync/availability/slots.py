@@ -384,9 +384,9 @@ def find_slots(
                 working_of[key] = resource.hours.intervals(lo, hi)
             working = working_of[key]
         # a busy [b0, b1) rules out slots [s, s+d) with s - before < b1 and s + d + after > b0
-        busy = widen(
-            resource.busy.blocking(lo - before, hi + after, request.blocking), after, before
-        )
+        busy = resource.busy.blocking(lo - before, hi + after, request.blocking)
+        if before or after:  # blocking() is normalized already: widen only re-sorts it
+            busy = widen(busy, after, before)
         free = subtract(working, clip(busy, lo, hi))
         for a, b in _start_ranges(free, duration):
             events.append((a, 1, index))

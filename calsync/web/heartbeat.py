@@ -20,8 +20,16 @@ from calsync.web.fleet import HEARTBEAT, SUMMARY, WORKER_PREFIX
 
 log = logging.getLogger(__name__)
 
-#: ``publish(key, value)`` writes one record to the status topic (acknowledged).
-Publish = Callable[[str, bytes], Awaitable[None]]
+#: ``send(key, value)`` queues one record for the status topic and returns its delivery
+#: future (:meth:`calsync.gateway.publisher.KafkaPublisher.send`).
+Send = Callable[[str, bytes], Awaitable[Awaitable[Any]]]
+
+#: Summaries queued before their acknowledgements are awaited. Sent and awaited one at
+#: a time, a worker's 5,000 summaries were 5,000 produce requests and as many
+#: acknowledgements, each a wake-up of the loop that answers the availability API,
+#: and as many one-record fetches on every worker following the status topic
+#: (docs/benchmarks.md, section 6).
+SUMMARY_WINDOW = 500
 
 
 class Heartbeat:
@@ -37,7 +45,7 @@ class Heartbeat:
     def __init__(
         self,
         name: str,
-        publish: Publish,
+        send: Send,
         describe: Callable[[], Awaitable[Mapping[str, Any]]],
         summaries: Callable[[], Iterable[tuple[str, dict[str, Any]] | None]],
         *,
@@ -46,7 +54,7 @@ class Heartbeat:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
-        self._publish = publish
+        self._send = send
         self._describe = describe
         self._summaries = summaries
         self._interval = interval
@@ -63,15 +71,20 @@ class Heartbeat:
             at=now,
             data=dict(await self._describe()),
         )
-        await self._publish(event.resource_id, event.dumps())
+        await (await self._send(event.resource_id, event.dumps()))
         if now - self._last_summary >= self._summary_interval:
             self._last_summary = now
+            sent: list[Awaitable[Any]] = []
             async for item in paced(self._summaries()):
                 if item is None:
                     continue
                 rid, data = item
                 summary = StatusEvent(resource_id=rid, status=SUMMARY, at=now, data=data)
-                await self._publish(rid, summary.dumps())
+                sent.append(await self._send(rid, summary.dumps()))
+                if len(sent) >= SUMMARY_WINDOW:
+                    await _acknowledged(sent)
+                    sent = []
+            await _acknowledged(sent)
 
     async def run(self) -> None:
         """Beat forever; never raises but for cancellation."""
@@ -83,3 +96,12 @@ class Heartbeat:
             except Exception as exc:
                 log.warning("heartbeat %s failed: %r", self.name, exc)
             await asyncio.sleep(self._interval)
+
+
+async def _acknowledged(sent: list[Awaitable[Any]]) -> None:
+    """Wait for every delivery in ``sent``; then raise the first failure, if any (all are
+    awaited, so none is left with an exception nobody retrieved)."""
+    outcomes = await asyncio.gather(*sent, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome

@@ -159,3 +159,59 @@ def test_a_scan_decodes_only_what_changed_and_sees_active_partitions_only(
 def test_a_scan_of_a_plain_mapping_is_its_items() -> None:
     table = {"a": 1, "b": 2}
     assert dict(DecodedScan(table).items()) == table
+
+
+class CountingDb:
+    """A partition's rocksdict database, counting the lookups made in it."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.gets = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        self.gets += 1
+        return self.db.get(key)  # type: ignore[no-any-return]
+
+    def latest_sequence_number(self) -> int:
+        return self.db.latest_sequence_number()  # type: ignore[no-any-return]
+
+
+def test_an_unwritten_partition_is_not_read_again_and_any_write_is_seen(tmp_path: Path) -> None:
+    """With the partition known, a read is skipped while the partition's database saw no
+    write at all; a write to any key of it, a delete, a key that appears, or the
+    database replaced (a rebalance reopens it) makes the next read look again."""
+    app = faust.App("reads-test-3", store="rocksdb://", datadir=str(tmp_path))
+    table = app.Table("sync_state", value_type=SyncState, partitions=1)
+    store = table.data
+    reads: DecodedReads[SyncState] = DecodedReads(table, partition_of=lambda key: 0)
+    real = store._db_for_partition(0)
+    db = store._dbs[0] = CountingDb(real)
+
+    def put(key: str, state: SyncState) -> None:
+        real[store._encode_key(key)] = store._encode_value(state)
+
+    put("cal-1", SyncState(cursor="c1"))
+    first = reads.get("cal-1")
+    assert first == SyncState(cursor="c1")
+    assert reads.get("nobody") is None
+    assert db.gets == 2
+    assert reads.get("cal-1") is first and reads.get("nobody") is None
+    assert db.gets == 2  # nothing written: neither looked up again
+    put("cal-2", SyncState(cursor="other"))  # another key of the same partition
+    assert reads.get("cal-1") is first  # looked up, same bytes: not decoded again
+    assert db.gets == 3
+    put("cal-1", SyncState(cursor="c2"))
+    assert reads.get("cal-1") == SyncState(cursor="c2")
+    put("nobody", SyncState(cursor="new"))
+    assert reads.get("nobody") == SyncState(cursor="new")  # an absent key that appeared
+    del real[store._encode_key("cal-1")]
+    assert reads.get("cal-1") is None
+    # the partition's database closed and another opened in its place (a rebalance)
+    other = tmp_path / "other"
+    other.mkdir()
+    replaced = faust.App("reads-test-4", store="rocksdb://", datadir=str(other))
+    fresh = replaced.Table("sync_state", value_type=SyncState, partitions=1).data
+    fresh_db = fresh._db_for_partition(0)
+    fresh_db[store._encode_key("nobody")] = store._encode_value(SyncState(cursor="moved"))
+    store._dbs[0] = CountingDb(fresh_db)
+    assert reads.get("nobody") == SyncState(cursor="moved")

@@ -1,0 +1,105 @@
+"""The heartbeat task: one acknowledged heartbeat per beat, and the resource summaries
+queued in windows (pipelined), every one acknowledged before the beat ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Iterator
+from typing import Any
+
+import pytest
+
+from calsync.web import heartbeat as heartbeat_module
+from calsync.web.fleet import WORKER_PREFIX
+from calsync.web.heartbeat import SUMMARY_WINDOW, Heartbeat
+
+
+class FakeStatusTopic:
+    """A :data:`~calsync.web.heartbeat.Send`: queues records and acknowledges them 10 ms
+    later (a producer's round trip to the broker), or fails
+    the ones named in ``fail``. Remembers how many were queued and not yet acknowledged
+    at most."""
+
+    def __init__(self, fail: frozenset[str] = frozenset()) -> None:
+        self.records: list[tuple[str, dict[str, Any]]] = []
+        self.acknowledged: list[str] = []
+        self.outstanding = 0
+        self.most_outstanding = 0
+        self._fail = fail
+
+    async def send(self, key: str, value: bytes) -> Awaitable[Any]:
+        self.records.append((key, json.loads(value)))
+        self.outstanding += 1
+        self.most_outstanding = max(self.most_outstanding, self.outstanding)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle() -> None:
+            self.outstanding -= 1
+            if key in self._fail:
+                future.set_exception(ConnectionError(f"no ack for {key}"))
+            else:
+                self.acknowledged.append(key)
+                future.set_result(None)
+
+        asyncio.get_running_loop().call_later(0.01, settle)
+        return future
+
+
+def heartbeat(topic: FakeStatusTopic, resources: int, clock: list[float]) -> Heartbeat:
+    async def describe() -> dict[str, Any]:
+        return {"resources": resources}
+
+    def summaries() -> Iterator[tuple[str, dict[str, Any]] | None]:
+        for n in range(resources):
+            yield None if n % 7 == 3 else (f"r{n}", {"n": n})  # None: nothing to say
+
+    return Heartbeat(
+        "w1",
+        topic.send,
+        describe,
+        summaries,
+        interval=5.0,
+        summary_interval=60.0,
+        clock=lambda: clock[0],
+    )
+
+
+async def test_summaries_are_pipelined_in_windows_and_all_acknowledged() -> None:
+    topic, clock = FakeStatusTopic(), [1000.0]
+    resources = 2 * SUMMARY_WINDOW + 321
+    await heartbeat(topic, resources, clock).beat()
+    expected = [f"r{n}" for n in range(resources) if n % 7 != 3]
+    keys = [key for key, _ in topic.records]
+    assert keys[0] == f"{WORKER_PREFIX}w1"
+    assert topic.records[0][1]["data"] == {"resources": resources}
+    assert keys[1:] == expected
+    assert sorted(topic.acknowledged) == sorted(keys)  # every one, before beat() returned
+    assert topic.outstanding == 0
+    # pipelined (not one round trip per summary), and never more than a window
+    assert 1 < topic.most_outstanding <= SUMMARY_WINDOW
+
+
+async def test_summaries_only_when_due() -> None:
+    topic, clock = FakeStatusTopic(), [1000.0]
+    beat = heartbeat(topic, 10, clock)
+    await beat.beat()
+    clock[0] += 30.0
+    await beat.beat()
+    clock[0] += 31.0
+    await beat.beat()
+    keys = [key for key, _ in topic.records]
+    assert keys.count(f"{WORKER_PREFIX}w1") == 3
+    assert keys.count("r0") == 2
+
+
+async def test_a_lost_summary_fails_the_beat_after_the_rest_are_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(heartbeat_module, "SUMMARY_WINDOW", 4)
+    topic, clock = FakeStatusTopic(fail=frozenset({"r1"})), [1000.0]
+    with pytest.raises(ConnectionError, match="r1"):
+        await heartbeat(topic, 10, clock).beat()
+    # the window holding r1 was awaited whole; the next windows were never queued
+    assert topic.outstanding == 0
+    assert [key for key, _ in topic.records][1:] == ["r0", "r1", "r2", "r4"]
