@@ -775,9 +775,16 @@ def report(r: Results) -> list[str]:
     for run in r.latency:
         lag = summarize(run.result.lag_ms)
         fails = ", ".join(f"{k}: {v}" for k, v in sorted(run.result.failures.items()))
+        inside = ""
+        if run.result.server_ms:
+            spent = summarize(run.result.server_ms)
+            inside = (
+                f"; inside the worker (its `Server-Timing`, handler start to answer) p50 "
+                f"{ms(spent['p50'])}, p99 {ms(spent['p99'])}, max {ms(spent['max'])} ms"
+            )
         lines.append(
             f"- {run.label}: the generator started requests late by p99 {ms(lag['p99'])} ms, "
-            f"max {ms(lag['max'])} ms (included above); failures: {fails or 'none'}"
+            f"max {ms(lag['max'])} ms (included above){inside}; failures: {fails or 'none'}"
         )
     lines += [
         "",

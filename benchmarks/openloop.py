@@ -35,7 +35,9 @@ class LoadResult:
 
     ``lag_ms`` is how late each request was *started* (the load generator's own delay, part
     of its latency); ``failures`` maps an outcome (status code or exception name) to its
-    count; only successful requests have a latency in ``latencies_ms``.
+    count; only successful requests have a latency in ``latencies_ms``. ``server_ms`` holds
+    the time the server says it spent on each measured answer that carried a
+    ``Server-Timing: app;dur=<ms>`` header (the calsync API does), in no particular order.
     """
 
     rate: float
@@ -46,6 +48,7 @@ class LoadResult:
     lag_ms: list[float] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    server_ms: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,20 +159,39 @@ async def _http_load(spec: dict[str, Any]) -> LoadResult:
         headers = [{**h, "Content-Type": "application/json"} for h in headers]
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
+    server: dict[int, float] = {}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def call(i: int) -> bool | str:
             data, sent = bodies[i % len(bodies)], headers[i % len(headers)]
             async with session.request(method, url, data=data, headers=sent) as resp:
                 await resp.read()
+                spent = server_timing(resp.headers.get("Server-Timing", ""))
+                if spent is not None and resp.status == expect:
+                    server[i] = spent
                 return True if resp.status == expect else str(resp.status)
 
-        return await open_loop(
-            call,
-            rate=float(spec["rate"]),
-            duration=float(spec["duration"]),
-            warmup=float(spec.get("warmup", 0.0)),
-        )
+        rate, warmup = float(spec["rate"]), float(spec.get("warmup", 0.0))
+        result = await open_loop(call, rate=rate, duration=float(spec["duration"]), warmup=warmup)
+    warm = int(warmup * rate)  # open_loop's warm-up requests: not reported
+    result.server_ms = [ms for i, ms in server.items() if i >= warm]
+    return result
+
+
+def server_timing(header: str) -> float | None:
+    """The ``dur`` of the ``app`` metric in a ``Server-Timing`` header, in ms, or None."""
+    for metric in header.split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        if name != "app":
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "dur":
+                try:
+                    return float(value)
+                except ValueError:
+                    return None
+    return None
 
 
 def main() -> None:

@@ -44,6 +44,25 @@ from calsync.streams.records import (
 
 #: Webhook → response: the gateway only checks and writes one record, so milliseconds.
 RESPONSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: An availability or holds API answer inside the worker: a query's target is 5 ms.
+API_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+    5.0,
+)
+#: The API routes timed (``calsync_api_request_seconds``, ``Server-Timing``).
+API_PREFIXES = ("/api/availability", "/api/holds")
 #: Webhook → event on ``calsync.events``: a provider round trip or several.
 EVENT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 #: Ages of the last successful sync.
@@ -76,6 +95,14 @@ class Metrics:
             "Time from a webhook request's arrival to its response (202 once written).",
             ["provider"],
             buckets=RESPONSE_BUCKETS,
+            registry=r,
+        )
+        self.api_request = Histogram(
+            "calsync_api_request_seconds",
+            "Time this worker spent on an availability or holds API request, from the "
+            "handler's start to its answer (forwarding to the owner included), by route.",
+            ["route"],
+            buckets=API_BUCKETS,
             registry=r,
         )
         self.webhook_to_event = Histogram(
@@ -174,10 +201,15 @@ class Metrics:
         )
 
     def middleware(self) -> Middleware:
-        """Times every ``/webhooks/<provider>...`` request and counts it by status."""
+        """Times every ``/webhooks/<provider>...`` request and counts it by status; times
+        every availability and holds API request (:data:`API_PREFIXES`) by route, and
+        says how long it took in its ``Server-Timing`` header (``app;dur=<ms>``), so a
+        client can tell the worker's time from the network's and its own."""
 
         @web.middleware
         async def time_webhooks(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path.startswith(API_PREFIXES):
+                return await time_api(request, handler)
             if not request.path.startswith("/webhooks/"):
                 return await handler(request)
             provider = request.path.split("/")[2] or "unknown"
@@ -194,6 +226,18 @@ class Metrics:
             finally:
                 self.webhook_response.labels(provider).observe(time.perf_counter() - started)
                 self.webhook_requests.labels(provider, str(status)).inc()
+
+        async def time_api(request: web.Request, handler: Handler) -> web.StreamResponse:
+            started = time.perf_counter()
+            response = await handler(request)
+            spent = time.perf_counter() - started
+            # the route's pattern, never the resource id in the path (module docstring)
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            self.api_request.labels(route).observe(spent)
+            if not response.prepared:  # a streamed answer has sent its headers already
+                response.headers["Server-Timing"] = f"app;dur={spent * 1000:.3f}"
+            return response
 
         return time_webhooks
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from calsync.model import Occurrence, ProviderOrigin, StatusIntent, Transparency, UnifiedEvent
 from calsync.web.metrics import Metrics
@@ -49,3 +53,37 @@ def test_events_are_counted_by_provider_and_change_and_each_latency_observed() -
     assert sample(metrics, f"{latency}_count", {"provider": "google"}) == 3
     assert sample(metrics, f"{latency}_sum", {"provider": "google"}) == 0.02 + 3.0 + 0.02
     assert sample(metrics, f"{latency}_count", {"provider": "microsoft"}) == 1
+
+
+async def test_api_requests_are_timed_by_route_and_say_so_in_server_timing() -> None:
+    """An availability answer carries ``Server-Timing: app;dur=<ms>`` and is counted
+    under its route's pattern (never the resource id); other routes are not timed."""
+    metrics = Metrics()
+
+    async def answer(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.02)
+        return web.json_response({"resource_id": request.match_info["resource_id"]})
+
+    async def other(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application(middlewares=[metrics.middleware()])
+    app.add_routes(
+        [web.get("/api/availability/{resource_id}", answer), web.get("/api/resources", other)]
+    )
+    async with TestClient(TestServer(app)) as client:
+        for rid in ("dr-lee", "room-4"):
+            response = await client.get(f"/api/availability/{rid}")
+            assert response.status == 200
+            timing = response.headers["Server-Timing"]
+            assert timing.startswith("app;dur=")
+            assert 20.0 <= float(timing.removeprefix("app;dur=")) < 20_000.0
+        response = await client.get("/api/resources")
+        assert "Server-Timing" not in response.headers
+    name = "calsync_api_request_seconds"
+    route = {"route": "/api/availability/{resource_id}"}
+    assert sample(metrics, f"{name}_count", route) == 2
+    assert sample(metrics, f"{name}_sum", route) >= 0.04
+    families = [m for m in metrics.registry.collect() if m.name == name]
+    routes = {s.labels.get("route") for f in families for s in f.samples} - {None}
+    assert routes == {"/api/availability/{resource_id}"}
