@@ -54,6 +54,7 @@ from calsync.availability.intervals import (
     Timeline,
     clip,
     epoch_seconds,
+    intersect,
     normalize,
     subtract,
     widen,
@@ -372,10 +373,13 @@ def find_slots(
     if hi - lo < duration:
         return SlotResult((), truncated=False)
 
-    events: list[tuple[int, int, int]] = []  # (time, +1 opens / -1 closes, resource index)
+    need = len(resources) if request.required is None else request.required
+    pieces = _offset_pieces(request.zone, lo, hi)
+    ids = [r.resource_id for r in resources]
     # resources often share one WorkingHours (a pool, or one request's parsed hours)
     working_of: dict[int, list[Interval]] = {}
-    for index, resource in enumerate(resources):
+    starts: list[list[Interval]] = []  # each resource's slot starts, normalized
+    for resource in resources:
         if resource.hours is None:
             working = [(lo, hi)]
         else:
@@ -387,33 +391,16 @@ def find_slots(
         busy = resource.busy.blocking(lo - before, hi + after, request.blocking)
         if before or after:  # blocking() is normalized already: widen only re-sorts it
             busy = widen(busy, after, before)
-        free = subtract(working, clip(busy, lo, hi))
-        for a, b in _start_ranges(free, duration):
-            events.append((a, 1, index))
-            events.append((b, -1, index))
-    events.sort()
-    need = len(resources) if request.required is None else request.required
-    pieces = _offset_pieces(request.zone, lo, hi)
-    ids = [r.resource_id for r in resources]
+        # disjoint, non-touching free intervals give disjoint, non-touching start ranges
+        starts.append(_start_ranges(subtract(working, clip(busy, lo, hi)), duration))
 
     slots: list[Slot] = []
-    members: set[int] = set()
-    i = 0
-    while i < len(events):
-        moment = events[i][0]
-        while i < len(events) and events[i][0] == moment:
-            _, step, index = events[i]
-            if step > 0:
-                members.add(index)
-            else:
-                members.discard(index)
-            i += 1
-        if len(members) < need or i == len(events):
-            continue
-        available = tuple(ids[k] for k in sorted(members))
-        for start in _aligned(pieces, moment, events[i][0], granularity):
+
+    def emit(first: int, end: int, available: tuple[str, ...]) -> bool:
+        """Add the slots starting on the grid in ``[first, end)``; ``False`` when full."""
+        for start in _aligned(pieces, first, end, granularity):
             if len(slots) == request.max_slots:
-                return SlotResult(tuple(slots), truncated=True)
+                return False
             slots.append(
                 Slot(
                     datetime.fromtimestamp(start, UTC),
@@ -421,6 +408,41 @@ def find_slots(
                     available,
                 )
             )
+        return True
+
+    if need == len(resources):
+        # all of them (the common request): the starts every resource allows, by merging
+        common = starts[0]
+        for ranges in starts[1:]:
+            common = intersect(common, ranges)
+        everyone = tuple(ids)
+        for a, b in common:
+            if not emit(a, b, everyone):
+                return SlotResult(tuple(slots), truncated=True)
+        return SlotResult(tuple(slots), truncated=False)
+
+    # N of M: sweep the start ranges' ends in time order, keeping who is free
+    events: list[tuple[int, int, int]] = []  # (time, +1 opens / -1 closes, resource index)
+    for index, ranges in enumerate(starts):
+        for a, b in ranges:
+            events.append((a, 1, index))
+            events.append((b, -1, index))
+    events.sort()
+    members: set[int] = set()
+    i, count = 0, len(events)
+    while i < count:
+        moment = events[i][0]
+        while i < count and events[i][0] == moment:
+            _, step, index = events[i]
+            if step > 0:
+                members.add(index)
+            else:
+                members.discard(index)
+            i += 1
+        if len(members) < need or i == count:
+            continue
+        if not emit(moment, events[i][0], tuple(ids[k] for k in sorted(members))):
+            return SlotResult(tuple(slots), truncated=True)
     return SlotResult(tuple(slots), truncated=False)
 
 
