@@ -28,7 +28,11 @@ working hours Mon-Fri 09:00-17:00 Europe/Berlin; the resource sets rotate over
 ``--query-sets`` disjoint sets) to the owning worker and to the other worker, which
 routes it (one ``_snapshot`` request to the owner), each next to ``GET /healthz`` on
 the same worker: aiohttp's constant JSON handler in the same process, the floor.
-Target: p99 ≤ 5 ms on the owning worker.
+Target: p99 ≤ 5 ms on the owning worker. Then (unless ``--no-pin``) the owner's floor and
+query run again with the owner alone on one CPU and everything else of the benchmark (the
+broker, the other worker, the generator) on the others
+(:mod:`benchmarks.harness.pinning`): on a small machine the generator and the broker
+otherwise take the owner's core at random moments, which no deployment does.
 
 **Holds.** Closed loop, alternately to either worker: ``POST /api/holds`` for
 non-overlapping 30-minute slots (past the busy intervals) on one resource one at a time
@@ -47,6 +51,7 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import random
 import time
 import uuid
@@ -63,6 +68,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from benchmarks.harness import processes
 from benchmarks.harness.benchmark import Benchmark, Context
 from benchmarks.harness.load import Load, cpu_sample, load_between, process_cpu
+from benchmarks.harness.pinning import alone
 from benchmarks.harness.report import Section, latency_cells, ms, verdict
 from benchmarks.openloop import LoadResult, summarize
 from calsync.availability.index import BusyIndex, Entry
@@ -320,6 +326,9 @@ class LatencyRun:
     cpu_ms_per_request: float
     targeted: bool
     floor: bool
+    #: which worker served, and how ("owning worker", "other worker", ...): rows of one
+    #: ``where`` compare with that row's floor
+    where: str = ""
     load: Load | None = None  # the machine meanwhile
     idle_ms_per_s: float = math.nan  # the worker's CPU with no request (timers, consumers)
 
@@ -349,14 +358,61 @@ async def http_load(spec: dict[str, Any]) -> LoadResult:
 
 
 async def measured(
-    label: str, spec: dict[str, Any], pid: int, *, targeted: bool, floor: bool
+    label: str, spec: dict[str, Any], pid: int, *, targeted: bool, floor: bool, where: str
 ) -> LatencyRun:
     before, sample, began = process_cpu(pid), cpu_sample(), time.monotonic()
     result = await http_load(spec)
     spent = process_cpu(pid) - before
     load = load_between(sample, cpu_sample(), time.monotonic() - began)
     requests = int((spec["warmup"] + spec["duration"]) * spec["rate"])
-    return LatencyRun(label, result, spent / requests * 1000, targeted, floor, load)
+    return LatencyRun(label, result, spent / requests * 1000, targeted, floor, where, load)
+
+
+async def floor_and_query(
+    worker: WorkerProcess,
+    where: str,
+    label: str,
+    schedule: dict[str, float],
+    bodies: list[dict[str, Any]],
+    token: str,
+    *,
+    targeted: bool,
+) -> list[LatencyRun]:
+    """The floor (``GET /healthz``), then the queries, on ``worker``; its idle CPU first."""
+    assert worker.pid is not None
+    before = process_cpu(worker.pid)
+    await asyncio.sleep(IDLE_S)
+    idle = (process_cpu(worker.pid) - before) / IDLE_S * 1000
+    floor_spec = {
+        **schedule,
+        "url": f"{worker.url}/healthz",
+        "method": "GET",
+        "bodies": [None],
+        "headers": {},
+        "expect": 200,
+    }
+    query_spec = {
+        **schedule,
+        "url": f"{worker.url}/api/availability/query",
+        "method": "POST",
+        "bodies": bodies,
+        "headers": auth(token),
+        "expect": 200,
+    }
+    runs = [
+        await measured(
+            f"floor: `GET /healthz`, {where}",
+            floor_spec,
+            worker.pid,
+            targeted=False,
+            floor=True,
+            where=where,
+        ),
+        await measured(label, query_spec, worker.pid, targeted=targeted, floor=False, where=where),
+    ]
+    for one_run in runs:
+        one_run.idle_ms_per_s = idle
+    return runs
 
 
 def query_body(rids: list[str]) -> dict[str, Any]:
@@ -483,6 +539,8 @@ class Results:
     query_spec: dict[str, float]
     latency: list[LatencyRun] = field(default_factory=list)
     holds: list[HoldRun] = field(default_factory=list)
+    #: with ``--pin``: the owner's CPUs and everyone else's in the pinned rows
+    pinned: tuple[list[int], list[int]] | None = None
 
     @property
     def millions(self) -> float:
@@ -576,7 +634,6 @@ async def run(ctx: Context) -> Section:
             "duration": opts.query_duration,
             "warmup": opts.query_warmup,
         }
-        headers = auth(token)
         results = Results(
             resources=opts.index_resources,
             intervals=opts.index_intervals,
@@ -593,44 +650,28 @@ async def run(ctx: Context) -> Section:
             slots_per_answer=sum(slot_counts) / len(slot_counts),
             query_spec=schedule,
         )
-        for worker, where, targeted in (
-            (owner, "owning worker", True),
-            (other, "other worker", False),
-        ):
-            assert worker.pid is not None
-            before = process_cpu(worker.pid)
-            await asyncio.sleep(IDLE_S)
-            idle = (process_cpu(worker.pid) - before) / IDLE_S * 1000
-            floor_spec = {
-                **schedule,
-                "url": f"{worker.url}/healthz",
-                "method": "GET",
-                "bodies": [None],
-                "headers": {},
-                "expect": 200,
-            }
-            query_spec = {
-                **schedule,
-                "url": f"{worker.url}/api/availability/query",
-                "method": "POST",
-                "bodies": bodies,
-                "headers": headers,
-                "expect": 200,
-            }
-            label = "query, owning worker" if targeted else "query, routed (other worker → owner)"
-            runs = [
-                await measured(
-                    f"floor: `GET /healthz`, {where}",
-                    floor_spec,
-                    worker.pid,
-                    targeted=False,
-                    floor=True,
-                ),
-                await measured(label, query_spec, worker.pid, targeted=targeted, floor=False),
-            ]
-            for one_run in runs:
-                one_run.idle_ms_per_s = idle
-            results.latency += runs
+        results.latency += await floor_and_query(
+            owner, "owning worker", "query, owning worker", schedule, bodies, token, targeted=True
+        )
+        results.latency += await floor_and_query(
+            other,
+            "other worker",
+            "query, routed (other worker → owner)",
+            schedule,
+            bodies,
+            token,
+            targeted=False,
+        )
+        if opts.pin:
+            # As if the clients and the broker ran on other machines: the owner keeps one
+            # core to itself; the broker, the other worker and the generator share the rest.
+            assert owner.pid is not None
+            with alone(owner.pid) as (own, rest):
+                results.pinned = (sorted(own), sorted(rest))
+                where = "owning worker alone on a core"
+                results.latency += await floor_and_query(
+                    owner, where, f"query, {where}", schedule, bodies, token, targeted=True
+                )
 
         urls = [owner.url, other.url]
         assert owner.pid is not None and other.pid is not None
@@ -694,7 +735,7 @@ def mib(value: float) -> str:
 
 def report(r: Results) -> list[str]:
     loaded = r.loaded
-    floor_p99 = {run.label.split(", ")[-1]: run.p99 for run in r.latency if run.floor}
+    floor_p99 = {run.where: run.p99 for run in r.latency if run.floor}
     s = r.query_spec
     lines = [
         f"{r.resources:,} Google resources x {r.intervals} busy intervals "
@@ -754,14 +795,27 @@ def report(r: Results) -> list[str]:
         f"sent; in brackets net of its idle CPU (measured over {IDLE_S:g} s without requests "
         "just before: Faust's consumers, timers, the standby's fetches). The routed row's "
         "CPU is the receiving worker's; the owner spends its snapshot on top.",
+        *(
+            [
+                "",
+                "The rows *alone on a core* repeat the owner's floor and query with the "
+                f"owning worker's threads on CPU {', '.join(map(str, r.pinned[0]))} and every "
+                "other process of this benchmark (the broker, the other worker, the load "
+                f"generator, the emulator) on CPU {', '.join(map(str, r.pinned[1]))} "
+                "(`sched_setaffinity` per thread): what the worker has when its clients and "
+                "its broker run on other machines. Processes outside the benchmark are not "
+                "moved (their share is in the last column).",
+            ]
+            if r.pinned
+            else []
+        ),
         "",
         "| path | measured | p50 ms | p95 ms | p99 ms | max ms | failed | p99 / floor p99 "
         "| CPU ms / request (net of idle) | machine busy (others) | target | result |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for run in r.latency:
-        where = "owning worker" if "owning" in run.label else "other worker"
-        base = floor_p99.get(where, math.nan)
+        base = floor_p99.get(run.where, math.nan)
         ratio = "—" if run.floor else f"{run.p99 / base:.2f}x"
         target = f"p99 ≤ {P99_TARGET_MS:g} ms" if run.targeted else "—"
         busy = f"{run.load.busy:.0%} ({run.load.others:.0%})" if run.load else "n/a"
@@ -822,10 +876,11 @@ def report(r: Results) -> list[str]:
 
 def summary(r: Results) -> list[str]:
     rows = []
-    floor = next((x for x in r.latency if x.floor and "owning" in x.label), None)
+    floors = {x.where: x for x in r.latency if x.floor}
     for run in r.latency:
         if run.floor:
             continue
+        floor = floors.get(run.where)
         extra = f" (floor {ms(floor.p99)} ms)" if floor is not None and run.targeted else ""
         rows.append(
             f"| free-slot query p99, {run.label.split(', ', 1)[1]} | {ms(run.p99)} ms{extra} "
@@ -875,6 +930,12 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--hold-concurrency", type=int, default=32, help="holds in flight (%(default)s)"
     )
+    group.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="skip the owner's second floor and query run alone on a core",
+    )
 
 
 def check(opts: argparse.Namespace) -> str | None:
@@ -884,6 +945,8 @@ def check(opts: argparse.Namespace) -> str | None:
         return "--query-rate and --query-duration must be positive, --query-warmup not negative"
     if min(opts.query_sets, opts.holds_one, opts.holds_many, opts.hold_concurrency) < 1:
         return "--query-sets, --holds-one, --holds-many and --hold-concurrency ≥ 1"
+    if opts.pin and len(os.sched_getaffinity(0)) < 2:
+        return "pinning the owner to a core of its own needs two CPUs (or --no-pin)"
     return None
 
 

@@ -49,10 +49,9 @@ def process_cpu(pid: int) -> float:
         return math.nan
 
 
-def _descendants_cpu() -> float:
-    """utime + stime of every running (or unreaped) descendant of this process."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process in ``/proc``: pid -> (parent pid, utime + stime seconds)."""
+    out: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -60,18 +59,27 @@ def _descendants_cpu() -> float:
             fields = _stat_fields(entry.name)
         except (OSError, IndexError):
             continue
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        cpu[pid] = _cpu_seconds(fields)
-    me = os.getpid()
-    total = 0.0
-    for pid in cpu:
-        ancestor, hops = parents.get(pid), 0
-        while ancestor and ancestor != me and hops < 64:
-            ancestor, hops = parents.get(ancestor), hops + 1
-        if ancestor == me:
-            total += cpu[pid]
-    return total
+        out[int(entry.name)] = (int(fields[1]), _cpu_seconds(fields))
+    return out
+
+
+def descendants(root: int, processes: dict[int, tuple[int, float]] | None = None) -> list[int]:
+    """The running (or unreaped) descendants of ``root``, at any depth."""
+    table = _processes() if processes is None else processes
+    found = []
+    for pid in table:
+        ancestor, hops = table[pid][0], 0
+        while ancestor and ancestor != root and hops < 64:
+            ancestor, hops = table.get(ancestor, (0, 0.0))[0], hops + 1
+        if ancestor == root:
+            found.append(pid)
+    return found
+
+
+def _descendants_cpu() -> float:
+    """utime + stime of every running (or unreaped) descendant of this process."""
+    table = _processes()
+    return sum(table[pid][1] for pid in descendants(os.getpid(), table))
 
 
 def cpu_sample() -> CpuSample | None:
