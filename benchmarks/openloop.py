@@ -11,7 +11,8 @@ baseline). ``python -m benchmarks.openloop`` is the HTTP load generator that
 ``benchmarks/run.py`` starts as a separate process, so the client does not share an event
 loop (or the GIL) with an in-process server: it reads a JSON spec on stdin (``url``,
 ``rate``, ``duration``, ``warmup``, ``headers``: a list of header dicts used in turn, and
-``expect``: the status that counts as success) and writes a JSON :class:`LoadResult` to
+``expect``: the status that counts as success; ``client``: ``"lean"`` for
+:class:`LeanClient` with precise scheduling) and writes a JSON :class:`LoadResult` to
 stdout.
 """
 
@@ -20,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["LoadResult", "open_loop", "percentile", "summarize"]
 
@@ -88,12 +91,17 @@ async def open_loop(
     rate: float,
     duration: float,
     warmup: float = 0.0,
+    precise: bool = False,
 ) -> LoadResult:
     """Run ``call(i)`` at ``rate`` per second for ``warmup + duration`` seconds.
 
     ``call`` returns ``True`` on success, or a short failure label (or ``False``); an
     exception counts as a failure named by its type. The first ``warmup`` seconds of
     requests are sent but not reported.
+
+    ``precise``: sleep until :data:`SPIN_S` before each due time, then yield to the loop
+    until it is due. Plain ``asyncio.sleep`` wakes up to a millisecond late (epoll's
+    timeout is whole milliseconds), and that lateness is counted in the latency.
     """
     if rate <= 0 or duration <= 0:
         raise ValueError("rate and duration must be positive")
@@ -121,7 +129,13 @@ async def open_loop(
     for i in range(total):
         due = start + i * interval
         delay = due - loop.time()
-        if delay > 0:
+        if precise:
+            if delay > SPIN_S:
+                await asyncio.sleep(delay - SPIN_S)
+            # a spin on the clock, not a wait for an event: answers are read meanwhile
+            while loop.time() < due:  # noqa: ASYNC110
+                await asyncio.sleep(0)
+        elif delay > 0:
             await asyncio.sleep(delay)
         lags[i] = (loop.time() - due) * 1000
         tasks.append(loop.create_task(one(i, due)))
@@ -141,10 +155,119 @@ async def open_loop(
     )
 
 
+#: with ``precise``, how long before a due time :func:`open_loop` stops sleeping
+SPIN_S = 0.002
+
+
+class LeanClient:
+    """A minimal HTTP/1.1 client for load generation: keep-alive connections to one
+    ``host:port``, one request at a time each (a new connection when all are busy), the
+    request written in one piece, the answer read by ``Content-Length`` or chunks.
+
+    It does a few microseconds of Python per request where a full client (aiohttp's)
+    does about a millisecond on a small machine; that millisecond would be counted as
+    the server's latency. It speaks only what a calsync worker answers (no redirects,
+    no compression, no TLS)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"LeanClient speaks plain http to a host: {url}")
+        self.host, self.port = parts.hostname, parts.port or 80
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """``(status, headers with lower-case names, body)`` of one request."""
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines.append(f"Content-Length: {len(body or b'')}")
+        try:
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+            head = await reader.readuntil(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            status = int(status_line.split(" ", 2)[1])
+            got = {}
+            for line in header_lines:
+                name, sep, value = line.partition(":")
+                if sep:
+                    got[name.strip().lower()] = value.strip()
+            if "content-length" in got:
+                content = await reader.readexactly(int(got["content-length"]))
+            elif got.get("transfer-encoding", "").lower() == "chunked":
+                content = await _chunks(reader)
+            else:
+                raise ValueError("an answer with neither Content-Length nor chunks")
+        except BaseException:
+            writer.close()
+            raise
+        if got.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self._idle.append((reader, writer))
+        return status, got, content
+
+    async def aclose(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def _chunks(reader: asyncio.StreamReader) -> bytes:
+    out = bytearray()
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")  # no trailers from our servers
+            return bytes(out)
+        out += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+async def _lean_load(spec: dict[str, Any], bodies: list[bytes | None]) -> LoadResult:
+    """:func:`_http_load` with :class:`LeanClient` and precise scheduling."""
+    url = str(spec["url"])
+    method = str(spec.get("method", "POST"))
+    expect = int(spec.get("expect", 202))
+    headers: list[dict[str, str]] = spec["headers"]
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    client = LeanClient(url)
+    server: dict[int, float] = {}
+
+    async def call(i: int) -> bool | str:
+        data, sent = bodies[i % len(bodies)], headers[i % len(headers)]
+        status, got, _ = await asyncio.wait_for(client.request(method, path, sent, data), 30)
+        spent = server_timing(got.get("server-timing", ""))
+        if spent is not None and status == expect:
+            server[i] = spent
+        return True if status == expect else str(status)
+
+    rate, warmup = float(spec["rate"]), float(spec.get("warmup", 0.0))
+    try:
+        result = await open_loop(
+            call, rate=rate, duration=float(spec["duration"]), warmup=warmup, precise=True
+        )
+    finally:
+        await client.aclose()
+    warm = int(warmup * rate)
+    result.server_ms = [ms for i, ms in server.items() if i >= warm]
+    return result
+
+
 async def _http_load(spec: dict[str, Any]) -> LoadResult:
     """Requests to ``spec["url"]``: ``method`` (POST), ``headers`` (a list, taken in
     turn), ``bodies`` (JSON values taken in turn; none: an empty body), ``expect``
-    (the status that counts as success, 202)."""
+    (the status that counts as success, 202); ``client``: ``"aiohttp"`` (the default)
+    or ``"lean"`` (:class:`LeanClient`, with precise scheduling)."""
     import aiohttp
 
     url = str(spec["url"])
@@ -157,6 +280,8 @@ async def _http_load(spec: dict[str, Any]) -> LoadResult:
     )
     if any(b for b in bodies):
         headers = [{**h, "Content-Type": "application/json"} for h in headers]
+    if spec.get("client", "aiohttp") == "lean":
+        return await _lean_load({**spec, "headers": headers}, bodies)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     server: dict[int, float] = {}

@@ -149,6 +149,9 @@ class CalsyncApp(faust.App):
     def on_rebalance_end(self) -> None:
         super().on_rebalance_end()
         self._restored_once = True
+        heartbeat = getattr(self, "heartbeat", None)
+        if heartbeat is not None:  # the owned resources changed: announce them all again
+            heartbeat.forget()
 
     def tables_ready(self) -> bool:
         """Whether this worker's tables can answer: assigned, and not being restored."""
@@ -573,6 +576,7 @@ def _install_operator_views(
         summaries,
         interval=settings.heartbeat_interval,
         summary_interval=settings.summary_interval,
+        summary_refresh=settings.summary_refresh,
     )
     app.heartbeat = heartbeat
 

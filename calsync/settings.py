@@ -192,6 +192,10 @@ class Settings:
     #: channel expiry, retry backlog) on ``calsync.status``, so the dashboard knows
     #: resources whose last status change is older than the topic's retention.
     summary_interval: float = 60.0
+    #: Seconds after which a resource's summary is sent again though nothing in it
+    #: changed (a changed one goes out at the next summary pass). At most half of
+    #: ``dashboard_lookback``, so a starting dashboard finds every resource.
+    summary_refresh: float = 3600.0
     #: Seconds of ``calsync.status`` the dashboard reads when a worker starts.
     dashboard_lookback: float = 24 * 3600.0
     log_level: str = "info"
@@ -222,6 +226,11 @@ class Settings:
                 "CALSYNC_LIVE_CONCURRENCY and CALSYNC_BULK_CONCURRENCY must be >= 1"
             )
         parse_networks(self.caldav_allowed_networks)  # raises ConfigurationError naming it
+        if not self.summary_interval <= self.summary_refresh <= self.dashboard_lookback / 2:
+            raise ConfigurationError(
+                "CALSYNC_SUMMARY_REFRESH must lie between CALSYNC_SUMMARY_INTERVAL and half "
+                "of CALSYNC_DASHBOARD_LOOKBACK"
+            )
 
     @property
     def admin_address(self) -> tuple[str, int] | None:

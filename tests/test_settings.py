@@ -53,6 +53,9 @@ def test_secrets_are_masked() -> None:
         ({"CALSYNC_ADMIN_TOKEN": ADMIN_TOKEN}, "CALSYNC_SECRET_KEY"),
         ({"CALSYNC_SECRET_KEY": SECRET_KEY}, "CALSYNC_ADMIN_TOKEN"),
         ({**ENV, "CALSYNC_WEB_PORT": "http"}, "CALSYNC_WEB_PORT"),
+        # a refresh rarer than the dashboard's lookback would lose idle resources
+        ({**ENV, "CALSYNC_SUMMARY_REFRESH": "50000"}, "CALSYNC_SUMMARY_REFRESH"),
+        ({**ENV, "CALSYNC_SUMMARY_REFRESH": "30"}, "CALSYNC_SUMMARY_REFRESH"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:

@@ -6,10 +6,12 @@ synced, reauth_required, retry_scheduled, ...). On top of those, each worker wri
 * a **heartbeat** every ``CALSYNC_HEARTBEAT_INTERVAL`` seconds, keyed
   ``@worker/<name>`` (a key no resource id can take: resource ids start with a letter
   or digit): its partitions, consumer lag, rate-limit buckets and counters;
-* a **summary** of each resource it owns every ``CALSYNC_SUMMARY_INTERVAL`` seconds
-  (provider, calendar, state, last sync, channel expiry, retry backlog), so a resource
-  whose last change fell out of the topic's retention is still shown, and so is
-  whatever a status change does not carry.
+* a **summary** of each resource it owns (provider, calendar, state, last sync,
+  channel expiry, retry backlog), so a resource whose last change fell out of the
+  topic's retention is still shown, and so is whatever a status change does not
+  carry: every ``CALSYNC_SUMMARY_INTERVAL`` seconds the summaries that changed, an
+  unchanged one again after ``CALSYNC_SUMMARY_REFRESH`` seconds, all of them after a
+  rebalance (:class:`~calsync.web.heartbeat.Heartbeat`).
 
 Why the topic and not each worker's ``/api/status``: a worker that owns nothing, or
 that just lost its partitions, or that is down, cannot answer for "its" resources, and

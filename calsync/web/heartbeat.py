@@ -34,7 +34,16 @@ SUMMARY_WINDOW = 500
 
 class Heartbeat:
     """Every ``interval`` seconds: the worker's heartbeat; every ``summary_interval``:
-        one summary per resource it owns.
+    a summary of each resource it owns whose summary changed since this worker last sent
+    it, or was last sent ``summary_refresh`` seconds ago or more.
+
+    Unchanged summaries are not sent again at every pass: they change nothing in the
+    dashboard's fold, and a worker owning 5,000 idle calendars sent 5,000 records a
+    minute for nothing, a burst on the loop that answers the availability API. The
+    refresh keeps every resource inside the dashboard's lookback
+    (``CALSYNC_DASHBOARD_LOOKBACK``). :meth:`forget` (on every rebalance) makes the next
+    pass send everything, so a resource that comes back to this worker is announced
+    again with this worker's name.
 
     ``describe()`` returns the heartbeat's data (JSON-ready; awaited, so that it can
     walk a table :func:`paced`); ``summaries()`` yields ``(resource id, data)`` for
@@ -51,6 +60,7 @@ class Heartbeat:
         *,
         interval: float,
         summary_interval: float,
+        summary_refresh: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
@@ -59,8 +69,15 @@ class Heartbeat:
         self._summaries = summaries
         self._interval = interval
         self._summary_interval = summary_interval
+        self._summary_refresh = summary_refresh
         self._clock = clock
         self._last_summary = 0.0
+        #: resource id -> (the data of its last summary sent, when)
+        self._sent: dict[str, tuple[dict[str, Any], float]] = {}
+
+    def forget(self) -> None:
+        """Send every summary at the next pass (the owned resources changed)."""
+        self._sent = {}
 
     async def beat(self) -> None:
         """One heartbeat, and the summaries if they are due."""
@@ -74,17 +91,25 @@ class Heartbeat:
         await (await self._send(event.resource_id, event.dumps()))
         if now - self._last_summary >= self._summary_interval:
             self._last_summary = now
+            before, after = self._sent, {}
             sent: list[Awaitable[Any]] = []
             async for item in paced(self._summaries()):
                 if item is None:
                     continue
                 rid, data = item
+                last = before.get(rid)
+                if last is not None and last[0] == data and now - last[1] < self._summary_refresh:
+                    after[rid] = last
+                    continue
                 summary = StatusEvent(resource_id=rid, status=SUMMARY, at=now, data=data)
                 sent.append(await self._send(rid, summary.dumps()))
+                after[rid] = (data, now)
                 if len(sent) >= SUMMARY_WINDOW:
                     await _acknowledged(sent)
                     sent = []
             await _acknowledged(sent)
+            # only now: a failed pass sends everything again; resources gone are dropped
+            self._sent = after
 
     async def run(self) -> None:
         """Beat forever; never raises but for cancellation."""

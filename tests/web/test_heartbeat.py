@@ -46,13 +46,22 @@ class FakeStatusTopic:
         return future
 
 
-def heartbeat(topic: FakeStatusTopic, resources: int, clock: list[float]) -> Heartbeat:
+def heartbeat(
+    topic: FakeStatusTopic,
+    resources: int,
+    clock: list[float],
+    states: dict[str, str] | None = None,
+) -> Heartbeat:
+    """Resources ``r0``... whose summary holds ``states[rid]`` (default ``"ok"``)."""
+    shown = states if states is not None else {}
+
     async def describe() -> dict[str, Any]:
         return {"resources": resources}
 
     def summaries() -> Iterator[tuple[str, dict[str, Any]] | None]:
         for n in range(resources):
-            yield None if n % 7 == 3 else (f"r{n}", {"n": n})  # None: nothing to say
+            rid = f"r{n}"
+            yield None if n % 7 == 3 else (rid, {"n": n, "state": shown.get(rid, "ok")})
 
     return Heartbeat(
         "w1",
@@ -61,8 +70,14 @@ def heartbeat(topic: FakeStatusTopic, resources: int, clock: list[float]) -> Hea
         summaries,
         interval=5.0,
         summary_interval=60.0,
+        summary_refresh=600.0,
         clock=lambda: clock[0],
     )
+
+
+def summarized(topic: FakeStatusTopic) -> list[str]:
+    """The resources summarized so far, in order (the heartbeats left out)."""
+    return [key for key, _ in topic.records if not key.startswith(WORKER_PREFIX)]
 
 
 async def test_summaries_are_pipelined_in_windows_and_all_acknowledged() -> None:
@@ -81,16 +96,43 @@ async def test_summaries_are_pipelined_in_windows_and_all_acknowledged() -> None
 
 
 async def test_summaries_only_when_due() -> None:
-    topic, clock = FakeStatusTopic(), [1000.0]
-    beat = heartbeat(topic, 10, clock)
+    topic, clock, states = FakeStatusTopic(), [1000.0], {"r0": "active"}
+    beat = heartbeat(topic, 10, clock, states)
     await beat.beat()
     clock[0] += 30.0
-    await beat.beat()
+    states["r0"] = "paused"
+    await beat.beat()  # a heartbeat only: the summaries are not due
     clock[0] += 31.0
     await beat.beat()
     keys = [key for key, _ in topic.records]
     assert keys.count(f"{WORKER_PREFIX}w1") == 3
     assert keys.count("r0") == 2
+    assert [data["data"]["state"] for key, data in topic.records if key == "r0"] == [
+        "active",
+        "paused",
+    ]
+
+
+async def test_unchanged_summaries_wait_for_the_refresh_and_a_rebalance_sends_all() -> None:
+    topic, clock, states = FakeStatusTopic(), [1000.0], {}
+    beat = heartbeat(topic, 10, clock, states)
+    everyone = [f"r{n}" for n in range(10) if n % 7 != 3]
+    await beat.beat()
+    assert summarized(topic) == everyone
+    clock[0] += 60.0
+    states["r5"] = "reauth_required"
+    await beat.beat()
+    assert summarized(topic)[len(everyone) :] == ["r5"]  # only what changed
+    clock[0] += 60.0
+    await beat.beat()
+    assert len(summarized(topic)) == len(everyone) + 1  # nothing changed: nothing sent
+    beat.forget()  # a rebalance
+    clock[0] += 60.0
+    await beat.beat()
+    assert summarized(topic)[len(everyone) + 1 :] == everyone
+    clock[0] += 600.0  # the refresh: every summary again, changed or not
+    await beat.beat()
+    assert summarized(topic)[2 * len(everyone) + 1 :] == everyone
 
 
 async def test_a_lost_summary_fails_the_beat_after_the_rest_are_acknowledged(
@@ -98,8 +140,14 @@ async def test_a_lost_summary_fails_the_beat_after_the_rest_are_acknowledged(
 ) -> None:
     monkeypatch.setattr(heartbeat_module, "SUMMARY_WINDOW", 4)
     topic, clock = FakeStatusTopic(fail=frozenset({"r1"})), [1000.0]
+    beat = heartbeat(topic, 10, clock)
     with pytest.raises(ConnectionError, match="r1"):
-        await heartbeat(topic, 10, clock).beat()
+        await beat.beat()
     # the window holding r1 was awaited whole; the next windows were never queued
     assert topic.outstanding == 0
-    assert [key for key, _ in topic.records][1:] == ["r0", "r1", "r2", "r4"]
+    assert summarized(topic) == ["r0", "r1", "r2", "r4"]
+    # the failed pass counts as not sent: the next one sends everything
+    topic._fail = frozenset()
+    clock[0] += 60.0
+    await beat.beat()
+    assert summarized(topic)[4:] == [f"r{n}" for n in range(10) if n % 7 != 3]
