@@ -24,7 +24,8 @@ import math
 import socket
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -232,35 +233,8 @@ async def _chunks(reader: asyncio.StreamReader) -> bytes:
         await reader.readexactly(2)
 
 
-async def _lean_load(spec: dict[str, Any], bodies: list[bytes | None]) -> LoadResult:
-    """:func:`_http_load` with :class:`LeanClient` and precise scheduling."""
-    url = str(spec["url"])
-    method = str(spec.get("method", "POST"))
-    expect = int(spec.get("expect", 202))
-    headers: list[dict[str, str]] = spec["headers"]
-    parts = urlsplit(url)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    client = LeanClient(url)
-    server: dict[int, float] = {}
-
-    async def call(i: int) -> bool | str:
-        data, sent = bodies[i % len(bodies)], headers[i % len(headers)]
-        status, got, _ = await asyncio.wait_for(client.request(method, path, sent, data), 30)
-        spent = server_timing(got.get("server-timing", ""))
-        if spent is not None and status == expect:
-            server[i] = spent
-        return True if status == expect else str(status)
-
-    rate, warmup = float(spec["rate"]), float(spec.get("warmup", 0.0))
-    try:
-        result = await open_loop(
-            call, rate=rate, duration=float(spec["duration"]), warmup=warmup, precise=True
-        )
-    finally:
-        await client.aclose()
-    warm = int(warmup * rate)
-    result.server_ms = [ms for i, ms in server.items() if i >= warm]
-    return result
+#: ``send(body, headers) -> (status, headers of the answer)``: one request of a load
+Sender = Callable[[bytes | None, dict[str, str]], Awaitable[tuple[int, Mapping[str, str]]]]
 
 
 async def _http_load(spec: dict[str, Any]) -> LoadResult:
@@ -280,24 +254,49 @@ async def _http_load(spec: dict[str, Any]) -> LoadResult:
     )
     if any(b for b in bodies):
         headers = [{**h, "Content-Type": "application/json"} for h in headers]
-    if spec.get("client", "aiohttp") == "lean":
-        return await _lean_load({**spec, "headers": headers}, bodies)
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=30)
+    lean = spec.get("client", "aiohttp") == "lean"
     server: dict[int, float] = {}
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with AsyncExitStack() as stack:
+        send: Sender
+        if lean:
+            client = LeanClient(url)
+            stack.push_async_callback(client.aclose)
+            parts = urlsplit(url)
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+
+            async def send(
+                data: bytes | None, sent: dict[str, str]
+            ) -> tuple[int, Mapping[str, str]]:
+                status, got, _ = await asyncio.wait_for(
+                    client.request(method, path, sent, data), 30
+                )
+                return status, got
+        else:
+            session = await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0, force_close=False),
+                    timeout=aiohttp.ClientTimeout(total=30),
+                )
+            )
+
+            async def send(
+                data: bytes | None, sent: dict[str, str]
+            ) -> tuple[int, Mapping[str, str]]:
+                async with session.request(method, url, data=data, headers=sent) as resp:
+                    await resp.read()
+                    return resp.status, resp.headers  # names case-insensitive
 
         async def call(i: int) -> bool | str:
-            data, sent = bodies[i % len(bodies)], headers[i % len(headers)]
-            async with session.request(method, url, data=data, headers=sent) as resp:
-                await resp.read()
-                spent = server_timing(resp.headers.get("Server-Timing", ""))
-                if spent is not None and resp.status == expect:
-                    server[i] = spent
-                return True if resp.status == expect else str(resp.status)
+            status, got = await send(bodies[i % len(bodies)], headers[i % len(headers)])
+            spent = server_timing(got.get("server-timing", ""))
+            if spent is not None and status == expect:
+                server[i] = spent
+            return True if status == expect else str(status)
 
         rate, warmup = float(spec["rate"]), float(spec.get("warmup", 0.0))
-        result = await open_loop(call, rate=rate, duration=float(spec["duration"]), warmup=warmup)
+        result = await open_loop(
+            call, rate=rate, duration=float(spec["duration"]), warmup=warmup, precise=lean
+        )
     warm = int(warmup * rate)  # open_loop's warm-up requests: not reported
     result.server_ms = [ms for i, ms in server.items() if i >= warm]
     return result
