@@ -78,32 +78,42 @@ class IndexTables:
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
-    """What a free-slot query needs of one resource: its busy timeline in the query's
-    window, its holds there, and its ``as_of`` block. Built from the owner's tables,
-    or from the owner's ``_snapshot`` answer (:meth:`to_json` / :meth:`from_json`)."""
+    """What a free-slot query needs of one resource in ``[start, end)``: its busy
+    timeline, its holds there, and its ``as_of`` block. Built from the owner's tables,
+    or from the owner's ``_snapshot`` answer (:meth:`to_json` / :meth:`from_json`).
+
+    ``timeline`` may reach past the window (the owner's stored one is used as it is,
+    without a copy: the slot finder bisects it); only its part inside the window is
+    sent to another worker or merged with the holds."""
 
     timeline: Timeline
     holds: list[tuple[int, int]]
     as_of: dict[str, Any]
+    start: int
+    end: int
 
     def timeline_with_holds(self) -> Timeline:
         if not self.holds:
             return self.timeline
         hold = int(Flag.HOLD)
         return Timeline.from_segments(
-            [*self.timeline, *((start, end, hold) for start, end in self.holds)]
+            [
+                *self.timeline.segments(self.start, self.end),
+                *((start, end, hold) for start, end in self.holds),
+            ]
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "segments": [list(segment) for segment in self.timeline],
+            "segments": [list(segment) for segment in self.timeline.segments(self.start, self.end)],
             "holds": [list(hold) for hold in self.holds],
             "as_of": self.as_of,
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> _Snapshot | str:
-        """The snapshot in another worker's answer, or the reason it has none."""
+    def from_json(cls, data: Any, start: int, end: int) -> _Snapshot | str:
+        """The snapshot of ``[start, end)`` in another worker's answer, or the reason it
+        has none."""
         if not isinstance(data, dict):
             return "no answer"
         if "error" in data:
@@ -114,7 +124,7 @@ class _Snapshot:
             as_of = data["as_of"]
             if not isinstance(as_of, dict):
                 raise TypeError("as_of")
-            return cls(Timeline.from_segments(segments), holds, as_of)
+            return cls(Timeline.from_segments(segments), holds, as_of, start, end)
         except (KeyError, TypeError, ValueError):
             log.warning("a malformed snapshot answer from another worker")
             return "no answer"
@@ -329,9 +339,7 @@ class AvailabilityApi:
             else []
         )
         return _Snapshot(
-            self._timeline(rid).window(start, end),
-            holds,
-            self._freshness(rid, resource).to_json(),
+            self._timeline(rid), holds, self._freshness(rid, resource).to_json(), start, end
         )
 
     async def _gather(
@@ -356,7 +364,7 @@ class AvailabilityApi:
         answers = await asyncio.gather(*(ask(o, by_owner[o]) for o in owners))
         for owner, answer in zip(owners, answers, strict=True):
             for rid in by_owner[owner]:
-                out[rid] = _Snapshot.from_json(answer.get(rid))
+                out[rid] = _Snapshot.from_json(answer.get(rid), start, end)
         return out
 
     async def query(self, request: web.Request) -> web.Response:
