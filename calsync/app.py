@@ -64,7 +64,7 @@ from calsync.streams.records import (
 )
 from calsync.streams.topics import changelog_topic, declare_topics, record_limit
 from calsync.tables.declare import TableWrites, declare_tables
-from calsync.tables.reads import DecodedReads
+from calsync.tables.reads import DecodedReads, DecodedScan
 from calsync.tables.records import Resource, SyncState
 from calsync.web.auth import access_middleware, session_signer
 from calsync.web.availability import AvailabilityApi, IndexTables
@@ -106,6 +106,15 @@ class CalsyncWeb(aiohttp_driver.Web):
     def __init__(self, app: CalsyncApp, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._runner = web.AppRunner(self.web_app, access_log=None, **server_options(app.settings))
+
+
+#: what a resource summary says of a resource without a sync state
+_NO_SUMMARY_FIELDS: tuple[float | None, float | None, str] = (None, None, "ok")
+
+
+def _summary_fields(state: SyncState) -> tuple[float | None, float | None, str]:
+    """The fields of a sync state that a resource summary shows."""
+    return (state.synced_at or None, state.poll_interval or None, state.credentials or "ok")
 
 
 class CalsyncApp(faust.App):
@@ -511,19 +520,37 @@ def _install_operator_views(
             "quarantined": dict(app.quarantine.counts),
         }
 
+    # The summaries walk every owned resource each CALSYNC_SUMMARY_INTERVAL: the scans
+    # decode only what changed since the last walk, and of a sync state (its occurrence
+    # index is kilobytes) keep three fields. Reading and decoding all of it each time
+    # cost 1.3 s of the event loop a minute for 5,000 resources (docs/benchmarks.md §6).
+    service = app.sync_service
+    resources_scan = DecodedScan(service.resources)
+    channels_scan = DecodedScan(service.channels)
+    states_scan = DecodedScan(service.sync_state, project=_summary_fields)
+    retries_scan = DecodedScan(
+        service.timers, project=lambda timer: (timer.notification.resource_id, timer.due_at)
+    )
+
     def summaries() -> Iterator[tuple[str, dict[str, Any]] | None]:
-        # A generator, and it yields None for every timer: a worker owning thousands
-        # of resources must not hold the event loop for the whole walk (Heartbeat.beat
-        # walks it paced).
-        service = app.sync_service
+        # A generator, and it yields None for every timer, state and channel: a worker
+        # owning thousands of resources must not hold the event loop for the whole walk
+        # (Heartbeat.beat walks it paced).
         retries: dict[str, list[float]] = {}
-        for key, timer in service.timers.items():
+        for key, (rid, due_at) in retries_scan.items():
             yield None
             if key.startswith("retry:"):
-                retries.setdefault(timer.notification.resource_id, []).append(timer.due_at)
-        for rid, resource in service.resources.items():
-            state = service.sync_state.get(rid) or SyncState()
-            channel = service.channels.get(rid)
+                retries.setdefault(rid, []).append(due_at)
+        states: dict[str, tuple[float | None, float | None, str]] = {}
+        for rid, fields in states_scan.items():
+            yield None
+            states[rid] = fields
+        expiries: dict[str, float] = {}
+        for rid, channel in channels_scan.items():
+            yield None
+            expiries[rid] = channel.expires_at_ms / 1000
+        for rid, resource in resources_scan.items():
+            synced_at, poll_interval, credentials = states.get(rid, _NO_SUMMARY_FIELDS)
             due = retries.get(rid, [])
             yield (
                 rid,
@@ -531,12 +558,10 @@ def _install_operator_views(
                     "provider": resource.provider,
                     "calendar_id": resource.calendar_id,
                     "state": resource.state,
-                    "synced_at": state.synced_at or None,
-                    "channel_expires_at": (
-                        channel.expires_at_ms / 1000 if channel is not None else None
-                    ),
-                    "poll_interval": state.poll_interval or None,
-                    "credentials": state.credentials or "ok",
+                    "synced_at": synced_at,
+                    "channel_expires_at": expiries.get(rid),
+                    "poll_interval": poll_interval,
+                    "credentials": credentials,
                     "retries": len(due),
                     "next_retry_at": min(due) if due else None,
                     "worker": name,

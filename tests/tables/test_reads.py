@@ -215,3 +215,41 @@ def test_an_unwritten_partition_is_not_read_again_and_any_write_is_seen(tmp_path
     fresh_db[store._encode_key("nobody")] = store._encode_value(SyncState(cursor="moved"))
     store._dbs[0] = CountingDb(fresh_db)
     assert reads.get("nobody") == SyncState(cursor="moved")
+
+
+def test_a_projected_scan_keeps_only_the_projection_and_decodes_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = faust.App("projected-scan-test", store="rocksdb://", datadir=str(tmp_path))
+    table = app.Table("sync_state", value_type=SyncState, partitions=1)
+    store = table.data
+    monkeypatch.setattr(
+        app.assignor, "assigned_actives", lambda: {TP(table.changelog_topic_name, 0)}
+    )
+    decodes = 0
+    decode = store._decode_value
+
+    def counting(value: bytes) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return decode(value)
+
+    monkeypatch.setattr(store, "_decode_value", counting)
+    db = store._db_for_partition(0)
+    for n in range(3):
+        db[store._encode_key(f"k{n}")] = store._encode_value(
+            SyncState(synced_at=float(n), index={f"ev{i}": "v" for i in range(50)})
+        )
+    scan = DecodedScan(table, project=lambda state: state.synced_at)
+    assert dict(scan.items()) == {"k0": 0.0, "k1": 1.0, "k2": 2.0}
+    assert decodes == 3
+    # the memo holds a 16-byte digest and the projection, not the stored bytes or value
+    assert all(len(mark) == 16 and isinstance(kept, float) for mark, _, kept in scan._memo.values())
+    assert dict(scan.items()) == {"k0": 0.0, "k1": 1.0, "k2": 2.0}
+    assert decodes == 3
+    db[store._encode_key("k1")] = store._encode_value(SyncState(synced_at=9.0))
+    assert dict(scan.items()) == {"k0": 0.0, "k1": 9.0, "k2": 2.0}
+    assert decodes == 4
+    assert dict(
+        DecodedScan({"a": SyncState(synced_at=5.0)}, project=lambda s: s.synced_at).items()
+    ) == {"a": 5.0}
