@@ -74,10 +74,12 @@ class Heartbeat:
         self._last_summary = 0.0
         #: resource id -> (the data of its last summary sent, when)
         self._sent: dict[str, tuple[dict[str, Any], float]] = {}
+        self._forgotten = 0  # how many times forget() was called: a pass spans awaits
 
     def forget(self) -> None:
         """Send every summary at the next pass (the owned resources changed)."""
         self._sent = {}
+        self._forgotten += 1
 
     async def beat(self) -> None:
         """One heartbeat, and the summaries if they are due."""
@@ -91,7 +93,7 @@ class Heartbeat:
         await (await self._send(event.resource_id, event.dumps()))
         if now - self._last_summary >= self._summary_interval:
             self._last_summary = now
-            before, after = self._sent, {}
+            before, after, forgotten = self._sent, {}, self._forgotten
             sent: list[Awaitable[Any]] = []
             async for item in paced(self._summaries()):
                 if item is None:
@@ -108,8 +110,9 @@ class Heartbeat:
                     await _acknowledged(sent)
                     sent = []
             await _acknowledged(sent)
-            # only now: a failed pass sends everything again; resources gone are dropped
-            self._sent = after
+            # only now: a failed pass sends everything again, resources gone are dropped,
+            # and a rebalance during the pass leaves the next one to send everything
+            self._sent = after if forgotten == self._forgotten else {}
 
     async def run(self) -> None:
         """Beat forever; never raises but for cancellation."""

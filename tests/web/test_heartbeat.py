@@ -151,3 +151,35 @@ async def test_a_lost_summary_fails_the_beat_after_the_rest_are_acknowledged(
     clock[0] += 60.0
     await beat.beat()
     assert summarized(topic)[4:] == [f"r{n}" for n in range(10) if n % 7 != 3]
+
+
+async def test_a_rebalance_during_a_pass_makes_the_next_pass_send_everything() -> None:
+    topic, clock = FakeStatusTopic(), [1000.0]
+    beat: Heartbeat | None = None
+    everyone = [f"r{n}" for n in range(10) if n % 7 != 3]
+
+    def summaries() -> Iterator[tuple[str, dict[str, Any]] | None]:
+        for n in range(10):
+            if n == 5 and clock[0] > 1000.0 and beat is not None:
+                beat.forget()  # the partitions moved while this pass ran
+            yield None if n % 7 == 3 else (f"r{n}", {"n": n})
+
+    async def describe() -> dict[str, Any]:
+        return {}
+
+    beat = Heartbeat(
+        "w1",
+        topic.send,
+        describe,
+        summaries,
+        interval=5.0,
+        summary_interval=60.0,
+        clock=lambda: clock[0],
+    )
+    await beat.beat()
+    assert summarized(topic) == everyone
+    clock[0] += 60.0
+    await beat.beat()  # forgets halfway: what it had already skipped is not remembered
+    clock[0] += 60.0
+    await beat.beat()
+    assert summarized(topic)[len(everyone) :] == everyone
