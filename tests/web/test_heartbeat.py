@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -51,8 +51,11 @@ def heartbeat(
     resources: int,
     clock: list[float],
     states: dict[str, str] | None = None,
+    *,
+    walking: Callable[[int], None] = lambda n: None,
 ) -> Heartbeat:
-    """Resources ``r0``... whose summary holds ``states[rid]`` (default ``"ok"``)."""
+    """Resources ``r0``... whose summary holds ``states[rid]`` (default ``"ok"``);
+    ``walking(n)`` is called as the summaries' walk reaches resource ``n``."""
     shown = states if states is not None else {}
 
     async def describe() -> dict[str, Any]:
@@ -60,6 +63,7 @@ def heartbeat(
 
     def summaries() -> Iterator[tuple[str, dict[str, Any]] | None]:
         for n in range(resources):
+            walking(n)
             rid = f"r{n}"
             yield None if n % 7 == 3 else (rid, {"n": n, "state": shown.get(rid, "ok")})
 
@@ -155,27 +159,13 @@ async def test_a_lost_summary_fails_the_beat_after_the_rest_are_acknowledged(
 
 async def test_a_rebalance_during_a_pass_makes_the_next_pass_send_everything() -> None:
     topic, clock = FakeStatusTopic(), [1000.0]
-    beat: Heartbeat | None = None
     everyone = [f"r{n}" for n in range(10) if n % 7 != 3]
 
-    def summaries() -> Iterator[tuple[str, dict[str, Any]] | None]:
-        for n in range(10):
-            if n == 5 and clock[0] > 1000.0 and beat is not None:
-                beat.forget()  # the partitions moved while this pass ran
-            yield None if n % 7 == 3 else (f"r{n}", {"n": n})
+    def walking(n: int) -> None:
+        if n == 5 and clock[0] == 1060.0:
+            beat.forget()  # the partitions moved while the second pass ran
 
-    async def describe() -> dict[str, Any]:
-        return {}
-
-    beat = Heartbeat(
-        "w1",
-        topic.send,
-        describe,
-        summaries,
-        interval=5.0,
-        summary_interval=60.0,
-        clock=lambda: clock[0],
-    )
+    beat = heartbeat(topic, 10, clock, walking=walking)
     await beat.beat()
     assert summarized(topic) == everyone
     clock[0] += 60.0
