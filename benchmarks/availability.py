@@ -32,7 +32,8 @@ Target: p99 ≤ 5 ms on the owning worker. With ``--pin`` the owner's floor and
 query run again with the owner alone on one CPU and everything else of the benchmark (the
 broker, the other worker, the generator) on the others
 (:mod:`benchmarks.harness.pinning`): on a small machine the generator and the broker
-otherwise take the owner's core at random moments, which no deployment does.
+otherwise take the owner's core at random moments, which no deployment does (on the
+2-core benchmark machine it made no measurable difference; docs/benchmarks.md §6).
 
 **Holds.** Closed loop, alternately to either worker: ``POST /api/holds`` for
 non-overlapping 30-minute slots (past the busy intervals) on one resource one at a time
@@ -787,8 +788,8 @@ def report(r: Results) -> list[str]:
         f"**Free-slot query latency**, open loop: {s['rate']:g} requests/s for "
         f"{s['duration']:g} s after a {s['warmup']:g} s warm-up (not counted), latency from "
         "each request's due time, load generator in its own process (a minimal keep-alive "
-        "HTTP/1.1 client, `benchmarks.openloop.LeanClient`, and requests started on time to "
-        "the tenth of a millisecond). Two workers; the first "
+        "HTTP/1.1 client, `benchmarks.openloop.LeanClient`, each request started at its due "
+        "time rather than up to a millisecond after it). Two workers; the first "
         f"owns partitions {', '.join(map(str, r.owner_partitions))}. Each query: 10 resources "
         "owned by the first worker (rotating over "
         f"{r.query_sets} disjoint sets), one week (week {QUERY_WEEK + 1} of the ten), 30 "
