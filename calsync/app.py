@@ -108,13 +108,13 @@ class CalsyncWeb(aiohttp_driver.Web):
         self._runner = web.AppRunner(self.web_app, access_log=None, **server_options(app.settings))
 
 
-#: what a resource summary says of a resource without a sync state
-_NO_SUMMARY_FIELDS: tuple[float | None, float | None, str] = (None, None, "ok")
-
-
 def _summary_fields(state: SyncState) -> tuple[float | None, float | None, str]:
     """The fields of a sync state that a resource summary shows."""
     return (state.synced_at or None, state.poll_interval or None, state.credentials or "ok")
+
+
+#: what a resource summary says of a resource without a sync state
+_NO_SUMMARY_FIELDS = _summary_fields(SyncState())
 
 
 class CalsyncApp(faust.App):
