@@ -50,7 +50,7 @@ from calsync.gateway.connect import CONNECT_PROVIDERS
 from calsync.gateway.holds import HoldFollower
 from calsync.gateway.http import Gateway, server_options
 from calsync.gateway.publisher import KafkaPublisher
-from calsync.pacing import count, paced
+from calsync.pacing import paced
 from calsync.providers.factory import ProviderFactory
 from calsync.providers.registry import REGISTRY, rate_limit_specs
 from calsync.ratelimit import RateLimiter
@@ -506,24 +506,12 @@ def _install_operator_views(
                 lag[(tp.topic, tp.partition)] = max(0, highwater - committed)
         return lag
 
-    def app_buckets() -> dict[str, dict[str, float]]:
-        return {k: v for k, v in app.limiter.snapshot().items() if "/" not in k}
-
-    async def describe() -> dict[str, Any]:
-        return {
-            "url": f"http://{app.conf.web_host}:{app.conf.web_port}",
-            "partitions": [tp.partition for tp in owned()],
-            "resources": await count(app.sync_service.resources),
-            "consumer_lag": {f"{t}:{p}": n for (t, p), n in consumer_lag().items()},
-            "rate_limits": rate_limit_levels(app.limiter.snapshot()),
-            "counters": dict(app.metrics.totals),
-            "quarantined": dict(app.quarantine.counts),
-        }
-
-    # The summaries walk every owned resource each CALSYNC_SUMMARY_INTERVAL: the scans
-    # decode only what changed since the last walk, and of a sync state (its occurrence
-    # index is kilobytes) keep three fields. Reading and decoding all of it each time
-    # cost 1.3 s of the event loop a minute for 5,000 resources (docs/benchmarks.md §6).
+    # The heartbeat counts the owned resources every few seconds, the summaries walk
+    # them each CALSYNC_SUMMARY_INTERVAL, /metrics at each scrape: the scans read only
+    # the partitions written to since their last walk, decode only what changed, and of
+    # a sync state (its occurrence index is kilobytes) keep three fields. Reading and
+    # decoding all of it each time cost 1.3 s of the event loop a minute for 5,000
+    # resources, and the paced walks delayed the availability API (docs/benchmarks.md §6).
     service = app.sync_service
     resources_scan = DecodedScan(service.resources)
     channels_scan = DecodedScan(service.channels)
@@ -531,6 +519,20 @@ def _install_operator_views(
     retries_scan = DecodedScan(
         service.timers, project=lambda timer: (timer.notification.resource_id, timer.due_at)
     )
+
+    def app_buckets() -> dict[str, dict[str, float]]:
+        return {k: v for k, v in app.limiter.snapshot().items() if "/" not in k}
+
+    async def describe() -> dict[str, Any]:
+        return {
+            "url": f"http://{app.conf.web_host}:{app.conf.web_port}",
+            "partitions": [tp.partition for tp in owned()],
+            "resources": await resources_scan.count(),
+            "consumer_lag": {f"{t}:{p}": n for (t, p), n in consumer_lag().items()},
+            "rate_limits": rate_limit_levels(app.limiter.snapshot()),
+            "counters": dict(app.metrics.totals),
+            "quarantined": dict(app.quarantine.counts),
+        }
 
     def summaries() -> Iterator[tuple[str, dict[str, Any]] | None]:
         # A generator, and it yields None for every timer, state and channel: a worker
@@ -569,18 +571,17 @@ def _install_operator_views(
             )
 
     async def figures() -> dict[str, Any]:
-        service = app.sync_service
         now = clock()
         states: dict[str, int] = {}
         ages: list[float] = []
-        async for rid, resource in paced(service.resources.items()):
-            sync_state = service.sync_state.get(rid) or SyncState()
+        fields = {rid: kept async for rid, kept in paced(states_scan.items())}
+        async for rid, resource in paced(resources_scan.items()):
+            synced, _, credentials = fields.get(rid, _NO_SUMMARY_FIELDS)
             label = resource.state
-            if label == "active" and sync_state.credentials == "refreshing":
+            if label == "active" and credentials == "refreshing":
                 label = "refreshing"  # its token could not be refreshed yet; a retry waits
             states[label] = states.get(label, 0) + 1
             if resource.state == "active":
-                synced = sync_state.synced_at
                 ages.append(max(0.0, now - synced) if synced else now - resource.registered_at)
         return {
             "states": states,

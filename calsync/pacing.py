@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -32,11 +32,3 @@ async def paced(items: Iterable[T], budget: float = SLICE) -> AsyncIterator[T]:
         if clock() - since >= budget:
             await asyncio.sleep(0)
             since = clock()
-
-
-async def count(items: Iterable[Any]) -> int:
-    """How many ``items`` there are, counted :func:`paced`."""
-    n = 0
-    async for _ in paced(items):
-        n += 1
-    return n

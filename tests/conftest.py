@@ -81,3 +81,34 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
         return Settings(**values)
 
     return factory
+
+
+RocksdbTableFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def rocksdb_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RocksdbTableFactory:
+    """Faust tables on Faust's own RocksDB store (rocksdict), each in its own app and data
+    dir: ``make(name, value_type, partitions=N, active=S)`` where ``S`` (default ``{0}``)
+    is the set of active partitions, read at every call, so a test may change it later
+    (a rebalance)."""
+
+    def make(
+        name: str, value_type: type, *, partitions: int, active: set[int] | None = None
+    ) -> Any:
+        import faust
+        from faust.types import TP
+
+        unique = uuid.uuid4().hex[:10]
+        app = faust.App(
+            f"{name}-{unique}", store="rocksdb://", datadir=str(tmp_path / f"rocksdb-{unique}")
+        )
+        table = app.Table(name, value_type=value_type, partitions=partitions)
+        topic = table.changelog_topic_name
+        actives = {0} if active is None else active
+        monkeypatch.setattr(
+            app.assignor, "assigned_actives", lambda: {TP(topic, p) for p in actives}
+        )
+        return table
+
+    return make

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-from calsync.pacing import count, paced
+from calsync.pacing import paced
 
 
 def slow(n: int, seconds: float) -> Iterator[int]:
@@ -38,8 +38,7 @@ async def test_a_walk_gives_the_loop_a_turn_once_its_budget_is_spent() -> None:
     assert turns - before >= 10
 
 
-async def test_fast_items_are_all_walked_in_order_and_counted() -> None:
+async def test_fast_items_are_all_walked_in_order() -> None:
     items = list(range(5_000))
     assert [item async for item in paced(iter(items))] == items
-    assert await count(iter(items)) == 5_000
-    assert await count(iter(())) == 0
+    assert [item async for item in paced(iter(()))] == []

@@ -31,6 +31,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar, cast, overload
 
+from calsync.pacing import paced
+
 __all__ = ["DecodedReads", "DecodedScan"]
 
 V = TypeVar("V")
@@ -134,14 +136,21 @@ class DecodedReads(Generic[V]):
 class DecodedScan(Generic[V]):
     """Every ``(key, value)`` of ``table`` (a Faust table: its active partitions, as
     iterating the table gives), each value decoded only when its stored bytes changed
-    since the previous scan.
+    since the previous scan, and a partition not read at all while nothing was written
+    to its database.
 
     For a worker's periodic walks over a whole table (the timer dispatcher's rebuild
-    of its heap): at 10,000 resources, decoding every ``Timer`` record again took
-    most of a second of the event loop every two seconds. The memo holds the bytes
-    and value of every key seen by the last complete scan. Values are shared: callers
-    must not mutate them. Anything but a Faust store (a dict in unit tests, Faust's
-    memory store) is iterated as it is.
+    of its heap every two seconds, the resource summaries, the heartbeat's count): at
+    10,000 resources, decoding every ``Timer`` record again took most of a second of
+    the event loop every two seconds, and even reading the unchanged bytes back out of
+    RocksDB kept the loop in paced slices for tens of milliseconds, during which the
+    availability API's answers waited (``docs/benchmarks.md``, section 6). The memo
+    holds, per partition, the entries of the last complete walk of it and the
+    database's ``latest_sequence_number()`` before that walk: RocksDB numbers every
+    write, so the same open database at the same number holds the same entries (the
+    reasoning of :class:`DecodedReads`). Values are shared: callers must not mutate
+    them. Anything but a Faust RocksDB store (a dict in unit tests, Faust's memory
+    store) is iterated as it is.
 
     With ``project``, the scan yields ``project(value)`` and its memo holds that and a
     BLAKE2b-128 digest of the stored bytes instead of the bytes and the value: for big
@@ -159,20 +168,89 @@ class DecodedScan(Generic[V]):
         self._table = table
         self._project = project
         store = getattr(table, "data", None)
-        self._store: Any = store if hasattr(store, "_iteritems") else None
-        #: encoded key -> (stored bytes or their digest, key, value or its projection), as
-        #: of the last complete scan
-        self._memo: dict[bytes, tuple[bytes, str, V]] = {}
+        rocksdb = hasattr(store, "_dbs_for_actives") and isinstance(
+            getattr(store, "_dbs", None), dict
+        )
+        self._store: Any = store if rocksdb else None
+        #: partition -> (its database, the sequence number before the walk, and of each
+        #: encoded key: (stored bytes or their digest, key, value or its projection)), as
+        #: of the last complete walk of that partition
+        self._parts: dict[int, tuple[Any, int, dict[bytes, tuple[bytes, str, V]]]] = {}
 
     def items(self) -> Iterator[tuple[str, V]]:
-        """The table's entries now; abandoning the walk keeps the previous memo."""
+        """The table's entries now; a walk abandoned midway keeps the previous memo of
+        the partition it was in."""
         store, project = self._store, self._project
         if store is None:
             for key, value in list(self._table.items()):
                 yield key, (value if project is None else project(value))
             return
-        memo, seen = self._memo, {}
-        for raw_key, raw in store._iteritems():
+        actives = self._actives()
+        self._forget_inactive(actives)
+        for partition, db, sequence, fresh in actives:
+            if fresh is not None:
+                for entry in fresh.values():
+                    yield entry[1], entry[2]
+            else:
+                for entry in self._walk(partition, db, sequence):
+                    yield entry[1], entry[2]
+
+    async def count(self) -> int:
+        """How many entries the table's active partitions hold; only the partitions
+        written to since their last walk are walked (:func:`~calsync.pacing.paced`)."""
+        if self._store is None:
+            return len(list(self._table.items()))
+        n = 0
+        actives = self._actives()
+        self._forget_inactive(actives)
+        for partition, db, sequence, fresh in actives:
+            if fresh is not None:
+                n += len(fresh)
+            else:
+                async for _ in paced(self._walk(partition, db, sequence)):
+                    n += 1
+        return n
+
+    def _actives(
+        self,
+    ) -> list[tuple[int, Any, int, dict[bytes, tuple[bytes, str, V]] | None]]:
+        """``(partition, database, its sequence number now, the memo of its entries if
+        nothing was written to it since they were read, else None)`` for each active
+        partition (Faust's own choice: ``_dbs_for_actives``)."""
+        store = self._store
+        actives = {id(db) for db in store._dbs_for_actives()}
+        out: list[tuple[int, Any, int, dict[bytes, tuple[bytes, str, V]] | None]] = []
+        for partition, db in list(store._dbs.items()):
+            if id(db) not in actives:
+                continue
+            sequence = db.latest_sequence_number()
+            part = self._parts.get(partition)
+            fresh = part[2] if part is not None and part[0] is db and part[1] == sequence else None
+            out.append((partition, db, sequence, fresh))
+        return out
+
+    def _forget_inactive(self, actives: list[tuple[int, Any, int, Any]]) -> None:
+        for gone in self._parts.keys() - {partition for partition, *_ in actives}:
+            del self._parts[gone]
+
+    def unchanged(self) -> bool:
+        """Whether the table's active entries are exactly those of the last walk: every
+        active partition was walked in full and not written to since, and no partition
+        walked then has stopped being active. Always False but for a RocksDB store."""
+        if self._store is None:
+            return False
+        actives = self._actives()
+        return all(fresh is not None for *_, fresh in actives) and len(actives) == len(self._parts)
+
+    def _walk(self, partition: int, db: Any, sequence: int) -> Iterator[tuple[bytes, str, V]]:
+        """Read ``db`` (``partition``'s database, at ``sequence`` before this read): each
+        entry, decoded only when its bytes differ from the memo's; the memo of the
+        partition is replaced once the walk completes."""
+        store, project = self._store, self._project
+        part = self._parts.get(partition)
+        memo = part[2] if part is not None else {}
+        seen: dict[bytes, tuple[bytes, str, V]] = {}
+        for raw_key, raw in store._visible_items(db):
             mark = raw if project is None else hashlib.blake2b(raw, digest_size=16).digest()
             entry = memo.get(raw_key)
             if entry is None or entry[0] != mark:
@@ -180,5 +258,5 @@ class DecodedScan(Generic[V]):
                 kept = value if project is None else project(value)
                 entry = (mark, store._decode_key(raw_key), kept)
             seen[raw_key] = entry
-            yield entry[1], entry[2]
-        self._memo = seen
+            yield entry
+        self._parts[partition] = (db, sequence, seen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+from collections.abc import Mapping
 
 import pytest
 
@@ -14,6 +15,7 @@ from calsync.pacing import paced
 from calsync.streams.records import Notification
 from calsync.tables.records import Channel, Timer
 from calsync.testing.outbox import ListOutbox
+from tests.conftest import RocksdbTableFactory
 
 
 def timer(due: float, rid: str = "r1", provider: str = "google") -> Timer:
@@ -21,7 +23,7 @@ def timer(due: float, rid: str = "r1", provider: str = "google") -> Timer:
     return Timer(due_at=due, notification=notification)
 
 
-def make(timers: dict[str, Timer], channels: dict[str, Channel] | None = None):
+def make(timers: Mapping[str, Timer], channels: dict[str, Channel] | None = None):
     clock = [100.0]
     outbox = ListOutbox()
     dispatcher = TimerDispatcher(
@@ -130,3 +132,44 @@ async def test_a_timer_written_while_the_heap_is_rebuilt_is_not_lost(
     clock[0] = 101.0  # before the next rebuild: only the fast path knows of it
     assert await dispatcher.tick() == 1
     assert [n.resource_id for n in outbox.notifications] == ["x"]
+
+
+async def test_over_rocksdb_an_unchanged_table_is_not_walked_and_timers_still_refire(
+    rocksdb_table: RocksdbTableFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Faust's RocksDB store, the rebuild reads the table's database only when it was
+    written to; a fired timer the agent never cleared is still released again after
+    ``refire_after``, and a timer that reaches the table without the fast path (a
+    changelog restore) is still found by the next rebuild."""
+    table = rocksdb_table("timers", Timer, partitions=1)
+    store = table.data
+    db = store._db_for_partition(0)
+
+    def restore(key: str, value: Timer) -> None:  # as a changelog restore writes it
+        db[store._encode_key(key)] = store._encode_value(value)
+
+    reads: list[object] = []
+    visible = store._visible_items
+
+    def reading(read: object) -> object:
+        reads.append(read)
+        return visible(read)
+
+    monkeypatch.setattr(store, "_visible_items", reading)
+    restore("reconcile:r1", timer(150.0, "r1"))
+    dispatcher, outbox, clock = make(table)
+    assert await dispatcher.tick() == 0 and len(reads) == 1
+    clock[0] = 120.0
+    assert await dispatcher.tick() == 0
+    clock[0] = 150.0
+    assert await dispatcher.tick() == 1  # fired, and the agent never clears it
+    for now in (160.0, 170.0):
+        clock[0] = now
+        assert await dispatcher.tick() == 0
+    assert len(reads) == 1  # rebuilt three times, nothing written: not read again
+    restore("retry:x", timer(175.0, "x"))
+    clock[0] = 176.0
+    assert await dispatcher.tick() == 1 and len(reads) == 2  # found by the rebuild
+    clock[0] = 185.0  # the first one, unconsumed for longer than refire_after
+    assert await dispatcher.tick() == 1
+    assert [n.resource_id for n in outbox.notifications] == ["r1", "x", "r1"]

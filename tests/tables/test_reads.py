@@ -9,10 +9,10 @@ from typing import Any
 
 import faust
 import pytest
-from faust.types import TP
 
 from calsync.tables.reads import DecodedReads, DecodedScan
 from calsync.tables.records import SyncState
+from tests.conftest import RocksdbTableFactory
 
 
 class SerializedStoreDouble:
@@ -120,15 +120,17 @@ def test_with_the_partition_known_only_that_partition_is_read(tmp_path: Path) ->
 
 
 def scanned_table(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, *, partitions: int
+    rocksdb_table: RocksdbTableFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    *,
+    partitions: int,
+    active: set[int] | None = None,
 ) -> tuple[Any, list[bytes]]:
-    """A Faust RocksDB table of sync states whose partition 0 alone is active, and the
-    list of the values its store decodes (appended to as they are)."""
-    app = faust.App(f"{name}-scan-test", store="rocksdb://", datadir=str(tmp_path))
-    table = app.Table(name, value_type=SyncState, partitions=partitions)
+    """A Faust RocksDB table of sync states (:func:`tests.conftest.rocksdb_table`), and
+    the list of the values its store decodes (appended to as they are)."""
+    table = rocksdb_table(name, SyncState, partitions=partitions, active=active)
     store = table.data
-    topic = table.changelog_topic_name
-    monkeypatch.setattr(app.assignor, "assigned_actives", lambda: {TP(topic, 0)})
     decoded: list[bytes] = []
     decode = store._decode_value
 
@@ -141,11 +143,11 @@ def scanned_table(
 
 
 def test_a_scan_decodes_only_what_changed_and_sees_active_partitions_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rocksdb_table: RocksdbTableFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Against Faust's own RocksDB store: pins ``_iteritems`` (the active partitions'
     entries), ``_decode_key`` and ``_decode_value``."""
-    table, decoded = scanned_table(tmp_path, monkeypatch, "timers", partitions=2)
+    table, decoded = scanned_table(rocksdb_table, monkeypatch, "timers", partitions=2)
     store = table.data
     for n in range(3):
         store._db_for_partition(0)[store._encode_key(f"k{n}")] = store._encode_value(
@@ -227,9 +229,9 @@ def test_an_unwritten_partition_is_not_read_again_and_any_write_is_seen(tmp_path
 
 
 def test_a_projected_scan_keeps_only_the_projection_and_decodes_what_changed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rocksdb_table: RocksdbTableFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    table, decoded = scanned_table(tmp_path, monkeypatch, "sync_state", partitions=1)
+    table, decoded = scanned_table(rocksdb_table, monkeypatch, "sync_state", partitions=1)
     store = table.data
     db = store._db_for_partition(0)
     for n in range(3):
@@ -240,7 +242,8 @@ def test_a_projected_scan_keeps_only_the_projection_and_decodes_what_changed(
     assert dict(scan.items()) == {"k0": 0.0, "k1": 1.0, "k2": 2.0}
     assert len(decoded) == 3
     # the memo holds a 16-byte digest and the projection, not the stored bytes or value
-    assert all(len(mark) == 16 and isinstance(kept, float) for mark, _, kept in scan._memo.values())
+    memo = scan._parts[0][2].values()
+    assert all(len(mark) == 16 and isinstance(kept, float) for mark, _, kept in memo)
     assert dict(scan.items()) == {"k0": 0.0, "k1": 1.0, "k2": 2.0}
     assert len(decoded) == 3
     db[store._encode_key("k1")] = store._encode_value(SyncState(synced_at=9.0))
@@ -249,3 +252,72 @@ def test_a_projected_scan_keeps_only_the_projection_and_decodes_what_changed(
     assert dict(
         DecodedScan({"a": SyncState(synced_at=5.0)}, project=lambda s: s.synced_at).items()
     ) == {"a": 5.0}
+
+
+async def test_a_scan_reads_only_the_partitions_written_to_since_it_last_read_them(
+    rocksdb_table: RocksdbTableFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RocksDB's sequence number per partition: an unwritten partition is not read again
+    (neither by ``items`` nor by ``count``); a write, a write made while a walk of it was
+    under way, a database replaced (a rebalance reopens it), a partition gained or lost
+    are all seen by the next walk."""
+    active = {0, 1}
+    table, decoded = scanned_table(
+        rocksdb_table, monkeypatch, "timers", partitions=3, active=active
+    )
+    store = table.data
+    read: list[int] = []
+    visible = store._visible_items
+
+    def reading(db: Any) -> Any:
+        read.append(next(p for p, d in store._dbs.items() if d is db))
+        return visible(db)
+
+    monkeypatch.setattr(store, "_visible_items", reading)
+
+    def put(partition: int, key: str, cursor: str) -> None:
+        db = store._db_for_partition(partition)
+        db[store._encode_key(key)] = store._encode_value(SyncState(cursor=cursor))
+
+    for p in range(3):
+        put(p, f"p{p}", "a")
+    scan: DecodedScan[SyncState] = DecodedScan(table)
+    assert {k: v.cursor for k, v in scan.items()} == {"p0": "a", "p1": "a"}
+    assert sorted(read) == [0, 1]
+    assert await scan.count() == 2
+    assert {k: v.cursor for k, v in scan.items()} == {"p0": "a", "p1": "a"}
+    assert sorted(read) == [0, 1]  # nothing written: nothing read again
+    put(1, "p1", "b")
+    assert await scan.count() == 2
+    assert {k: v.cursor for k, v in scan.items()} == {"p0": "a", "p1": "b"}
+    assert sorted(read) == [0, 1, 1]
+    assert len(decoded) == 3  # only the changed value decoded
+    # a write while a walk of its partition is under way: the next walk sees it
+    walk = scan.items()
+    first = [next(walk)]
+    put(0, "p0-late", "c")
+    rest = list(walk)
+    assert "p0" in dict(first + rest)
+    assert {k: v.cursor for k, v in scan.items()}["p0-late"] == "c"
+    # a walk abandoned midway: the partition is read in full the next time
+    walk = scan.items()
+    next(walk)
+    put(0, "p0-later", "d")
+    walk.close()
+    assert {k: v.cursor for k, v in scan.items()}["p0-later"] == "d"
+    # partition 2 gained, partition 0 lost
+    active.discard(0)
+    active.add(2)
+    assert {k: v.cursor for k, v in scan.items()} == {"p1": "b", "p2": "a"}
+    assert await scan.count() == 2
+    assert set(scan._parts) == {1, 2}
+    # partition 1's database replaced by another holding other entries
+    other = tmp_path / "other"
+    other.mkdir()
+    replaced = faust.App("scan-test-replaced", store="rocksdb://", datadir=str(other))
+    fresh = replaced.Table("timers", value_type=SyncState, partitions=3).data
+    fresh_db = fresh._db_for_partition(1)
+    fresh_db[store._encode_key("moved")] = store._encode_value(SyncState(cursor="m"))
+    store._dbs[1] = fresh_db
+    assert {k: v.cursor for k, v in scan.items()} == {"moved": "m", "p2": "a"}
+    assert await DecodedScan({"a": 1, "b": 2}).count() == 2
