@@ -154,13 +154,18 @@ class CalsyncApp(faust.App):
 
     #: set once the first assignment's tables are restored (Faust's ``on_rebalance_end``)
     _restored_once = False
+    #: the notification partitions this worker owned after the last rebalance
+    _owned_before: frozenset[int] | set[int] = frozenset()
 
     def on_rebalance_end(self) -> None:
         super().on_rebalance_end()
         self._restored_once = True
         heartbeat = getattr(self, "heartbeat", None)
-        if heartbeat is not None:  # the owned resources changed: announce them all again
-            heartbeat.forget()
+        if heartbeat is not None:  # announce the resources of the partitions gained
+            topic = self.settings.topic("notifications")
+            owned = {tp.partition for tp in self.assignor.assigned_actives() if tp.topic == topic}
+            heartbeat.forget(owned - self._owned_before)
+            self._owned_before = owned
 
     def tables_ready(self) -> bool:
         """Whether this worker's tables can answer: assigned, and not being restored."""
@@ -603,6 +608,7 @@ def _install_operator_views(
         interval=settings.heartbeat_interval,
         summary_interval=settings.summary_interval,
         summary_refresh=settings.summary_refresh,
+        partition_of=app.partition_of,
     )
     app.heartbeat = heartbeat
 

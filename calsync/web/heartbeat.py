@@ -41,9 +41,12 @@ class Heartbeat:
     dashboard's fold, and a worker owning 5,000 idle calendars sent 5,000 records a
     minute for nothing, a burst on the loop that answers the availability API. The
     refresh keeps every resource inside the dashboard's lookback
-    (``CALSYNC_DASHBOARD_LOOKBACK``). :meth:`forget` (on every rebalance) makes the next
-    pass send everything, so a resource that comes back to this worker is announced
-    again with this worker's name.
+    (``CALSYNC_DASHBOARD_LOOKBACK``). :meth:`forget` (on every rebalance, with the
+    partitions this worker gained) makes the next pass send the summaries of those
+    partitions' resources, so a resource that comes to this worker is announced with
+    this worker's name; the resources it kept are not sent again (a worker joining the
+    group made each of the others send all of theirs: a burst of thousands of records
+    on the loop that answers the availability API, for nothing).
 
     ``describe()`` returns the heartbeat's data (JSON-ready; awaited, so that it can
     walk a table :func:`paced`); ``summaries()`` yields ``(resource id, data)`` for
@@ -61,6 +64,7 @@ class Heartbeat:
         interval: float,
         summary_interval: float,
         summary_refresh: float = 3600.0,
+        partition_of: Callable[[str], int] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
@@ -74,11 +78,19 @@ class Heartbeat:
         self._last_summary = 0.0
         #: resource id -> (the data of its last summary sent, when)
         self._sent: dict[str, tuple[dict[str, Any], float]] = {}
+        self._partition_of = partition_of
+        #: partitions whose resources' summaries the next pass sends, changed or not
+        self._gained: set[int] = set()
         self._forgotten = 0  # how many times forget() was called: a pass spans awaits
 
-    def forget(self) -> None:
-        """Send every summary at the next pass (the owned resources changed)."""
-        self._sent = {}
+    def forget(self, partitions: Iterable[int] | None = None) -> None:
+        """Send the summaries of the resources of ``partitions`` (by ``partition_of``;
+        of every resource: None, or without ``partition_of``) at the next pass, changed
+        or not: this worker gained them."""
+        if partitions is None or self._partition_of is None:
+            self._sent = {}
+        else:
+            self._gained.update(partitions)
         self._forgotten += 1
 
     async def beat(self) -> None:
@@ -94,12 +106,15 @@ class Heartbeat:
         if now - self._last_summary >= self._summary_interval:
             self._last_summary = now
             before, after, forgotten = self._sent, {}, self._forgotten
+            gained, partition_of = set(self._gained), self._partition_of
             sent: list[Awaitable[Any]] = []
             async for item in paced(self._summaries()):
                 if item is None:
                     continue
                 rid, data = item
                 last = before.get(rid)
+                if last is not None and gained and partition_of is not None:
+                    last = None if partition_of(rid) in gained else last
                 if last is not None and last[0] == data and now - last[1] < self._summary_refresh:
                     after[rid] = last
                     continue
@@ -112,7 +127,11 @@ class Heartbeat:
             await _acknowledged(sent)
             # only now: a failed pass sends everything again, resources gone are dropped,
             # and a rebalance during the pass leaves the next one to send everything
-            self._sent = after if forgotten == self._forgotten else {}
+            if forgotten == self._forgotten:
+                self._sent = after
+                self._gained -= gained
+            else:
+                self._sent, self._gained = {}, set()
 
     async def run(self) -> None:
         """Beat forever; never raises but for cancellation."""

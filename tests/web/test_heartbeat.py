@@ -54,8 +54,9 @@ def heartbeat(
     *,
     walking: Callable[[int], None] = lambda n: None,
 ) -> Heartbeat:
-    """Resources ``r0``... whose summary holds ``states[rid]`` (default ``"ok"``);
-    ``walking(n)`` is called as the summaries' walk reaches resource ``n``."""
+    """Resources ``r0``... whose summary holds ``states[rid]`` (default ``"ok"``), ``rN``
+    in partition ``N % 2``; ``walking(n)`` is called as the summaries' walk reaches
+    resource ``n``."""
     shown = states if states is not None else {}
 
     async def describe() -> dict[str, Any]:
@@ -75,6 +76,7 @@ def heartbeat(
         interval=5.0,
         summary_interval=60.0,
         summary_refresh=600.0,
+        partition_of=lambda rid: int(rid[1:]) % 2,
         clock=lambda: clock[0],
     )
 
@@ -137,6 +139,25 @@ async def test_unchanged_summaries_wait_for_the_refresh_and_a_rebalance_sends_al
     clock[0] += 600.0  # the refresh: every summary again, changed or not
     await beat.beat()
     assert summarized(topic)[2 * len(everyone) + 1 :] == everyone
+
+
+async def test_a_rebalance_sends_again_only_the_resources_of_the_partitions_gained() -> None:
+    topic, clock = FakeStatusTopic(), [1000.0]
+    beat = heartbeat(topic, 10, clock)
+    everyone = [f"r{n}" for n in range(10) if n % 7 != 3]
+    await beat.beat()
+    beat.forget(set())  # a worker joined and took partitions away: nothing to announce
+    clock[0] += 60.0
+    await beat.beat()
+    assert summarized(topic) == everyone
+    beat.forget({1})  # partition 1 came (back) to this worker
+    clock[0] += 60.0
+    await beat.beat()
+    odd = [rid for rid in everyone if int(rid[1:]) % 2 == 1]
+    assert summarized(topic)[len(everyone) :] == odd
+    clock[0] += 60.0
+    await beat.beat()  # announced once: not again
+    assert len(summarized(topic)) == len(everyone) + len(odd)
 
 
 async def test_a_lost_summary_fails_the_beat_after_the_rest_are_acknowledged(
