@@ -10,8 +10,9 @@ synced, reauth_required, retry_scheduled, ...). On top of those, each worker wri
   channel expiry, retry backlog), so a resource whose last change fell out of the
   topic's retention is still shown, and so is whatever a status change does not
   carry: every ``CALSYNC_SUMMARY_INTERVAL`` seconds the summaries that changed, an
-  unchanged one again after ``CALSYNC_SUMMARY_REFRESH`` seconds, all of them after a
-  rebalance (:class:`~calsync.web.heartbeat.Heartbeat`).
+  unchanged one again after ``CALSYNC_SUMMARY_REFRESH`` seconds, and after a
+  rebalance those of the partitions the worker gained
+  (:class:`~calsync.web.heartbeat.Heartbeat`).
 
 Why the topic and not each worker's ``/api/status``: a worker that owns nothing, or
 that just lost its partitions, or that is down, cannot answer for "its" resources, and
