@@ -241,7 +241,7 @@ class AvailabilityApi:
             owner = self._router.owner(request, rid)
             if owner is not None:
                 return await self._router.forward(request, owner)
-            return web.json_response(self.local_view(rid, start, end))
+            return wire.answer(self.local_view(rid, start, end))
         except RequestRejected as exc:
             return exc.response()
 
@@ -281,7 +281,7 @@ class AvailabilityApi:
                 wire.hold_json(h) for h in self._book(rid).holds.values() if h.start <= at < h.end
             ]
             busy = any(o["blocks_by_default"] for o in occurrences) or bool(holds)
-            return web.json_response(
+            return wire.answer(
                 {
                     "resource_id": rid,
                     "at": wire.iso(at),
@@ -320,7 +320,7 @@ class AvailabilityApi:
                     out[rid] = {"error": snap}
                 else:
                     out[rid] = snap.to_json()
-            return web.json_response(out)
+            return wire.answer(out)
         except RequestRejected as exc:
             return exc.response()
 
@@ -469,9 +469,7 @@ class AvailabilityApi:
                         "fresh": all(as_ofs[r]["fresh"] for r in used),
                     }
                 )
-            return web.json_response(
-                {"slots": slots, "truncated": found.truncated, "resources": as_ofs}
-            )
+            return wire.answer({"slots": slots, "truncated": found.truncated, "resources": as_ofs})
         except RequestRejected as exc:
             return exc.response()
 

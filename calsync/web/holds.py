@@ -205,7 +205,7 @@ class HoldsApi:
             owner = self._router.owner(request, home)
             if owner is not None:
                 return await self._router.forward(request, owner)
-            return web.json_response(self._local_hold(hold_id, home))
+            return wire.answer(self._local_hold(hold_id, home))
         except RequestRejected as exc:
             return exc.response()
 
@@ -255,12 +255,12 @@ class HoldsApi:
         )
         if done is None:
             url = f"/api/holds/{quote(hold_id, safe='')}"
-            return web.json_response(
+            return wire.answer(
                 {"hold_id": hold_id, "status": "pending", "status_url": url},
                 status=202,
                 headers={"Location": url},
             )
-        return web.json_response({"hold_id": hold_id, "status": done.kind.value})
+        return wire.answer({"hold_id": hold_id, "status": done.kind.value})
 
     async def release_hold(self, request: web.Request) -> web.Response:
         try:
@@ -298,7 +298,7 @@ def _decision(hold_id: str, participants: list[str], decided: HoldEvent | None) 
             "status_url": url,
             "resources": participants,
         }
-        return web.json_response(body, status=202, headers=headers)
+        return wire.answer(body, status=202, headers=headers)
     body = {
         "hold_id": hold_id,
         "status": decided.kind.value,
@@ -309,7 +309,7 @@ def _decision(hold_id: str, participants: list[str], decided: HoldEvent | None) 
     }
     if decided.kind is HoldEventKind.ACCEPTED:
         body["expires_at"] = wire.iso(decided.expires_at) if decided.expires_at else None
-        return web.json_response(body, status=201, headers=headers)
+        return wire.answer(body, status=201, headers=headers)
     conflict = decided.conflict
     if conflict is not None:
         body["conflict"] = {
@@ -319,4 +319,4 @@ def _decision(hold_id: str, participants: list[str], decided: HoldEvent | None) 
             "status": wire.flag_names(conflict.flags),
         }
     body["detail"] = decided.detail or None
-    return web.json_response(body, status=409, headers=headers)
+    return wire.answer(body, status=409, headers=headers)

@@ -9,11 +9,11 @@ is never forwarded again (the assignment moved meanwhile: ``503``, retry).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from calsync.gateway.http import RequestRejected
@@ -107,12 +107,13 @@ class Router:
     async def post(self, request: web.Request, owner: str, path: str, payload: Any) -> Any:
         """POST ``payload`` as JSON to ``path`` on the owner; its JSON answer (200 only)."""
         try:
+            headers = {**self._headers(request), "Content-Type": "application/json"}
             async with self._client().post(
-                owner.rstrip("/") + path, json=payload, headers=self._headers(request)
+                owner.rstrip("/") + path, data=orjson.dumps(payload), headers=headers
             ) as answer:
                 if answer.status != 200:
                     raise RequestRejected(503, f"a worker answered {answer.status}; retry")
-                return json.loads(await _bounded(answer))
+                return orjson.loads(await _bounded(answer))
         except (aiohttp.ClientError, TimeoutError, ValueError):
             raise RequestRejected(503, "a resource's worker cannot be reached; retry") from None
 
