@@ -112,3 +112,18 @@ def rocksdb_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RocksdbTab
         return table
 
     return make
+
+
+def recording(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[Any]:
+    """Wrap the method ``name`` of ``owner`` (a library's object, such as Faust's store)
+    so that each call's first argument is appended to the list returned; the calls
+    themselves are unchanged."""
+    calls: list[Any] = []
+    method = getattr(owner, name)
+
+    def record(first: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(first)
+        return method(first, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, record)
+    return calls

@@ -15,7 +15,7 @@ from calsync.pacing import paced
 from calsync.streams.records import Notification
 from calsync.tables.records import Channel, Timer
 from calsync.testing.outbox import ListOutbox
-from tests.conftest import RocksdbTableFactory
+from tests.conftest import RocksdbTableFactory, recording
 
 
 def timer(due: float, rid: str = "r1", provider: str = "google") -> Timer:
@@ -148,14 +148,7 @@ async def test_over_rocksdb_an_unchanged_table_is_not_walked_and_timers_still_re
     def restore(key: str, value: Timer) -> None:  # as a changelog restore writes it
         db[store._encode_key(key)] = store._encode_value(value)
 
-    reads: list[object] = []
-    visible = store._visible_items
-
-    def reading(read: object) -> object:
-        reads.append(read)
-        return visible(read)
-
-    monkeypatch.setattr(store, "_visible_items", reading)
+    reads = recording(monkeypatch, store, "_visible_items")
     restore("reconcile:r1", timer(150.0, "r1"))
     dispatcher, outbox, clock = make(table)
     assert await dispatcher.tick() == 0 and len(reads) == 1

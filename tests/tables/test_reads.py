@@ -12,7 +12,7 @@ import pytest
 
 from calsync.tables.reads import DecodedReads, DecodedScan
 from calsync.tables.records import SyncState
-from tests.conftest import RocksdbTableFactory
+from tests.conftest import RocksdbTableFactory, recording
 
 
 class SerializedStoreDouble:
@@ -130,16 +130,7 @@ def scanned_table(
     """A Faust RocksDB table of sync states (:func:`tests.conftest.rocksdb_table`), and
     the list of the values its store decodes (appended to as they are)."""
     table = rocksdb_table(name, SyncState, partitions=partitions, active=active)
-    store = table.data
-    decoded: list[bytes] = []
-    decode = store._decode_value
-
-    def counting(value: bytes) -> Any:
-        decoded.append(value)
-        return decode(value)
-
-    monkeypatch.setattr(store, "_decode_value", counting)
-    return table, decoded
+    return table, recording(monkeypatch, table.data, "_decode_value")
 
 
 def test_a_scan_decodes_only_what_changed_and_sees_active_partitions_only(
@@ -255,7 +246,7 @@ def test_a_projected_scan_keeps_only_the_projection_and_decodes_what_changed(
 
 
 async def test_a_scan_reads_only_the_partitions_written_to_since_it_last_read_them(
-    rocksdb_table: RocksdbTableFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rocksdb_table: RocksdbTableFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """RocksDB's sequence number per partition: an unwritten partition is not read again
     (neither by ``items`` nor by ``count``); a write, a write made while a walk of it was
@@ -266,14 +257,10 @@ async def test_a_scan_reads_only_the_partitions_written_to_since_it_last_read_th
         rocksdb_table, monkeypatch, "timers", partitions=3, active=active
     )
     store = table.data
-    read: list[int] = []
-    visible = store._visible_items
+    databases = recording(monkeypatch, store, "_visible_items")
 
-    def reading(db: Any) -> Any:
-        read.append(next(p for p, d in store._dbs.items() if d is db))
-        return visible(db)
-
-    monkeypatch.setattr(store, "_visible_items", reading)
+    def read() -> list[int]:  # the partitions read so far, in order
+        return sorted(next(p for p, d in store._dbs.items() if d is db) for db in databases)
 
     def put(partition: int, key: str, cursor: str) -> None:
         db = store._db_for_partition(partition)
@@ -283,14 +270,14 @@ async def test_a_scan_reads_only_the_partitions_written_to_since_it_last_read_th
         put(p, f"p{p}", "a")
     scan: DecodedScan[SyncState] = DecodedScan(table)
     assert {k: v.cursor for k, v in scan.items()} == {"p0": "a", "p1": "a"}
-    assert sorted(read) == [0, 1]
+    assert read() == [0, 1]
     assert await scan.count() == 2
     assert {k: v.cursor for k, v in scan.items()} == {"p0": "a", "p1": "a"}
-    assert sorted(read) == [0, 1]  # nothing written: nothing read again
+    assert read() == [0, 1]  # nothing written: nothing read again
     put(1, "p1", "b")
     assert await scan.count() == 2
     assert {k: v.cursor for k, v in scan.items()} == {"p0": "a", "p1": "b"}
-    assert sorted(read) == [0, 1, 1]
+    assert read() == [0, 1, 1]
     assert len(decoded) == 3  # only the changed value decoded
     # a write while a walk of its partition is under way: the next walk sees it
     walk = scan.items()
@@ -312,11 +299,7 @@ async def test_a_scan_reads_only_the_partitions_written_to_since_it_last_read_th
     assert await scan.count() == 2
     assert set(scan._parts) == {1, 2}
     # partition 1's database replaced by another holding other entries
-    other = tmp_path / "other"
-    other.mkdir()
-    replaced = faust.App("scan-test-replaced", store="rocksdb://", datadir=str(other))
-    fresh = replaced.Table("timers", value_type=SyncState, partitions=3).data
-    fresh_db = fresh._db_for_partition(1)
+    fresh_db = rocksdb_table("timers", SyncState, partitions=3).data._db_for_partition(1)
     fresh_db[store._encode_key("moved")] = store._encode_value(SyncState(cursor="m"))
     store._dbs[1] = fresh_db
     assert {k: v.cursor for k, v in scan.items()} == {"moved": "m", "p2": "a"}
