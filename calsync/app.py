@@ -609,6 +609,7 @@ def _install_operator_views(
         summary_interval=settings.summary_interval,
         summary_refresh=settings.summary_refresh,
         partition_of=app.partition_of,
+        shown=lambda rid: None if (view := fleet.resources.get(rid)) is None else view.worker,
     )
     app.heartbeat = heartbeat
 

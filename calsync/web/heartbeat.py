@@ -46,7 +46,10 @@ class Heartbeat:
     partitions' resources, so a resource that comes to this worker is announced with
     this worker's name; the resources it kept are not sent again (a worker joining the
     group made each of the others send all of theirs: a burst of thousands of records
-    on the loop that answers the availability API, for nothing).
+    on the loop that answers the availability API, for nothing). A resource whose
+    dashboard picture (``shown(rid)``: the worker the fold names, None if it does not
+    know the resource) names another worker is sent too: this worker may have missed
+    the rebalances that moved it away and back (stalled past its session timeout).
 
     ``describe()`` returns the heartbeat's data (JSON-ready; awaited, so that it can
     walk a table :func:`paced`); ``summaries()`` yields ``(resource id, data)`` for
@@ -65,6 +68,7 @@ class Heartbeat:
         summary_interval: float,
         summary_refresh: float = 3600.0,
         partition_of: Callable[[str], int] | None = None,
+        shown: Callable[[str], str | None] = lambda rid: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
@@ -79,6 +83,7 @@ class Heartbeat:
         #: resource id -> (the data of its last summary sent, when)
         self._sent: dict[str, tuple[dict[str, Any], float]] = {}
         self._partition_of = partition_of
+        self._shown = shown
         #: partitions whose resources' summaries the next pass sends, changed or not
         self._gained: set[int] = set()
         self._forgotten = 0  # how many times forget() was called: a pass spans awaits
@@ -115,6 +120,8 @@ class Heartbeat:
                 last = before.get(rid)
                 if last is not None and gained and partition_of is not None:
                     last = None if partition_of(rid) in gained else last
+                if last is not None and self._shown(rid) not in (None, self.name):
+                    last = None
                 if last is not None and last[0] == data and now - last[1] < self._summary_refresh:
                     after[rid] = last
                     continue

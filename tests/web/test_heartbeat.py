@@ -53,10 +53,11 @@ def heartbeat(
     states: dict[str, str] | None = None,
     *,
     walking: Callable[[int], None] = lambda n: None,
+    dashboard: dict[str, str] | None = None,
 ) -> Heartbeat:
     """Resources ``r0``... whose summary holds ``states[rid]`` (default ``"ok"``), ``rN``
-    in partition ``N % 2``; ``walking(n)`` is called as the summaries' walk reaches
-    resource ``n``."""
+    in partition ``N % 2``, shown by the dashboard on the worker ``dashboard[rid]``;
+    ``walking(n)`` is called as the summaries' walk reaches resource ``n``."""
     shown = states if states is not None else {}
 
     async def describe() -> dict[str, Any]:
@@ -77,6 +78,7 @@ def heartbeat(
         summary_interval=60.0,
         summary_refresh=600.0,
         partition_of=lambda rid: int(rid[1:]) % 2,
+        shown=(dashboard if dashboard is not None else {}).get,
         clock=lambda: clock[0],
     )
 
@@ -158,6 +160,20 @@ async def test_a_rebalance_sends_again_only_the_resources_of_the_partitions_gain
     clock[0] += 60.0
     await beat.beat()  # announced once: not again
     assert len(summarized(topic)) == len(everyone) + len(odd)
+
+
+async def test_a_resource_the_dashboard_shows_on_another_worker_is_announced_again() -> None:
+    """The worker missed the rebalances that moved a resource away and back (stalled past
+    its session timeout): nothing was gained, but the dashboard names the other worker."""
+    topic, clock, shown = FakeStatusTopic(), [1000.0], {}
+    beat = heartbeat(topic, 10, clock, dashboard=shown)
+    everyone = [f"r{n}" for n in range(10) if n % 7 != 3]
+    await beat.beat()
+    shown.update({rid: "w1" for rid in everyone})
+    shown["r2"] = "w2"
+    clock[0] += 60.0
+    await beat.beat()
+    assert summarized(topic)[len(everyone) :] == ["r2"]
 
 
 async def test_a_lost_summary_fails_the_beat_after_the_rest_are_acknowledged(
