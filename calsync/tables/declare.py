@@ -143,10 +143,18 @@ class AckedTable(faust.Table[Any, Any]):
             del self._sent[key]
 
     async def written(self, key: Any) -> None:
-        """Return once the last write of ``key`` is acknowledged by the broker."""
-        future = self._sent.pop(key, None)
+        """Return once the last write of ``key`` is acknowledged by the broker; raises
+        what refused it. Cancelling the caller leaves the write alone.
+
+        The write's future is shielded: awaited bare, a cancelled caller (a sync walk
+        cut short by a 429, a revoke) cancelled Faust's message future too. The record
+        was sent all the same, Faust then failed to resolve the future ("Exception in
+        callback Topic._on_published", InvalidStateError), and :class:`TableWrites`
+        took the cancelled write for a settled one, so a commit could pass a write the
+        broker had not acknowledged."""
+        future = self._sent.get(key)
         if future is not None:
-            await future
+            await asyncio.shield(future)
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,13 +79,20 @@ class TopicReader:
                     raise TimeoutError(f"{self.topic}: not read up to its end after {timeout}s")
                 await self.poll()
 
-    async def settle(self, quiet: float = 2.0) -> None:
+    async def settle(self, quiet: float = 2.0, *, timeout: float = 300.0) -> None:
         """Read what the topic holds now (:meth:`caught_up`), then poll until nothing
         new arrived for ``quiet`` seconds. Without the first step a busy machine's
-        first fetch, slower than ``quiet``, would end the wait with nothing read."""
-        await self.caught_up()
+        first fetch, slower than ``quiet``, would end the wait with nothing read.
+
+        Raises :class:`TimeoutError` when the topic has not gone quiet ``timeout``
+        seconds after the call: a topic that never stops growing is a failure to
+        report, not a wait without end."""
+        deadline = time.monotonic() + timeout
+        await self.caught_up(timeout=timeout)
         last = time.monotonic()
         while time.monotonic() - last < quiet:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.topic}: still growing after {timeout}s")
             if await self.poll():
                 last = time.monotonic()
 

@@ -100,3 +100,33 @@ async def test_an_acknowledged_write_is_not_kept_but_a_failed_one_is(tmp_path: P
         pass
     else:
         raise AssertionError("a refused write reported as written")
+
+
+async def test_a_cancelled_wait_leaves_the_write_to_the_commit_barrier(tmp_path: Path) -> None:
+    """A sync cut short cancels its wait for the write-ahead of its ids; the write itself
+    stays in flight: not cancelled (Faust still sends it and must resolve its future),
+    still awaited by commits, and still awaited by the next ``written``."""
+    app = faust.App("acked-cancel", store="memory://", datadir=str(tmp_path))
+    writes = TableWrites()
+    table = app.tables.add(
+        AckedTable(
+            app, name="t", beacon=app.tables.beacon, value_type=bytes, partitions=1, writes=writes
+        )
+    )
+    sent: list[_Sent] = []
+    capture_changelog(table, sent)
+    table["k"] = b"v"
+    waiting = asyncio.ensure_future(table.written("k"))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert waiting.cancelled()
+    assert not sent[0].done()  # the write is not cancelled with its waiter
+    assert writes.outstanding == 1
+    barrier = asyncio.ensure_future(writes.acknowledged())
+    again = asyncio.ensure_future(table.written("k"))
+    await asyncio.sleep(0.05)
+    assert not barrier.done() and not again.done()
+    sent[0].set_result(None)
+    await asyncio.wait_for(asyncio.gather(barrier, again), 5.0)
+    assert writes.outstanding == 0
