@@ -13,6 +13,7 @@
         │   ├── RateLimited         429/403 rate limits and throttling 503s; carries retry_after
         │   └── TokenRefreshFailed  the token endpoint failed transiently: credentials "refreshing"
         ├── CursorExpired           the stored sync cursor is no longer valid: do a full resync
+        │                           (retriable = True: a refused full listing is listed again)
         ├── AuthorizationRevoked    the grant is gone (invalid_grant): the user must re-consent
         ├── ProviderRejected        a 4xx that retrying will not fix
         ├── ResponseTooLarge        a response body over its size limit; carries limit
@@ -87,7 +88,13 @@ class TokenRefreshFailed(TransientProviderError):
 
 
 class CursorExpired(ProviderError):
-    """The sync cursor is no longer valid; the caller must run a full resync."""
+    """The sync cursor is no longer valid; the caller must run a full resync.
+
+    Retriable: when the full listing itself is refused this way (a page token that
+    expired in the middle of the walk, a provider's storm of 410s), the way on is to
+    list in full again after a backoff, not to give the calendar up."""
+
+    retriable = True
 
 
 class AuthorizationRevoked(ProviderError):

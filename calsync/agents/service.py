@@ -350,7 +350,11 @@ class SyncService:
             kept = self._keep_progress(rid, progress, busy, announced)
             await self._indexed(rid, changed)
             if lane is Lane.BULK or cursor is None:
-                await self._failed(notification, resource, kept, exc)
+                # The full listing itself was refused (a page token expired in the walk,
+                # a 410 storm). Retried in full with backoff, as any retriable trouble:
+                # dead-lettered at once, the calendar stayed unsynced until a push or its
+                # daily reconciliation (114 of 10,000 in a 410 storm, docs/benchmarks.md).
+                await self._failed(notification.derive(full=True), resource, kept, exc)
                 return
             await self._hand_over_resync(notification, progress, busy, exc, announced)
             return

@@ -16,6 +16,7 @@ from calsync.availability.intervals import Flag
 from calsync.crypto import SecretBox
 from calsync.errors import (
     AuthorizationRevoked,
+    CursorExpired,
     ProviderError,
     ProviderRejected,
     RateLimited,
@@ -37,7 +38,8 @@ class FlakyProvider(MemoryProvider):
     """Raises the queued errors on the next fetches, then behaves.
 
     ``cursors`` records the cursor of every fetch (``None``: a full listing);
-    ``throttle_at`` makes the next walk raise ``RateLimited`` instead of that page;
+    ``throttle_at`` makes the next walk raise ``RateLimited`` instead of that page,
+    ``expire_at`` raise ``CursorExpired`` (a 410) instead of that page;
     ``gate``, when set, holds full listings before their first page until it opens;
     ``subscribe_errors`` are raised by the next ``subscribe`` calls.
     """
@@ -47,6 +49,7 @@ class FlakyProvider(MemoryProvider):
         self.errors: list[ProviderError] = []
         self.cursors: list[str | None] = []
         self.throttle_at: int | None = None
+        self.expire_at: int | None = None
         self.gate: asyncio.Event | None = None
         self.listing = asyncio.Event()  # set when a gated listing starts waiting
         self.subscribe_errors: list[ProviderError] = []
@@ -61,11 +64,14 @@ class FlakyProvider(MemoryProvider):
             self.listing.set()
             await self.gate.wait()
         throttle_at, self.throttle_at = self.throttle_at, None
+        expire_at, self.expire_at = self.expire_at, None
         number = 0
         async for page in super().fetch_changes(cursor, window):
             number += 1
             if number == throttle_at:
                 raise RateLimited("slow down", retry_after=5.0, status=429)
+            if number == expire_at:
+                raise CursorExpired("google cursor expired (410 fullSyncRequired)", status=410)
             yield page
 
     async def subscribe(
@@ -858,6 +864,35 @@ async def test_retriable_trouble_is_retried_for_the_patience_then_dead_lettered(
     assert len(outbox.retries) == retries
     assert [rid for rid, _ in outbox.dead] == ["r1"]
     assert outbox.status_names()[-1] == "failed"
+
+
+async def test_a_full_listing_refused_with_410_is_listed_again_not_dead_lettered(
+    make_world,
+) -> None:
+    """A 410 in the middle of the first full listing (a page token gone stale, a
+    provider's 410 storm) is retriable trouble: the listing runs again, in full, after
+    a backoff, without emitting again what the broken walk already emitted. Dead-lettered
+    at once, the calendar stayed unsynced until a push or its daily reconciliation."""
+    service, provider, outbox, clock = make_world(page_size=2)
+    await service.on_command(register(service))
+    for n in range(5):
+        provider.put(occ(n))
+    provider.expire_at = 2
+    await deliver(service, outbox.notifications[-1])
+    assert outbox.dead == []
+    (envelope,) = outbox.retries
+    assert envelope.notification.full and envelope.attempt == 1
+    assert "retry_scheduled" in outbox.status_names()
+    # what the broken walk emitted, if anything, is its first page
+    assert set(upserted(outbox)) <= {"ev0", "ev1"}
+
+    listings = full_listings(provider)
+    await release(service, outbox, clock)
+    assert full_listings(provider) == listings + 1
+    assert outbox.dead == []
+    assert sorted(upserted(outbox)) == [f"ev{n}" for n in range(5)]  # each once
+    state = service.sync_state["r1"]
+    assert set(state.index or {}) == {f"ev{n}" for n in range(5)} and state.cursor
 
 
 async def test_a_calendar_past_the_event_bound_is_paused_not_stored(make_world) -> None:
