@@ -18,7 +18,9 @@ dispatcher of its own too (``record_type`` :class:`~calsync.streams.records.Comm
   lane (full syncs, reconciliations, polls: ``bulk_slots`` at a time *per provider*),
   so a backfill never holds up a live push, and one provider's backlog (10,000 Google
   calendars registered at once, a provider's quota waits or slow answers) never holds
-  up another provider's full syncs: they are different services with their own limits;
+  up another provider's full syncs: they are different services with their own limits.
+  Within a provider's bulk lane, work on calendars already in step goes before first
+  syncs (:class:`BulkSlots`);
 * keeps a :class:`~calsync.agents.offsets.PartitionLedger` per partition and
   commits, every ``commit_interval``, the offset below which every record has
   finished: never over a hole, never over unfinished work;
@@ -42,10 +44,12 @@ write through a weak reference to the current event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,7 +57,7 @@ from calsync.agents.offsets import OffsetsUnavailable, PartitionLedger, Receipt
 from calsync.agents.quarantine import Malformed, Quarantine, decode_record
 from calsync.agents.service import Lane, lane_of
 from calsync.providers.registry import REGISTRY
-from calsync.streams.records import Notification
+from calsync.streams.records import Notification, Reason
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,73 @@ class _Run:
 
 def _resource_id(record: Any) -> str:
     return str(record.resource_id)
+
+
+class BulkSlots:
+    """At most ``size`` holders at once, with two kinds of waiter: *first* (work on a
+    calendar already in step: a resync handed over by the live lane, a poll, a
+    reconciliation) is let in before *backfill* (first syncs), oldest first within a
+    kind. So a calendar whose cursor expired does not wait behind thousands of first
+    syncs. Backfill cannot starve: after ``fairness`` grants in a row to *first* while
+    backfill waits, the next slot goes to backfill.
+
+    A waiter cancelled after it was handed a slot passes the slot on.
+    """
+
+    FIRST, BACKFILL = 0, 1
+
+    def __init__(self, size: int, *, fairness: int = 4) -> None:
+        if size < 1:
+            raise ValueError(f"size must be at least 1, not {size!r}")
+        self._free = size
+        self._fairness = fairness
+        self._streak = 0  # grants to FIRST in a row while BACKFILL waited
+        self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(queue) for queue in self._waiting)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, kind: int) -> AsyncIterator[None]:
+        """Wait for a slot as ``kind`` (:attr:`FIRST` or :attr:`BACKFILL`); hold it
+        inside the ``async with``."""
+        await self._acquire(kind)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, kind: int) -> None:
+        if self._free > 0 and not self.waiting:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[kind].append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):  # a release may have dropped it
+                    self._waiting[kind].remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        first, backfill = self._waiting
+        order = (
+            (backfill, first) if backfill and self._streak >= self._fairness else (first, backfill)
+        )
+        for queue in order:
+            while queue:
+                waiter = queue.popleft()
+                if waiter.done():
+                    continue  # cancelled while waiting; its task removes nothing more
+                waiter.set_result(None)  # the slot passes straight to the waiter
+                self._streak = self._streak + 1 if queue is first and backfill else 0
+                return
+        self._free += 1
 
 
 def _being_cancelled() -> bool:
@@ -137,7 +208,7 @@ class NotificationDispatcher:
         self._live_slots = asyncio.Semaphore(live_slots)
         self._bulk_size = bulk_slots
         #: provider -> its bulk lane's slots (records of no known provider share "")
-        self._bulk_slots: dict[str, asyncio.Semaphore] = {}
+        self._bulk_slots: dict[str, BulkSlots] = {}
         self._max_pending = max_pending
         self._commit_interval = commit_interval
         self._stall_after = stall_after
@@ -312,8 +383,9 @@ class NotificationDispatcher:
         self.counts["runs"] += 1
         run.ledger.finish(run.offset)  # committed by on_revoked too, if it finished in the grace
 
-    def _slots(self, run: _Run) -> asyncio.Semaphore:
-        """The slots ``run`` waits for: the live lane's, or its provider's bulk lane's."""
+    def _slots(self, run: _Run) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The slot ``run`` waits for: the live lane's, or its provider's bulk lane's,
+        where first syncs (a notification of reason ``command``) are backfill."""
         if run.lane is Lane.LIVE:
             return self._live_slots
         provider = getattr(run.record, "provider", "")
@@ -321,8 +393,9 @@ class NotificationDispatcher:
             provider = ""
         slots = self._bulk_slots.get(provider)
         if slots is None:
-            slots = self._bulk_slots[provider] = asyncio.Semaphore(self._bulk_size)
-        return slots
+            slots = self._bulk_slots[provider] = BulkSlots(self._bulk_size)
+        backfill = getattr(run.record, "reason", None) == Reason.COMMAND.value
+        return slots.hold(BulkSlots.BACKFILL if backfill else BulkSlots.FIRST)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
