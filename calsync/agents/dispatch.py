@@ -158,7 +158,7 @@ class BulkSlots:
             while queue:
                 waiter = queue.popleft()
                 if waiter.done():
-                    continue  # cancelled while waiting; its task removes nothing more
+                    continue  # cancelled while waiting: its task finds it gone
                 waiter.set_result(None)  # the slot passes straight to the waiter
                 self._streak = self._streak + 1 if queue is first and backfill else 0
                 return
