@@ -23,16 +23,31 @@ def push(provider: str, rid: str) -> Notification:
     )
 
 
+class Gated:
+    """A dispatcher with one bulk slot per provider whose runs record their start and
+    then wait until their resource's gate opens."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: list[str] = []
+        self.dispatcher = NotificationDispatcher(self.handler, Offsets(), topic="n", bulk_slots=1)
+
+    async def handler(self, notification: Notification, lane: Lane) -> None:
+        self.started.append(notification.resource_id)
+        await self.gates.setdefault(notification.resource_id, asyncio.Event()).wait()
+
+    def open(self, *rids: str) -> None:
+        for rid in rids:
+            self.gates.setdefault(rid, asyncio.Event()).set()
+
+    async def submit(self, records: list[Notification]) -> None:
+        for offset, record in enumerate(records, start=10):
+            await self.dispatcher.submit(TP("n", 0), offset, record, None)
+
+
 async def test_one_providers_backlog_does_not_hold_up_another_providers_full_syncs() -> None:
-    gates: dict[str, asyncio.Event] = {}
-    started: list[str] = []
-
-    async def handler(notification: Notification, lane: Lane) -> None:
-        started.append(notification.resource_id)
-        await gates.setdefault(notification.resource_id, asyncio.Event()).wait()
-
-    dispatcher = NotificationDispatcher(handler, Offsets(), topic="n", bulk_slots=1)
-    p0 = TP("n", 0)
+    gated = Gated()
+    started = gated.started
     records = [
         full("google", "g1"),
         full("google", "g2"),
@@ -41,22 +56,20 @@ async def test_one_providers_backlog_does_not_hold_up_another_providers_full_syn
         full("caldav", "d2"),
         push("google", "g3"),
     ]
-    for offset, record in enumerate(records, start=10):
-        await dispatcher.submit(p0, offset, record, None)
+    await gated.submit(records)
     await asyncio.sleep(0.05)
     # one full sync per provider runs; the push runs on the live lane
     assert sorted(started) == ["d1", "g1", "g3", "m1"]
 
-    gates.setdefault("g1", asyncio.Event()).set()
+    gated.open("g1")
     await asyncio.sleep(0.05)
     assert "g2" in started and "d2" not in started  # Google's next, CalDAV's still busy
-    gates.setdefault("d1", asyncio.Event()).set()
+    gated.open("d1")
     await asyncio.sleep(0.05)
     assert "d2" in started
-    for rid in ("g2", "d2", "m1", "g3"):
-        gates.setdefault(rid, asyncio.Event()).set()
+    gated.open("g2", "d2", "m1", "g3")
     await asyncio.sleep(0.05)
-    assert dispatcher.counts["runs"] == len(records)
+    assert gated.dispatcher.counts["runs"] == len(records)
 
 
 def resync(provider: str, rid: str) -> Notification:
@@ -70,28 +83,18 @@ async def test_a_calendar_in_step_goes_before_queued_first_syncs() -> None:
     """A 410 storm in the middle of 10,000 first syncs: the full resync of a calendar
     that was already in step waited behind every first sync still queued (up to 400 s
     in docs/benchmarks.md §7). It takes the next slot of its provider's bulk lane."""
-    gates: dict[str, asyncio.Event] = {}
-    started: list[str] = []
-
-    async def handler(notification: Notification, lane: Lane) -> None:
-        started.append(notification.resource_id)
-        await gates.setdefault(notification.resource_id, asyncio.Event()).wait()
-
-    dispatcher = NotificationDispatcher(handler, Offsets(), topic="n", bulk_slots=1)
-    p0 = TP("n", 0)
+    gated = Gated()
     records = [full("google", f"g{n}") for n in range(4)] + [resync("google", "g9")]
-    for offset, record in enumerate(records, start=10):
-        await dispatcher.submit(p0, offset, record, None)
+    await gated.submit(records)
     await asyncio.sleep(0.05)
-    assert started == ["g0"]
-    gates.setdefault("g0", asyncio.Event()).set()
+    assert gated.started == ["g0"]
+    gated.open("g0")
     await asyncio.sleep(0.05)
-    assert started == ["g0", "g9"]  # ahead of g1..g3, which came first
-    for rid in ("g9", "g1", "g2", "g3"):
-        gates.setdefault(rid, asyncio.Event()).set()
+    assert gated.started == ["g0", "g9"]  # ahead of g1..g3, which came first
+    gated.open("g9", "g1", "g2", "g3")
     await asyncio.sleep(0.05)
-    assert started == ["g0", "g9", "g1", "g2", "g3"]
-    assert dispatcher.counts["runs"] == len(records)
+    assert gated.started == ["g0", "g9", "g1", "g2", "g3"]
+    assert gated.dispatcher.counts["runs"] == len(records)
 
 
 async def test_bulk_slots_let_backfill_in_after_a_streak_of_first_work() -> None:
