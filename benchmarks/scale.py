@@ -1023,11 +1023,12 @@ class Run:
         o.records, o.undecodable = f.records, f.undecodable
         for edit, at in f.delivered:
             provider = fleet.calendars[edit.rid].provider
-            o.latencies.setdefault(provider, []).append((at - edit.at) * 1000)
+            took_ms = (at - edit.at) * 1000
+            o.latencies.setdefault(provider, []).append(took_ms)
             # an edit to a calendar not synced yet waits for its initial sync: both modes
             # are in the figure above, this one is a push to a calendar already in step
             if f.synced_at.get(edit.rid, math.inf) <= edit.at:
-                o.synced_latencies.setdefault(provider, []).append((at - edit.at) * 1000)
+                o.synced_latencies.setdefault(provider, []).append(took_ms)
         await self.truth()
 
     def undelivered(self, e: Edit) -> str:
