@@ -32,8 +32,9 @@ edits go on, and are then lifted; *converged* is timed from the lift:
 * ``429``: half of the Google and Graph API calls answer 429 with ``Retry-After: 2``;
 * ``410``: a third of the Google list calls answer ``410 fullSyncRequired`` and of the
   Graph calls ``410 syncStateNotFound`` (a full listing follows each);
-* ``drop``: 20 % of the emulators' pushes never leave (what a later push or the
-  reconciliation, ``--reconcile-period``, must make up for);
+* ``drop``: 20 % of the emulators' pushes never leave (what a later push, the
+  catch-up, ``--catchup-interval``, or the reconciliation, ``--reconcile-period``,
+  must make up for);
 * ``down``: every Google and Graph API call answers 503 (the provider is down);
 * ``revoke``: ``--revoke`` Google grants are revoked; at the lift each calendar is
   registered again with a new grant (what the reconnect link ends in);
@@ -674,6 +675,7 @@ async def scale(ctx: Context) -> Outcome:
             kafka_session_timeout=opts.scale_session_timeout,
             standby_replicas=opts.standby_replicas,
             reconcile_period=opts.reconcile_period,
+            catchup_interval=opts.catchup_interval,
         )
         gateway = await stack.enter_async_context(serve_gateway(base, "127.0.0.1", free_port()))
         settings = dataclasses.replace(base, public_url=gateway)
@@ -1285,6 +1287,12 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         type=float,
         default=setting_default("reconcile_period"),
         help="CALSYNC_RECONCILE_PERIOD, s (%(default)s)",
+    )
+    group.add_argument(
+        "--catchup-interval",
+        type=float,
+        default=setting_default("catchup_interval"),
+        help="CALSYNC_CATCHUP_INTERVAL, s (%(default)s)",
     )
     group.add_argument(
         "--settle-timeout", type=float, default=120.0, help="delivery limit, s (%(default)s)"

@@ -223,6 +223,12 @@ def next_renewal(now: float, expires_at: float, *, fraction: float, rng: random.
     return now + remaining - lead + rng.uniform(-lead / 10, lead / 10)
 
 
+def next_catchup(now: float, *, interval: float, rng: random.Random) -> float:
+    """The next catch-up delta of a pushed calendar: ``interval`` from ``now``, give or
+    take a tenth of it (so calendars registered together do not ask together)."""
+    return now + interval * rng.uniform(0.9, 1.1)
+
+
 def next_poll(
     now: float,
     previous: float,

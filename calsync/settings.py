@@ -152,6 +152,11 @@ class Settings:
     reconcile_period: float = 24 * 3600.0
     #: Reconciliations are spread by up to this fraction of the period either way.
     reconcile_jitter: float = 0.1
+    #: A pushed calendar (Google, Microsoft) not synced for this many seconds is asked
+    #: for its delta anyway (one cheap request): a push the provider lost is made up
+    #: for within this time (give or take a tenth), not at the daily reconciliation.
+    #: Providers do drop pushes. 0 turns it off.
+    catchup_interval: float = 3600.0
     #: A Google push whose message number jumps by more than this triggers a reconciliation.
     google_message_gap: int = 1000
     #: A push message number further than this above the last one is not believed:

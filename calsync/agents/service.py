@@ -425,6 +425,8 @@ class SyncService:
             poll_interval = self.scheduler.poll(
                 rid, resource.provider, state.poll_interval, changed=changed
             )
+        else:
+            self.scheduler.catchup(rid, resource.provider)  # in case a push is lost
         current = self.sync_state.get(rid) or state  # the subscription may have written it
         self.sync_state[rid] = SyncState(
             cursor=outcome.cursor,

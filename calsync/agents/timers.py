@@ -31,7 +31,7 @@ import faust
 from calsync.agents.context import ServiceContext
 from calsync.agents.outbox import Outbox
 from calsync.pacing import paced
-from calsync.retry import next_poll, next_reconcile, next_renewal
+from calsync.retry import next_catchup, next_poll, next_reconcile, next_renewal
 from calsync.streams.records import Notification, Reason, RetryEnvelope
 from calsync.tables.reads import DecodedScan
 from calsync.tables.records import Channel, Timer
@@ -137,6 +137,24 @@ class Scheduler:
         )
         self._schedule(Reason.POLL, poll_timer_key(rid), rid, provider, due)
         return interval
+
+    def catchup(self, rid: str, provider: str) -> None:
+        """Ask a pushed calendar for its delta ``catchup_interval`` after its last sync
+        (a ``poll:`` timer; see :func:`next_catchup`), whatever pushes arrive meanwhile.
+
+        A timer still due more than half an interval from now is left as it is: a
+        calendar pushed to every few seconds would otherwise rewrite it on every sync,
+        and the timer still comes at most 1.1 intervals after any sync. ``0`` is off."""
+        context = self._context
+        interval = context.settings.catchup_interval
+        if interval <= 0:
+            return
+        key, now = poll_timer_key(rid), context.clock()
+        current = self.timers.get(key)
+        if current is not None and current.due_at >= now + interval / 2:
+            return
+        due = next_catchup(now, interval=interval, rng=context.rng)
+        self._schedule(Reason.POLL, key, rid, provider, due)
 
     def holds(self, rid: str, provider: str, due: float | None) -> None:
         """Wake the holds of ``rid`` at ``due`` (expiry, a vote deadline); ``None``: never."""

@@ -840,6 +840,52 @@ async def test_a_polled_calendar_is_polled_again_after_a_failed_poll(world) -> N
     assert "ev2" in upserted(outbox)
 
 
+async def test_a_lost_push_is_made_up_for_by_the_catch_up(world) -> None:
+    """Providers drop pushes: a Google calendar that hears nothing is still asked for
+    its delta within ``catchup_interval`` (give or take a tenth) of its last sync."""
+    service, provider, outbox, clock = world
+    interval = service.settings.catchup_interval
+    await service.on_command(register(service))
+    provider.put(occ(1))
+    await deliver(service, outbox.notifications[-1])
+    catchup = service.timers["poll:r1"]
+    assert 0.9 * interval <= catchup.due_at - clock[0] <= 1.1 * interval
+    assert not catchup.notification.full
+    provider.put(occ(2))  # its push never comes
+    clock[0] = catchup.due_at
+    await deliver(service, catchup.notification.derive(timer_key="poll:r1"))
+    assert outbox.status_names()[-1] == "synced"
+    assert upserted(outbox) == ["ev1", "ev2"]  # only the delta: ev1 is not emitted again
+    again = service.timers["poll:r1"]
+    assert 0.9 * interval <= again.due_at - clock[0] <= 1.1 * interval
+
+
+async def test_pushes_move_the_catch_up_only_past_half_an_interval(world) -> None:
+    """A calendar pushed to every few seconds does not rewrite its catch-up timer on
+    every sync, yet the catch-up never comes later than 1.1 intervals after a sync."""
+    service, _, outbox, clock = world
+    interval = service.settings.catchup_interval
+    await service.on_command(register(service))
+    await deliver(service, outbox.notifications[-1])
+    first = service.timers["poll:r1"].due_at
+    clock[0] += 0.4 * interval
+    await deliver(service, push(clock[0]))
+    assert outbox.status_names()[-1] == "synced"
+    assert service.timers["poll:r1"].due_at == first
+    clock[0] += 0.3 * interval  # the timer is now due within half an interval
+    await deliver(service, push(clock[0]))
+    moved = service.timers["poll:r1"].due_at
+    assert 0.9 * interval <= moved - clock[0] <= 1.1 * interval
+
+
+async def test_no_catch_up_when_turned_off(make_world) -> None:
+    service, _, outbox, _ = make_world(catchup_interval=0)
+    await service.on_command(register(service))
+    await deliver(service, outbox.notifications[-1])
+    assert outbox.status_names()[-1] == "synced"
+    assert "poll:r1" not in service.timers
+
+
 async def test_retriable_trouble_is_retried_for_the_patience_then_dead_lettered(world) -> None:
     """A 429 storm or a provider down for minutes outlasts eight quick attempts; a
     first sync dead-lettered then would leave the calendar empty until its daily
