@@ -20,7 +20,7 @@ from calsync.model import ChangeKind
 from calsync.providers.base import hash_item_id
 from calsync.streams.records import Notification, RetryEnvelope
 from calsync.testing.topics import TopicReader
-from tests.integration.conftest import BASE, event_body, google_world
+from tests.integration.conftest import BASE, event_body, google_world, ms_event_body
 
 
 async def test_429_storm_converges_without_early_or_excess_requests(kafka_settings) -> None:
@@ -341,6 +341,49 @@ async def test_dropped_pushes_are_caught_by_reconciliation(kafka_settings) -> No
         started = time.monotonic()
         await world.wait_converged(names, timeout=period * 1.1 + 15)
         assert time.monotonic() - started <= period * 1.1 + 15
+
+
+async def test_lost_pushes_are_made_up_for_by_the_catch_up_delta(kafka_settings) -> None:
+    """Google and Microsoft lose every push: each calendar is still in step within its
+    catch-up interval, by a delta (no full listing after the first), long before its
+    reconciliation."""
+    interval = 4.0
+    async with google_world(
+        kafka_settings, microsoft=True, catchup_interval=interval, reconcile_period=86_400.0
+    ) as world:
+        assert world.ms is not None
+        calendar, user = world.calendar("lost-g"), world.mailbox("lost-m")
+        google_ids = [
+            str(world.emulator.insert_event(calendar, event_body(n), notify=False)["id"])
+            for n in range(5)
+        ]
+        graph_ids = [
+            str(world.ms.create_event(user, ms_event_body(n), notify=False)["id"]) for n in range(5)
+        ]
+        for name in ("lost-g", "lost-m"):
+            await world.register(name)
+        await world.wait_for_count(10)
+        world.emulator.faults.drop_push_probability = 1.0
+        world.ms.faults.drop_push_probability = 1.0
+        world.emulator.patch_event(calendar, google_ids[1], event_body(201))
+        world.emulator.delete_event(calendar, google_ids[2])
+        world.emulator.insert_event(calendar, event_body(202))
+        world.ms.update_event(user, graph_ids[1], ms_event_body(201))
+        world.ms.delete_event(user, graph_ids[2])
+        world.ms.create_event(user, ms_event_body(202))
+        await world.emulator.flush_pushes()
+        await world.ms.flush_pushes()
+        assert {d.error for d in world.emulator.delivery_log[-3:]} == {"dropped"}
+        assert {d.error for d in world.ms.delivery_log[-3:]} == {"dropped"}
+        await world.wait_converged(["lost-g", "lost-m"], timeout=2 * 1.1 * interval + 30)
+        statuses = await world.statuses()
+        for name in ("lost-g", "lost-m"):
+            mine = [s for s in statuses if s.resource_id == name]
+            assert sum(s.status == "resync_started" for s in mine) == 1  # the first sync only
+            polls = [
+                s for s in mine if s.status == "synced" and (s.data or {}).get("reason") == "poll"
+            ]
+            assert polls, f"{name} converged without a catch-up"
 
 
 async def test_poison_item_is_quarantined_and_the_resource_goes_on(kafka_settings) -> None:
