@@ -531,7 +531,7 @@ async def verify(
     share of an app-wide quota.
 
     Against a live deployment a change may be on its way (the worker syncs it within
-    seconds, or at the next reconciliation for a missed push): with ``recheck_after``
+    seconds, or at the next catch-up for a missed push): with ``recheck_after``
     the resources that differ are checked again that many seconds later, and only what
     still differs then is reported (those resources are listed in ``rechecked``).
 

@@ -87,9 +87,11 @@ def as_of(
         if push is PushKind.POLL:
             reason = f"the last poll was {now - synced_at:.0f}s ago"
         elif channel is None:
-            reason = "no push channel: changes arrive with the next reconciliation"
+            reason = "no push channel: changes arrive with the next catch-up or reconciliation"
         else:
-            reason = "the push channel expired: changes arrive with the next reconciliation"
+            reason = (
+                "the push channel expired: changes arrive with the next catch-up or reconciliation"
+            )
     fresh = not reason
     if fresh:
         how = "polled" if push is PushKind.POLL else "push channel live"
