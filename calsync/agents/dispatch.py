@@ -101,7 +101,8 @@ def _resource_id(record: Any) -> str:
 class BulkSlots:
     """At most ``size`` holders at once, with two kinds of waiter: *first* (work on a
     calendar already in step: a resync handed over by the live lane, a poll, a
-    reconciliation) is let in before *backfill* (first syncs), oldest first within a
+    reconciliation, a reconnected calendar's delta) is let in before *backfill* (first
+    syncs and other full listings asked for by commands), oldest first within a
     kind. So a calendar whose cursor expired does not wait behind thousands of first
     syncs. Backfill cannot starve: after ``fairness`` grants in a row to *first* while
     backfill waits, the next slot goes to backfill.
@@ -385,7 +386,9 @@ class NotificationDispatcher:
 
     def _slots(self, run: _Run) -> contextlib.AbstractAsyncContextManager[Any]:
         """The slot ``run`` waits for: the live lane's, or its provider's bulk lane's,
-        where first syncs (a notification of reason ``command``) are backfill."""
+        where the full listings commands ask for (first syncs, an operator's resync) are
+        backfill. A command's delta (a reconnected calendar resuming from its cursor) is
+        work on a calendar already in step."""
         if run.lane is Lane.LIVE:
             return self._live_slots
         provider = getattr(run.record, "provider", "")
@@ -394,7 +397,9 @@ class NotificationDispatcher:
         slots = self._bulk_slots.get(provider)
         if slots is None:
             slots = self._bulk_slots[provider] = BulkSlots(self._bulk_size)
-        backfill = getattr(run.record, "reason", None) == Reason.COMMAND.value
+        backfill = getattr(run.record, "reason", None) == Reason.COMMAND.value and bool(
+            getattr(run.record, "full", False)
+        )
         return slots.hold(BulkSlots.BACKFILL if backfill else BulkSlots.FIRST)
 
     def _done(self, task: asyncio.Task[None]) -> None:

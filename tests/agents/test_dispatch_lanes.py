@@ -97,6 +97,24 @@ async def test_a_calendar_in_step_goes_before_queued_first_syncs() -> None:
     assert gated.dispatcher.counts["runs"] == len(records)
 
 
+async def test_a_reconnected_calendar_goes_before_queued_first_syncs() -> None:
+    """A calendar connected again after its grant was revoked resumes from its cursor
+    (a command's delta): it waited behind every first sync still queued (the revoked
+    grants at 10,000 calendars, docs/benchmarks.md §7). First syncs are a command's full
+    listings."""
+    gated = Gated()
+    resume = full("google", "g9").derive(full=False)
+    records = [full("google", f"g{n}") for n in range(4)] + [resume]
+    await gated.submit(records)
+    await asyncio.sleep(0.05)
+    gated.open("g0")
+    await asyncio.sleep(0.05)
+    assert gated.started == ["g0", "g9"]  # ahead of g1..g3, which came first
+    gated.open("g9", "g1", "g2", "g3")
+    await asyncio.sleep(0.05)
+    assert gated.started == ["g0", "g9", "g1", "g2", "g3"]
+
+
 async def test_bulk_slots_let_backfill_in_after_a_streak_of_first_work() -> None:
     slots = BulkSlots(1, fairness=2)
     order: list[str] = []
