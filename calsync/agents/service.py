@@ -37,7 +37,7 @@ from calsync.agents.context import ProviderSource, ServiceContext
 from calsync.agents.outbox import Outbox
 from calsync.agents.subscriptions import Subscriptions
 from calsync.agents.timers import Scheduler
-from calsync.availability.index import BusyIndex, Entry
+from calsync.availability.index import BusyIndex, Entry, IndexCache
 from calsync.crypto import SecretBox, WebhookSigner
 from calsync.errors import (
     AuthorizationRevoked,
@@ -130,6 +130,7 @@ class SyncService:
         on_holds_due: Callable[[str], Awaitable[None]] | None = None,
         durable: Callable[[str], Awaitable[None]] | None = None,
         on_recovered: Callable[[str], None] | None = None,
+        busy_cache: IndexCache | None = None,
     ) -> None:
         self.context = ServiceContext(
             settings=settings,
@@ -148,6 +149,9 @@ class SyncService:
         self.timers = timers
         #: the availability index (:mod:`calsync.availability.index`), by resource id
         self.busy: MutableMapping[str, bytes] = busy if busy is not None else {}
+        #: the big calendars' indexes as last stored, so their next sync need not
+        #: decode them (checked against the stored value's digest)
+        self._busy_cache = busy_cache if busy_cache is not None else IndexCache()
         self._on_busy = on_busy
         self._on_holds_due = on_holds_due
         #: waits until the last ``sync_state`` write of a resource is acknowledged by
@@ -375,6 +379,8 @@ class SyncService:
         digest = state.busy_digest
         if applied[0] or rid not in self.busy:
             digest = self._store_busy(rid, busy)
+        else:
+            self._busy_cache.keep(rid, digest, busy)  # unchanged: still the stored value
         await self._synced(notification, lane, resource, state, outcome, started, digest)
         await self._indexed(rid, changed)
 
@@ -388,19 +394,26 @@ class SyncService:
         than the other; then the index is rebuilt rather than trusted.
         """
         value = self.busy.get(rid)
-        try:
-            busy = BusyIndex.decode(value)
-        except CodecError:
-            log.warning("availability index of %s cannot be read; rebuilding it", rid)
-            return BusyIndex(), False
+        digest = _digest(value) if value is not None else ""
+        busy = self._busy_cache.take(rid, digest)
+        if busy is None:
+            try:
+                busy = BusyIndex.decode(value)
+            except CodecError:
+                log.warning("availability index of %s cannot be read; rebuilding it", rid)
+                return BusyIndex(), False
         if state.busy_digest:
-            return busy, value is not None and _digest(value) == state.busy_digest
+            return busy, value is not None and digest == state.busy_digest
         return busy, len(busy) == len(known) or not known  # stored before digests were
 
     def _store_busy(self, rid: str, busy: BusyIndex) -> str:
+        """Store ``busy`` as the index of ``rid``; returns the value's digest. The
+        caller hands ``busy`` over (kept for the next sync) and changes it no more."""
         value = busy.encode()
         self.busy[rid] = value
-        return _digest(value)
+        digest = _digest(value)
+        self._busy_cache.keep(rid, digest, busy)
+        return digest
 
     async def _indexed(self, rid: str, changed: list[Entry]) -> None:
         """Tell the holds about busy time that changed (conflicts with accepted holds)."""
@@ -710,6 +723,7 @@ class SyncService:
             )
         self.sync_state.pop(rid, None)
         self.busy.pop(rid, None)
+        self._busy_cache.discard(rid)
         self.scheduler.forget(rid)
 
     # -- retries and commands ----------------------------------------------------

@@ -10,8 +10,15 @@ from typing import Any
 
 import pytest
 
-from calsync.agents.service import MAYBE_EMITTED, RELEASE_INTERVAL, Lane, SyncService, lane_of
-from calsync.availability.index import BusyIndex, timeline_of
+from calsync.agents.service import (
+    MAYBE_EMITTED,
+    RELEASE_INTERVAL,
+    Lane,
+    SyncService,
+    _digest,
+    lane_of,
+)
+from calsync.availability.index import BusyIndex, IndexCache, timeline_of
 from calsync.availability.intervals import Flag
 from calsync.crypto import SecretBox
 from calsync.errors import (
@@ -141,6 +148,8 @@ def make_world(make_settings: SettingsFactory) -> Callable[..., World]:
             providers=Source(provider),
             clock=lambda: clock[0],
             on_recovered=on_recovered,
+            # every index kept between syncs, however small: each test checks the cache too
+            busy_cache=IndexCache(min_entries=0),
         )
         return service, provider, outbox, clock
 
@@ -776,6 +785,33 @@ async def test_an_index_older_than_its_sync_state_is_rebuilt(world) -> None:
     assert provider.cursors[-1] is None  # rebuilt by a full listing
     at = int(occ(4).start_utc.timestamp())
     assert timeline_of(service.busy["r1"]).flags_at(at) == Flag.BUSY
+
+
+async def test_an_index_rewritten_behind_the_kept_one_is_the_one_a_sync_applies_to(
+    world,
+) -> None:
+    """The index kept from the last sync serves the next one only while it is still
+    the stored value: here another worker (owning the partition for a while) stored
+    an index with the same ids and the sync state that goes with it."""
+    service, provider, outbox, clock = world
+    await service.on_command(register(service))
+    for n in range(3):
+        provider.put(occ(n))
+    await deliver(service, outbox.notifications[-1])
+    moved = BusyIndex.decode(service.busy["r1"])
+    entry = moved.entries["ev1"]
+    moved.entries["ev1"] = entry._replace(start=entry.start + 7200, end=entry.end + 7200)
+    value = moved.encode()
+    service.busy["r1"] = value
+    state = service.sync_state["r1"]
+    service.sync_state["r1"] = state.derive(busy_digest=_digest(value))
+    provider.put(occ(5))
+    clock[0] += 1
+    await deliver(service, push(clock[0] - 0.5))
+    assert provider.cursors[-1] is not None  # a delta: the stored index was trusted
+    stored = BusyIndex.decode(service.busy["r1"])
+    assert set(stored.entries) == {"ev0", "ev1", "ev2", "ev5"}
+    assert stored.entries["ev1"] == moved.entries["ev1"]  # the other worker's, not the kept one
 
 
 async def test_pause_stops_provider_calls_and_resume_resyncs(world) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calsync.availability.index import BusyIndex, Entry, timeline_of
+from calsync.availability.index import BusyIndex, Entry, IndexCache, timeline_of
 from calsync.availability.intervals import Flag, Timeline
 from calsync.errors import CodecError
 from calsync.model import Occurrence, ProviderOrigin, StatusIntent, Transparency, UnifiedEvent
@@ -70,3 +70,54 @@ def test_a_damaged_value_is_a_codec_error() -> None:
         with pytest.raises(CodecError):
             BusyIndex.decode(bad)
     assert timeline_of(None) == Timeline.EMPTY
+
+
+def sized(n: int, offset: int = 0) -> BusyIndex:
+    return BusyIndex(
+        {
+            f"e{i}": Entry(f"e{i}", 3600 * (i + offset), 3600 * (i + offset) + 60, 1, 0)
+            for i in range(n)
+        }
+    )
+
+
+def test_a_kept_index_is_handed_out_once_and_only_for_its_digest() -> None:
+    cache = IndexCache(min_entries=1)
+    index = sized(3)
+    cache.keep("r1", "d1", index)
+    assert cache.take("r1", "d1") is index
+    assert cache.take("r1", "d1") is None  # taken: the taker changes it
+    cache.keep("r1", "d1", index)
+    assert cache.take("r1", "d2") is None  # the stored value is another one now
+    assert cache.take("r1", "d1") is None and cache.entries == 0
+
+
+def test_the_cache_keeps_big_indexes_within_its_bound_least_recent_out() -> None:
+    cache = IndexCache(max_entries=10, min_entries=3)
+    cache.keep("small", "d", sized(2))
+    cache.keep("a", "d", sized(4))
+    cache.keep("b", "d", sized(4))
+    cache.keep("huge", "d", sized(11))
+    assert (len(cache), cache.entries) == (2, 8)
+    cache.keep("c", "d", sized(4))  # a goes: the least recently kept
+    assert cache.take("a", "d") is None and cache.take("small", "d") is None
+    assert cache.take("huge", "d") is None
+    assert cache.take("b", "d") is not None and cache.take("c", "d") is not None
+    assert cache.entries == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(entries=entries, changes=entries, deleted=st.sets(st.text(min_size=1, max_size=40)))
+def test_an_index_changed_after_an_encode_encodes_as_if_built_afresh(  # type: ignore[no-untyped-def]
+    entries, changes, deleted
+) -> None:
+    def build(items):  # type: ignore[no-untyped-def]
+        return {k: Entry(k, s, s + d, f, 1) for k, (s, d, f) in items.items()}
+
+    index = BusyIndex(build(entries))
+    index.encode()  # leaves the entries in stored order
+    index.entries.update(build(changes))
+    for key in deleted:
+        index.entries.pop(key, None)
+    assert index.encode() == BusyIndex(dict(sorted(index.entries.items()))).encode()
+    assert index.encode() == BusyIndex.decode(index.encode()).encode()
