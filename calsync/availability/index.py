@@ -88,6 +88,8 @@ def _column(data: memoryview, at: int, count: int, code: str) -> tuple[list[int]
 
 #: the order of entries in a stored value: by start, end, then id
 _BY_TIME = itemgetter(1, 2, 0)
+#: an entry's fields, one getter each
+_FIELDS = tuple(map(itemgetter, range(len(Entry._fields))))
 
 
 class BusyIndex:
@@ -133,12 +135,11 @@ class BusyIndex:
         next encode sorts in about a third of the time (20,000 entries: 4 ms, not 10).
         """
         ordered = sorted(self.entries.values(), key=_BY_TIME)
-        if not ordered:
-            natives: tuple[str, ...] = ()
-            starts = ends = flags = synced = ()
-        else:
-            natives, starts, ends, flags, synced = zip(*ordered, strict=True)
-            self.entries = dict(zip(natives, ordered, strict=True))
+        # a column at a time: ``zip(*ordered)`` makes an iterator per entry, and the
+        # collections those allocations trigger cost a big calendar's worker more
+        # than the transposition itself
+        natives, starts, ends, flags, synced = (list(map(field, ordered)) for field in _FIELDS)
+        self.entries = dict(zip(natives, ordered, strict=True))
         timeline = Timeline.from_segments(zip(starts, ends, flags, strict=True)).encode()
         ids = [native.encode()[:_MAX_ID_BYTES] for native in natives]
         columns = [array("q", starts), array("q", ends), array("q", synced)]
