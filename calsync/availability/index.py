@@ -226,12 +226,13 @@ class IndexCache:
 
     def take(self, key: str, digest: str) -> BusyIndex | None:
         """The index kept for ``key`` if it equals the value of ``digest``; either way,
-        ``key`` is no longer kept."""
+        ``key`` is no longer kept. An empty digest (no stored value, or one stored
+        before digests were) matches nothing."""
         kept = self._kept.pop(key, None)
         if kept is None:
             return None
         self._size -= len(kept[1])
-        return kept[1] if kept[0] == digest else None
+        return kept[1] if digest and kept[0] == digest else None
 
     def keep(self, key: str, digest: str, index: BusyIndex) -> None:
         """Keep ``index``, equal to the stored value of ``digest``; the caller hands it

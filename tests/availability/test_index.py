@@ -90,6 +90,8 @@ def test_a_kept_index_is_handed_out_once_and_only_for_its_digest() -> None:
     cache.keep("r1", "d1", index)
     assert cache.take("r1", "d2") is None  # the stored value is another one now
     assert cache.take("r1", "d1") is None and cache.entries == 0
+    cache.keep("r1", "", index)  # kept with the digest of no value: never handed out
+    assert cache.take("r1", "") is None
 
 
 def test_the_cache_keeps_big_indexes_within_its_bound_least_recent_out() -> None:
