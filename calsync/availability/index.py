@@ -204,8 +204,8 @@ class IndexCache:
     of the stored value it equals.
 
     A push to a calendar of 20,000 events used to decode its stored index (about
-    20 ms) and encode it again (about 40 ms) on every sync: most of the worker's time
-    per push on such a calendar (docs/benchmarks.md §2). The worker that owns a
+    35 ms in a busy worker) and encode it again (about 40 ms) on every sync: most of
+    the worker's time per push on such a calendar (docs/benchmarks.md §2). The worker that owns a
     resource is its index's only writer, so the object it stored last can serve its
     next sync, provided the stored value is still that one: :meth:`take` hands an
     index out only for the digest of the value stored now, which a write by another
@@ -215,7 +215,8 @@ class IndexCache:
     :meth:`take` removes the index: the taker mutates it, and a sync cut short (a
     cancellation) must not leave a half-applied index behind. Only indexes of at
     least ``min_entries`` are kept, at most ``max_entries`` entries in all, the least
-    recently kept dropped first (about 250 bytes an entry: 200,000 is about 50 MB).
+    recently kept dropped first (about 280 bytes an entry with 26-character ids:
+    200,000 is about 56 MB).
     """
 
     def __init__(self, *, max_entries: int = 200_000, min_entries: int = 1_000) -> None:
