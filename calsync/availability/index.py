@@ -190,9 +190,13 @@ class BusyIndex:
         return sorted(found, key=lambda e: (e.start, e.native_event_id))
 
     def overlapping(self, start: int, end: int, mask: int) -> Iterator[Entry]:
-        """The entries sharing an instant with ``[start, end)`` whose flags meet ``mask``."""
+        """The entries sharing an instant with ``[start, end)`` whose flags meet ``mask``.
+
+        An entry of no length (a zero-duration event) shares no instant with anything
+        (nor does an empty window), as in the timeline, which free-slot answers read:
+        a hold across it is not refused when the same time is offered as free."""
         for entry in self.entries.values():
-            if entry.start < end and start < entry.end and entry.flags & mask:
+            if max(start, entry.start) < min(end, entry.end) and entry.flags & mask:
                 yield entry
 
     def __len__(self) -> int:

@@ -123,3 +123,24 @@ def test_an_index_changed_after_an_encode_encodes_as_if_built_afresh(  # type: i
         index.entries.pop(key, None)
     assert index.encode() == BusyIndex(dict(sorted(index.entries.items()))).encode()
     assert index.encode() == BusyIndex.decode(index.encode()).encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entries=entries,
+    window=st.tuples(st.integers(0, 10**6), st.integers(0, 10**5)),
+    mask=st.integers(1, 255),
+    zero=st.lists(st.integers(0, 10**6), max_size=5),
+)
+def test_entries_overlap_a_window_exactly_where_the_timeline_is_flagged(  # type: ignore[no-untyped-def]
+    entries, window, mask, zero
+) -> None:
+    """What a hold is checked against (``overlapping``) agrees with what free-slot
+    answers read (the timeline), zero-duration events included."""
+    built = {k: Entry(k, s, s + d, f, 1) for k, (s, d, f) in entries.items()}
+    built.update({f"zero{i}": Entry(f"zero{i}", at, at, 1, 1) for i, at in enumerate(zero)})
+    index = BusyIndex(built)
+    start, length = window
+    found = any(index.overlapping(start, start + length, mask))
+    flagged = any(f & mask for _, _, f in index.timeline().segments(start, start + length))
+    assert found == flagged
