@@ -37,7 +37,7 @@ from calsync.availability.holds import (
     HoldEvent,
     HoldEventKind,
 )
-from calsync.availability.index import BusyIndex, Entry
+from calsync.availability.index import BusyIndex, Entry, timeline_of
 from calsync.codecs.holds import encode_hold_event
 from calsync.model import system_event_id
 from calsync.providers import registry
@@ -81,7 +81,13 @@ class HoldService:
         def find(start: int, end: int, mask: int) -> Conflict | None:
             if resource is None or resource.state == "removed":
                 return Conflict(rid, "request", start, end, detail="not a registered resource")
-            index = BusyIndex.decode(self.busy.get(rid))
+            value = self.busy.get(rid)
+            if timeline_of(value).is_free(start, end, mask):
+                # the timeline says what the entries would (tests/availability/
+                # test_index.py): a hold on free time, the usual answer, decodes no
+                # entries (a room of 20,000 events: microseconds instead of 20 ms)
+                return None
+            index = BusyIndex.decode(value)
             found = sorted(index.overlapping(start, end, mask), key=lambda e: e.start)
             if not found:
                 return None
