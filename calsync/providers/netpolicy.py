@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import ssl
 import time
@@ -274,6 +275,11 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         resolver: Resolver = system_resolver,
         backend: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
+        if isinstance(verify, str):  # a CA bundle: httpx 0.28 deprecates the path itself
+            if os.path.isdir(verify):
+                verify = ssl.create_default_context(capath=verify)
+            else:
+                verify = ssl.create_default_context(cafile=verify)
         context = httpx.create_ssl_context(verify=verify, trust_env=False)
         super().__init__(verify=context, trust_env=False, limits=limits)
         # httpx offers no network_backend argument: replace the pool it built with

@@ -5,8 +5,11 @@ through, and that the guarded transport checks the address it actually connects 
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
 
+import certifi
 import httpcore
 import httpx
 import pytest
@@ -250,3 +253,13 @@ async def test_localhost_is_reached_with_the_allow_list(local_server: int) -> No
         for host in ("localhost", "127.0.0.1"):
             response = await client.get(f"http://{host}:{local_server}/")
             assert response.text == "hello"
+
+
+@pytest.mark.parametrize("bundle", ["file", "directory"])
+def test_a_ca_bundle_path_is_taken_without_httpx_deprecation(bundle: str, tmp_path: Path) -> None:
+    """``CALSYNC_CALDAV_CA_BUNDLE`` is a path; httpx 0.28 deprecates ``verify=<str>``
+    (and a later httpx drops it), so the transport builds the context itself."""
+    path = certifi.where() if bundle == "file" else str(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GuardedTransport(NetworkPolicy(), verify=path)
