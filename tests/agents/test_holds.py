@@ -83,8 +83,9 @@ def prepare(start: int, end: int, key: str) -> HoldRequest:
 
 
 async def decided(service: HoldService, outbox: ListOutbox, request: HoldRequest) -> Any:
+    """The hold event the service wrote for ``request``."""
     await service.on_request(request)
-    (event,) = [decode_hold_event(v) for _, v in outbox.hold_events[-1:]]
+    event = decode_hold_event(outbox.hold_events[-1][1])
     assert event.hold_id == request.hold_id
     return event
 
