@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka.admin import KafkaAdminClient
 
 from benchmarks.fullsync import LIFTED_QUOTA
@@ -32,6 +32,7 @@ from benchmarks.harness.load import process_cpu
 from benchmarks.harness.processes import RunningWorker, start_worker, stop_worker
 from benchmarks.harness.report import Section
 from calsync.streams.records import Notification
+from calsync.streams.topics import topic_partitions
 
 
 def say(message: str) -> None:
@@ -71,11 +72,7 @@ async def end_total(bootstrap: str, topic: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        while not partitions:
-            await asyncio.sleep(0.1)
-            partitions = consumer.partitions_for_topic(topic) or set()
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        ends = await consumer.end_offsets(await topic_partitions(consumer, topic))
         return sum(ends.values())
     finally:
         await consumer.stop()

@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from calsync.clock import make_clock
 from calsync.codecs.avro import decode_event
@@ -55,7 +55,7 @@ from calsync.ratelimit import RateLimiter
 from calsync.retry import retry_delay
 from calsync.settings import Settings
 from calsync.streams.records import Command, CommandKind
-from calsync.streams.topics import changelog_topic
+from calsync.streams.topics import changelog_topic, topic_partitions
 from calsync.tables.records import Resource
 
 __all__ = [
@@ -348,13 +348,10 @@ async def read_to_end(
     read = 0
     try:
         async with asyncio.timeout(timeout):
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                raise ConfigurationError(f"topic {topic} does not exist")
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            try:
+                tps = await topic_partitions(consumer, topic, timeout=min(timeout, 10.0))
+            except TimeoutError:
+                raise ConfigurationError(f"topic {topic} does not exist") from None
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
             await consumer.seek_to_beginning(*tps)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from calsync.pacing import paced
+from calsync.streams.topics import topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +90,10 @@ class TopicFollower:
 
     async def _position(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         """Seek to ``lookback`` ago; returns the end offsets there were then."""
-        deadline = time.monotonic() + 10.0
-        partitions = consumer.partitions_for_topic(self._topic)
-        while not partitions:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {self._topic} has no partitions")
-            await asyncio.sleep(0.1)
-            # aiokafka has no public call that refreshes the metadata it reads below
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(self._topic)
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        try:
+            tps = await topic_partitions(consumer, self._topic)
+        except TimeoutError:
+            raise TimeoutError(f"topic {self._topic} has no partitions") from None
         consumer.assign(tps)
         since_ms = int((time.time() - self._lookback) * 1000)
         found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))

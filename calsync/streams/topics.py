@@ -10,11 +10,13 @@ a just-created changelog with no partitions yet (Faust's ``PartitionsMismatch``)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -35,6 +37,34 @@ TOPICS = (
 
 #: The worker's tables (:mod:`calsync.tables.declare`); each has a changelog topic in Kafka.
 TABLES = ("resources", "sync_state", "channels", "timers", "busy", "holds")
+
+
+async def topic_partitions(
+    consumer: AIOKafkaConsumer, topic: str, *, timeout: float = 10.0
+) -> list[TopicPartition]:
+    """``topic``'s partitions, in order, once each has an elected leader, as seen by a
+    started ``consumer``; raises :class:`TimeoutError` after ``timeout`` seconds (the
+    topic does not exist, or its leaders are not elected).
+
+    A consumer that subscribes to nothing knows no topic's partitions until its
+    metadata is refreshed, and aiokafka refreshes it on its own only every 5 minutes;
+    a topic created a moment ago may list partitions with no leader yet, whose
+    positions aiokafka cannot find until that refresh either.
+    """
+    client = consumer._client  # aiokafka has no public call that refreshes metadata
+
+    def elected() -> list[TopicPartition]:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        led = all(client.cluster.leader_for_partition(tp) not in (None, -1) for tp in tps)
+        return tps if led else []
+
+    pause = 0.0  # the first refresh at once, then every 0.1 s
+    async with asyncio.timeout(timeout):
+        while not (tps := elected()):
+            await asyncio.sleep(pause)
+            await client.force_metadata_update()
+            pause = 0.1
+    return tps
 
 
 def changelog_topic(settings: Settings, table: str) -> str:

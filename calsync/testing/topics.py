@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from calsync.codecs.avro import decode_event
 from calsync.model import UnifiedEvent
+from calsync.streams.topics import topic_partitions
 
 
 class TopicReader:
@@ -29,19 +29,7 @@ class TopicReader:
 
     async def start(self) -> TopicReader:
         await self._consumer.start()
-        client = self._consumer._client
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        # A topic created a moment ago may list partitions whose leader is not elected
-        # yet; aiokafka then cannot find their positions until its next metadata
-        # refresh (5 minutes), and position() (caught_up, settle) waits that long.
-        while not partitions or any(
-            client.cluster.leader_for_partition(TopicPartition(self.topic, p)) in (None, -1)
-            for p in partitions
-        ):
-            await asyncio.sleep(0.1)
-            await client.force_metadata_update()
-            partitions = self._consumer.partitions_for_topic(self.topic)
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(self._consumer, self.topic, timeout=60.0)
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
         self._started = True
