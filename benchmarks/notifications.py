@@ -1,12 +1,14 @@
 """Notifications per second per worker, with coalescing, next to plain aiokafka consuming
 the same records on the same broker.
 
-A fresh worker owns ``--notify-resources`` synced Google calendars (a few events each).
-Then ``--notifications`` pushes for them, spread evenly and keyed by resource as the
-gateway keys them, are produced to its ``calsync.notifications`` at once: a burst, as
+For each count in ``--notify-workers`` (1 unless given): that many fresh workers of one
+app, each its own process and data dir as on separate machines, own
+``--notify-resources`` synced Google calendars (a few events each). Then
+``--notifications`` pushes for them, spread evenly and keyed by resource as the gateway
+keys them, are produced to the app's ``calsync.notifications`` at once: a burst, as
 after a provider's backlog or a gateway that buffered. Measured: from the first send to
-the moment the worker's consumer group has committed every offset (the dispatcher
-commits only finished work, every 0.5 s), the worker's CPU meanwhile, and how many delta
+the moment the workers' consumer group has committed every offset (the dispatcher
+commits only finished work, every 0.5 s), the workers' CPU meanwhile, and how many delta
 fetches the emulator served for them: the coalescing (a push that arrived before a fetch
 of its calendar started is covered by that fetch and costs no provider call).
 
@@ -27,12 +29,15 @@ from kafka.admin import KafkaAdminClient
 
 from benchmarks.fullsync import LIFTED_QUOTA
 from benchmarks.harness.benchmark import Benchmark, Context
+from benchmarks.harness.env import CLIENT_ID
 from benchmarks.harness.google import insert_events, tomorrow
 from benchmarks.harness.load import process_cpu
-from benchmarks.harness.processes import RunningWorker, start_worker, stop_worker
+from benchmarks.harness.processes import register
+from benchmarks.harness.records import TimedReader
 from benchmarks.harness.report import Section
 from calsync.streams.records import Notification
 from calsync.streams.topics import topic_partitions
+from calsync.testing.cluster import WorkerCluster
 
 
 def say(message: str) -> None:
@@ -45,11 +50,12 @@ CALENDAR_EVENTS = 3
 
 @dataclass(slots=True)
 class Drain:
+    workers: int
     notifications: int
     resources: int
     produce_s: float  # first send → every send acknowledged
-    drain_s: float  # first send → every offset committed by the worker
-    worker_cpu_s: float
+    drain_s: float  # first send → every offset committed by the workers' group
+    workers_cpu_s: float  # all the workers' CPU meanwhile
     fetches: int  # delta fetches of these calendars the emulator served meanwhile
     raw_s: float  # the baseline: first poll → every record read and committed
 
@@ -78,30 +84,44 @@ async def end_total(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
-async def prepare(ctx: Context, resources: int) -> tuple[RunningWorker, dict[str, str]]:
-    """A fresh worker with ``resources`` calendars registered and synced: the worker,
-    and each resource id's calendar id."""
-    env, emulator = ctx.env, ctx.emulator
-    running = await start_worker(env, emulator, "notify", **LIFTED_QUOTA)
-    say(f"worker ready in {running.started_in_s:.1f} s; registering {resources} calendars")
+async def prepare(ctx: Context, workers: int) -> tuple[WorkerCluster, TimedReader, dict[str, str]]:
+    """``workers`` fresh workers of one app (each its own data dir, as on separate
+    machines), with ``--notify-resources`` calendars registered and synced: the
+    started cluster, a reader of its events topic and each resource id's calendar id."""
+    env, emulator, opts = ctx.env, ctx.emulator, ctx.opts
+    settings = env.settings(
+        f"notify{workers}",
+        google_api_url=emulator.api_url,
+        google_token_url=emulator.token_url,
+        **LIFTED_QUOTA,
+    )
+    cluster = WorkerCluster(settings, workers)
+    events = TimedReader(env.bootstrap, settings.topic("events"))
     try:
+        began = time.monotonic()
+        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(cluster.wait_balanced)
+        say(f"{workers} worker(s) ready in {time.monotonic() - began:.1f} s")
+        await events.start()
+        refresh_token = emulator.issue_refresh_token(CLIENT_ID)
         calendars = {
-            f"n{i:05d}": f"n{i:05d}-{uuid.uuid4().hex[:6]}@bench.example" for i in range(resources)
+            f"n{i:05d}": f"n{i:05d}-{uuid.uuid4().hex[:6]}@bench.example"
+            for i in range(opts.notify_resources)
         }
         for rid, calendar in calendars.items():
             emulator.add_calendar(calendar, time_zone="UTC")
             insert_events(emulator, calendar, CALENDAR_EVENTS, start=tomorrow())
-            await running.register(env, rid, calendar)
-        reader = running.events
-        await reader.wait_for(
-            lambda _: all(reader.per_key[r.encode()] >= CALENDAR_EVENTS for r in calendars),
-            timeout=max(120.0, resources / 2),
+            await register(cluster.workers[0].url, env.admin_token, rid, calendar, refresh_token)
+        await events.wait_for(
+            lambda _: all(events.per_key[r.encode()] >= CALENDAR_EVENTS for r in calendars),
+            timeout=max(120.0, len(calendars) / 2),
         )
         say("every calendar synced")
     except BaseException:
-        await stop_worker(running)
+        await events.aclose()
+        await asyncio.to_thread(cluster.stop)
         raise
-    return running, calendars
+    return cluster, events, calendars
 
 
 async def burst(bootstrap: str, topic: str, rids: list[str], count: int) -> float:
@@ -146,17 +166,18 @@ async def raw_drain(bootstrap: str, topic: str, count: int) -> float:
         await consumer.stop()
 
 
-async def run(ctx: Context) -> Section:
+async def drain_with(ctx: Context, workers: int) -> Drain:
+    """One measurement: ``workers`` workers drain a burst; then the raw baseline."""
     env, emulator, opts = ctx.env, ctx.emulator, ctx.opts
-    running, calendars = await prepare(ctx, opts.notify_resources)
+    cluster, events, calendars = await prepare(ctx, workers)
     rids, ours = list(calendars), set(calendars.values())
-    settings = running.settings
+    settings = cluster.settings
     topic = settings.topic("notifications")
+    pids = [pid for w in cluster.workers if (pid := w.pid)]
     try:
         before = await end_total(env.bootstrap, topic)
         mark = len(emulator.list_calls)
-        pid = running.worker.pid
-        cpu_before = process_cpu(pid) if pid else 0.0
+        cpu_before = sum(process_cpu(pid) for pid in pids)
         began = time.perf_counter()
         produce_s = await burst(env.bootstrap, topic, rids, opts.notifications)
         say(f"{opts.notifications:,} pushes produced in {produce_s:.2f} s")
@@ -166,62 +187,82 @@ async def run(ctx: Context) -> Section:
         try:  # one client for the whole wait: polled every 0.1 s
             while await asyncio.to_thread(committed_total, admin, settings.app_id, topic) < goal:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the worker did not drain the burst:\n{running.worker.tail()}"
-                    )
+                    tails = "\n".join(w.tail() for w in cluster.workers)
+                    raise RuntimeError(f"the workers did not drain the burst:\n{tails}")
                 await asyncio.sleep(0.1)
         finally:
             admin.close()
         drain_s = time.perf_counter() - began
-        worker_cpu = (process_cpu(pid) if pid else 0.0) - cpu_before
+        workers_cpu = sum(process_cpu(pid) for pid in pids) - cpu_before
         fetches = sum(
             1 for c in emulator.list_calls[mark:] if c.incremental and c.calendar_id in ours
         )
     finally:
-        await stop_worker(running)
-    say(f"drained in {drain_s:.2f} s; the raw baseline next")
+        await events.aclose()
+        await asyncio.to_thread(cluster.stop)
+    say(f"{workers} worker(s) drained it in {drain_s:.2f} s; the raw baseline next")
     raw_s = await raw_drain(env.bootstrap, topic, goal)
     # the baseline read ``goal`` records (the registrations' too): scale it to the burst
-    drain = Drain(
+    return Drain(
+        workers=workers,
         notifications=opts.notifications,
         resources=len(rids),
         produce_s=produce_s,
         drain_s=drain_s,
-        worker_cpu_s=worker_cpu,
+        workers_cpu_s=workers_cpu,
         fetches=fetches,
         raw_s=raw_s * opts.notifications / goal,
     )
-    return Section(report(drain), summary(drain))
 
 
-def report(d: Drain) -> list[str]:
-    return [
-        f"A fresh worker owning {d.resources:,} synced Google calendars ({CALENDAR_EVENTS} "
-        f"events each); {d.notifications:,} pushes for them, round-robin, produced to its "
-        "`calsync.notifications` at once. Drained: every offset committed by the worker's "
-        "group (commits every 0.5 s). Raw: an aiokafka consumer of a fresh group reading "
-        "the same topic from the beginning, committing at the end.",
+async def run(ctx: Context) -> Section:
+    drains = [await drain_with(ctx, n) for n in ctx.opts.notify_workers]
+    return Section(report(drains), summary(drains))
+
+
+def report(drains: list[Drain]) -> list[str]:
+    first = drains[0]
+    lines = [
+        f"N fresh workers of one app (each its own data dir, as on separate machines) "
+        f"owning {first.resources} synced Google calendars ({CALENDAR_EVENTS} events each); "
+        f"{first.notifications:,} pushes for them, round-robin, produced to the app's "
+        "`calsync.notifications` at once. Drained: every offset committed by the workers' "
+        "group (each commits every 0.5 s). Raw: an aiokafka consumer of a fresh group "
+        "reading the same topic from the beginning after the workers stopped, committing "
+        "at the end, measured right after each row's drain.",
         "",
-        "| measure | value |",
-        "| --- | ---: |",
-        f"| burst produced in | {d.produce_s:.2f} s |",
-        f"| first send → drained by the worker | {d.drain_s:.2f} s |",
-        f"| **notifications/s, one worker** | **{d.rate:,.0f}** |",
-        f"| raw aiokafka consumption, records/s | {d.raw_rate:,.0f} |",
-        f"| calsync ÷ raw | {d.rate / d.raw_rate:.1%} |",
-        f"| worker CPU per 1,000 notifications | {1000 * d.worker_cpu_s / d.notifications:.3f} s |",
-        f"| delta fetches of these calendars (coalescing) | {d.fetches:,} "
-        f"({d.fetches / d.resources:.1f} per calendar, "
-        f"{d.notifications / max(1, d.fetches):,.0f} pushes per fetch) |",
+        "| workers | burst produced in | first send → drained | **notifications/s** | "
+        "per worker | raw aiokafka, records/s | calsync ÷ raw | workers' CPU per 1,000 "
+        "notifications | delta fetches (coalescing) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    for d in drains:
+        lines.append(
+            f"| {d.workers} | {d.produce_s:.2f} s | {d.drain_s:.2f} s | **{d.rate:,.0f}** | "
+            f"{d.rate / d.workers:,.0f} | {d.raw_rate:,.0f} | {d.rate / d.raw_rate:.1%} | "
+            f"{1000 * d.workers_cpu_s / d.notifications:.3f} s | {d.fetches:,} "
+            f"({d.fetches / d.resources:.1f} per calendar, "
+            f"{d.notifications / max(1, d.fetches):,.0f} pushes per fetch) |"
+        )
+    return lines
 
 
-def summary(d: Drain) -> list[str]:
-    return [
-        f"| notifications/s, one worker, with coalescing | {d.rate:,.0f}/s = "
-        f"{d.rate / d.raw_rate:.1%} of raw consumption ({d.raw_rate:,.0f}/s), "
-        f"{d.fetches / d.resources:.1f} fetches per calendar | measured | — |"
-    ]
+def summary(drains: list[Drain]) -> list[str]:
+    rates = ", ".join(
+        f"{d.rate:,.0f}/s with {d.workers} ({d.rate / d.raw_rate:.1%} of raw {d.raw_rate:,.0f}/s)"
+        for d in drains
+    )
+    return [f"| notifications/s with coalescing, by workers | {rates} | measured | — |"]
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be ≥ 1: {text!r}")
+    return counts
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -229,6 +270,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--notifications", type=int, default=50_000, help="pushes in the burst (%(default)s)"
     )
     group.add_argument("--notify-resources", type=int, default=200, help="calendars (%(default)s)")
+    group.add_argument(
+        "--notify-workers",
+        type=_counts,
+        default=[1],
+        metavar="N[,N...]",
+        help="worker counts, one drain each, e.g. 1,2,4 (1)",
+    )
 
 
 def check(opts: argparse.Namespace) -> str | None:

@@ -22,8 +22,8 @@ command and one section per benchmark, numbered in this order:
    size (10,000 resources), which takes long: name the others to leave it out, or give
    it ``--resources``.
 8. :mod:`benchmarks.notifications`: a burst of pushes for synced calendars drained by one
-   worker: notifications/s and fetches per calendar (coalescing), next to raw aiokafka
-   consumption of the same records.
+   worker (or by each count of ``--notify-workers``): notifications/s and fetches per
+   calendar (coalescing), next to raw aiokafka consumption of the same records.
 
 Each module declares a :class:`~benchmarks.harness.benchmark.Benchmark`; what they share
 (processes, readers, baselines' producers, the machine's load, the report) is
