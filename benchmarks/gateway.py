@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from benchmarks.harness.benchmark import Benchmark, Context
 from benchmarks.harness.env import free_port, raw_producer
@@ -69,6 +70,8 @@ class GatewayResults:
     #: the rate sweep (``--rates``): every rate's raw, standalone and embedded runs
     sweep: list[GatewayRun] = field(default_factory=list)
     sweep_duration: float = 0.0
+    #: the load generator's HTTP client (``--gateway-client``)
+    client: str = "aiohttp"
     #: paths that could not be measured, and why
     failures: list[str] = field(default_factory=list)
 
@@ -148,7 +151,7 @@ async def three_paths(
     A worker that cannot be reached is noted in ``failures`` (with its log's tail)."""
     env, worker, opts = ctx.env, ctx.worker, ctx.opts
     keys, values = notifications(rate, duration, opts.warmup)
-    schedule = {"rate": rate, "duration": duration, "warmup": opts.warmup}
+    schedule = load_spec(opts, rate, duration)
     timing = replace_opts(opts, rate=rate, duration=duration)
     runs: list[GatewayRun] = []
 
@@ -160,7 +163,11 @@ async def three_paths(
             return True
 
         def raw_load() -> Awaitable[LoadResult]:
-            return open_loop(produce, **schedule)
+            # scheduled as the HTTP load generator schedules its requests
+            precise = opts.gateway_client == "lean"
+            return open_loop(
+                produce, rate=rate, duration=duration, warmup=opts.warmup, precise=precise
+            )
 
         label = "raw baseline: `AIOKafkaProducer.send_and_wait`"
         runs.append(await measured(label, raw_load, os.getpid(), timing, targeted=False))
@@ -205,7 +212,7 @@ async def processes_path(
     await asyncio.to_thread(gateway.start)
     try:
         await asyncio.sleep(2.0)  # the helpers start after the primary answers
-        schedule = {"rate": rate, "duration": duration, "warmup": opts.warmup}
+        schedule = load_spec(opts, rate, duration)
         timing = replace_opts(opts, rate=rate, duration=duration)
         return await measured(
             f"standalone gateway, {n} processes (`calsync gateway --processes {n}`)",
@@ -219,6 +226,17 @@ async def processes_path(
         await asyncio.to_thread(gateway.stop)
 
 
+def load_spec(opts: argparse.Namespace, rate: float, duration: float) -> dict[str, Any]:
+    """The load generator's schedule at ``rate`` for ``duration`` s, with the chosen
+    client (``--gateway-client``)."""
+    return {
+        "rate": rate,
+        "duration": duration,
+        "warmup": opts.warmup,
+        "client": opts.gateway_client,
+    }
+
+
 def replace_opts(opts: argparse.Namespace, **values: float) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(opts), **values})
 
@@ -228,7 +246,7 @@ async def run(ctx: Context) -> Section:
     headers = push_headers(env.secret_key)
     failures: list[str] = []
     runs = await three_paths(ctx, opts.rate, opts.duration, headers, failures)
-    schedule = {"rate": opts.rate, "duration": opts.duration, "warmup": opts.warmup}
+    schedule = load_spec(opts, opts.rate, opts.duration)
 
     # Diagnostic: the same standalone gateway as a process of its own, while the worker
     # (same topics) consumes what it writes: the process boundary without sharing a process
@@ -269,6 +287,7 @@ async def run(ctx: Context) -> Section:
         runs=runs,
         sweep=sweep,
         sweep_duration=opts.sweep_duration,
+        client=opts.gateway_client,
         failures=failures,
     )
     return Section(report(results), summary(results))
@@ -277,18 +296,19 @@ async def run(ctx: Context) -> Section:
 def report(r: GatewayResults) -> list[str]:
     raw_p99 = r.raw.p99
     lines = [
-        f"Open loop: {r.rate:g} requests/s for {r.duration:g} s after a {r.warmup:g} s warm-up "
-        "(not counted). Request *i* is due at a fixed time and its latency runs from that "
-        "time, so a stall delays (and is counted in) every request due during it. Each request "
-        f"is a signed Google push (`POST /webhooks/google`, {RESOURCES} resource ids "
-        f"in turn) that the gateway answers 202 after writing one ~{r.record_bytes:.0f}-byte "
-        "notification with `acks=all` and idempotence. The HTTP load generator is a separate "
-        "process (`benchmarks/openloop.py`); the baseline calls `send_and_wait` of the same "
-        "keys and same-size values on the same broker in this process, with the same "
-        "open-loop schedule. The resources are not registered, so the worker's sync agent only "
-        "looks each notification up and logs it (log level `info`, the default). CPU per "
-        "request is the serving process's user + system time (all its threads) over the run, "
-        "warm-up included, divided by the requests sent.",
+        f"Open loop: {r.rate:g} requests/s for {r.duration:g} s after a {r.warmup:g} s "
+        "warm-up (not counted). Request *i* is due at a fixed time and its latency runs "
+        "from that time, so a stall delays (and is counted in) every request due during it. "
+        f"Each request is a signed Google push (`POST /webhooks/google`, {RESOURCES} "
+        "resource ids in turn) that the gateway answers 202 after writing one "
+        f"~{r.record_bytes:.0f}-byte notification with `acks=all` and idempotence. The HTTP "
+        f"load generator is a separate process (`benchmarks/openloop.py`, {r.client} "
+        "client); the baseline calls `send_and_wait` of the same keys and same-size values "
+        "on the same broker in this process, with the same open-loop schedule. The "
+        "resources are not registered, so the worker's sync agent only looks each "
+        "notification up and logs it (log level `info`, the default). CPU per request is "
+        "the serving process's user + system time (all its threads) over the run, warm-up "
+        "included, divided by the requests sent.",
         "",
         "| path | measured | p50 ms | p95 ms | p99 ms | max ms | failed | p99 / raw p99 "
         "| CPU ms / request | target | result |",
@@ -334,8 +354,8 @@ def sweep_report(r: GatewayResults) -> list[str]:
         "divided by the serving process's CPU ms per request (for the raw baseline: this "
         "benchmark's process, which runs the producer), an estimate of the requests/s one "
         "fully busy core would carry. The load generator is one Python "
-        "process on the same 2-core machine as the broker and the server; at the higher "
-        "rates it is itself late (its lateness is included).",
+        f"process ({r.client} client) on the same machine as the broker and the server; "
+        "at the higher rates it is itself late (its lateness is included).",
         "",
         "| rate /s | path | p50 ms | p95 ms | p99 ms | max ms | errors | p99 / raw p99 "
         "| CPU ms / request | capacity per core /s | sustained |",
@@ -396,6 +416,14 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         type=int,
         default=0,
         help="in the sweep, also `calsync gateway --processes N` (none by default)",
+    )
+    group.add_argument(
+        "--gateway-client",
+        choices=("aiohttp", "lean"),
+        default="aiohttp",
+        help="the load generator's HTTP client: aiohttp's (the default, as in earlier "
+        "runs) or benchmarks.openloop.LeanClient, which spends a few microseconds per "
+        "request where aiohttp's spends about a millisecond",
     )
 
 
