@@ -23,6 +23,7 @@ import json
 import math
 import socket
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -159,6 +160,10 @@ async def open_loop(
 #: with ``precise``, how long before a due time :func:`open_loop` stops sleeping
 SPIN_S = 0.002
 
+#: How long :class:`LeanClient` keeps a connection idle for reuse: below the 10 s after
+#: which calsync's servers close an idle one (``gateway_read_timeout``), as httpx's 5 s.
+KEEPALIVE_S = 5.0
+
 
 class LeanClient:
     """A minimal HTTP/1.1 client for load generation: keep-alive connections to one
@@ -168,26 +173,26 @@ class LeanClient:
     It does a few microseconds of Python per request where a full client (aiohttp's)
     does about a millisecond on a small machine; that millisecond would be counted as
     the server's latency. It speaks only what a calsync worker answers (no redirects,
-    no compression, no TLS)."""
+    no compression, no TLS).
+
+    Like any client that keeps connections alive, it never reuses one the server has
+    closed or is about to close: one idle for :data:`KEEPALIVE_S` or at its end is
+    dropped. (Writing a request into a connection the server closed meanwhile fails
+    with ``IncompleteReadError``: a failure of the client, not of the server.)"""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or parts.hostname is None:
             raise ValueError(f"LeanClient speaks plain http to a host: {url}")
         self.host, self.port = parts.hostname, parts.port or 80
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        #: idle connections, the most recently used last, each with when it went idle
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
 
     async def request(
         self, method: str, path: str, headers: dict[str, str], body: bytes | None
     ) -> tuple[int, dict[str, str], bytes]:
         """``(status, headers with lower-case names, body)`` of one request."""
-        if self._idle:
-            reader, writer = self._idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader, writer = await self._connection()
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(f"Content-Length: {len(body or b'')}")
@@ -213,11 +218,26 @@ class LeanClient:
         if got.get("connection", "").lower() == "close":
             writer.close()
         else:
-            self._idle.append((reader, writer))
+            self._idle.append((reader, writer, time.monotonic()))
         return status, got, content
 
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """An idle connection still open, or a new one."""
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if time.monotonic() - since < KEEPALIVE_S and not (
+                reader.at_eof() or writer.is_closing()
+            ):
+                return reader, writer
+            writer.close()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
     async def aclose(self) -> None:
-        for _, writer in self._idle:
+        for _, writer, _ in self._idle:
             writer.close()
         self._idle.clear()
 
